@@ -1,0 +1,28 @@
+"""One root exception for the engine core, and its few specialisations.
+
+Every error batchscore raises on purpose is a :class:`BatchScoreError`; the
+command lines print its message as one line and exit non-zero. Messages say
+what was expected, what was found, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class BatchScoreError(Exception):
+    """Root of every error batchscore raises on purpose."""
+
+
+class UsageError(BatchScoreError):
+    """A command-line argument is wrong (no such input, model or output)."""
+
+
+class ModelError(BatchScoreError):
+    """A model cannot be resolved, loaded or called as batchscore needs."""
+
+
+class InputDataError(BatchScoreError):
+    """Input data does not fit the model or the contract."""
+
+
+class CommitError(BatchScoreError):
+    """A run could not be committed; nothing was made visible."""

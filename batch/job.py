@@ -1,0 +1,186 @@
+"""A scoring job from plan to commit, whatever engine executes it.
+
+``run_scoring`` is the template: it reads the input footers, checks them
+against the model, lets a :class:`Runner` score every split (each split ends
+as staged Parquet parts), then reconciles and commits the run. Runners only
+move splits to workers; the work on a split is :func:`score_split`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.errors import InputDataError, ModelError
+from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, Split, fingerprint, plan_splits
+from batch.model_repo import ResolvedModel
+from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
+from batch.scorer import BatchScorer, load_model
+from batch.signature import SignatureInfo, schema_problems
+from batch.validate import partition_rows, reject_schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class ScoringJob:
+    """Everything a worker needs to score a split; small and picklable."""
+
+    model: ResolvedModel
+    layout: RunLayout
+    key_columns: tuple[str, ...]
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    split_index: int
+    rows_in: int
+    rows_scored: int
+    rows_rejected: int
+
+
+class Runner(Protocol):
+    """An engine that executes :func:`score_split` for every split."""
+
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        """The engine options worth recording in the manifest."""
+        ...
+
+    def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
+        """Score all splits; returns when every split's parts are staged."""
+        ...
+
+
+def score_split(job: ScoringJob, split: Split) -> SplitResult:
+    """Read one split as Arrow batches, validate, score, and stage its two parts."""
+    scorer = BatchScorer(load_model(job.model), job.key_columns, job.layout.run_id)
+    input_types = scorer.input_types
+    columns = list(dict.fromkeys([*job.key_columns, *input_types]))
+    parquet = pq.ParquetFile(split.path)
+    read_schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
+    rows_in = 0
+    with (
+        PartWriter(
+            job.layout.staged_part(PREDICTIONS, split.index),
+            scorer.output_schema(read_schema),
+            create_empty=True,
+        ) as scored,
+        PartWriter(
+            job.layout.staged_part(REJECTED, split.index),
+            reject_schema(read_schema),
+            create_empty=False,
+        ) as rejects,
+    ):
+        for batch in parquet.iter_batches(
+            batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+        ):
+            rows_in += batch.num_rows
+            part = partition_rows(batch, input_types)
+            scored.write(scorer.score(part.valid))
+            rejects.write(part.rejected)
+    return SplitResult(split.index, rows_in, scored.rows, rejects.rows)
+
+
+def model_signature(model: ResolvedModel) -> SignatureInfo:
+    """The serving signature: from registered metadata if present, else by loading the model."""
+    recorded = model.metadata.get("signature")
+    if recorded:
+        try:
+            return SignatureInfo.from_json(recorded)
+        except (KeyError, TypeError) as exc:
+            raise ModelError(
+                f"model {model.label}: metadata.json has an unreadable 'signature' entry ({exc})"
+            ) from exc
+    return load_model(model).signature
+
+
+def check_inputs(
+    files: Sequence[InputFile], signature: SignatureInfo, key_columns: Sequence[str]
+) -> None:
+    """Fail before any scoring if any file cannot feed the model, listing every problem."""
+    problems = [
+        problem
+        for file in files
+        for problem in schema_problems(file.schema, signature, key_columns, file.path)
+    ]
+    if problems:
+        shown = problems[:20]
+        more = (
+            f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        )
+        raise InputDataError(
+            f"{len(problems)} input problem(s); fix the data or choose the matching model:\n  "
+            + "\n  ".join(shown)
+            + more
+        )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: CommittedRun
+    manifest: dict[str, Any]
+    wall_seconds: float
+
+    @property
+    def predictions_per_second(self) -> float:
+        return self.manifest["counts"]["rows_scored"] / max(self.wall_seconds, 1e-9)
+
+
+def run_scoring(
+    *,
+    input_spec: str,
+    files: Sequence[InputFile],
+    model: ResolvedModel,
+    output_root: Path,
+    key_columns: Sequence[str],
+    runner: Runner,
+    run_id: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    split_rows: int = DEFAULT_SPLIT_ROWS,
+    started: float | None = None,
+) -> RunSummary:
+    """Check, score with ``runner``, reconcile and commit one run."""
+    started = time.perf_counter() if started is None else started
+    started_at = dt.datetime.now(dt.UTC)
+    check_inputs(files, model_signature(model), key_columns)
+    splits = plan_splits(files, split_rows)
+    layout = RunLayout(output_root, model.name, model.version, run_id)
+    job = ScoringJob(model, layout, tuple(key_columns), batch_size)
+    log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
+    runner.execute(job, splits)
+    manifest = {
+        "batchscore_version": importlib.metadata.version("batchscore"),
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "content_hash": model.content_hash,
+            "path": str(model.saved_model_dir),
+            "registered": model.registered,
+        },
+        "input": {
+            "spec": input_spec,
+            "fingerprint": fingerprint(files),
+            "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
+        },
+        "key_columns": list(key_columns),
+        "runner": {"name": runner.name, "options": runner.options()},
+        "batch_size": batch_size,
+        "started": started_at.isoformat(timespec="seconds"),
+    }
+    rows_in = sum(f.num_rows for f in files)
+    run = commit_run(layout, manifest, rows_in)
+    return RunSummary(run, run.manifest(), time.perf_counter() - started)

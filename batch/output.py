@@ -1,0 +1,223 @@
+"""Versioned, immutable run outputs: the layout, staging writes and the commit.
+
+Layout of one output root::
+
+    OUTPUT/<model name>/<model version>/
+        run=<run id>/                  a committed run (has _SUCCESS)
+            predictions/part-NNNNN.parquet
+            rejected/part-NNNNN.parquet    dead-letter rows, with reason and message
+            _MANIFEST.json
+            _SUCCESS                   written last: the run is committed
+        _LATEST                        the newest committed run id of this version
+        _staging/run=<run id>/         a run being written; never read by anyone
+
+Parts are named after their input split, and each is written to a temporary
+name and renamed, so a split scored twice (a retried bundle or task) replaces
+its own part and never adds a second copy of its rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.errors import CommitError
+from batch.fsutil import file_sha256, read_json, write_json_atomic
+from batch.validate import REASON_COLUMN
+
+PREDICTIONS = "predictions"
+REJECTED = "rejected"
+MANIFEST = "_MANIFEST.json"
+SUCCESS = "_SUCCESS"
+LATEST = "_LATEST"
+STAGING = "_staging"
+RUN_PREFIX = "run="
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Sortable by start time, unique across concurrent jobs: ``20261126T081500Z-3fa2c1``."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    output_root: Path
+    model_name: str
+    model_version: str
+    run_id: str
+
+    @property
+    def version_dir(self) -> Path:
+        return self.output_root / self.model_name / self.model_version
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.version_dir / STAGING / f"{RUN_PREFIX}{self.run_id}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.version_dir / f"{RUN_PREFIX}{self.run_id}"
+
+    def staged_part(self, kind: str, split_index: int) -> Path:
+        return self.staging_dir / kind / f"part-{split_index:05d}.parquet"
+
+
+class PartWriter:
+    """Writes record batches to one Parquet part; the part appears only when complete."""
+
+    def __init__(self, path: Path, schema: pa.Schema, *, create_empty: bool) -> None:
+        self.path = path
+        self.schema = schema
+        self.create_empty = create_empty
+        self.rows = 0
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
+        return self._writer
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._open().write_batch(batch)
+            self.rows += batch.num_rows
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is None and self.create_empty and exc_type is None:
+            self._open()
+        if self._writer is None:
+            return
+        self._writer.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    run_dir: Path
+    run_id: str
+    model_name: str
+    model_version: str
+
+    def manifest(self) -> dict[str, Any]:
+        payload: dict[str, Any] = read_json(self.run_dir / MANIFEST)
+        return payload
+
+
+def _describe_parts(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    parts = []
+    for path in sorted((run_dir / kind).glob("part-*.parquet")):
+        parts.append(
+            {
+                "path": path.relative_to(run_dir).as_posix(),
+                "rows": pq.read_metadata(path).num_rows,
+                "bytes": path.stat().st_size,
+                "sha256": file_sha256(path),
+            }
+        )
+    return parts
+
+
+def _reject_reasons(run_dir: Path, parts: list[dict[str, Any]]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for part in parts:
+        reasons = pq.read_table(run_dir / part["path"], columns=[REASON_COLUMN]).column(0)
+        counts.update(reasons.to_pylist())
+    return dict(sorted(counts.items()))
+
+
+def commit_run(layout: RunLayout, manifest: dict[str, Any], rows_in: int) -> CommittedRun:
+    """Reconcile the staged parts with ``rows_in`` and make the run visible.
+
+    Order: reconcile, rename the staging folder into place, write the manifest,
+    write ``_SUCCESS`` (the commit point), then move the ``_LATEST`` pointer.
+    A crash before ``_SUCCESS`` leaves a folder that no reader treats as a run.
+    """
+    staging = layout.staging_dir
+    predictions = _describe_parts(staging, PREDICTIONS)
+    rejected = _describe_parts(staging, REJECTED)
+    rows_scored = sum(p["rows"] for p in predictions)
+    rows_rejected = sum(p["rows"] for p in rejected)
+    if rows_scored + rows_rejected != rows_in:
+        raise CommitError(
+            f"run {layout.run_id}: {rows_in} rows were read but {rows_scored} scored + "
+            f"{rows_rejected} rejected = {rows_scored + rows_rejected} were written; "
+            f"nothing was committed (staged files kept in {staging} for inspection)"
+        )
+    counts = {
+        "rows_in": rows_in,
+        "rows_scored": rows_scored,
+        "rows_rejected": rows_rejected,
+        "rejected_by_reason": _reject_reasons(staging, rejected),
+    }
+    final = layout.run_dir
+    if final.exists():
+        raise CommitError(
+            f"run {layout.run_id}: {final} already exists; a run is never overwritten"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, final)
+    _remove_if_empty(staging.parent)
+    full_manifest = {
+        **manifest,
+        "run_id": layout.run_id,
+        "counts": counts,
+        "outputs": {PREDICTIONS: predictions, REJECTED: rejected},
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(final / MANIFEST, full_manifest)
+    (final / SUCCESS).touch()
+    _advance_latest(layout)
+    return CommittedRun(final, layout.run_id, layout.model_name, layout.model_version)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _advance_latest(layout: RunLayout) -> None:
+    pointer = layout.version_dir / LATEST
+    current = read_json(pointer).get("run_id", "") if pointer.is_file() else ""
+    if layout.run_id > current:
+        write_json_atomic(pointer, {"run_id": layout.run_id, "run_dir": layout.run_dir.name})
+
+
+def list_committed_runs(output_root: Path | str) -> list[CommittedRun]:
+    """Every committed run under ``output_root``, oldest first within each model version."""
+    root = Path(output_root)
+    runs = []
+    for marker in sorted(root.glob(f"*/*/{RUN_PREFIX}*/{SUCCESS}")):
+        run_dir = marker.parent
+        runs.append(
+            CommittedRun(
+                run_dir=run_dir,
+                run_id=run_dir.name.removeprefix(RUN_PREFIX),
+                model_name=run_dir.parent.parent.name,
+                model_version=run_dir.parent.name,
+            )
+        )
+    return runs

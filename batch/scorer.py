@@ -1,0 +1,223 @@
+"""Loading a SavedModel once per process and scoring Arrow record batches with it.
+
+TensorFlow is imported lazily, on first load, so that command lines can check
+their arguments before paying for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch.errors import InputDataError, ModelError
+from batch.model_repo import ResolvedModel
+from batch.signature import ARROW_TYPE_FOR_DTYPE, SignatureInfo, TensorInfo
+
+log = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+MODEL_NAME_COLUMN = "model_name"
+MODEL_VERSION_COLUMN = "model_version"
+RUN_ID_COLUMN = "run_id"
+
+
+_STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ logging to warnings and above."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def import_tensorflow() -> Any:
+    """Import TensorFlow without its start-up chatter on the terminal.
+
+    TensorFlow 2.21 prints CUDA and oneDNN notices through absl before
+    TF_CPP_MIN_LOG_LEVEL is read, straight to file descriptor 2. They are caught
+    here; anything else it prints is passed on.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    quiet_tensorflow()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines():
+            if line and not line.startswith(_STARTUP_CHATTER):
+                print(line, file=sys.stderr)
+    return tf
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: ResolvedModel
+    signature: SignatureInfo
+    function: Any
+    load_seconds: float
+    # The loaded object owns the variables the signature function reads.
+    _owner: Any
+
+
+_LOCK = threading.Lock()
+_LOADED: dict[str, LoadedModel] = {}
+
+
+def load_model(model: ResolvedModel) -> LoadedModel:
+    """The process-wide instance of ``model``: loaded on first use, shared by all threads."""
+    with _LOCK:
+        cached = _LOADED.get(model.content_hash)
+        if cached is None:
+            cached = _load(model)
+            _LOADED[model.content_hash] = cached
+        return cached
+
+
+def _load(model: ResolvedModel) -> LoadedModel:
+    tf = import_tensorflow()
+    start = time.perf_counter()
+    try:
+        owner = tf.saved_model.load(str(model.saved_model_dir))
+    except Exception as exc:  # TF raises many types for a broken SavedModel.
+        raise ModelError(
+            f"model {model.label} ({model.saved_model_dir}): TensorFlow could not load it: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    if SERVING_SIGNATURE not in owner.signatures:
+        raise ModelError(
+            f"model {model.label} ({model.saved_model_dir}): expected a '{SERVING_SIGNATURE}' "
+            f"signature, found {sorted(owner.signatures) or 'none'}. Export the model with "
+            "tf.saved_model.save(obj, path, signatures={'serving_default': fn})"
+        )
+    function = owner.signatures[SERVING_SIGNATURE]
+    signature = describe_signature(function, model)
+    elapsed = time.perf_counter() - start
+    log.info("loaded model %s in %.2fs", model.label, elapsed)
+    return LoadedModel(model, signature, function, elapsed, owner)
+
+
+def describe_signature(function: Any, model: ResolvedModel) -> SignatureInfo:
+    _, kwargs = function.structured_input_signature
+    inputs = {}
+    for name, spec in sorted(kwargs.items()):
+        shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
+        if len(shape) != 1:
+            raise ModelError(
+                f"model {model.label}: input '{name}' has shape {list(shape)}; batchscore feeds "
+                "one 1-D tensor per column, so every serving_default input must have shape [None]"
+            )
+        inputs[name] = TensorInfo(spec.dtype.name, shape)
+    outputs = {
+        name: TensorInfo(spec.dtype.name, tuple(spec.shape.as_list()))
+        for name, spec in sorted(function.structured_outputs.items())
+    }
+    info = SignatureInfo(inputs, outputs)
+    try:
+        info.output_fields()
+    except ValueError as exc:
+        raise ModelError(f"model {model.label}: {exc}") from exc
+    return info
+
+
+def constant_string(value: str, length: int) -> pa.Array:
+    """A string column holding ``value`` ``length`` times, built from buffers (no per-row objects)."""
+    encoded = value.encode()
+    offsets = np.arange(length + 1, dtype=np.int32) * len(encoded)
+    return pa.StringArray.from_buffers(
+        length, pa.py_buffer(offsets.tobytes()), pa.py_buffer(encoded * length)
+    )
+
+
+class BatchScorer:
+    """Scores record batches with one loaded model; cheap to build, safe to share."""
+
+    def __init__(self, loaded: LoadedModel, key_columns: Sequence[str], run_id: str) -> None:
+        self.loaded = loaded
+        self.key_columns = tuple(key_columns)
+        self.run_id = run_id
+        self._input_types = {
+            name: ARROW_TYPE_FOR_DTYPE[info.dtype] for name, info in loaded.signature.inputs.items()
+        }
+        self._output_fields = loaded.signature.output_fields()
+        self._tf = import_tensorflow()
+
+    @property
+    def input_types(self) -> dict[str, pa.DataType]:
+        """Model input column -> the Arrow type it is cast to before it becomes a tensor."""
+        return dict(self._input_types)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        fields = [input_schema.field(name) for name in self.key_columns]
+        fields += self._output_fields
+        fields += [
+            pa.field(MODEL_NAME_COLUMN, pa.string()),
+            pa.field(MODEL_VERSION_COLUMN, pa.string()),
+            pa.field(RUN_ID_COLUMN, pa.string()),
+        ]
+        return pa.schema(fields)
+
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Predictions for every row of ``batch``, which must hold no invalid rows."""
+        rows = batch.num_rows
+        if rows == 0:
+            predictions = [pa.array([], type=f.type) for f in self._output_fields]
+        else:
+            outputs = self.loaded.function(**self._feeds(batch))
+            predictions = [
+                _to_arrow(outputs[f.name].numpy(), f.type, rows) for f in self._output_fields
+            ]
+        model = self.loaded.model
+        columns = [batch.column(name) for name in self.key_columns]
+        columns += predictions
+        columns += [
+            constant_string(model.name, rows),
+            constant_string(model.version, rows),
+            constant_string(self.run_id, rows),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema(batch.schema))
+
+    def _feeds(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        feeds = {}
+        for name, arrow_type in self._input_types.items():
+            column = batch.column(name)
+            try:
+                if column.type != arrow_type:
+                    # float64 -> float32 is the models' convention, not a lossless cast.
+                    options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
+                    column = pc.cast(column, options=options)
+            except pa.ArrowInvalid as exc:
+                raise InputDataError(
+                    f"column '{name}': cannot convert {batch.schema.field(name).type} to "
+                    f"{arrow_type} for the model: {exc}"
+                ) from exc
+            feeds[name] = self._tf.constant(column.to_numpy(zero_copy_only=False))
+        return feeds
+
+
+def _to_arrow(values: np.ndarray, arrow_type: pa.DataType, rows: int) -> pa.Array:
+    if pa.types.is_fixed_size_list(arrow_type):
+        flat = pa.array(values.reshape(-1), type=arrow_type.value_type)
+        return pa.FixedSizeListArray.from_arrays(flat, arrow_type.list_size)
+    flat_values = values.reshape(rows)
+    if pa.types.is_string(arrow_type):
+        return pc.cast(pa.array(flat_values, type=pa.binary()), pa.string())
+    return pa.array(flat_values, type=arrow_type)

@@ -1,0 +1,116 @@
+"""What a model's ``serving_default`` signature takes and gives, without TensorFlow.
+
+The description is plain data, so a registered model's metadata can be checked
+against the input's Parquet schema before TensorFlow is even imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+# TensorFlow dtype name -> the Arrow type a column is cast to before it becomes a tensor.
+ARROW_TYPE_FOR_DTYPE: dict[str, pa.DataType] = {
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": {
+                k: {"dtype": v.dtype, "shape": list(v.shape)} for k, v in self.inputs.items()
+            },
+            "outputs": {
+                k: {"dtype": v.dtype, "shape": list(v.shape)} for k, v in self.outputs.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> SignatureInfo:
+        def parse(section: Mapping[str, Any]) -> dict[str, TensorInfo]:
+            return {
+                name: TensorInfo(str(spec["dtype"]), tuple(spec.get("shape", [None])))
+                for name, spec in section.items()
+            }
+
+        return cls(inputs=parse(payload["inputs"]), outputs=parse(payload["outputs"]))
+
+    def output_fields(self) -> list[pa.Field]:
+        """Arrow fields of the prediction columns: one per output key, in key order."""
+        fields = []
+        for name, info in self.outputs.items():
+            value_type = ARROW_TYPE_FOR_DTYPE.get(info.dtype)
+            if value_type is None:
+                raise ValueError(
+                    f"output '{name}' has dtype {info.dtype}, which batchscore cannot write"
+                )
+            width = output_width(info.shape)
+            fields.append(pa.field(name, value_type if width == 1 else pa.list_(value_type, width)))
+        return fields
+
+
+def output_width(shape: Sequence[int | None]) -> int:
+    """Values per row of an output: [batch] and [batch, 1] give one, [batch, k] gives k."""
+    width = 1
+    for dim in shape[1:]:
+        if dim is None:
+            raise ValueError(f"output shape {list(shape)} has an unknown inner dimension")
+        width *= dim
+    return width
+
+
+def _castable(found: pa.DataType, wanted: pa.DataType) -> bool:
+    if found == wanted:
+        return True
+    if pa.types.is_string(wanted):
+        return pa.types.is_string(found) or pa.types.is_large_string(found)
+    if pa.types.is_integer(wanted):
+        return pa.types.is_integer(found) and found.bit_width <= wanted.bit_width
+    if pa.types.is_floating(wanted):
+        # Models take float32 by convention; a float64 or integer column is cast to it.
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    return False
+
+
+def schema_problems(
+    schema: pa.Schema, signature: SignatureInfo, key_columns: Sequence[str], where: str
+) -> list[str]:
+    """Every way ``schema`` (of file ``where``) cannot feed ``signature``; empty if it can."""
+    problems = []
+    for name in key_columns:
+        if schema.get_field_index(name) < 0:
+            problems.append(f"{where}: key column '{name}' is missing")
+    for name, info in signature.inputs.items():
+        wanted = ARROW_TYPE_FOR_DTYPE.get(info.dtype)
+        index = schema.get_field_index(name)
+        if index < 0:
+            problems.append(
+                f"{where}: column '{name}' is missing; the model expects it as {info.dtype}"
+            )
+        elif wanted is None:
+            problems.append(f"{where}: model input '{name}' has dtype {info.dtype}, not supported")
+        elif not _castable(schema.field(index).type, wanted):
+            problems.append(
+                f"{where}: column '{name}' is {schema.field(index).type}; "
+                f"the model expects {info.dtype} (or a type that widens to it)"
+            )
+    return problems

@@ -1,0 +1,207 @@
+"""Score Parquet data with a TensorFlow SavedModel and write a versioned, committed run.
+
+    python -m jobs.score --runner=DirectRunner                 # the demo, end to end
+    python -m jobs.score --input=DATA --model=NAME@VERSION --output=OUT [Beam options]
+
+Arguments are checked first (input files and their footers, the model, the
+output folder), so a mistake fails in seconds, before Beam or TensorFlow start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from batch.errors import UsageError
+from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, find_input_files, read_input_file
+from batch.job import DEFAULT_BATCH_SIZE, Runner, RunSummary, run_scoring
+from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
+from batch.output import new_run_id
+from jobs import demo_paths
+from jobs.cli import run_main, setup_logging
+
+PROG = "python -m jobs.score"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Score Parquet data with a TensorFlow SavedModel (its tf.Transform preprocessing "
+            "included) and write the predictions as a new, committed, versioned run: "
+            "OUTPUT/<model>/<version>/run=<run id>/ with predictions/, rejected/ (dead-letter "
+            "rows with a reason), _MANIFEST.json and _SUCCESS. With no arguments it scores the "
+            "demo data with the demo model, creating both if they are missing."
+        ),
+        epilog=(
+            "Any other --option is passed to Apache Beam as a pipeline option, e.g. "
+            "--direct_num_workers=2 --direct_running_mode=multi_processing, or "
+            "--runner=DataflowRunner --project=P --region=R --temp_location=gs://... "
+            "See README.md for Dataflow and Spark."
+        ),
+    )
+    parser.add_argument(
+        "--input",
+        help="Parquet file, directory (searched recursively, hive partitions such as "
+        "dt=2026-01-01/ included) or glob. Default: the demo data in "
+        f"{demo_paths.demo_data_dir()} (generated if missing).",
+    )
+    parser.add_argument(
+        "--model",
+        help="NAME, NAME@VERSION or NAME@latest registered in --model_repo, or the path of "
+        "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
+        f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
+    )
+    parser.add_argument(
+        "--model_repo",
+        default=str(demo_paths.demo_model_repo()),
+        help="Model repository folder for registered names (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--output",
+        help="Output root; each run goes to OUTPUT/<model>/<version>/run=<run id>/. "
+        f"Default: {demo_paths.demo_output_dir()}.",
+    )
+    parser.add_argument(
+        "--runner",
+        default="DirectRunner",
+        help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner ...",
+    )
+    parser.add_argument(
+        "--key_columns",
+        help="Comma-separated input columns copied to every output row to identify it. "
+        "Default: the registered model's key columns; required for other models.",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Rows per model call (default: %(default)s). Larger batches amortise the call "
+        "overhead; smaller ones use less memory.",
+    )
+    parser.add_argument(
+        "--split_rows",
+        type=_positive_int,
+        default=DEFAULT_SPLIT_ROWS,
+        help="About this many rows (whole row groups) per unit of parallel work "
+        "(default: %(default)s).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def _resolve_inputs(spec: str) -> list[InputFile]:
+    return [read_input_file(path) for path in find_input_files(spec)]
+
+
+def _check_output_writable(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--output={output}: cannot write there ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from exc
+
+
+def _default_model(repo: ModelRepository) -> ResolvedModel:
+    if not repo.versions(demo_paths.DEMO_MODEL_NAME):
+        print(f"{PROG}: no demo model in {repo.root} yet; training it first (about a minute)")
+        from jobs import train
+
+        train.main([f"--model_repo={repo.root}"])
+    return repo.resolve(demo_paths.DEMO_MODEL_NAME)
+
+
+def _key_columns(option: str | None, model: ResolvedModel) -> list[str]:
+    if option is not None:
+        return [c.strip() for c in option.split(",") if c.strip()]
+    recorded = model.metadata.get("key_columns")
+    if recorded:
+        return [str(c) for c in recorded]
+    raise UsageError(
+        f"--key_columns is required for model {model.label}: it records no key columns. "
+        "Name the input columns that identify a row, e.g. --key_columns=customer_id,dt"
+    )
+
+
+def make_runner(runner: str, pipeline_args: Sequence[str]) -> Runner:
+    from runners.beam import BeamRunner
+
+    return BeamRunner([f"--runner={runner}", *pipeline_args])
+
+
+def format_summary(summary: RunSummary) -> str:
+    counts = summary.manifest["counts"]
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items()) or "none"
+    lines = [
+        f"run {summary.run.run_id} committed",
+        f"  model        {summary.run.model_name}@{summary.run.model_version}",
+        f"  rows in      {counts['rows_in']:,}",
+        f"  scored       {counts['rows_scored']:,}",
+        f"  rejected     {counts['rows_rejected']:,} ({reasons})",
+        f"  wall time    {summary.wall_seconds:.1f}s (start-up included)",
+        f"  throughput   {summary.predictions_per_second:,.0f} predictions/s",
+        f"  output       {summary.run.run_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    args, pipeline_args = build_parser().parse_known_args(argv)
+    setup_logging(args.verbose)
+    from batch.scorer import quiet_tensorflow
+
+    quiet_tensorflow()
+
+    def score() -> int:
+        if args.input is None:
+            from jobs.make_demo import ensure_demo_data
+
+            input_spec = str(ensure_demo_data(log=None))
+        else:
+            input_spec = args.input
+        files = _resolve_inputs(input_spec)
+        repo = ModelRepository(args.model_repo)
+        model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
+        key_columns = _key_columns(args.key_columns, model)
+        output = Path(args.output) if args.output else demo_paths.demo_output_dir()
+        _check_output_writable(output)
+        runner = make_runner(args.runner, pipeline_args)
+        summary = run_scoring(
+            input_spec=input_spec,
+            files=files,
+            model=model,
+            output_root=output,
+            key_columns=key_columns,
+            runner=runner,
+            run_id=new_run_id(),
+            batch_size=args.batch_size,
+            split_rows=args.split_rows,
+            started=started,
+        )
+        print(format_summary(summary))
+        return 0
+
+    return run_main(score, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
