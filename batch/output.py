@@ -45,8 +45,9 @@ RUN_PREFIX = "run="
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
-    """Sortable by start time, unique across concurrent jobs: ``20261126T081500Z-3fa2c1``."""
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    """Sortable by start time (to the microsecond), unique across concurrent jobs:
+    ``20261126T081500.123456Z-3fa2c1``."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{secrets.token_hex(3)}"
 
 

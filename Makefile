@@ -1,0 +1,38 @@
+# Every target creates or reuses the project venv (.venv) on its own.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: venv demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[spark,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: generate the demo data, train the demo model if missing, score it on Beam's DirectRunner
+demo: venv
+	$(BIN)/python -m jobs.score --runner=DirectRunner
+
+## lint: ruff (lint + format check) and mypy
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite (slow end-to-end tests included)
+test: lint
+	$(BIN)/python -m pytest
+
+## bench: whole-job speed on generated data (ROWS=2000000 by default)
+ROWS ?= 2000000
+bench: venv
+	$(BIN)/python -m bench.run --rows=$(ROWS)
+
+clean-demo:
+	rm -rf .demo
