@@ -116,6 +116,8 @@ def plan_splits(files: Sequence[InputFile], split_rows: int = DEFAULT_SPLIT_ROWS
         group: list[int] = []
         rows = 0
         for index, group_rows in enumerate(file.row_group_rows):
+            if group_rows == 0:
+                continue
             if group and rows + group_rows > split_rows:
                 splits.append(Split(len(splits), file.path, tuple(group), rows))
                 group, rows = [], 0

@@ -1,0 +1,1 @@
+"""batchscore's own benchmark (``make bench``)."""
