@@ -24,7 +24,7 @@ from batch.errors import InputDataError, ModelError
 from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
 from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
-from batch.scorer import BatchScorer, load_model
+from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
 from batch.validate import partition_rows, reject_schema
 
@@ -78,6 +78,7 @@ def score_split(job: ScoringJob, split: Split) -> SplitResult:
             job.layout.staged_part(PREDICTIONS, split.index),
             scorer.output_schema(read_schema),
             create_empty=True,
+            dictionary_columns=CONSTANT_COLUMNS,
         ) as scored,
         PartWriter(
             job.layout.staged_part(REJECTED, split.index),

@@ -23,6 +23,7 @@ import datetime as dt
 import os
 import secrets
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -77,10 +78,22 @@ class RunLayout:
 class PartWriter:
     """Writes record batches to one Parquet part; the part appears only when complete."""
 
-    def __init__(self, path: Path, schema: pa.Schema, *, create_empty: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        *,
+        create_empty: bool,
+        dictionary_columns: Sequence[str] | bool = True,
+    ) -> None:
         self.path = path
         self.schema = schema
         self.create_empty = create_empty
+        # Dictionary-encoding unique values (scores, keys) costs time for no gain;
+        # callers name the low-cardinality columns where it pays.
+        self.dictionary_columns = (
+            dictionary_columns if isinstance(dictionary_columns, bool) else list(dictionary_columns)
+        )
         self.rows = 0
         self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         self._writer: pq.ParquetWriter | None = None
@@ -88,7 +101,12 @@ class PartWriter:
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
+            self._writer = pq.ParquetWriter(
+                self._tmp,
+                self.schema,
+                compression="snappy",
+                use_dictionary=self.dictionary_columns,
+            )
         return self._writer
 
     def write(self, batch: pa.RecordBatch) -> None:

@@ -30,6 +30,7 @@ SERVING_SIGNATURE = "serving_default"
 MODEL_NAME_COLUMN = "model_name"
 MODEL_VERSION_COLUMN = "model_version"
 RUN_ID_COLUMN = "run_id"
+CONSTANT_COLUMNS = (MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN)
 
 
 _STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
