@@ -24,6 +24,7 @@ from batch.errors import InputDataError, ModelError
 from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
 from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
+from batch.overlap import BackgroundWriter, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
 from batch.validate import partition_rows, reject_schema
@@ -86,13 +87,18 @@ def score_split(job: ScoringJob, split: Split) -> SplitResult:
             create_empty=False,
         ) as rejects,
     ):
-        for batch in parquet.iter_batches(
-            batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
-        ):
-            rows_in += batch.num_rows
-            part = partition_rows(batch, input_types)
-            scored.write(scorer.score(part.valid))
-            rejects.write(part.rejected)
+        writer = BackgroundWriter()
+        try:
+            batches = parquet.iter_batches(
+                batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+            )
+            for batch in read_ahead(batches):
+                rows_in += batch.num_rows
+                part = partition_rows(batch, input_types)
+                writer.submit(scored.write, scorer.score(part.valid))
+                writer.submit(rejects.write, part.rejected)
+        finally:
+            writer.drain()
     return SplitResult(split.index, rows_in, scored.rows, rejects.rows)
 
 
