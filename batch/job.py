@@ -168,6 +168,7 @@ def run_scoring(
     layout = RunLayout(output_root, model.name, model.version, run_id)
     job = ScoringJob(model, layout, tuple(key_columns), batch_size)
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
+    layout.staging_dir.mkdir(parents=True)
     runner.execute(job, splits)
     manifest = {
         "batchscore_version": importlib.metadata.version("batchscore"),
