@@ -1,0 +1,775 @@
+"""Train the loan default model and register it: tf.Transform on Beam, then tf-keras.
+
+    python -m jobs.train [--input=DIR] [--model_repo=DIR] [--name=loan_default]
+                         [--train_rows=200000] [--epochs=3] [--seed=7]
+                         [Beam pipeline options, e.g. --direct_num_workers=2]
+
+Steps:
+
+1. read the first ``--train_rows`` rows of the input Parquet (all ``*.parquet``
+   files under DIR, in sorted path order; day partitions ``dt=...`` included);
+2. drop the rows that are dirty for training: a null, a number outside the
+   schema's domain, a categorical outside its ``string_domain``, or a string with
+   characters outside ``^[\\w\\-\\s]+$`` (``schemas/loans/schema.pbtxt``);
+3. split train / held-out (90/10) by a hash of ``loan_id``;
+4. analyze and transform the training rows with ``transforms.loans.preprocessing_fn``
+   on Apache Beam (tf.Transform), and write the transform output;
+5. train a small tf-keras MLP on the transformed features to predict ``defaulted``;
+6. export ONE SavedModel whose ``serving_default`` signature takes the raw 1-D
+   columns (named like the Parquet columns), applies the transform graph and the
+   model, and returns ``default_probability`` (float32, shape [batch]); a second
+   signature ``transform_features`` returns the transformed features;
+7. evaluate that serving function on the held-out rows (AUC, log loss);
+8. register the SavedModel with its transform output and metadata in the model
+   repository as the next version of ``--name``.
+
+Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
+package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
+``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported so tf.Transform agrees.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before TensorFlow is imported: quiet C++ logs, and Keras 2 for tf.Transform.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import glob
+import hashlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+import tf_keras
+from apache_beam.options.pipeline_options import PipelineOptions
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx_bsl.tfxio import tensor_adapter
+
+from batch.errors import BatchScoreError, InputDataError, UsageError
+from batch.fsutil import file_sha256
+from batch.model_repo import ModelRepository, ResolvedModel
+from batch.scorer import SERVING_SIGNATURE
+from batch.signature import SignatureInfo, TensorInfo
+from jobs.demo_paths import DEMO_MODEL_NAME, demo_data_dir, demo_model_repo
+from jobs.make_demo import ensure_demo_data
+from schemas import load_schema
+from transforms import loans
+
+TRANSFORM_SIGNATURE = "transform_features"
+OUTPUT_KEY = "default_probability"
+HELDOUT_BUCKETS = 10  # 1 of 10 hash buckets of loan_id is held out
+VALID_STRING_PATTERN = r"^[\w\-\s]+$"
+RECORD_BATCH_ROWS = 8192
+
+DEFAULT_TRAIN_ROWS = 200_000
+DEFAULT_EPOCHS = 3
+DEFAULT_SEED = 7
+DEFAULT_BATCH_SIZE = 512
+
+_STEPS = ["read_clean_split", "tft_analyze_transform_beam", "keras_fit", "export", "evaluate"]
+_DTYPE_NAMES = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
+_ARROW_TYPES = {tf.int64: pa.int64(), tf.float32: pa.float32(), tf.string: pa.string()}
+
+log = logging.getLogger("batchscore.train")
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    table: pa.Table
+    dropped: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+# -- reading and cleaning ------------------------------------------------------------
+
+
+def parquet_files(input_dir: Path) -> list[Path]:
+    """Every ``*.parquet`` file under ``input_dir`` (hidden and ``_`` files skipped), sorted."""
+    if not input_dir.is_dir():
+        raise UsageError(
+            f"--input={input_dir}: expected a folder of Parquet files; it does not exist. "
+            "Run `python -m jobs.make_demo` or pass --input=DIR"
+        )
+    files = sorted(
+        p
+        for p in input_dir.rglob("*.parquet")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(input_dir).parts)
+    )
+    if not files:
+        raise UsageError(
+            f"--input={input_dir}: expected *.parquet files under it; found none. "
+            "Run `python -m jobs.make_demo` or pass the folder that holds the data"
+        )
+    return files
+
+
+def data_fingerprint(input_dir: Path, files: Sequence[Path]) -> str:
+    """sha256 over the sorted (relative path, size, content sha256) of the input files."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        rel = path.relative_to(input_dir).as_posix()
+        digest.update(f"{rel}\0{path.stat().st_size}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def read_rows(input_dir: Path, limit: int | None = None) -> pa.Table:
+    """The first ``limit`` rows of the input (files in sorted order), the schema's columns.
+
+    Columns are cast to the schema's types (float64 -> float32); a missing column
+    or one of an incompatible type is an :class:`InputDataError` naming the file.
+    """
+    spec = loans.training_feature_spec()
+    tables: list[pa.Table] = []
+    rows = 0
+    for path in parquet_files(input_dir):
+        if limit is not None and rows >= limit:
+            break
+        parquet = pq.ParquetFile(path)
+        _check_columns(path, parquet.schema_arrow, spec)
+        table = parquet.read(columns=list(spec))
+        if limit is not None:
+            table = table.slice(0, limit - rows)
+        tables.append(_cast_to_spec(path, table, spec))
+        rows += table.num_rows
+    return pa.concat_tables(tables)
+
+
+def _check_columns(path: Path, schema: pa.Schema, spec: dict[str, tf.io.FixedLenFeature]) -> None:
+    missing = [name for name in spec if schema.get_field_index(name) < 0]
+    if missing:
+        raise InputDataError(
+            f"{path}: expected the columns of schemas/loans/schema.pbtxt; missing "
+            f"{', '.join(missing)} (found: {', '.join(schema.names)}). Pass an --input "
+            "written for this schema"
+        )
+
+
+def _cast_to_spec(path: Path, table: pa.Table, spec: dict[str, tf.io.FixedLenFeature]) -> pa.Table:
+    columns = []
+    for name, feature in spec.items():
+        column = table.column(name)
+        target = _ARROW_TYPES[feature.dtype]
+        found = column.type
+        ok = (
+            (pa.types.is_integer(found) and feature.dtype == tf.int64)
+            or (
+                (pa.types.is_floating(found) or pa.types.is_integer(found))
+                and feature.dtype == tf.float32
+            )
+            or (
+                (pa.types.is_string(found) or pa.types.is_large_string(found))
+                and feature.dtype == tf.string
+            )
+        )
+        if not ok:
+            raise InputDataError(
+                f"{path}: column '{name}' expected {_DTYPE_NAMES[feature.dtype]} "
+                f"(schemas/loans/schema.pbtxt); found {found}. Fix the data or the schema"
+            )
+        # float64 -> float32 may round; that is the model's input type.
+        columns.append(column.cast(target, safe=feature.dtype != tf.float32))
+    return pa.table(columns, names=list(spec))
+
+
+def clean_training_rows(table: pa.Table) -> CleanResult:
+    """Drop rows that are dirty for training, per the schema's presence and domains.
+
+    Dirty: a null in any column; a number outside its ``int_domain``/``float_domain``
+    (NaN included); a value outside its ``string_domain``; or, for free strings, a
+    character outside ``^[\\w\\-\\s]+$``.
+    """
+    keep = pa.array(np.ones(table.num_rows, dtype=bool))
+    reasons: dict[str, int] = {}
+    for feature in load_schema(loans.SCHEMA_NAME).feature:
+        column = table.column(feature.name)
+        ok = pc.is_valid(column)
+        if feature.HasField("int_domain") or feature.HasField("float_domain"):
+            domain = feature.int_domain if feature.HasField("int_domain") else feature.float_domain
+            in_range = pc.and_(
+                pc.greater_equal(column, domain.min), pc.less_equal(column, domain.max)
+            )
+            ok = pc.and_kleene(ok, in_range)
+        elif feature.type == schema_pb2.BYTES:
+            if feature.HasField("string_domain"):
+                allowed = pa.array(list(feature.string_domain.value), pa.string())
+                good = pc.is_in(column, value_set=allowed)
+            else:
+                good = pc.match_substring_regex(column, VALID_STRING_PATTERN)
+            ok = pc.and_kleene(ok, good)
+        ok = pc.fill_null(ok, False)
+        bad = table.num_rows - pc.sum(ok).as_py() if table.num_rows else 0
+        if bad:
+            reasons[feature.name] = int(bad)
+        keep = pc.and_(keep, ok)
+    clean = table.filter(keep)
+    return CleanResult(clean, table.num_rows - clean.num_rows, reasons)
+
+
+def split_heldout(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(train, held-out): a row is held out when its key hashes to bucket 0 of 10."""
+    keys = tf.constant(table.column(loans.KEY).to_numpy(zero_copy_only=False).astype(object))
+    buckets = tf.strings.to_hash_bucket_fast(keys, HELDOUT_BUCKETS).numpy()
+    heldout = pa.array(buckets == 0)
+    return table.filter(pc.invert(heldout)), table.filter(heldout)
+
+
+# -- tf.Transform on Beam ------------------------------------------------------------
+
+
+def _tensor_adapter_config() -> tensor_adapter.TensorAdapterConfig:
+    spec = loans.training_feature_spec()
+    arrow_schema = pa.schema(
+        [pa.field(name, pa.list_(_ARROW_TYPES[f.dtype])) for name, f in spec.items()]
+    )
+    representations = {
+        name: schema_pb2.TensorRepresentation(
+            dense_tensor=schema_pb2.TensorRepresentation.DenseTensor(
+                column_name=name, shape=schema_pb2.FixedShape()
+            )
+        )
+        for name in spec
+    }
+    return tensor_adapter.TensorAdapterConfig(arrow_schema, representations)
+
+
+def to_record_batches(table: pa.Table, rows: int = RECORD_BATCH_ROWS) -> list[pa.RecordBatch]:
+    """The TFXIO form of ``table``: every column a list<value> with one value per row."""
+    spec = loans.training_feature_spec()
+    batches = []
+    for batch in table.select(list(spec)).to_batches(max_chunksize=rows):
+        offsets = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
+        arrays = [pa.ListArray.from_arrays(offsets, batch.column(name)) for name in spec]
+        batches.append(pa.RecordBatch.from_arrays(arrays, names=list(spec)))
+    return batches
+
+
+def _record_batch_source(
+    pipeline: beam.Pipeline, table: pa.Table, folder: Path, label: str
+) -> beam.PCollection:
+    """A PCollection of TFXIO record batches of ``table``.
+
+    The rows travel through a temporary Parquet file, not ``beam.Create``: Create
+    pickles (and bz2-compresses) its values into the pipeline description, which
+    costs far more than the analysis itself.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rows.parquet"
+    pq.write_table(table, path, row_group_size=RECORD_BATCH_ROWS, compression="none")
+    groups = pq.ParquetFile(path).num_row_groups
+    return (
+        pipeline
+        | f"{label}RowGroups" >> beam.Create([(str(path), g) for g in range(groups)])
+        | f"{label}Read" >> beam.FlatMap(_read_row_group)
+    )
+
+
+def _read_row_group(source: tuple[str, int]) -> list[pa.RecordBatch]:
+    path, group = source
+    table = pq.ParquetFile(path).read_row_group(group)
+    return to_record_batches(table, max(table.num_rows, 1))
+
+
+def _serialize_batch(element: Any) -> bytes:
+    batch = element[0] if isinstance(element, tuple) else element
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _read_batches(prefix: str) -> dict[str, np.ndarray]:
+    """Read back what :func:`_serialize_batch` wrote, as flat numpy columns."""
+    files = sorted(glob.glob(prefix + "*"))
+    batches: list[pa.RecordBatch] = []
+    for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        with pa.ipc.open_stream(pa.py_buffer(record)) as reader:
+            batches.extend(reader)
+    if not batches:
+        return {}
+    table = pa.Table.from_batches(batches)
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            column = column.flatten()
+        out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
+    args = list(beam_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=DirectRunner")
+    return PipelineOptions(args)
+
+
+def analyze_and_transform(
+    train: pa.Table,
+    transform_output_dir: Path,
+    work_dir: Path,
+    beam_args: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Analyze ``train`` with tf.Transform on Beam; write the transform output; return
+    the transformed training rows (the label and key columns included)."""
+    prefix = str(work_dir / "transformed_train" / "part")
+    with (
+        beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline,
+        tft_beam.Context(temp_dir=str(work_dir / "tft_tmp")),
+    ):
+        raw = _record_batch_source(pipeline, train, work_dir / "train_rows", "Train")
+        (transformed, _metadata), transform_fn = (
+            raw,
+            _tensor_adapter_config(),
+        ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+            loans.preprocessing_fn, output_record_batches=True
+        )
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+            str(transform_output_dir)
+        )
+        _ = (
+            transformed
+            | "Serialize" >> beam.Map(_serialize_batch)
+            | "Write" >> beam.io.WriteToTFRecord(prefix)
+        )
+    return _in_order(_read_batches(prefix), train.column(loans.KEY))
+
+
+def tft_transform_rows(
+    table: pa.Table, transform_output_dir: Path, beam_args: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """tf.Transform's training-time output (``TransformDataset`` on Beam) for ``table``.
+
+    ``table`` needs every schema column (label and key too). The result is in the
+    row order of ``table`` (rows are matched back by ``loan_id``).
+    """
+    work_dir = Path(tempfile.mkdtemp(prefix="batchscore-tft-"))
+    try:
+        prefix = str(work_dir / "transformed" / "part")
+        with (
+            beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline,
+            tft_beam.Context(temp_dir=str(work_dir / "tft_tmp")),
+        ):
+            transform_fn = pipeline | "ReadTransformFn" >> tft_beam.ReadTransformFn(
+                str(transform_output_dir)
+            )
+            raw = _record_batch_source(pipeline, table, work_dir / "rows", "Rows")
+            transformed, _metadata = (
+                (raw, _tensor_adapter_config()),
+                transform_fn,
+            ) | "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
+            _ = (
+                transformed
+                | "Serialize" >> beam.Map(_serialize_batch)
+                | "Write" >> beam.io.WriteToTFRecord(prefix)
+            )
+        out = _read_batches(prefix)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return _in_order(out, table.column(loans.KEY))
+
+
+def _in_order(columns: dict[str, np.ndarray], keys: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    """``columns`` (which carry the key column) reordered to the order of ``keys``."""
+    got = pa.array(columns[loans.KEY].astype(object), pa.binary()).cast(pa.string())
+    positions = pc.index_in(keys, value_set=got)
+    if positions.null_count:
+        raise InputDataError(
+            f"tf.Transform output: expected one transformed row per input {loans.KEY}; "
+            f"{positions.null_count} of {len(keys)} keys are missing from it. Are the "
+            f"{loans.KEY} values unique?"
+        )
+    order = positions.to_numpy()
+    return {name: values[order] for name, values in columns.items()}
+
+
+# -- the model -----------------------------------------------------------------------
+
+
+def build_model(tft_output: tft.TFTransformOutput, seed: int) -> tf_keras.Model:
+    """A small MLP over z-scored numbers and embedded categorical ids."""
+    tf_keras.utils.set_random_seed(seed)
+    inputs: dict[str, Any] = {}
+    parts = []
+    numbers = []
+    for name in loans.dense_float_features():
+        inputs[name] = tf_keras.Input(shape=(), name=name, dtype=tf.float32)
+        numbers.append(tf_keras.layers.Reshape((1,))(inputs[name]))
+    parts.append(tf_keras.layers.Concatenate(name="numbers")(numbers))
+    hashed = loans.hashed_feature_buckets()
+    for name in loans.categorical_id_features():
+        inputs[name] = tf_keras.Input(shape=(), name=name, dtype=tf.int64)
+        buckets = hashed.get(name) or tft_output.num_buckets_for_transformed_feature(name)
+        dim = max(2, min(16, round(1.6 * buckets**0.25)))
+        embedded = tf_keras.layers.Embedding(buckets, dim, name=f"{name}_embedding")(inputs[name])
+        parts.append(embedded)
+    x = tf_keras.layers.Concatenate(name="features")(parts)
+    x = tf_keras.layers.Dense(64, activation="relu")(x)
+    x = tf_keras.layers.Dense(32, activation="relu")(x)
+    output = tf_keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
+    model = tf_keras.Model(inputs=inputs, outputs=output)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(learning_rate=2e-3),
+        loss="binary_crossentropy",
+        metrics=[tf_keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def model_features(model: tf_keras.Model) -> list[str]:
+    return list(model.input_names)
+
+
+def serving_input_signature() -> dict[str, tf.TensorSpec]:
+    """One 1-D tensor per raw feature, named like its Parquet column."""
+    return {
+        name: tf.TensorSpec([None], feature.dtype, name=name)
+        for name, feature in loans.raw_feature_spec().items()
+    }
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel holds: the transform layer, the Keras model, two signatures."""
+
+    def __init__(self, model: tf_keras.Model, tft_output: tft.TFTransformOutput) -> None:
+        super().__init__()
+        self.model = model
+        self.tft_layer = tft_output.transform_features_layer()
+        self._features = model_features(model)
+        signature = [serving_input_signature()]
+        self.serve = tf.function(self._serve, input_signature=signature)
+        self.transform = tf.function(self._transform, input_signature=signature)
+
+    def _transform(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = self.tft_layer(raw)
+        return {name: transformed[name] for name in self._features}
+
+    def _serve(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = self._transform(raw)
+        probability = self.model(transformed, training=False)
+        return {OUTPUT_KEY: tf.reshape(tf.cast(probability, tf.float32), [-1])}
+
+    def save(self, path: Path) -> None:
+        tf.saved_model.save(
+            self,
+            str(path),
+            signatures={
+                SERVING_SIGNATURE: self.serve.get_concrete_function(),
+                TRANSFORM_SIGNATURE: self.transform.get_concrete_function(),
+            },
+        )
+
+
+def raw_inputs(table: pa.Table) -> dict[str, tf.Tensor]:
+    """The serving signature's inputs for the rows of ``table``."""
+    out = {}
+    for name, feature in loans.raw_feature_spec().items():
+        column = table.column(name).cast(_ARROW_TYPES[feature.dtype]).combine_chunks()
+        values = column.to_numpy(zero_copy_only=False)
+        if feature.dtype == tf.string:
+            values = values.astype(object)
+        out[name] = tf.constant(values, dtype=feature.dtype)
+    return out
+
+
+def predict(module: ServingModule, table: pa.Table, batch_rows: int = 65536) -> np.ndarray:
+    scores = [
+        module.serve(raw_inputs(table.slice(start, batch_rows)))[OUTPUT_KEY].numpy()
+        for start in range(0, table.num_rows, batch_rows)
+    ]
+    return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula; ties get average ranks."""
+    labels = labels.astype(bool)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank within runs of equal scores.
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    averages = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(averages, ends - starts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    y = labels.astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+# -- the whole job -------------------------------------------------------------------
+
+
+def train_and_register(
+    input_dir: Path | str | None = None,
+    model_repo: Path | str | None = None,
+    name: str = DEMO_MODEL_NAME,
+    train_rows: int = DEFAULT_TRAIN_ROWS,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    beam_args: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    report: Callable[[str], None] | None = print,
+) -> ResolvedModel:
+    """Run the whole job (see the module docstring); return the registered model.
+
+    Its metadata holds the signature, the training facts (``training.timings_s``
+    among them) and the held-out metrics.
+    """
+    say = report or (lambda _message: None)
+    if train_rows < 10:
+        raise UsageError(f"--train_rows={train_rows}: expected at least 10 rows")
+    if epochs < 1:
+        raise UsageError(f"--epochs={epochs}: expected at least 1")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        assert step in _STEPS, step
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 2)
+        clock = now
+
+    source = Path(input_dir) if input_dir is not None else ensure_demo_data(log=report)
+    repo = ModelRepository(Path(model_repo) if model_repo is not None else demo_model_repo())
+    files = parquet_files(source)
+    raw = read_rows(source, train_rows)
+    cleaned = clean_training_rows(raw)
+    train, heldout = split_heldout(cleaned.table)
+    if train.num_rows == 0 or heldout.num_rows == 0:
+        raise InputDataError(
+            f"--input={source}: expected clean rows for both training and held-out "
+            f"evaluation; found {train.num_rows} train and {heldout.num_rows} held-out rows "
+            f"of {raw.num_rows} read ({cleaned.dropped} dirty). Raise --train_rows"
+        )
+    fingerprint = data_fingerprint(source, files)
+    lap("read_clean_split")
+
+    work_dir = Path(tempfile.mkdtemp(prefix="batchscore-train-"))
+    try:
+        transform_output_dir = work_dir / "transform_output"
+        transformed = analyze_and_transform(train, transform_output_dir, work_dir, beam_args)
+        lap("tft_analyze_transform_beam")
+
+        tft_output = tft.TFTransformOutput(str(transform_output_dir))
+        model = build_model(tft_output, seed)
+        features = {name: transformed[name] for name in model_features(model)}
+        labels = transformed[loans.LABEL].astype(np.float32)
+        # Arrays, not an element-wise tf.data pipeline: Keras shuffles indices and
+        # gathers whole batches, several times faster on 2 cores.
+        history = model.fit(
+            features, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0
+        )
+        lap("keras_fit")
+
+        module = ServingModule(model, tft_output)
+        saved_model_dir = work_dir / "saved_model"
+        module.save(saved_model_dir)
+        lap("export")
+
+        scores = predict(module, heldout)
+        heldout_labels = heldout.column(loans.LABEL).to_numpy()
+        metrics = {
+            "heldout_auc": round(auc(heldout_labels, scores), 6),
+            "heldout_log_loss": round(log_loss(heldout_labels, scores), 6),
+            "heldout_rows": heldout.num_rows,
+            "heldout_positive_rate": round(float(heldout_labels.mean()), 6),
+            "heldout_mean_prediction": round(float(scores.mean()), 6),
+            "train_loss": round(float(history.history["loss"][-1]), 6),
+            "train_auc": round(float(history.history["auc"][-1]), 6),
+        }
+        lap("evaluate")
+
+        metadata = {
+            "signature": signature_metadata(),
+            "key_columns": [loans.KEY],
+            "label": loans.LABEL,
+            "training": {
+                "data_fingerprint": fingerprint,
+                "input": str(source),
+                "input_files": len(files),
+                "rows_used": raw.num_rows,
+                "rows_dropped_dirty": cleaned.dropped,
+                "dirty_by_column": cleaned.reasons,
+                "train_rows": train.num_rows,
+                "heldout_rows": heldout.num_rows,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "seed": seed,
+                "schema": f"schemas/{loans.SCHEMA_NAME}/schema.pbtxt",
+                "preprocessing_fn": "transforms.loans.preprocessing_fn",
+                "timings_s": timings,
+            },
+            "metrics": metrics,
+            "framework": framework_versions(),
+        }
+        resolved = repo.register(name, saved_model_dir, metadata, transform_output_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    say(
+        f"train: registered {resolved.label} at {resolved.saved_model_dir.parent} "
+        f"(train {train.num_rows:,} rows, held-out {heldout.num_rows:,}, dropped "
+        f"{cleaned.dropped:,} dirty; held-out AUC {metrics['heldout_auc']:.4f}, "
+        f"log loss {metrics['heldout_log_loss']:.4f})"
+    )
+    return resolved
+
+
+def signature_metadata() -> dict[str, Any]:
+    """The serving signature in ``batch.signature.SignatureInfo`` JSON form (plus names).
+
+    ``{"inputs": {column: {"dtype": "int64", "shape": [None]}, ...},
+    "outputs": {"default_probability": {"dtype": "float32", "shape": [None]}}}``
+    """
+    info = SignatureInfo(
+        inputs={
+            name: TensorInfo(_DTYPE_NAMES[feature.dtype], (None,))
+            for name, feature in loans.raw_feature_spec().items()
+        },
+        outputs={OUTPUT_KEY: TensorInfo("float32", (None,))},
+    )
+    return {
+        **info.to_json(),
+        "name": SERVING_SIGNATURE,
+        "transform_signature": TRANSFORM_SIGNATURE,
+    }
+
+
+def framework_versions() -> dict[str, str]:
+    import apache_beam
+    import tfx_bsl
+
+    return {
+        "tensorflow": tf.__version__,
+        "tensorflow_transform": tft.__version__,
+        "tf_keras": tf_keras.__version__,
+        "tfx_bsl": tfx_bsl.__version__,
+        "apache_beam": apache_beam.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+# -- command line --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.train",
+        allow_abbrev=False,
+        description=(
+            "Train the loan default model: read and clean the input Parquet, analyze "
+            "transforms/loans.py with tf.Transform on Apache Beam, fit a tf-keras MLP, "
+            "export one SavedModel (raw columns in, default_probability out) and register "
+            "it as the next version of --name. Unrecognized --options are passed to Beam "
+            "as pipeline options (e.g. --direct_num_workers=2)."
+        ),
+    )
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="folder of Parquet files (searched recursively, e.g. dt=... partitions); "
+        f"default: the demo data, {demo_data_dir()}, written by jobs.make_demo if missing",
+    )
+    parser.add_argument(
+        "--model_repo",
+        type=Path,
+        default=None,
+        help=f"model repository to register into (default: {demo_model_repo()})",
+    )
+    parser.add_argument(
+        "--name",
+        default=DEMO_MODEL_NAME,
+        help="registered model name; each run adds the next version (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--train_rows",
+        type=int,
+        default=DEFAULT_TRAIN_ROWS,
+        help="read the first N rows of the input (files in sorted order), before dropping "
+        "dirty rows and holding out 10%% (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help="training epochs over the transformed training rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="training batch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seed of the weight initialisation and the shuffling (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(argv)
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        print(
+            f"train: error: unexpected argument(s) {' '.join(unknown)}; options are "
+            "--name=value (see --help)",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)
+    started = time.perf_counter()
+    try:
+        model = train_and_register(
+            args.input,
+            args.model_repo,
+            args.name,
+            args.train_rows,
+            args.epochs,
+            args.seed,
+            beam_args,
+            args.batch_size,
+        )
+    except BatchScoreError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    timings: dict[str, float] = model.metadata["training"]["timings_s"]
+    steps = ", ".join(
+        f"{step} {seconds:.1f}s"
+        for step, seconds in sorted(timings.items(), key=lambda item: _STEPS.index(item[0]))
+    )
+    print(f"train: done in {time.perf_counter() - started:.1f}s ({steps})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""batchscore transforms."""

@@ -1,0 +1,184 @@
+"""The tf.Transform preprocessing of the loan default model, shared by training and scoring.
+
+Training analyzes :func:`preprocessing_fn` over the training rows on Beam
+(``jobs/train.py``) and exports the resulting transform graph inside the model's
+SavedModel; scoring runs that exported graph. There is no second implementation
+of this preprocessing anywhere.
+
+Inputs are dense 1-D tensors (shape ``[batch]``), one per raw feature of
+``schemas/loans/schema.pbtxt``: int64 for INT, float32 for FLOAT, string for
+BYTES (see :func:`raw_feature_spec`). The graph is total over its inputs' types:
+out-of-range numbers are clipped to the schema's domain before scaling,
+bucketization takes any number, and unseen strings land in out-of-vocabulary
+buckets. Which rows are *acceptable* is the cleaning rules' business, not this
+graph's.
+
+The label (``defaulted``) and the key (``loan_id``) are passed through when they
+are fed (training), so a transformed row keeps its label and its key; at serving
+neither is fed and the transform layer drops them.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tensorflow_transform.tf_metadata import schema_utils
+
+from schemas import load_schema
+
+SCHEMA_NAME = "loans"
+LABEL = "defaulted"
+KEY = "loan_id"
+
+# Money: clipped to the schema domain, then log1p, then z-scored.
+LOG_NUMERIC = ("annual_income", "loan_amount")
+# Clipped to the schema domain, then z-scored.
+NUMERIC = (
+    "applicant_age",
+    "loan_term_months",
+    "interest_rate",
+    "credit_score",
+    "num_open_accounts",
+    "num_delinquencies",
+    "debt_to_income",
+    "employment_years",
+    "revolving_utilization",
+    "months_since_last_delinq",
+)
+# Quantile buckets (int64 ids in [0, num_buckets)).
+BUCKETIZED = {"applicant_age": 8, "credit_score": 10}
+# Small categoricals: full vocabulary plus OOV buckets.
+CATEGORICAL = ("home_ownership", "loan_purpose", "state", "channel")
+CATEGORICAL_OOV_BUCKETS = 1
+# High-cardinality categorical: the most frequent ids, the rest share OOV buckets.
+EMPLOYER = "employer_id"
+EMPLOYER_TOP_K = 2000
+EMPLOYER_MIN_FREQUENCY = 5
+EMPLOYER_OOV_BUCKETS = 16
+# Free-text-like product code "FAMILY-TIER NN": family and tier vocabularies,
+# the whole code hashed.
+PRODUCT = "product_code"
+PRODUCT_HASH_BUCKETS = 64
+PRODUCT_OOV_BUCKETS = 2
+
+# Transformed feature names (what the Keras model consumes).
+Z_SUFFIX = "_z"
+BUCKET_SUFFIX = "_bucket"
+ID_SUFFIX = "_id"
+LOAN_TO_INCOME_Z = "loan_to_income_z"
+HAS_DELINQUENCY = "has_delinquency"
+PRODUCT_FAMILY_ID = "product_family_id"
+PRODUCT_TIER_ID = "product_tier_id"
+PRODUCT_CODE_HASH = "product_code_hash"
+
+
+def raw_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    """The raw features the model takes (schema order), without the label and the key."""
+    spec = training_feature_spec()
+    return {name: feature for name, feature in spec.items() if name not in (LABEL, KEY)}
+
+
+def training_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    """Every column of the schema (raw features, label and key) as scalar FixedLenFeatures."""
+    schema = load_schema(SCHEMA_NAME)
+    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    out: dict[str, tf.io.FixedLenFeature] = {}
+    for feature in schema.feature:
+        parsed = spec[feature.name]
+        if not isinstance(parsed, tf.io.FixedLenFeature) or list(parsed.shape) != []:
+            raise ValueError(
+                f"schemas/{SCHEMA_NAME}/schema.pbtxt: feature '{feature.name}' must be a "
+                f"required scalar (presence min_fraction 1 and `shape {{}}`); found {parsed}. "
+                "Fix the schema"
+            )
+        out[feature.name] = parsed
+    return out
+
+
+def feature_domains() -> dict[str, tuple[float, float]]:
+    """``(min, max)`` of every numeric feature that declares an int or float domain."""
+    domains: dict[str, tuple[float, float]] = {}
+    for feature in load_schema(SCHEMA_NAME).feature:
+        if feature.HasField("int_domain"):
+            domains[feature.name] = (float(feature.int_domain.min), float(feature.int_domain.max))
+        elif feature.HasField("float_domain"):
+            domains[feature.name] = (feature.float_domain.min, feature.float_domain.max)
+    return domains
+
+
+def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Raw 1-D feature tensors -> the transformed features the model consumes."""
+    domains = feature_domains()
+    outputs: dict[str, tf.Tensor] = {}
+
+    def clipped(name: str) -> tf.Tensor:
+        low, high = domains[name]
+        value = tf.cast(inputs[name], tf.float32)
+        return tf.clip_by_value(value, low, high)
+
+    for name in LOG_NUMERIC:
+        outputs[name + Z_SUFFIX] = tft.scale_to_z_score(tf.math.log1p(clipped(name)))
+    for name in NUMERIC:
+        outputs[name + Z_SUFFIX] = tft.scale_to_z_score(clipped(name))
+    income = clipped("annual_income")
+    loan = clipped("loan_amount")
+    outputs[LOAN_TO_INCOME_Z] = tft.scale_to_z_score(tf.math.log1p(loan) - tf.math.log1p(income))
+    outputs[HAS_DELINQUENCY] = tf.cast(inputs["num_delinquencies"] > 0, tf.float32)
+
+    for name, buckets in BUCKETIZED.items():
+        outputs[name + BUCKET_SUFFIX] = tft.bucketize(
+            tf.cast(inputs[name], tf.float32), num_buckets=buckets, name=f"bucketize_{name}"
+        )
+
+    for name in CATEGORICAL:
+        outputs[name + ID_SUFFIX] = tft.compute_and_apply_vocabulary(
+            inputs[name], num_oov_buckets=CATEGORICAL_OOV_BUCKETS, vocab_filename=name
+        )
+    outputs[EMPLOYER + ID_SUFFIX] = tft.compute_and_apply_vocabulary(
+        inputs[EMPLOYER],
+        top_k=EMPLOYER_TOP_K,
+        frequency_threshold=EMPLOYER_MIN_FREQUENCY,
+        num_oov_buckets=EMPLOYER_OOV_BUCKETS,
+        vocab_filename=EMPLOYER,
+    )
+
+    code = tf.strings.upper(tf.strings.strip(inputs[PRODUCT]))
+    # "PL-GOLD 07" -> family "PL", tier "GOLD"; anything else still yields strings.
+    family = tf.strings.regex_replace(code, r"^([^-\s]*).*$", r"\1")
+    tier = tf.strings.regex_replace(code, r"^[^-]*-?([^\s]*).*$", r"\1")
+    outputs[PRODUCT_FAMILY_ID] = tft.compute_and_apply_vocabulary(
+        family, num_oov_buckets=PRODUCT_OOV_BUCKETS, vocab_filename="product_family"
+    )
+    outputs[PRODUCT_TIER_ID] = tft.compute_and_apply_vocabulary(
+        tier, num_oov_buckets=PRODUCT_OOV_BUCKETS, vocab_filename="product_tier"
+    )
+    outputs[PRODUCT_CODE_HASH] = tf.strings.to_hash_bucket_fast(code, PRODUCT_HASH_BUCKETS)
+
+    # Passed through for training (label) and for joining rows back (key).
+    for name in (LABEL, KEY):
+        if name in inputs:
+            outputs[name] = tf.identity(inputs[name])
+    return outputs
+
+
+def dense_float_features() -> list[str]:
+    """Transformed features that are float32 scalars (fed to the model as numbers)."""
+    names = [n + Z_SUFFIX for n in (*LOG_NUMERIC, *NUMERIC)]
+    return [*names, LOAN_TO_INCOME_Z, HAS_DELINQUENCY]
+
+
+def categorical_id_features() -> list[str]:
+    """Transformed features that are int64 ids in ``[0, num_buckets)`` (fed to embeddings)."""
+    return [
+        *(n + BUCKET_SUFFIX for n in BUCKETIZED),
+        *(n + ID_SUFFIX for n in CATEGORICAL),
+        EMPLOYER + ID_SUFFIX,
+        PRODUCT_FAMILY_ID,
+        PRODUCT_TIER_ID,
+        PRODUCT_CODE_HASH,
+    ]
+
+
+def hashed_feature_buckets() -> dict[str, int]:
+    """Bucket counts of the id features that no analyzer records (hash buckets)."""
+    return {PRODUCT_CODE_HASH: PRODUCT_HASH_BUCKETS}
