@@ -24,7 +24,7 @@ from batch.errors import InputDataError, ModelError
 from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
 from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
-from batch.overlap import BackgroundWriter, read_ahead
+from batch.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
 from batch.validate import partition_rows, reject_schema
@@ -32,6 +32,7 @@ from batch.validate import partition_rows, reject_schema
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16384
+DEFAULT_SCORING_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class ScoringJob:
     layout: RunLayout
     key_columns: tuple[str, ...]
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Concurrent model calls per split: one call leaves cores idle between ops.
+    scoring_threads: int = DEFAULT_SCORING_THREADS
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,21 @@ def score_split(job: ScoringJob, split: Split) -> SplitResult:
         ) as rejects,
     ):
         writer = BackgroundWriter()
+        batches = parquet.iter_batches(
+            batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+        )
+
+        def validate_and_score(batch: pa.RecordBatch) -> tuple[int, pa.RecordBatch, pa.RecordBatch]:
+            part = partition_rows(batch, input_types)
+            return batch.num_rows, scorer.score(part.valid), part.rejected
+
         try:
-            batches = parquet.iter_batches(
-                batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
-            )
-            for batch in read_ahead(batches):
-                rows_in += batch.num_rows
-                part = partition_rows(batch, input_types)
-                writer.submit(scored.write, scorer.score(part.valid))
-                writer.submit(rejects.write, part.rejected)
+            for rows, predictions, rejected in ordered_map(
+                validate_and_score, read_ahead(batches), workers=job.scoring_threads
+            ):
+                rows_in += rows
+                writer.submit(scored.write, predictions)
+                writer.submit(rejects.write, rejected)
         finally:
             writer.drain()
     return SplitResult(split.index, rows_in, scored.rows, rejects.rows)

@@ -10,7 +10,6 @@ output folder), so a mistake fails in seconds, before Beam or TensorFlow start.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from batch.job import DEFAULT_BATCH_SIZE, Runner, RunSummary, run_scoring
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
 from jobs import demo_paths
-from jobs.cli import run_main, setup_logging
+from jobs.cli import exit_process, run_main, setup_logging
 
 PROG = "python -m jobs.score"
 
@@ -204,4 +203,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

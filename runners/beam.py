@@ -60,12 +60,32 @@ class ScoreSplits(beam.PTransform):
         )
 
 
+LOCAL_RUNNER = "DirectRunner"
+
+
+def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the runner ``options`` name, with one exception for the DirectRunner.
+
+    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a
+    binary from GitHub at start (impossible offline, and traffic nobody asked
+    for), then falls back to the FnApiRunner for batch pipelines. batchscore
+    goes to the FnApiRunner directly: the same engine, honouring the same
+    ``--direct_num_workers`` and ``--direct_running_mode`` options.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, LOCAL_RUNNER):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
 class BeamRunner:
     """Runs a scoring job as a Beam pipeline on whatever runner the options name."""
 
     def __init__(self, pipeline_args: Sequence[str]) -> None:
         self.pipeline_options = PipelineOptions(list(pipeline_args))
-        runner = self.pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
+        runner = self.pipeline_options.view_as(StandardOptions).runner or LOCAL_RUNNER
         self.name = f"beam:{runner}"
 
     def options(self) -> dict[str, Any]:
@@ -73,7 +93,7 @@ class BeamRunner:
         return options
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
-        with beam.Pipeline(options=self.pipeline_options) as pipeline:
+        with create_pipeline(self.pipeline_options) as pipeline:
             _ = (
                 pipeline
                 | "ListSplits" >> beam.Create(list(splits), reshuffle=False)
