@@ -44,8 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.errors import BatchScoreError, UsageError
+from batch.errors import UsageError
 from batch.fsutil import read_json, write_json_atomic
+from jobs.cli import run_main
 from jobs.demo_paths import demo_data_dir
 from schemas import feature_columns
 
@@ -606,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def make() -> int:
         ensure_demo_data(
             args.output,
             rows=args.rows,
@@ -616,10 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dirty_fraction=args.dirty_fraction,
             force=args.force,
         )
-    except BatchScoreError as exc:
-        print(f"make_demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_main(make, "make_demo")
 
 
 if __name__ == "__main__":

@@ -62,13 +62,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
-from batch.errors import BatchScoreError, InputDataError, UsageError
+from batch.errors import InputDataError, UsageError
 from batch.fsutil import file_sha256
 from batch.model_repo import ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
 from batch.signature import SignatureInfo, TensorInfo
+from jobs.cli import exit_process, run_main
 from jobs.demo_paths import DEMO_MODEL_NAME, demo_data_dir, demo_model_repo
 from jobs.make_demo import ensure_demo_data
+from runners.beam import create_pipeline
 from schemas import load_schema
 from transforms import loans
 
@@ -331,7 +333,7 @@ def analyze_and_transform(
     the transformed training rows (the label and key columns included)."""
     prefix = str(work_dir / "transformed_train" / "part")
     with (
-        beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline,
+        create_pipeline(_pipeline_options(beam_args)) as pipeline,
         tft_beam.Context(temp_dir=str(work_dir / "tft_tmp")),
     ):
         raw = _record_batch_source(pipeline, train, work_dir / "train_rows", "Train")
@@ -364,7 +366,7 @@ def tft_transform_rows(
     try:
         prefix = str(work_dir / "transformed" / "part")
         with (
-            beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline,
+            create_pipeline(_pipeline_options(beam_args)) as pipeline,
             tft_beam.Context(temp_dir=str(work_dir / "tft_tmp")),
         ):
             transform_fn = pipeline | "ReadTransformFn" >> tft_beam.ReadTransformFn(
@@ -748,7 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
     started = time.perf_counter()
-    try:
+
+    def train() -> int:
         model = train_and_register(
             args.input,
             args.model_repo,
@@ -759,17 +762,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             beam_args,
             args.batch_size,
         )
-    except BatchScoreError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
-    timings: dict[str, float] = model.metadata["training"]["timings_s"]
-    steps = ", ".join(
-        f"{step} {seconds:.1f}s"
-        for step, seconds in sorted(timings.items(), key=lambda item: _STEPS.index(item[0]))
-    )
-    print(f"train: done in {time.perf_counter() - started:.1f}s ({steps})")
-    return 0
+        timings: dict[str, float] = model.metadata["training"]["timings_s"]
+        steps = ", ".join(
+            f"{step} {seconds:.1f}s"
+            for step, seconds in sorted(timings.items(), key=lambda item: _STEPS.index(item[0]))
+        )
+        print(f"train: done in {time.perf_counter() - started:.1f}s ({steps})")
+        return 0
+
+    return run_main(train, "train")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
