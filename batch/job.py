@@ -12,7 +12,7 @@ import datetime as dt
 import importlib.metadata
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,31 +69,37 @@ class Runner(Protocol):
         ...
 
 
-def score_split(job: ScoringJob, split: Split) -> SplitResult:
-    """Read one split as Arrow batches, validate, score, and stage its two parts."""
+def read_columns(job: ScoringJob) -> list[str]:
+    """The input columns a job reads: its key columns, then the model's inputs."""
+    inputs = load_model(job.model).signature.inputs
+    return list(dict.fromkeys([*job.key_columns, *inputs]))
+
+
+def score_batches(
+    job: ScoringJob, batches: Iterable[pa.RecordBatch], schema: pa.Schema, part_index: int
+) -> SplitResult:
+    """Validate and score ``batches`` (of ``schema``), staging them as part ``part_index``.
+
+    The engine-independent heart of a run: every runner hands each unit of
+    work here, with a part index that is stable across retries of that unit.
+    """
     scorer = BatchScorer(load_model(job.model), job.key_columns, job.layout.run_id)
     input_types = scorer.input_types
-    columns = list(dict.fromkeys([*job.key_columns, *input_types]))
-    parquet = pq.ParquetFile(split.path)
-    read_schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
     rows_in = 0
     with (
         PartWriter(
-            job.layout.staged_part(PREDICTIONS, split.index),
-            scorer.output_schema(read_schema),
+            job.layout.staged_part(PREDICTIONS, part_index),
+            scorer.output_schema(schema),
             create_empty=True,
             dictionary_columns=CONSTANT_COLUMNS,
         ) as scored,
         PartWriter(
-            job.layout.staged_part(REJECTED, split.index),
-            reject_schema(read_schema),
+            job.layout.staged_part(REJECTED, part_index),
+            reject_schema(schema),
             create_empty=False,
         ) as rejects,
     ):
         writer = BackgroundWriter()
-        batches = parquet.iter_batches(
-            batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
-        )
 
         def validate_and_score(batch: pa.RecordBatch) -> tuple[int, pa.RecordBatch, pa.RecordBatch]:
             part = partition_rows(batch, input_types)
@@ -108,7 +114,18 @@ def score_split(job: ScoringJob, split: Split) -> SplitResult:
                 writer.submit(rejects.write, rejected)
         finally:
             writer.drain()
-    return SplitResult(split.index, rows_in, scored.rows, rejects.rows)
+    return SplitResult(part_index, rows_in, scored.rows, rejects.rows)
+
+
+def score_split(job: ScoringJob, split: Split) -> SplitResult:
+    """Read one split (row groups of one file) as Arrow batches and score them."""
+    columns = read_columns(job)
+    parquet = pq.ParquetFile(split.path)
+    schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
+    batches = parquet.iter_batches(
+        batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+    )
+    return score_batches(job, batches, schema, split.index)
 
 
 def model_signature(model: ResolvedModel) -> SignatureInfo:
