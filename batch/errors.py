@@ -26,3 +26,7 @@ class InputDataError(BatchScoreError):
 
 class CommitError(BatchScoreError):
     """A run could not be committed; nothing was made visible."""
+
+
+class ErrorBudgetExceeded(InputDataError):
+    """More rows were rejected than ``--max_error_rate`` allows; nothing was committed."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,6 +30,16 @@ class InputFile:
     num_rows: int
     row_group_rows: tuple[int, ...]
     schema: pa.Schema
+    # Nulls per column from the footer statistics, where the writer recorded them.
+    null_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """An input file that cannot be scored, and why."""
+
+    path: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,66 @@ def read_input_file(path: Path) -> InputFile:
             metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)
         ),
         schema=schema,
+        null_counts=_null_counts(metadata),
     )
+
+
+def _null_counts(metadata: pq.FileMetaData) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    unknown: set[str] = set()
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            name = chunk.path_in_schema
+            stats = chunk.statistics
+            if stats is None or not stats.has_null_count:
+                unknown.add(name)
+            else:
+                counts[name] = counts.get(name, 0) + stats.null_count
+    return {name: count for name, count in counts.items() if name not in unknown}
+
+
+def inspect_inputs(paths: Sequence[Path]) -> tuple[list[InputFile], list[BadFile]]:
+    """Read every footer; a file is bad if it is not readable Parquet, or if its columns
+    differ from those of most of its siblings (a stray file from another dataset)."""
+    files: list[InputFile] = []
+    bad: list[BadFile] = []
+    for path in paths:
+        try:
+            files.append(read_input_file(path))
+        except InputDataError as exc:
+            bad.append(BadFile(str(path), str(exc).removeprefix(f"{path}: ")))
+    if len(files) < 2:
+        return files, bad
+    shapes = Counter(_columns(f.schema) for f in files)
+    usual, count = shapes.most_common(1)[0]
+    good = []
+    for file in files:
+        columns = _columns(file.schema)
+        if columns == usual:
+            good.append(file)
+        else:
+            bad.append(BadFile(file.path, _schema_difference(columns, usual, count)))
+    return good, sorted(bad, key=lambda b: b.path)
+
+
+def _columns(schema: pa.Schema) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((f.name, str(f.type)) for f in schema))
+
+
+def _schema_difference(
+    columns: tuple[tuple[str, str], ...], usual: tuple[tuple[str, str], ...], siblings: int
+) -> str:
+    mine, theirs = dict(columns), dict(usual)
+    parts = [f"column '{n}' is missing" for n in theirs if n not in mine]
+    parts += [f"column '{n}' is extra" for n in mine if n not in theirs]
+    parts += [
+        f"column '{n}' is {mine[n]}, not {theirs[n]}"
+        for n in theirs
+        if n in mine and mine[n] != theirs[n]
+    ]
+    return f"its schema differs from its {siblings} sibling file(s): " + "; ".join(parts)
 
 
 def plan_splits(files: Sequence[InputFile], split_rows: int = DEFAULT_SPLIT_ROWS) -> list[Split]:

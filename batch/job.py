@@ -21,18 +21,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.errors import InputDataError, ModelError
-from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, Split, fingerprint, plan_splits
+from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
 from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
-from batch.validate import partition_rows, reject_schema
+from batch.validate import RowValidator, reject_schema
+from schemas.contract import ColumnRule, Contract
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16384
 DEFAULT_SCORING_THREADS = 2
+DEFAULT_MAX_ERROR_RATE = 0.001
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class ScoringJob:
     model: ResolvedModel
     layout: RunLayout
     key_columns: tuple[str, ...]
+    # What to read: the keys, the model's inputs, and any other contract column
+    # present (so dead-letter rows keep the columns the contract knows).
+    columns: tuple[str, ...]
+    rules: tuple[ColumnRule, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
     # Concurrent model calls per split: one call leaves cores idle between ops.
     scoring_threads: int = DEFAULT_SCORING_THREADS
@@ -70,9 +76,8 @@ class Runner(Protocol):
 
 
 def read_columns(job: ScoringJob) -> list[str]:
-    """The input columns a job reads: its key columns, then the model's inputs."""
-    inputs = load_model(job.model).signature.inputs
-    return list(dict.fromkeys([*job.key_columns, *inputs]))
+    """The input columns a job reads: keys, model inputs, other contract columns."""
+    return list(job.columns)
 
 
 def score_batches(
@@ -84,7 +89,7 @@ def score_batches(
     work here, with a part index that is stable across retries of that unit.
     """
     scorer = BatchScorer(load_model(job.model), job.key_columns, job.layout.run_id)
-    input_types = scorer.input_types
+    validator = RowValidator(scorer.input_types, job.rules)
     rows_in = 0
     with (
         PartWriter(
@@ -101,17 +106,22 @@ def score_batches(
     ):
         writer = BackgroundWriter()
 
-        def validate_and_score(batch: pa.RecordBatch) -> tuple[int, pa.RecordBatch, pa.RecordBatch]:
-            part = partition_rows(batch, input_types)
-            return batch.num_rows, scorer.score(part.valid), part.rejected
+        def validate_and_score(
+            batch: pa.RecordBatch,
+        ) -> tuple[int, list[pa.RecordBatch], list[pa.RecordBatch]]:
+            part = validator.partition(batch)
+            predictions, poisoned = scorer.score_isolating(part.valid)
+            return batch.num_rows, predictions, [part.rejected, *poisoned]
 
         try:
             for rows, predictions, rejected in ordered_map(
                 validate_and_score, read_ahead(batches), workers=job.scoring_threads
             ):
                 rows_in += rows
-                writer.submit(scored.write, predictions)
-                writer.submit(rejects.write, rejected)
+                for batch in predictions:
+                    writer.submit(scored.write, batch)
+                for batch in rejected:
+                    writer.submit(rejects.write, batch)
         finally:
             writer.drain()
     return SplitResult(part_index, rows_in, scored.rows, rejects.rows)
@@ -142,14 +152,20 @@ def model_signature(model: ResolvedModel) -> SignatureInfo:
 
 
 def check_inputs(
-    files: Sequence[InputFile], signature: SignatureInfo, key_columns: Sequence[str]
+    files: Sequence[InputFile],
+    signature: SignatureInfo,
+    key_columns: Sequence[str],
+    contract: Contract | None,
 ) -> None:
-    """Fail before any scoring if any file cannot feed the model, listing every problem."""
-    problems = [
-        problem
-        for file in files
-        for problem in schema_problems(file.schema, signature, key_columns, file.path)
-    ]
+    """Fail before any scoring if any file cannot feed the model or breaks the contract,
+    listing every problem (file, column, expected, found)."""
+    problems = []
+    for file in files:
+        problems += schema_problems(file.schema, signature, key_columns, file.path)
+        if contract is not None:
+            problems += contract.schema_problems(
+                file.schema, file.null_counts, file.num_rows, file.path
+            )
     if problems:
         shown = problems[:20]
         more = (
@@ -160,6 +176,16 @@ def check_inputs(
             + "\n  ".join(shown)
             + more
         )
+
+
+def columns_to_read(
+    schema: pa.Schema,
+    signature: SignatureInfo,
+    key_columns: Sequence[str],
+    contract: Contract | None,
+) -> tuple[str, ...]:
+    extra = [name for name in (contract.columns if contract else ()) if name in schema.names]
+    return tuple(dict.fromkeys([*key_columns, *signature.inputs, *extra]))
 
 
 @dataclass(frozen=True)
@@ -182,6 +208,9 @@ def run_scoring(
     key_columns: Sequence[str],
     runner: Runner,
     run_id: str,
+    contract: Contract | None = None,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    skipped_files: Sequence[BadFile] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     split_rows: int = DEFAULT_SPLIT_ROWS,
     started: float | None = None,
@@ -189,10 +218,19 @@ def run_scoring(
     """Check, score with ``runner``, reconcile and commit one run."""
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
-    check_inputs(files, model_signature(model), key_columns)
+    signature = model_signature(model)
+    check_inputs(files, signature, key_columns, contract)
     splits = plan_splits(files, split_rows)
     layout = RunLayout(output_root, model.name, model.version, run_id)
-    job = ScoringJob(model, layout, tuple(key_columns), batch_size)
+    columns = columns_to_read(files[0].schema, signature, key_columns, contract) if files else ()
+    job = ScoringJob(
+        model=model,
+        layout=layout,
+        key_columns=tuple(key_columns),
+        columns=columns,
+        rules=tuple(contract.columns.values()) if contract else (),
+        batch_size=batch_size,
+    )
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
     layout.staging_dir.mkdir(parents=True)
     runner.execute(job, splits)
@@ -209,12 +247,14 @@ def run_scoring(
             "spec": input_spec,
             "fingerprint": fingerprint(files),
             "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
+            "skipped_files": [{"path": b.path, "reason": b.reason} for b in skipped_files],
         },
+        "contract": {"name": contract.name, "source": contract.source} if contract else None,
         "key_columns": list(key_columns),
         "runner": {"name": runner.name, "options": runner.options()},
         "batch_size": batch_size,
         "started": started_at.isoformat(timespec="seconds"),
     }
     rows_in = sum(f.num_rows for f in files)
-    run = commit_run(layout, manifest, rows_in)
+    run = commit_run(layout, manifest, rows_in, max_error_rate)
     return RunSummary(run, run.manifest(), time.perf_counter() - started)

@@ -32,9 +32,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.errors import CommitError
+from batch.errors import CommitError, ErrorBudgetExceeded
 from batch.fsutil import file_sha256, read_json, write_json_atomic
-from batch.validate import REASON_COLUMN
+from batch.validate import MESSAGE_COLUMN, REASON_COLUMN
 
 PREDICTIONS = "predictions"
 REJECTED = "rejected"
@@ -168,12 +168,30 @@ def _reject_reasons(run_dir: Path, parts: list[dict[str, Any]]) -> dict[str, int
     return dict(sorted(counts.items()))
 
 
-def commit_run(layout: RunLayout, manifest: dict[str, Any], rows_in: int) -> CommittedRun:
-    """Reconcile the staged parts with ``rows_in`` and make the run visible.
+def _example_rejects(
+    run_dir: Path, parts: list[dict[str, Any]], key_columns: Sequence[str], limit: int = 3
+) -> str:
+    examples: list[str] = []
+    for part in parts:
+        table = pq.read_table(run_dir / part["path"], columns=[*key_columns, MESSAGE_COLUMN])
+        for row in table.slice(0, limit - len(examples)).to_pylist():
+            keys = ", ".join(f"{k}={row[k]}" for k in key_columns)
+            examples.append(f"[{keys}] {row[MESSAGE_COLUMN]}")
+        if len(examples) >= limit:
+            break
+    return "; ".join(examples)
 
-    Order: reconcile, rename the staging folder into place, write the manifest,
-    write ``_SUCCESS`` (the commit point), then move the ``_LATEST`` pointer.
-    A crash before ``_SUCCESS`` leaves a folder that no reader treats as a run.
+
+def commit_run(
+    layout: RunLayout, manifest: dict[str, Any], rows_in: int, max_error_rate: float
+) -> CommittedRun:
+    """Reconcile the staged parts with ``rows_in``, check the error budget, and make the
+    run visible.
+
+    Order: reconcile, check the budget, rename the staging folder into place,
+    write the manifest, write ``_SUCCESS`` (the commit point), then move the
+    ``_LATEST`` pointer. A crash before ``_SUCCESS`` leaves a folder that no
+    reader treats as a run.
     """
     staging = layout.staging_dir
     predictions = _describe_parts(staging, PREDICTIONS)
@@ -191,7 +209,19 @@ def commit_run(layout: RunLayout, manifest: dict[str, Any], rows_in: int) -> Com
         "rows_scored": rows_scored,
         "rows_rejected": rows_rejected,
         "rejected_by_reason": _reject_reasons(staging, rejected),
+        "error_rate": rows_rejected / rows_in if rows_in else 0.0,
+        "max_error_rate": max_error_rate,
     }
+    if counts["error_rate"] > max_error_rate:
+        by_reason = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items())
+        examples = _example_rejects(staging, rejected, manifest.get("key_columns", []))
+        raise ErrorBudgetExceeded(
+            f"run {layout.run_id}: {rows_rejected:,} of {rows_in:,} rows rejected "
+            f"({counts['error_rate']:.3%}), above --max_error_rate={max_error_rate:g}; "
+            f"nothing was committed. By reason: {by_reason}. Examples: {examples}. "
+            f"The rejected rows are in {staging / REJECTED} for inspection; fix the data "
+            "or raise --max_error_rate"
+        )
     final = layout.run_dir
     if final.exists():
         raise CommitError(

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from batch.errors import InputDataError, ModelError
 from batch.model_repo import ResolvedModel
 from batch.signature import ARROW_TYPE_FOR_DTYPE, SignatureInfo, TensorInfo
+from batch.validate import MODEL_ERROR, with_reasons
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,29 @@ class BatchScorer:
             constant_string(self.run_id, rows),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema(batch.schema))
+
+    def score_isolating(
+        self, batch: pa.RecordBatch
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+        """Score ``batch``; if the model raises, bisect to the rows that make it raise.
+
+        Returns (prediction batches, dead-letter batches). The rows on which the
+        model itself fails (poison rows) are rejected with reason ``model_error``
+        and TensorFlow's message; every other row of the batch is scored.
+        """
+        try:
+            return [self.score(batch)], []
+        except self._tf.errors.OpError as exc:
+            if batch.num_rows == 1:
+                first_line = (exc.message or str(exc)).strip().splitlines()[0]
+                message = (
+                    f"model {self.loaded.model.label} raised {type(exc).__name__}: {first_line}"
+                )
+                return [], [with_reasons(batch, MODEL_ERROR, message)]
+        middle = batch.num_rows // 2
+        scored_left, rejected_left = self.score_isolating(batch.slice(0, middle))
+        scored_right, rejected_right = self.score_isolating(batch.slice(middle))
+        return scored_left + scored_right, rejected_left + rejected_right
 
     def _feeds(self, batch: pa.RecordBatch) -> dict[str, Any]:
         feeds = {}

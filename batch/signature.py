@@ -78,16 +78,31 @@ def output_width(shape: Sequence[int | None]) -> int:
     return width
 
 
-def _castable(found: pa.DataType, wanted: pa.DataType) -> bool:
+# Integers that fit a float's mantissa exactly (24 bits for float32, 53 for float64).
+_MANTISSA_BITS = {32: 24, 64: 53}
+
+
+def castable(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column of type ``found`` may feed a model input of type ``wanted``.
+
+    Only lossless widening (int32 -> int64, int16 -> float32, string -> string),
+    plus one documented convention: a float64 column feeds a float32 input, as
+    tf.Transform and Keras models take float32 features.
+    """
     if found == wanted:
         return True
     if pa.types.is_string(wanted):
         return pa.types.is_string(found) or pa.types.is_large_string(found)
     if pa.types.is_integer(wanted):
-        return pa.types.is_integer(found) and found.bit_width <= wanted.bit_width
+        return (
+            pa.types.is_integer(found)
+            and found.bit_width <= wanted.bit_width
+            and (pa.types.is_signed_integer(wanted) or pa.types.is_unsigned_integer(found))
+        )
     if pa.types.is_floating(wanted):
-        # Models take float32 by convention; a float64 or integer column is cast to it.
-        return pa.types.is_floating(found) or pa.types.is_integer(found)
+        if pa.types.is_floating(found):
+            return True
+        return pa.types.is_integer(found) and found.bit_width < _MANTISSA_BITS[wanted.bit_width]
     return False
 
 
@@ -108,9 +123,10 @@ def schema_problems(
             )
         elif wanted is None:
             problems.append(f"{where}: model input '{name}' has dtype {info.dtype}, not supported")
-        elif not _castable(schema.field(index).type, wanted):
+        elif not castable(schema.field(index).type, wanted):
             problems.append(
                 f"{where}: column '{name}' is {schema.field(index).type}; "
-                f"the model expects {info.dtype} (or a type that widens to it)"
+                f"the model expects {info.dtype}; cast the column to {wanted} "
+                "(only lossless widening is applied automatically)"
             )
     return problems

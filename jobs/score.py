@@ -10,20 +10,29 @@ output folder), so a mistake fails in seconds, before Beam or TensorFlow start.
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch.errors import UsageError
-from batch.inputs import DEFAULT_SPLIT_ROWS, InputFile, find_input_files, read_input_file
-from batch.job import DEFAULT_BATCH_SIZE, Runner, RunSummary, run_scoring
+from batch.errors import InputDataError, UsageError
+from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, find_input_files, inspect_inputs
+from batch.job import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_ERROR_RATE,
+    Runner,
+    RunSummary,
+    run_scoring,
+)
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
 from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
+from schemas.contract import Contract, load_contract
 
 PROG = "python -m jobs.score"
+log = logging.getLogger(PROG)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runner",
         default="DirectRunner",
-        help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner ...",
+        help="PySparkRunner (batchscore's native Spark runner) or a Beam runner: DirectRunner "
+        "(default), DataflowRunner, FlinkRunner, SparkRunner (Beam's portable runner) ...",
+    )
+    parser.add_argument(
+        "--spark_master",
+        help="With --runner=PySparkRunner: local[*], local[N] or spark://HOST:PORT. Default: "
+        "the master spark-submit gives, else local[*].",
+    )
+    parser.add_argument(
+        "--spark_conf",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="With --runner=PySparkRunner: Spark settings for the session, e.g. "
+        "--spark_conf spark.executor.memory=4g (repeatable).",
     )
     parser.add_argument(
         "--key_columns",
@@ -89,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="About this many rows (whole row groups) per unit of parallel work "
         "(default: %(default)s).",
     )
+    parser.add_argument(
+        "--contract",
+        help="Data contract the input must meet: a name under schemas/ (e.g. loans) or a "
+        "folder holding schema.pbtxt and rules.toml. Rows that break it go to the "
+        "dead-letter output. Default: the contract the registered model was trained with; "
+        "none for other models (then only nulls and NaN/inf in model inputs are rejected).",
+    )
+    parser.add_argument(
+        "--max_error_rate",
+        type=_fraction,
+        default=DEFAULT_MAX_ERROR_RATE,
+        help="Largest share of rejected rows a run may have and still commit (default: "
+        "%(default)s, i.e. 0.1%%). Above it the run fails, commits nothing and shows counts "
+        "by reason with example keys.",
+    )
+    parser.add_argument(
+        "--on_bad_file",
+        choices=("fail", "skip"),
+        default="fail",
+        help="What to do with an input file that is not readable Parquet (empty, truncated, "
+        "another format) or whose schema differs from its siblings: fail the job naming it "
+        "(default), or skip it and record it and the reason in the manifest.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
 
@@ -103,8 +149,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _resolve_inputs(spec: str) -> list[InputFile]:
-    return [read_input_file(path) for path in find_input_files(spec)]
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {value}")
+    return value
+
+
+def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
+    files, bad = inspect_inputs(find_input_files(spec))
+    if bad and on_bad_file == "fail":
+        listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad)
+        raise InputDataError(
+            f"{len(bad)} bad input file(s); remove or replace them, or pass "
+            f"--on_bad_file=skip to score the others and record these in the manifest:\n  "
+            + listing
+        )
+    for b in bad:
+        log.warning("skipping %s: %s", b.path, b.reason)
+    if not files:
+        raise InputDataError(f"--input={spec}: every input file is bad; nothing to score")
+    return files, bad
+
+
+def _contract(option: str | None, model: ResolvedModel) -> Contract | None:
+    name = option or model.metadata.get("contract")
+    return load_contract(str(name)) if name else None
 
 
 def _check_output_writable(output: Path) -> None:
@@ -128,10 +201,10 @@ def _default_model(repo: ModelRepository) -> ResolvedModel:
     return repo.resolve(demo_paths.DEMO_MODEL_NAME)
 
 
-def _key_columns(option: str | None, model: ResolvedModel) -> list[str]:
+def _key_columns(option: str | None, model: ResolvedModel, contract: Contract | None) -> list[str]:
     if option is not None:
         return [c.strip() for c in option.split(",") if c.strip()]
-    recorded = model.metadata.get("key_columns")
+    recorded = model.metadata.get("key_columns") or (contract.key_columns if contract else ())
     if recorded:
         return [str(c) for c in recorded]
     raise UsageError(
@@ -140,7 +213,25 @@ def _key_columns(option: str | None, model: ResolvedModel) -> list[str]:
     )
 
 
-def make_runner(runner: str, pipeline_args: Sequence[str]) -> Runner:
+def make_runner(
+    runner: str,
+    pipeline_args: Sequence[str],
+    spark_master: str | None = None,
+    spark_conf: Sequence[str] = (),
+) -> Runner:
+    if runner == "PySparkRunner":
+        if pipeline_args:
+            raise UsageError(
+                f"--runner=PySparkRunner takes no Beam options, found {' '.join(pipeline_args)}; "
+                "pass Spark settings as --spark_conf KEY=VALUE"
+            )
+        from runners.pyspark import PySparkRunner, parse_spark_confs
+
+        return PySparkRunner(spark_master, parse_spark_confs(spark_conf))
+    if spark_master is not None or spark_conf:
+        raise UsageError(
+            f"--spark_master and --spark_conf apply to --runner=PySparkRunner, not --runner={runner}"
+        )
     from runners.beam import BeamRunner
 
     return BeamRunner([f"--runner={runner}", *pipeline_args])
@@ -177,13 +268,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             input_spec = str(ensure_demo_data(log=None))
         else:
             input_spec = args.input
-        files = _resolve_inputs(input_spec)
+        files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
-        key_columns = _key_columns(args.key_columns, model)
+        contract = _contract(args.contract, model)
+        key_columns = _key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
         _check_output_writable(output)
-        runner = make_runner(args.runner, pipeline_args)
+        runner = make_runner(args.runner, pipeline_args, args.spark_master, args.spark_conf or ())
         summary = run_scoring(
             input_spec=input_spec,
             files=files,
@@ -192,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             key_columns=key_columns,
             runner=runner,
             run_id=new_run_id(),
+            contract=contract,
+            max_error_rate=args.max_error_rate,
+            skipped_files=bad_files,
             batch_size=args.batch_size,
             split_rows=args.split_rows,
             started=started,

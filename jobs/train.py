@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import argparse
+import dataclasses
 import glob
 import hashlib
 import logging
@@ -44,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +69,17 @@ from batch.fsutil import file_sha256
 from batch.model_repo import ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
 from batch.signature import SignatureInfo, TensorInfo
+from batch.validate import REASON_COLUMN, RowValidator
 from jobs.cli import exit_process, run_main
 from jobs.demo_paths import DEMO_MODEL_NAME, demo_data_dir, demo_model_repo
 from jobs.make_demo import ensure_demo_data
 from runners.beam import create_pipeline
-from schemas import load_schema
+from schemas.contract import load_contract
 from transforms import loans
 
 TRANSFORM_SIGNATURE = "transform_features"
 OUTPUT_KEY = "default_probability"
 HELDOUT_BUCKETS = 10  # 1 of 10 hash buckets of loan_id is held out
-VALID_STRING_PATTERN = r"^[\w\-\s]+$"
 RECORD_BATCH_ROWS = 8192
 
 DEFAULT_TRAIN_ROWS = 200_000
@@ -192,37 +194,20 @@ def _cast_to_spec(path: Path, table: pa.Table, spec: dict[str, tf.io.FixedLenFea
 
 
 def clean_training_rows(table: pa.Table) -> CleanResult:
-    """Drop rows that are dirty for training, per the schema's presence and domains.
-
-    Dirty: a null in any column; a number outside its ``int_domain``/``float_domain``
-    (NaN included); a value outside its ``string_domain``; or, for free strings, a
-    character outside ``^[\\w\\-\\s]+$``.
-    """
-    keep = pa.array(np.ones(table.num_rows, dtype=bool))
-    reasons: dict[str, int] = {}
-    for feature in load_schema(loans.SCHEMA_NAME).feature:
-        column = table.column(feature.name)
-        ok = pc.is_valid(column)
-        if feature.HasField("int_domain") or feature.HasField("float_domain"):
-            domain = feature.int_domain if feature.HasField("int_domain") else feature.float_domain
-            in_range = pc.and_(
-                pc.greater_equal(column, domain.min), pc.less_equal(column, domain.max)
-            )
-            ok = pc.and_kleene(ok, in_range)
-        elif feature.type == schema_pb2.BYTES:
-            if feature.HasField("string_domain"):
-                allowed = pa.array(list(feature.string_domain.value), pa.string())
-                good = pc.is_in(column, value_set=allowed)
-            else:
-                good = pc.match_substring_regex(column, VALID_STRING_PATTERN)
-            ok = pc.and_kleene(ok, good)
-        ok = pc.fill_null(ok, False)
-        bad = table.num_rows - pc.sum(ok).as_py() if table.num_rows else 0
-        if bad:
-            reasons[feature.name] = int(bad)
-        keep = pc.and_(keep, ok)
-    clean = table.filter(keep)
-    return CleanResult(clean, table.num_rows - clean.num_rows, reasons)
+    """Drop rows that are dirty for training: the contract's row checks, the same code
+    scoring uses (batch.validate), except that an unseen category is always dirty here.
+    ``reasons`` counts the dropped rows by reason code."""
+    contract = load_contract(loans.SCHEMA_NAME)
+    validator = RowValidator(
+        {}, tuple(dataclasses.replace(rule, unseen="reject") for rule in contract.columns.values())
+    )
+    batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
+    if batch is None:
+        return CleanResult(table, 0, {})
+    part = validator.partition(batch)
+    reasons = Counter(part.rejected.column(REASON_COLUMN).to_pylist())
+    clean = pa.Table.from_batches([part.valid])
+    return CleanResult(clean, part.rejected.num_rows, dict(sorted(reasons.items())))
 
 
 def split_heldout(table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -610,6 +595,7 @@ def train_and_register(
         metadata = {
             "signature": signature_metadata(),
             "key_columns": [loans.KEY],
+            "contract": loans.SCHEMA_NAME,
             "label": loans.LABEL,
             "training": {
                 "data_fingerprint": fingerprint,
@@ -617,7 +603,7 @@ def train_and_register(
                 "input_files": len(files),
                 "rows_used": raw.num_rows,
                 "rows_dropped_dirty": cleaned.dropped,
-                "dirty_by_column": cleaned.reasons,
+                "dirty_by_reason": cleaned.reasons,
                 "train_rows": train.num_rows,
                 "heldout_rows": heldout.num_rows,
                 "epochs": epochs,

@@ -7,9 +7,10 @@ the row key) with its type, presence (``min_fraction: 1`` = required) and domain
 It is the one place the columns are declared; training, the transform's raw
 feature spec and the demo data generator all derive from it.
 
-Cleaning rules (which rows are dirty, and why) will live beside the schema in
-``schemas/<name>/rules.py``; until then training derives its row filter from the
-domains declared here (see ``jobs/train.py``).
+The cleaning rules the Schema proto cannot express (allowed-character
+patterns, the policy for unseen categories, key and label columns) live beside
+it in ``schemas/<name>/rules.toml``; ``schemas.contract.load_contract`` reads
+both into one contract that training and scoring share.
 
 This package never imports TensorFlow (only the protobuf classes of
 tensorflow_metadata), so reading a contract is cheap.
@@ -20,10 +21,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from batch.errors import UsageError
+from schemas.contract import parse_schema_file
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
 SCHEMA_FILE = "schema.pbtxt"
@@ -61,13 +62,7 @@ def _load_cached(name: str) -> schema_pb2.Schema:
             f"schema '{name}': expected the file {path}; it does not exist "
             f"(schemas here: {known}). Add schemas/{name}/{SCHEMA_FILE} or use a known name"
         )
-    try:
-        return text_format.Parse(path.read_text(), schema_pb2.Schema())
-    except text_format.ParseError as exc:
-        raise UsageError(
-            f"{path}: expected a tensorflow_metadata Schema in protobuf text format; "
-            f"found a syntax error: {exc}. Fix the file"
-        ) from exc
+    return parse_schema_file(path)
 
 
 def feature_columns(name: str) -> dict[str, str]:

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+POISON_ABOVE = 1000.0
+
 
 def build_plain_model(path: Path) -> Path:
     """Save a model with inputs x (float32), n (int64), s (string); outputs score and pair."""
@@ -26,6 +28,8 @@ def build_plain_model(path: Path) -> Path:
             ]
         )
         def serve(self, x: tf.Tensor, n: tf.Tensor, s: tf.Tensor) -> dict[str, tf.Tensor]:
+            # A model that raises on some rows: |x| >= 1000 is a poison row.
+            tf.debugging.assert_less(tf.abs(x), POISON_ABOVE, message="x is out of range")
             length = tf.cast(tf.strings.length(s), tf.float32)
             score = tf.sigmoid(self.w * x + 0.1 * tf.cast(n, tf.float32) - 0.05 * length)
             pair = tf.stack([score, 1.0 - score], axis=1)

@@ -142,6 +142,7 @@ def test_null_inputs_go_to_the_dead_letter_output(plain_model: Path, tmp_path: P
             f"--model={plain_model}",
             f"--output={tmp_path / 'out'}",
             "--key_columns=id",
+            "--max_error_rate=1",
         )
         == 0
     )

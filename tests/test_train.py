@@ -151,10 +151,10 @@ def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
     assert result.dropped == 4
     assert result.table.num_rows == 2
     assert result.reasons == {
-        "applicant_age": 1,
-        "credit_score": 1,
-        "home_ownership": 1,
-        "product_code": 1,
+        "bad_characters": 1,
+        "null_value": 1,
+        "out_of_range": 1,
+        "unseen_category": 1,
     }
 
 
