@@ -140,6 +140,18 @@ def describe_signature(function: Any, model: ResolvedModel) -> SignatureInfo:
     return info
 
 
+_TF_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+
+
+def tf_error_summary(message: str, limit: int = 300) -> str:
+    """The line of a TensorFlow error that says what went wrong, without the trace."""
+    for line in message.splitlines():
+        text = line.strip()
+        if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
+            return text[:limit]
+    return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+
+
 def constant_string(value: str, length: int) -> pa.Array:
     """A string column holding ``value`` ``length`` times, built from buffers (no per-row objects)."""
     encoded = value.encode()
@@ -210,9 +222,9 @@ class BatchScorer:
             return [self.score(batch)], []
         except self._tf.errors.OpError as exc:
             if batch.num_rows == 1:
-                first_line = (exc.message or str(exc)).strip().splitlines()[0]
                 message = (
-                    f"model {self.loaded.model.label} raised {type(exc).__name__}: {first_line}"
+                    f"model {self.loaded.model.label} raised {type(exc).__name__}: "
+                    f"{tf_error_summary(exc.message or str(exc))}"
                 )
                 return [], [with_reasons(batch, MODEL_ERROR, message)]
         middle = batch.num_rows // 2
