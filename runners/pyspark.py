@@ -1,0 +1,367 @@
+"""Apache Spark adapter (pyspark): Spark reads the Parquet input, the core scores it.
+
+The job is ``spark.read.parquet(files).select(columns).mapInArrow(score)``:
+Spark's vectorized reader hands each partition's rows to a Python worker as
+Arrow record batches of ``--batch_size`` rows, and the worker passes them to the
+core's :func:`~batch.job.score_batches`, which validates, scores and stages
+them as output part ``<Spark partition id>``. The partition id is the same for
+every attempt of a task, so a retried (or speculative) task replaces its own
+part. Each task returns one tiny summary row; the driver collects them and the
+core reconciles and commits the run as it does for every runner.
+
+One model per Python worker process: Spark reuses its Python workers across
+tasks (``spark.python.worker.reuse``, forced on) and the core caches the loaded
+model per process, so a worker loads the model once for the whole job.
+
+Where things must live on a real cluster: the input files, the output folder
+and the model are read and written by the executors by path, so they must be
+on a filesystem every worker mounts at the same path (NFS, a FUSE-mounted
+bucket); the workers' Python (``PYSPARK_PYTHON``) must have batchscore
+installed. On ``local[*]`` and a single-host cluster, local disk is that
+filesystem.
+
+This is the only module that imports pyspark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch import errors
+from batch.errors import BatchScoreError, UsageError
+from batch.inputs import Split
+from batch.job import ScoringJob, SplitResult, read_columns, score_batches
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+RUNNER_NAME = "PySparkRunner"
+DEFAULT_MASTER = "local[*]"
+BATCH_SIZE_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+WORKER_REUSE_CONF = "spark.python.worker.reuse"
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("part_index", pa.int32()),
+        ("rows_in", pa.int64()),
+        ("rows_scored", pa.int64()),
+        ("rows_rejected", pa.int64()),
+    ]
+)
+SUMMARY_DDL = "part_index int, rows_in long, rows_scored long, rows_rejected long"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class SparkRunnerError(BatchScoreError):
+    """Spark could not start or the Spark job failed for a reason outside the core."""
+
+
+def parse_spark_confs(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (``--spark_conf``) as a dict; a malformed one fails naming it."""
+    confs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not key.strip().startswith("spark."):
+            raise UsageError(
+                f"--spark_conf {item}: expected KEY=VALUE with a Spark key, e.g. "
+                "--spark_conf spark.executor.memory=4g"
+            )
+        confs[key.strip()] = value
+    return confs
+
+
+def is_local_master(master: str) -> bool:
+    return master == "local" or master.startswith("local[") or master.startswith("local-cluster[")
+
+
+def _is_loopback_master(master: str) -> bool:
+    if is_local_master(master):
+        return True
+    match = re.match(r"spark://([^,/]+?)(?::\d+)?(?:,|/|$)", master)
+    return bool(match) and match is not None and match.group(1) in _LOOPBACK_HOSTS
+
+
+class PySparkRunner:
+    """Runs a scoring job as one Spark job, locally or on a cluster.
+
+    ``master`` is ``--spark_master``: ``None`` takes the master that
+    ``spark-submit`` (or an active SparkContext) set, else ``local[*]``.
+    ``confs`` are ``--spark_conf`` pairs, applied when the session is created.
+    """
+
+    name = "pyspark"
+
+    def __init__(self, master: str | None = None, confs: Mapping[str, str] | None = None) -> None:
+        self.requested_master = master
+        self.confs = dict(confs or {})
+        if self.confs.get(WORKER_REUSE_CONF, "true").strip().lower() != "true":
+            raise UsageError(
+                f"--spark_conf {WORKER_REUSE_CONF}={self.confs[WORKER_REUSE_CONF]}: batchscore "
+                "needs Python worker reuse (one model load per worker); drop this option"
+            )
+        if BATCH_SIZE_CONF in self.confs:
+            raise UsageError(
+                f"--spark_conf {BATCH_SIZE_CONF}: the Arrow batch size is --batch_size; "
+                "use --batch_size instead"
+            )
+        self._master: str | None = None
+        self._applied: dict[str, str] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "master": self._master or self.requested_master or DEFAULT_MASTER,
+            "confs": dict(sorted({**self._applied, **self.confs}.items())),
+        }
+
+    def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
+        if not splits:
+            log.info("no rows to score; Spark is not started")
+            return
+        paths = list(dict.fromkeys(split.path for split in splits))
+        columns = read_columns(job)
+        target = _common_schema(paths, columns)
+        spark, created = self._session()
+        try:
+            spark.conf.set(BATCH_SIZE_CONF, str(job.batch_size))
+            self._applied[BATCH_SIZE_CONF] = str(job.batch_size)
+            frame = spark.read.parquet(*(_file_uri(p) for p in paths)).select(*columns)
+            scored = frame.mapInArrow(partial(score_partition, job, target), SUMMARY_DDL)
+            rows = scored.collect()
+        except BatchScoreError:
+            raise
+        except Exception as exc:
+            raise translate_spark_error(exc) from exc
+        finally:
+            if created:
+                spark.stop()
+        results = [SplitResult(*row) for row in rows]
+        indexes = [r.split_index for r in results]
+        if len(set(indexes)) != len(indexes):
+            raise SparkRunnerError(
+                f"Spark returned part indexes {sorted(indexes)}: expected each partition once; "
+                "nothing was committed, rerun the job"
+            )
+        log.info(
+            "spark scored %d row(s) in %d partition(s): %d scored, %d rejected",
+            sum(r.rows_in for r in results),
+            len(results),
+            sum(r.rows_scored for r in results),
+            sum(r.rows_rejected for r in results),
+        )
+
+    def _session(self) -> tuple[SparkSession, bool]:
+        """The SparkSession to run on, and whether this runner created it (and must stop it)."""
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        warnings.filterwarnings(
+            "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+        )
+        try:
+            from pyspark import SparkConf, SparkContext
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise UsageError(
+                f"--runner={RUNNER_NAME} needs pyspark, which is not installed ({exc}); "
+                "install it with: pip install 'batchscore[spark]'"
+            ) from exc
+
+        active = SparkContext._active_spark_context
+        if active is not None:
+            self._master = self._check_master(str(active.master), "the active SparkContext")
+            session = SparkSession.builder.getOrCreate()
+            for key, value in self.confs.items():
+                try:
+                    session.conf.set(key, value)
+                except Exception as exc:
+                    raise UsageError(
+                        f"--spark_conf {key}={value}: cannot be changed on the already running "
+                        f"SparkContext ({_first_line(exc)}); set it when the context is created"
+                    ) from exc
+            self._check_worker_reuse(active.getConf().get(WORKER_REUSE_CONF, "true"))
+            return session, False
+
+        jvm_running = SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ
+        if not jvm_running and _is_loopback_master(self.requested_master or DEFAULT_MASTER):
+            # The JVM about to start then binds loopback only (and skips a hostname lookup).
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        try:
+            # Starts (or, under spark-submit, joins) the JVM; loads spark-defaults.conf and
+            # spark-submit's --master and --conf.
+            conf = SparkConf()
+        except Exception as exc:
+            raise translate_spark_error(exc) from exc
+        submitted = conf.get("spark.master")
+        if submitted:
+            master = self._check_master(submitted, "spark-submit or spark-defaults.conf")
+        else:
+            master = self.requested_master or DEFAULT_MASTER
+            conf.setMaster(master)
+        defaults = {
+            "spark.app.name": "batchscore",
+            "spark.ui.showConsoleProgress": "false",
+            WORKER_REUSE_CONF: "true",
+        }
+        if _is_loopback_master(master):
+            # Nothing of a one-machine job needs to listen beyond loopback, its UI included.
+            defaults |= {
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.ui.enabled": "false",
+            }
+        for key, value in defaults.items():
+            if not conf.contains(key):
+                conf.set(key, value)
+                self._applied[key] = value
+        for key, value in self.confs.items():
+            conf.set(key, value)
+        self._check_worker_reuse(conf.get(WORKER_REUSE_CONF, "true"))
+        try:
+            session = SparkSession.builder.config(conf=conf).getOrCreate()
+        except Exception as exc:
+            raise translate_spark_error(exc) from exc
+        self._master = session.sparkContext.master
+        return session, True
+
+    def _check_master(self, found: str, source: str) -> str:
+        if self.requested_master and self.requested_master != found:
+            raise UsageError(
+                f"--spark_master={self.requested_master}, but {source} already set the master "
+                f"to {found}; give the master in one place only"
+            )
+        return found
+
+    @staticmethod
+    def _check_worker_reuse(value: str) -> None:
+        if value.strip().lower() != "true":
+            raise UsageError(
+                f"{WORKER_REUSE_CONF}={value}: batchscore needs Python worker reuse (one model "
+                "load per worker); remove that setting from spark-submit or spark-defaults.conf"
+            )
+
+
+def _file_uri(path: str) -> str:
+    # Explicit scheme: a cluster whose default filesystem is HDFS still reads the local path.
+    return "file://" + os.path.abspath(path)
+
+
+def _common_schema(paths: Sequence[str], columns: Sequence[str]) -> pa.Schema | None:
+    """The input files' Arrow schema of ``columns`` if every file has the same one.
+
+    Workers cast Spark's batches back to it, so the Spark runner writes exactly
+    the column types the Beam runner writes (which reads the files with pyarrow).
+    """
+    common: pa.Schema | None = None
+    for path in paths:
+        schema = pq.read_schema(path)
+        fields = pa.schema([schema.field(name) for name in columns])
+        if common is None:
+            common = fields
+        elif not common.equals(fields):
+            return None
+    return common
+
+
+def conform_batch(batch: pa.RecordBatch, target: pa.Schema | None) -> pa.RecordBatch:
+    """``batch`` with the input files' column types, or at least without Arrow's large types.
+
+    Spark hands strings as large_string when spark.sql.execution.arrow.useLargeVarTypes
+    is on and maps some Parquet types to its own (timestamps, unsigned integers):
+    key and dead-letter columns are written as they arrive, so every part must
+    get the same, predictable types.
+    """
+    if target is not None:
+        if batch.schema.equals(target):
+            return batch
+        return batch.cast(target)
+    fields = [_small_field(field) for field in batch.schema]
+    schema = pa.schema(fields)
+    return batch if schema.equals(batch.schema) else batch.cast(schema)
+
+
+def _small_field(field: pa.Field) -> pa.Field:
+    if pa.types.is_large_string(field.type):
+        return field.with_type(pa.string())
+    if pa.types.is_large_binary(field.type):
+        return field.with_type(pa.binary())
+    return field
+
+
+def score_partition(
+    job: ScoringJob, target: pa.Schema | None, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """The ``mapInArrow`` function: scores one Spark partition, yields its summary row."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    # The partition id names the staged part: the same for every attempt of this task.
+    part_index = context.partitionId() if context is not None else 0
+    conformed = (conform_batch(batch, target) for batch in batches)
+    first = next(conformed, None)
+    if first is None:
+        result = SplitResult(part_index, 0, 0, 0)
+    else:
+        result = score_batches(job, chain([first], conformed), first.schema, part_index)
+    yield pa.RecordBatch.from_arrays(
+        [
+            pa.array([part_index], pa.int32()),
+            pa.array([result.rows_in], pa.int64()),
+            pa.array([result.rows_scored], pa.int64()),
+            pa.array([result.rows_rejected], pa.int64()),
+        ],
+        schema=SUMMARY_SCHEMA,
+    )
+
+
+_CORE_ERROR = re.compile(r"^(?:batch\.errors\.)?(\w+): (.+)$", re.MULTILINE)
+
+
+def translate_spark_error(exc: BaseException) -> BatchScoreError:
+    """A one-line :class:`BatchScoreError` for a failed Spark start or job.
+
+    A core error raised in a Python worker (bad data, a broken model) travels
+    back inside Spark's exception text; it is raised again as the same class
+    with the same message, as if the core had run on the driver.
+    """
+    text = str(exc)
+    core = [
+        (getattr(errors, name), message)
+        for name, message in _CORE_ERROR.findall(text)
+        if isinstance(getattr(errors, name, None), type)
+        and issubclass(getattr(errors, name), BatchScoreError)
+    ]
+    if core:
+        error_class, message = core[-1]
+        error: BatchScoreError = error_class(message.strip())
+        return error
+    worker_error = [
+        line.strip()
+        for line in text.splitlines()
+        if re.match(r"^\w+(?:\.\w+)*(?:Error|Exception): ", line.strip())
+    ]
+    detail = worker_error[-1] if worker_error else _first_line(exc)
+    if "JAVA_GATEWAY_EXITED" in text or "Java gateway process exited" in text:
+        return SparkRunnerError(
+            f"Spark could not start: expected a Java 11+ runtime ('java' on PATH or JAVA_HOME), "
+            f"found none that works ({detail})"
+        )
+    return SparkRunnerError(
+        f"the Spark job failed: {detail}. Nothing was committed; see the Spark log above, "
+        "fix the cause and rerun"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
