@@ -12,7 +12,7 @@ import datetime as dt
 import importlib.metadata
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,7 +135,19 @@ def score_split(job: ScoringJob, split: Split) -> SplitResult:
     batches = parquet.iter_batches(
         batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
     )
-    return score_batches(job, batches, schema, split.index)
+    return score_batches(job, _naming_file(batches, split), schema, split.index)
+
+
+def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa.RecordBatch]:
+    """A data page that cannot be decoded fails the job naming the file and row groups."""
+    try:
+        yield from batches
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(
+            f"{split.path}: row groups {list(split.row_groups)} cannot be read as Parquet "
+            f"({' '.join(str(exc).split())}); the footer was readable, so the file is "
+            "damaged inside. Replace it"
+        ) from exc
 
 
 def model_signature(model: ResolvedModel) -> SignatureInfo:

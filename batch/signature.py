@@ -94,11 +94,12 @@ def castable(found: pa.DataType, wanted: pa.DataType) -> bool:
     if pa.types.is_string(wanted):
         return pa.types.is_string(found) or pa.types.is_large_string(found)
     if pa.types.is_integer(wanted):
-        return (
-            pa.types.is_integer(found)
-            and found.bit_width <= wanted.bit_width
-            and (pa.types.is_signed_integer(wanted) or pa.types.is_unsigned_integer(found))
-        )
+        if not pa.types.is_integer(found):
+            return False
+        if pa.types.is_signed_integer(found) == pa.types.is_signed_integer(wanted):
+            return found.bit_width <= wanted.bit_width
+        # unsigned -> signed needs one more bit; signed -> unsigned never fits.
+        return pa.types.is_signed_integer(wanted) and found.bit_width < wanted.bit_width
     if pa.types.is_floating(wanted):
         if pa.types.is_floating(found):
             return True
