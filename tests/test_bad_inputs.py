@@ -190,7 +190,7 @@ def test_a_damaged_data_page_fails_naming_the_file(
     victim.write_bytes(bytes(damaged))
     rc, err = _score(capsys, data, plain_model, tmp_path / "out")
     assert rc == 2
-    assert f"{victim}: row groups [0] cannot be read as Parquet" in err
+    assert f"{victim}: row groups [0, 1, 2, 3] cannot be read as Parquet" in err
     assert "the file is damaged inside" in err
     assert not list_committed_runs(tmp_path / "out")
 
