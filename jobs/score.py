@@ -240,16 +240,20 @@ def make_runner(
 def format_summary(summary: RunSummary) -> str:
     counts = summary.manifest["counts"]
     reasons = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items()) or "none"
+    skipped = summary.manifest["input"]["skipped_files"]
     lines = [
         f"run {summary.run.run_id} committed",
         f"  model        {summary.run.model_name}@{summary.run.model_version}",
         f"  rows in      {counts['rows_in']:,}",
         f"  scored       {counts['rows_scored']:,}",
         f"  rejected     {counts['rows_rejected']:,} ({reasons})",
+        f"  error rate   {counts['error_rate']:.4%} (budget {counts['max_error_rate']:.4%})",
         f"  wall time    {summary.wall_seconds:.1f}s (start-up included)",
         f"  throughput   {summary.predictions_per_second:,.0f} predictions/s",
         f"  output       {summary.run.run_dir}",
     ]
+    if skipped:
+        lines.append(f"  skipped      {len(skipped)} bad file(s), listed in the manifest")
     return "\n".join(lines)
 
 
