@@ -21,9 +21,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.errors import InputDataError, ModelError
+from batch.faults import SCORING, fault_point
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
-from batch.output import PREDICTIONS, REJECTED, CommittedRun, PartWriter, RunLayout, commit_run
+from batch.output import (
+    PREDICTIONS,
+    REJECTED,
+    CommittedRun,
+    PartWriter,
+    RunLayout,
+    RunLock,
+    clean_stale_runs,
+    commit_run,
+)
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
@@ -118,6 +128,7 @@ def score_batches(
                 validate_and_score, read_ahead(batches), workers=job.scoring_threads
             ):
                 rows_in += rows
+                fault_point(SCORING)
                 for batch in predictions:
                     writer.submit(scored.write, batch)
                 for batch in rejected:
@@ -243,9 +254,6 @@ def run_scoring(
         rules=tuple(contract.columns.values()) if contract else (),
         batch_size=batch_size,
     )
-    log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
-    layout.staging_dir.mkdir(parents=True)
-    runner.execute(job, splits)
     manifest = {
         "batchscore_version": importlib.metadata.version("batchscore"),
         "model": {
@@ -268,5 +276,12 @@ def run_scoring(
         "started": started_at.isoformat(timespec="seconds"),
     }
     rows_in = sum(f.num_rows for f in files)
-    run = commit_run(layout, manifest, rows_in, max_error_rate)
+    cleaned = clean_stale_runs(layout.version_dir)
+    if cleaned:
+        log.warning("removed %d stale run folder(s) left by dead jobs: %s", len(cleaned), cleaned)
+    log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
+    with RunLock(layout):
+        layout.staging_dir.mkdir(parents=True)
+        runner.execute(job, splits)
+        run = commit_run(layout, manifest, rows_in, max_error_rate)
     return RunSummary(run, run.manifest(), time.perf_counter() - started)

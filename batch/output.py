@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import secrets
+import shutil
+import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.errors import CommitError, ErrorBudgetExceeded
+from batch.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
 from batch.fsutil import file_sha256, read_json, write_json_atomic
 from batch.validate import MESSAGE_COLUMN, REASON_COLUMN
 
@@ -129,6 +133,7 @@ class PartWriter:
             return
         self._writer.close()
         if exc_type is None:
+            fault_point(PART_WRITTEN)
             os.replace(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
@@ -229,7 +234,7 @@ def commit_run(
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)
-    _remove_if_empty(staging.parent)
+    fault_point(COMMIT_MOVED)
     full_manifest = {
         **manifest,
         "run_id": layout.run_id,
@@ -238,21 +243,116 @@ def commit_run(
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     write_json_atomic(final / MANIFEST, full_manifest)
+    fault_point(COMMIT_MANIFEST)
     (final / SUCCESS).touch()
     _advance_latest(layout)
     return CommittedRun(final, layout.run_id, layout.model_name, layout.model_version)
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 def _advance_latest(layout: RunLayout) -> None:
+    """Point ``_LATEST`` at this run if it is the newest; serialized across processes."""
     pointer = layout.version_dir / LATEST
-    current = read_json(pointer).get("run_id", "") if pointer.is_file() else ""
-    if layout.run_id > current:
-        write_json_atomic(pointer, {"run_id": layout.run_id, "run_dir": layout.run_dir.name})
+    with _locked(layout.version_dir / f"{LATEST}.lock"):
+        current = read_json(pointer).get("run_id", "") if pointer.is_file() else ""
+        if layout.run_id > current:
+            write_json_atomic(pointer, {"run_id": layout.run_id, "run_dir": layout.run_dir.name})
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """Marks a run as live from its first staged byte until it is committed.
+
+    The driver holds an exclusive ``flock`` on ``_staging/run=<id>.lock``; the
+    kernel drops it the moment the process dies, however it dies. A run folder
+    (staged or moved into place) without ``_SUCCESS`` whose lock nobody holds
+    belongs to a dead job and may be removed.
+    """
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.path = _lock_path(layout.version_dir, layout.run_id)
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A cleaner may have unlinked the file between open and flock; a lock
+            # on an unlinked inode protects nothing, so take it again.
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            os.close(fd)
+        os.write(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock_path(version_dir: Path, run_id: str) -> Path:
+    return version_dir / STAGING / f"{RUN_PREFIX}{run_id}.lock"
+
+
+def _owner_alive(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_stale_runs(version_dir: Path) -> list[str]:
+    """Remove what dead jobs left under ``version_dir``: staged runs and runs moved into
+    place but never committed (no ``_SUCCESS``). A run whose driver still holds its
+    lock is never touched. Returns the run ids removed."""
+    removed = []
+    candidates = [(p, p.name) for p in (version_dir / STAGING).glob(f"{RUN_PREFIX}*") if p.is_dir()]
+    candidates += [
+        (p, p.name)
+        for p in version_dir.glob(f"{RUN_PREFIX}*")
+        if p.is_dir() and not (p / SUCCESS).exists()
+    ]
+    for folder, name in candidates:
+        run_id = name.removeprefix(RUN_PREFIX)
+        lock = _lock_path(version_dir, run_id)
+        if _owner_alive(lock):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        removed.append(run_id)
+    # Locks of runs that committed but died before removing their lock.
+    for lock in (version_dir / STAGING).glob(f"{RUN_PREFIX}*.lock"):
+        run_id = lock.name.removeprefix(RUN_PREFIX).removesuffix(".lock")
+        staged = version_dir / STAGING / f"{RUN_PREFIX}{run_id}"
+        if not staged.exists() and not _owner_alive(lock):
+            lock.unlink(missing_ok=True)
+    return sorted(set(removed))
 
 
 def list_committed_runs(output_root: Path | str) -> list[CommittedRun]:
@@ -270,3 +370,44 @@ def list_committed_runs(output_root: Path | str) -> list[CommittedRun]:
             )
         )
     return runs
+
+
+def verify_run(run_dir: Path) -> list[str]:
+    """Every way ``run_dir`` differs from its manifest; empty when it matches."""
+    if not (run_dir / MANIFEST).is_file():
+        return [f"no {MANIFEST}: not a committed run (or not a run folder)"]
+    problems = []
+    if not (run_dir / SUCCESS).is_file():
+        problems.append(f"no {SUCCESS}: the run was never committed")
+    manifest = read_json(run_dir / MANIFEST)
+    listed = {}
+    for kind in (PREDICTIONS, REJECTED):
+        for part in manifest.get("outputs", {}).get(kind, []):
+            listed[part["path"]] = part
+    present = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.parquet")}
+    for extra in sorted(present - listed.keys()):
+        problems.append(f"{extra}: present but not in the manifest")
+    for rel, part in sorted(listed.items()):
+        path = run_dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: listed in the manifest but missing")
+            continue
+        if path.stat().st_size != part["bytes"]:
+            problems.append(f"{rel}: {path.stat().st_size} bytes, manifest says {part['bytes']}")
+        digest = file_sha256(path)
+        if digest != part["sha256"]:
+            problems.append(
+                f"{rel}: sha256 {digest[:16]}..., manifest says {part['sha256'][:16]}..."
+            )
+            continue
+        rows = pq.read_metadata(path).num_rows
+        if rows != part["rows"]:
+            problems.append(f"{rel}: {rows} rows, manifest says {part['rows']}")
+    counts = manifest.get("counts", {})
+    for kind, key in ((PREDICTIONS, "rows_scored"), (REJECTED, "rows_rejected")):
+        total = sum(p["rows"] for p in manifest.get("outputs", {}).get(kind, []))
+        if total != counts.get(key):
+            problems.append(f"counts.{key} = {counts.get(key)}, but its files hold {total} rows")
+    if counts.get("rows_in") != counts.get("rows_scored", 0) + counts.get("rows_rejected", 0):
+        problems.append("counts do not reconcile: rows_in != rows_scored + rows_rejected")
+    return problems
