@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from batch.errors import InputDataError, ModelError
 from batch.faults import SCORING, fault_point
+from batch.incremental import contract_sha256
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
 from batch.model_repo import ResolvedModel
 from batch.output import (
@@ -269,7 +270,11 @@ def run_scoring(
             "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
             "skipped_files": [{"path": b.path, "reason": b.reason} for b in skipped_files],
         },
-        "contract": {"name": contract.name, "source": contract.source} if contract else None,
+        "contract": (
+            {"name": contract.name, "source": contract.source, "sha256": contract_sha256(contract)}
+            if contract
+            else None
+        ),
         "key_columns": list(key_columns),
         "runner": {"name": runner.name, "options": runner.options()},
         "batch_size": batch_size,

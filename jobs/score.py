@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batch.errors import InputDataError, UsageError
+from batch.incremental import find_up_to_date_run
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, find_input_files, inspect_inputs
 from batch.job import (
     DEFAULT_BATCH_SIZE,
@@ -135,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         "another format) or whose schema differs from its siblings: fail the job naming it "
         "(default), or skip it and record it and the reason in the manifest.",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="Score even if a committed run of the same model version already holds this "
+        "input's predictions. Without it, a job whose input files (paths, sizes, mtimes, "
+        "rows), model content, contract and key columns match a committed run under --output "
+        "(whose error rate is within --max_error_rate) prints 'up to date: RUN_DIR' and exits "
+        "0 without scoring.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
 
@@ -213,6 +223,15 @@ def _key_columns(option: str | None, model: ResolvedModel, contract: Contract | 
     )
 
 
+def is_dry_run(pipeline_args: Sequence[str]) -> bool:
+    """Whether Beam's ``--dry_run`` is set, read the way Beam reads it (any value but an
+    empty one counts), without importing Beam."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dry_run", default="")
+    known, _ = parser.parse_known_args(list(pipeline_args))
+    return bool(known.dry_run)
+
+
 def make_runner(
     runner: str,
     pipeline_args: Sequence[str],
@@ -279,6 +298,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_columns = _key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
         _check_output_writable(output)
+        if not args.force and not is_dry_run(pipeline_args):
+            current = find_up_to_date_run(
+                output,
+                model=model,
+                files=files,
+                skipped_files=bad_files,
+                contract=contract,
+                key_columns=key_columns,
+                max_error_rate=args.max_error_rate,
+            )
+            if current is not None:
+                print(f"up to date: {current.run_dir}")
+                print(
+                    f"  {model.label} already scored this input (unchanged files, model, "
+                    "contract and keys); nothing to do. --force scores it again"
+                )
+                return 0
         runner = make_runner(args.runner, pipeline_args, args.spark_master, args.spark_conf or ())
         summary = run_scoring(
             input_spec=input_spec,

@@ -1,0 +1,142 @@
+"""Incremental reruns: find the committed run that already holds what a job would write.
+
+A run's rows are determined by what it read and how it scored it: the input
+files (their fingerprint: path, size, mtime and row count of every file), the
+files it skipped as bad, the model (name, version and content hash), the data
+contract (the bytes of its files) and the key columns. Two runs that agree on
+all of these hold the same rows, so a job whose request matches a committed
+run need not score again: :func:`find_up_to_date_run` finds that run.
+
+Runner, batch size and split size are not part of the identity (they change
+how fast rows are made, not which rows). The error budget is checked instead:
+a committed run whose error rate is above the budget now asked for is not
+reused, because the new job would have refused to commit it.
+
+This module reads manifests only; it imports neither TensorFlow nor any engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batch.fsutil import file_sha256
+from batch.inputs import BadFile, InputFile, fingerprint
+from batch.model_repo import ResolvedModel
+from batch.output import CommittedRun, list_committed_runs
+from schemas.contract import RULES_FILE, SCHEMA_FILE, Contract
+
+
+def contract_sha256(contract: Contract) -> str:
+    """Content hash of a contract's files (schema.pbtxt and rules.toml)."""
+    digest = hashlib.sha256()
+    for name in (SCHEMA_FILE, RULES_FILE):
+        path = Path(contract.source) / name
+        digest.update(f"{name}\0{file_sha256(path) if path.is_file() else '-'}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything that decides which rows a run writes (see the module docstring)."""
+
+    model_name: str
+    model_version: str
+    model_content_hash: str
+    input_fingerprint: str
+    skipped_files: tuple[str, ...]
+    contract_sha256: str | None
+    key_columns: tuple[str, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> RunIdentity | None:
+        """The identity a committed run's manifest records; None for a manifest that
+        lacks a field (written by an older batchscore), which is then never reused."""
+        try:
+            model = manifest["model"]
+            contract = manifest["contract"]
+            return cls(
+                model_name=str(model["name"]),
+                model_version=str(model["version"]),
+                model_content_hash=str(model["content_hash"]),
+                input_fingerprint=str(manifest["input"]["fingerprint"]),
+                skipped_files=tuple(
+                    sorted(str(f["path"]) for f in manifest["input"]["skipped_files"])
+                ),
+                contract_sha256=None if contract is None else str(contract["sha256"]),
+                key_columns=tuple(str(c) for c in manifest["key_columns"]),
+            )
+        except (KeyError, TypeError):
+            return None
+
+
+def run_identity(
+    model: ResolvedModel,
+    files: Sequence[InputFile],
+    skipped_files: Sequence[BadFile],
+    contract: Contract | None,
+    key_columns: Sequence[str],
+) -> RunIdentity:
+    """The identity of a job about to run, comparable with :meth:`RunIdentity.from_manifest`."""
+    return RunIdentity(
+        model_name=model.name,
+        model_version=model.version,
+        model_content_hash=model.content_hash,
+        input_fingerprint=fingerprint(files),
+        skipped_files=tuple(sorted(b.path for b in skipped_files)),
+        contract_sha256=contract_sha256(contract) if contract is not None else None,
+        key_columns=tuple(key_columns),
+    )
+
+
+def find_up_to_date_run(
+    output_root: Path | str,
+    *,
+    model: ResolvedModel,
+    files: Sequence[InputFile],
+    skipped_files: Sequence[BadFile],
+    contract: Contract | None,
+    key_columns: Sequence[str],
+    max_error_rate: float,
+) -> CommittedRun | None:
+    """The newest committed run under ``output_root`` that already holds the rows this job
+    would write (same :class:`RunIdentity`) and whose error rate is within
+    ``max_error_rate``; None if there is none, and the job must score.
+
+    Only runs of the same model name and version are read (one small manifest each).
+    A manifest that cannot be read, or that lacks a field, is never trusted.
+    """
+    identity = run_identity(model, files, skipped_files, contract, key_columns)
+    candidates = [
+        run
+        for run in list_committed_runs(output_root)
+        if run.model_name == model.name and run.model_version == model.version
+    ]
+    for run in reversed(candidates):  # newest first: run ids sort by start time
+        try:
+            manifest = run.manifest()
+        except (OSError, ValueError):
+            continue
+        if RunIdentity.from_manifest(manifest) != identity:
+            continue
+        error_rate = manifest.get("counts", {}).get("error_rate")
+        if not isinstance(error_rate, int | float) or error_rate > max_error_rate:
+            continue
+        return run
+    return None
+
+
+def describe(run: CommittedRun) -> dict[str, Any]:
+    """Counts of a committed run, for summaries: rows in, scored, rejected."""
+    try:
+        counts = run.manifest().get("counts", {})
+    except (OSError, ValueError):
+        counts = {}
+    return {
+        "rows_in": counts.get("rows_in"),
+        "rows_scored": counts.get("rows_scored"),
+        "rows_rejected": counts.get("rows_rejected"),
+    }
