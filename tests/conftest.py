@@ -2,16 +2,19 @@
 
 ``trained_model`` (session scope) writes a small demo dataset and trains and
 registers a model on it once per test session; scoring tests reuse it.
+``spark_cluster`` (session scope) runs a real Spark standalone cluster on loopback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from batch.model_repo import ResolvedModel
+from tests.spark_cluster import SparkCluster, standalone_cluster
 
 TRAINED_ROWS = 20_000
 TRAINED_DAYS = 2
@@ -60,3 +63,11 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         data_dir, repo, train_rows=TRAINED_ROWS, epochs=1, seed=TRAINED_SEED, report=None
     )
     return TrainedModel(data_dir=data_dir, repo=repo, model=model)
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A Spark standalone master and two one-core workers on 127.0.0.1 (tests/spark_cluster.py),
+    started once per session and stopped by PID at its end."""
+    with standalone_cluster(tmp_path_factory.mktemp("spark_cluster")) as cluster:
+        yield cluster

@@ -1,0 +1,468 @@
+"""The native Spark runner: real Spark (local and a real standalone cluster), real models.
+
+Parity with the Beam runner, the edge cases of Spark's Arrow batching, spark-submit,
+and the one-line errors of the Spark options.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch import errors
+from batch.output import CommittedRun, list_committed_runs
+from jobs.score import main as score_main
+from runners.pyspark import (
+    BATCH_SIZE_CONF,
+    SparkRunnerError,
+    conform_batch,
+    translate_spark_error,
+)
+from tests.plain_model import (
+    POISON_ABOVE,
+    build_plain_model,
+    plain_model_expected,
+    write_plain_data,
+)
+from tests.spark_cluster import SparkCluster, spark_home
+
+PROJECT = Path(__file__).resolve().parent.parent
+LOCAL = "local[2]"
+SCORE_COLUMNS = ("score", "pair")
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_plain_model(tmp_path_factory.mktemp("plain") / "model")
+
+
+def _dirty_rows(folder: Path) -> None:
+    """A file whose rows break the model's input rules (null, NaN, inf) or poison it."""
+    table = pa.table(
+        {
+            "id": pa.array([900_001, 900_002, 900_003, 900_004, 900_005, 900_006], pa.int64()),
+            "x": pa.array([0.5, None, float("nan"), float("inf"), POISON_ABOVE * 2, -0.25]),
+            "n": pa.array([1, 2, None, 4, 5, 6], pa.int32()),
+            "s": pa.array(["a", "b", "c", "d", "e", "f"]),
+            "extra": pa.array([0.0] * 6),
+        }
+    )
+    pq.write_table(table, folder / "dirty.parquet")
+
+
+@pytest.fixture(scope="module")
+def plain_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    folder = tmp_path_factory.mktemp("plain_data")
+    table = write_plain_data(folder, files=3, rows_per_file=5000, row_group_rows=700)
+    _dirty_rows(folder)
+    return folder, table
+
+
+def _score(runner: str, *args: str) -> int:
+    return score_main([f"--runner={runner}", "--max_error_rate=1", *args])
+
+
+def _spark(*args: str, master: str = LOCAL) -> int:
+    return _score("PySparkRunner", f"--spark_master={master}", *args)
+
+
+def _only_run(output: Path) -> CommittedRun:
+    (run,) = list_committed_runs(output)
+    return run
+
+
+def _read(run: CommittedRun, kind: str) -> pa.Table:
+    folder = run.run_dir / kind
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables(pq.read_table(p) for p in parts)
+
+
+def _part_schemas(run: CommittedRun, kind: str) -> list[pa.Schema]:
+    return [pq.read_schema(p) for p in sorted((run.run_dir / kind).glob("part-*.parquet"))]
+
+
+def _rows_repr(table: pa.Table, key: str) -> list[str]:
+    return [repr(row) for row in table.sort_by(key).to_pylist()]
+
+
+def assert_same_results(beam: CommittedRun, spark: CommittedRun, key: str) -> None:
+    """Same (key, prediction) rows within 1e-6, same dead-letter rows, same counts."""
+    beam_rows = _read(beam, "predictions").sort_by(key)
+    spark_rows = _read(spark, "predictions").sort_by(key)
+    assert spark_rows.schema == beam_rows.schema
+    assert spark_rows.column(key).equals(beam_rows.column(key))
+    outputs = [
+        name
+        for name in beam_rows.column_names
+        if name not in (key, "model_name", "model_version", "run_id")
+    ]
+    assert outputs
+    for name in outputs:
+        ours = np.asarray(spark_rows.column(name).to_pylist(), dtype=np.float64)
+        theirs = np.asarray(beam_rows.column(name).to_pylist(), dtype=np.float64)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0, err_msg=name)
+    beam_rejects = _read(beam, "rejected")
+    spark_rejects = _read(spark, "rejected")
+    if beam_rejects.num_rows:
+        assert spark_rejects.schema == beam_rejects.schema
+        # repr: NaN input values must compare equal too.
+        assert _rows_repr(spark_rejects, key) == _rows_repr(beam_rejects, key)
+    else:
+        assert spark_rejects.num_rows == 0
+    for schemas in (_part_schemas(spark, "predictions"), _part_schemas(spark, "rejected")):
+        assert all(s == schemas[0] for s in schemas), "every part has the same schema"
+    beam_counts = {k: v for k, v in beam.manifest()["counts"].items()}
+    assert spark.manifest()["counts"] == beam_counts
+
+
+def _check_plain_scores(run: CommittedRun, table: pa.Table) -> None:
+    """Every key exactly once, each score equal to the model's formula computed with numpy."""
+    out = _read(run, "predictions").sort_by("id")
+    rejected = _read(run, "rejected")
+    ids = out.column("id").to_pylist() + (
+        rejected.column("id").to_pylist() if rejected.num_rows else []
+    )
+    assert sorted(ids) == sorted(table.column("id").to_pylist()), "every key exactly once"
+    assert len(ids) == len(set(ids))
+    expected_rows = table.sort_by("id").filter(
+        pa.compute.is_in(table.sort_by("id").column("id"), out.column("id"))
+    )
+    np.testing.assert_allclose(
+        out.column("score").to_numpy(), plain_model_expected(expected_rows), atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_plain_model_on_local_spark_matches_beam(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    data_dir, _ = plain_data
+    common = (
+        f"--input={data_dir}",
+        f"--model={plain_model}",
+        "--key_columns=id",
+        "--batch_size=1000",
+        "--split_rows=2000",
+    )
+    assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
+    assert _spark(*common, f"--output={tmp_path / 'spark'}") == 0
+    beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
+    assert_same_results(beam, spark, "id")
+    reasons = spark.manifest()["counts"]["rejected_by_reason"]
+    assert sum(reasons.values()) == 4 and "model_error" in reasons, reasons
+    manifest = spark.manifest()
+    assert manifest["runner"]["name"] == "pyspark"
+    assert manifest["runner"]["options"]["master"] == LOCAL
+    assert manifest["runner"]["options"]["confs"] == {}
+    assert not (spark.run_dir.parent / "_staging" / f"run={spark.run_id}").exists()
+
+
+@pytest.mark.slow
+def test_demo_model_on_the_standalone_cluster_matches_beam(
+    trained_model: Any, spark_cluster: SparkCluster, tmp_path: Path
+) -> None:
+    """The tf.Transform + Keras model, scored by two executors of a real cluster."""
+    common = (
+        f"--input={trained_model.data_dir}",
+        f"--model={trained_model.model.name}@{trained_model.model.version}",
+        f"--model_repo={trained_model.repo}",
+        "--batch_size=2000",
+    )
+    assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
+    assert _spark(*common, f"--output={tmp_path / 'spark'}", master=spark_cluster.master_url) == 0
+    beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
+    assert_same_results(beam, spark, "loan_id")
+    assert spark.manifest()["counts"]["rows_rejected"] > 0, "the fixture's dirty rows"
+    assert spark.manifest()["runner"]["options"]["master"] == spark_cluster.master_url
+    apps = spark_cluster.status()["completedapps"]
+    assert apps and apps[-1]["state"] == "FINISHED"
+    # Both workers ran executors of the job.
+    worker_dirs = [spark_cluster.folder / f"worker-{i}" for i in range(2)]
+    assert all(any(d.glob("app-*/*/stderr")) for d in worker_dirs)
+
+
+@pytest.mark.slow
+def test_plain_model_on_the_standalone_cluster_via_spark_submit(
+    plain_model: Path,
+    plain_data: tuple[Path, pa.Table],
+    spark_cluster: SparkCluster,
+    tmp_path: Path,
+) -> None:
+    data_dir, table = plain_data
+    result = _spark_submit(
+        spark_cluster.master_url,
+        f"--input={data_dir}",
+        f"--model={plain_model}",
+        f"--output={tmp_path}",
+        "--key_columns=id",
+        "--max_error_rate=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = _only_run(tmp_path)
+    assert run.manifest()["runner"]["options"]["master"] == spark_cluster.master_url
+    _check_plain_scores(run, pa.concat_tables([table, pq.read_table(data_dir / "dirty.parquet")]))
+
+
+def _spark_submit(master: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master",
+        master,
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(PROJECT / "jobs" / "score.py"),
+        "--runner=PySparkRunner",
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_spark_submit_on_local_takes_its_master(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    data_dir, _ = plain_data
+    args = (f"--input={data_dir}", f"--model={plain_model}", "--key_columns=id")
+    result = _spark_submit("local[1]", *args, f"--output={tmp_path}", "--max_error_rate=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _only_run(tmp_path).manifest()["runner"]["options"]["master"] == "local[1]"
+    conflict = _spark_submit(
+        "local[1]", *args, f"--output={tmp_path / 'x'}", "--spark_master=local[2]"
+    )
+    assert conflict.returncode == 2
+    # spark-submit merges the Python driver's stderr into its stdout.
+    output = conflict.stdout + conflict.stderr
+    error = [line for line in output.splitlines() if "python -m jobs.score: error:" in line]
+    assert len(error) == 1 and "give the master in one place only" in error[0], output
+
+
+# --- edge cases: every key exactly once, scores equal the model's formula ---------------------
+
+
+def _plain_table(ids: np.ndarray) -> pa.Table:
+    rng = np.random.default_rng(int(ids[0]) if len(ids) else 0)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "x": pa.array(rng.normal(size=len(ids)), pa.float64()),
+            "n": pa.array(rng.integers(0, 10, size=len(ids)), pa.int32()),
+            "s": pa.array([f"code-{i % 97}" for i in ids], pa.string()),
+        }
+    )
+
+
+def _score_edge(
+    plain_model: Path, data: Path, output: Path, batch_size: int, *spark_conf: str
+) -> CommittedRun:
+    confs = [f"--spark_conf={c}" for c in spark_conf]
+    args = (f"--input={data}", f"--model={plain_model}", f"--output={output}")
+    assert _spark(*args, "--key_columns=id", f"--batch_size={batch_size}", *confs) == 0
+    return _only_run(output)
+
+
+@pytest.mark.slow
+def test_empty_input_commits_an_empty_run(plain_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    pq.write_table(_plain_table(np.arange(0)), data / "empty.parquet")
+    run = _score_edge(plain_model, data, tmp_path / "out", 100)
+    counts = run.manifest()["counts"]
+    assert (counts["rows_in"], counts["rows_scored"], counts["rows_rejected"]) == (0, 0, 0)
+
+
+@pytest.mark.slow
+def test_empty_files_and_empty_spark_partitions(plain_model: Path, tmp_path: Path) -> None:
+    """A zero-row file beside a file of one big row group that Spark cuts into many
+    partitions, most of which hold no row group: no stray parts, every row once."""
+    data = tmp_path / "in"
+    data.mkdir()
+    pq.write_table(_plain_table(np.arange(0)), data / "empty.parquet")
+    table = _plain_table(np.arange(1, 20_001))
+    pq.write_table(table, data / "one_group.parquet", row_group_size=20_000)
+    run = _score_edge(
+        plain_model, data, tmp_path / "out", 1000, "spark.sql.files.maxPartitionBytes=16384"
+    )
+    assert len(run.manifest()["outputs"]["predictions"]) == 1
+    _check_plain_scores(run, table)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("rows", "batch_size"),
+    [
+        (1, 100),  # a single row
+        (3 * 256 + 1, 256),  # the last Arrow batch holds one row (SPARK-42250)
+    ],
+)
+def test_single_row_and_a_last_batch_of_one_row(
+    plain_model: Path, tmp_path: Path, rows: int, batch_size: int
+) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    table = _plain_table(np.arange(rows))
+    pq.write_table(table, data / "rows.parquet")
+    run = _score_edge(plain_model, data, tmp_path / "out", batch_size)
+    assert run.manifest()["counts"]["rows_scored"] == rows
+    _check_plain_scores(run, table)
+
+
+@pytest.mark.slow
+def test_many_small_files(plain_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in"
+    tables = []
+    for index in range(50):
+        folder = data / f"dt=2026-01-{index % 5 + 1:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = _plain_table(np.arange(index * 37, index * 37 + 37))
+        pq.write_table(table, folder / f"part-{index:03d}.parquet")
+        tables.append(table)
+    run = _score_edge(plain_model, data, tmp_path / "out", 64)
+    assert len(run.manifest()["input"]["files"]) == 50
+    _check_plain_scores(run, pa.concat_tables(tables))
+
+
+@pytest.mark.slow
+def test_one_large_file_with_many_row_groups(plain_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    table = _plain_table(np.arange(200_000))
+    pq.write_table(table, data / "large.parquet", row_group_size=2_500)
+    assert pq.ParquetFile(data / "large.parquet").num_row_groups == 80
+    # Small partitions, so Spark cuts the one file into several tasks by row group.
+    run = _score_edge(
+        plain_model, data, tmp_path / "out", 4096, "spark.sql.files.maxPartitionBytes=262144"
+    )
+    parts = run.manifest()["outputs"]["predictions"]
+    assert len(parts) > 4, "the file was scored as several partitions"
+    _check_plain_scores(run, table)
+
+
+@pytest.mark.slow
+def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: Path) -> None:
+    """Spark may hand strings as large_string; a string key is still written as string."""
+    data = tmp_path / "in"
+    data.mkdir()
+    table = _plain_table(np.arange(3000))
+    pq.write_table(table, data / "rows.parquet", row_group_size=500)
+    output = tmp_path / "out"
+    args = (f"--input={data}", f"--model={plain_model}", f"--output={output}")
+    assert (
+        _spark(
+            *args,
+            "--key_columns=id,s",
+            "--batch_size=400",
+            "--spark_conf",
+            "spark.sql.execution.arrow.useLargeVarTypes=true",
+            "spark.sql.files.maxPartitionBytes=16384",
+        )
+        == 0
+    )
+    run = _only_run(output)
+    schemas = _part_schemas(run, "predictions")
+    assert len(schemas) > 1 and all(s == schemas[0] for s in schemas)
+    assert schemas[0].field("s").type == pa.string()
+    _check_plain_scores(run, table)
+
+
+# --- one-line errors, before Spark starts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--runner=DirectRunner", "--spark_master=local[2]"],
+            "--spark_master and --spark_conf apply to --runner=PySparkRunner",
+        ),
+        (
+            ["--runner=PySparkRunner", "--spark_conf", "executor.memory"],
+            "--spark_conf executor.memory: expected KEY=VALUE",
+        ),
+        (
+            ["--runner=PySparkRunner", "--spark_conf=spark.python.worker.reuse=false"],
+            "needs Python worker reuse",
+        ),
+        (
+            ["--runner=PySparkRunner", f"--spark_conf={BATCH_SIZE_CONF}=10"],
+            "use --batch_size instead",
+        ),
+        (
+            ["--runner=PySparkRunner", "--direct_num_workers=2"],
+            "--runner=PySparkRunner takes no Beam options",
+        ),
+    ],
+)
+def test_bad_spark_options_fail_in_one_line(
+    args: list[str],
+    message: str,
+    plain_model: Path,
+    plain_data: tuple[Path, pa.Table],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc = score_main(
+        [
+            f"--input={plain_data[0]}",
+            f"--model={plain_model}",
+            f"--output={tmp_path}",
+            "--key_columns=id",
+            *args,
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and message in err[0], err
+    assert not list_committed_runs(tmp_path)
+
+
+def test_a_core_error_in_a_worker_comes_back_as_itself() -> None:
+    spark_text = (
+        "An exception was thrown from the Python worker. Please see the stack trace below.\n"
+        "Traceback (most recent call last):\n"
+        '  File "/work/main/batch/scorer.py", line 245, in _feeds\n'
+        "pyarrow.lib.ArrowInvalid: Float value 1.5 was truncated\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n"
+        "batch.errors.InputDataError: column 'n': cannot convert double to int64 for the model\n"
+    )
+    error = translate_spark_error(RuntimeError(spark_text))
+    assert type(error) is errors.InputDataError
+    assert str(error) == "column 'n': cannot convert double to int64 for the model"
+    commit = translate_spark_error(RuntimeError("x\nbatch.errors.CommitError: no commit\n"))
+    assert type(commit) is errors.CommitError and str(commit) == "no commit"
+    other = translate_spark_error(RuntimeError("Job aborted.\nValueError: bad thing\n  at x"))
+    assert isinstance(other, SparkRunnerError) and "ValueError: bad thing" in str(other)
+    assert "\n" not in str(other)
+
+
+def test_conform_batch_restores_the_files_types() -> None:
+    spark_batch = pa.record_batch(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "s": pa.array(["a", "b"], pa.large_string()),
+            "t": pa.array([1000, 2000], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    files = pa.schema([("id", pa.int64()), ("s", pa.string()), ("t", pa.timestamp("ms"))])
+    assert conform_batch(spark_batch, files).schema == files
+    # Files that disagree: at least no large types, so every part has the same schema.
+    loose = conform_batch(spark_batch, None)
+    assert loose.schema.field("s").type == pa.string()
+    assert loose.schema.field("t").type == pa.timestamp("us", tz="UTC")
