@@ -25,6 +25,7 @@ This is the only module that imports pyspark.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -96,9 +97,11 @@ def _is_loopback_master(master: str) -> bool:
 class PySparkRunner:
     """Runs a scoring job as one Spark job, locally or on a cluster.
 
-    ``master`` is ``--spark_master``: ``None`` takes the master that
-    ``spark-submit`` (or an active SparkContext) set, else ``local[*]``.
-    ``confs`` are ``--spark_conf`` pairs, applied when the session is created.
+    ``master`` is ``--spark_master``. Under ``spark-submit`` (or with a
+    SparkContext already running in the process) the master is the one already
+    set, and a different ``--spark_master`` is an error; otherwise it is
+    ``--spark_master``, by default ``local[*]``. ``confs`` are ``--spark_conf``
+    pairs, applied when the session is created.
     """
 
     name = "pyspark"
@@ -117,13 +120,29 @@ class PySparkRunner:
                 "use --batch_size instead"
             )
         self._master: str | None = None
-        self._applied: dict[str, str] = {}
 
     def options(self) -> dict[str, Any]:
-        return {
-            "master": self._master or self.requested_master or DEFAULT_MASTER,
-            "confs": dict(sorted({**self._applied, **self.confs}.items())),
-        }
+        return {"master": self.master(), "confs": dict(sorted(self.confs.items()))}
+
+    def master(self) -> str:
+        """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""
+        if self._master is None:
+            if _under_spark_submit() or _active_context() is not None:
+                SparkConf, SparkContext, _ = _pyspark()
+                active = SparkContext._active_spark_context
+                if active is not None:
+                    found, source = str(active.master), "the active SparkContext"
+                else:
+                    try:
+                        SparkContext._ensure_initialized()
+                    except Exception as exc:
+                        raise translate_spark_error(exc) from exc
+                    found = SparkConf().get("spark.master") or DEFAULT_MASTER
+                    source = "spark-submit"
+                self._master = self._check_master(found, source)
+            else:
+                self._master = self.requested_master or DEFAULT_MASTER
+        return self._master
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
         if not splits:
@@ -135,7 +154,6 @@ class PySparkRunner:
         spark, created = self._session()
         try:
             spark.conf.set(BATCH_SIZE_CONF, str(job.batch_size))
-            self._applied[BATCH_SIZE_CONF] = str(job.batch_size)
             frame = spark.read.parquet(*(_file_uri(p) for p in paths)).select(*columns)
             scored = frame.mapInArrow(partial(score_partition, job, target), SUMMARY_DDL)
             rows = scored.collect()
@@ -163,23 +181,10 @@ class PySparkRunner:
 
     def _session(self) -> tuple[SparkSession, bool]:
         """The SparkSession to run on, and whether this runner created it (and must stop it)."""
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        warnings.filterwarnings(
-            "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
-        )
-        try:
-            from pyspark import SparkConf, SparkContext
-            from pyspark.sql import SparkSession
-        except ImportError as exc:
-            raise UsageError(
-                f"--runner={RUNNER_NAME} needs pyspark, which is not installed ({exc}); "
-                "install it with: pip install 'batchscore[spark]'"
-            ) from exc
-
+        SparkConf, SparkContext, SparkSession = _pyspark()
+        master = self.master()
         active = SparkContext._active_spark_context
         if active is not None:
-            self._master = self._check_master(str(active.master), "the active SparkContext")
             session = SparkSession.builder.getOrCreate()
             for key, value in self.confs.items():
                 try:
@@ -192,27 +197,23 @@ class PySparkRunner:
             self._check_worker_reuse(active.getConf().get(WORKER_REUSE_CONF, "true"))
             return session, False
 
-        jvm_running = SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ
-        if not jvm_running and _is_loopback_master(self.requested_master or DEFAULT_MASTER):
+        if (
+            SparkContext._gateway is None
+            and not _under_spark_submit()
+            and _is_loopback_master(master)
+        ):
             # The JVM about to start then binds loopback only (and skips a hostname lookup).
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         try:
-            # Starts (or, under spark-submit, joins) the JVM; loads spark-defaults.conf and
-            # spark-submit's --master and --conf.
-            conf = SparkConf()
+            # Starts (or, under spark-submit, joins) the JVM, whose settings SparkConf loads:
+            # spark-defaults.conf and spark-submit's --conf.
+            SparkContext._ensure_initialized()
+            conf = SparkConf().setMaster(master)
         except Exception as exc:
             raise translate_spark_error(exc) from exc
-        submitted = conf.get("spark.master")
-        if submitted:
-            master = self._check_master(submitted, "spark-submit or spark-defaults.conf")
-        else:
-            master = self.requested_master or DEFAULT_MASTER
-            conf.setMaster(master)
-        defaults = {
-            "spark.app.name": "batchscore",
-            "spark.ui.showConsoleProgress": "false",
-            WORKER_REUSE_CONF: "true",
-        }
+        # No progress bar: it garbles the job's own output (pyspark turns it on by default).
+        conf.set("spark.ui.showConsoleProgress", "false")
+        defaults = {"spark.app.name": "batchscore", WORKER_REUSE_CONF: "true"}
         if _is_loopback_master(master):
             # Nothing of a one-machine job needs to listen beyond loopback, its UI included.
             defaults |= {
@@ -223,7 +224,6 @@ class PySparkRunner:
         for key, value in defaults.items():
             if not conf.contains(key):
                 conf.set(key, value)
-                self._applied[key] = value
         for key, value in self.confs.items():
             conf.set(key, value)
         self._check_worker_reuse(conf.get(WORKER_REUSE_CONF, "true"))
@@ -231,7 +231,6 @@ class PySparkRunner:
             session = SparkSession.builder.config(conf=conf).getOrCreate()
         except Exception as exc:
             raise translate_spark_error(exc) from exc
-        self._master = session.sparkContext.master
         return session, True
 
     def _check_master(self, found: str, source: str) -> str:
@@ -249,6 +248,34 @@ class PySparkRunner:
                 f"{WORKER_REUSE_CONF}={value}: batchscore needs Python worker reuse (one model "
                 "load per worker); remove that setting from spark-submit or spark-defaults.conf"
             )
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands the Python driver its gateway port.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _active_context() -> Any:
+    pyspark = sys.modules.get("pyspark")
+    return getattr(getattr(pyspark, "SparkContext", None), "_active_spark_context", None)
+
+
+def _pyspark() -> tuple[Any, Any, Any]:
+    """pyspark's SparkConf, SparkContext and SparkSession, with the environment they need."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    warnings.filterwarnings(
+        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+    )
+    try:
+        from pyspark import SparkConf, SparkContext
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise UsageError(
+            f"--runner={RUNNER_NAME} needs pyspark, which is not installed ({exc}); "
+            "install it with: pip install 'batchscore[spark]'"
+        ) from exc
+    return SparkConf, SparkContext, SparkSession
 
 
 def _file_uri(path: str) -> str:
@@ -324,27 +351,45 @@ def score_partition(
     )
 
 
-_CORE_ERROR = re.compile(r"^(?:batch\.errors\.)?(\w+): (.+)$", re.MULTILINE)
+_QUALIFIED_ERROR = re.compile(r"^((?:batch|schemas|runners|transforms)(?:\.\w+)*)\.(\w+): (.+)$")
+_BARE_ERROR = re.compile(r"^(\w+): (.+)$")
+
+
+def _core_error(line: str) -> BatchScoreError | None:
+    """The batchscore error that a Python worker's traceback line names, rebuilt."""
+    qualified = _QUALIFIED_ERROR.match(line)
+    if qualified:
+        module_name, class_name, message = qualified.groups()
+        try:
+            module: Any = importlib.import_module(module_name)
+        except ImportError:
+            return None
+    else:
+        bare = _BARE_ERROR.match(line)
+        if not bare:
+            return None
+        module, (class_name, message) = errors, bare.groups()
+    error_class = getattr(module, class_name, None)
+    if not (isinstance(error_class, type) and issubclass(error_class, BatchScoreError)):
+        return None
+    # The same class and message, whatever arguments its constructor takes.
+    error: BatchScoreError = error_class.__new__(error_class)
+    Exception.__init__(error, message.strip())
+    return error
 
 
 def translate_spark_error(exc: BaseException) -> BatchScoreError:
     """A one-line :class:`BatchScoreError` for a failed Spark start or job.
 
-    A core error raised in a Python worker (bad data, a broken model) travels
-    back inside Spark's exception text; it is raised again as the same class
-    with the same message, as if the core had run on the driver.
+    A batchscore error raised in a Python worker (bad data, a broken or
+    untrusted model) travels back inside Spark's exception text; it is raised
+    again as the same class with the same message, as if it had happened on
+    the driver.
     """
     text = str(exc)
-    core = [
-        (getattr(errors, name), message)
-        for name, message in _CORE_ERROR.findall(text)
-        if isinstance(getattr(errors, name, None), type)
-        and issubclass(getattr(errors, name), BatchScoreError)
-    ]
-    if core:
-        error_class, message = core[-1]
-        error: BatchScoreError = error_class(message.strip())
-        return error
+    rebuilt = [e for e in map(_core_error, (line.strip() for line in text.splitlines())) if e]
+    if rebuilt:
+        return rebuilt[-1]
     worker_error = [
         line.strip()
         for line in text.splitlines()
