@@ -38,6 +38,7 @@ from batch.output import (
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
+from batch.signing import STRICT, TrustPolicy, verify_once
 from batch.validate import RowValidator, reject_schema
 from schemas.contract import ColumnRule, Contract
 
@@ -62,6 +63,9 @@ class ScoringJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     # Concurrent model calls per split: one call leaves cores idle between ops.
     scoring_threads: int = DEFAULT_SCORING_THREADS
+    # What a worker accepts as loadable (public key bytes, --allow_unsigned); every
+    # worker verifies the model itself before loading it (default: batch.signing.STRICT).
+    trust: TrustPolicy = STRICT
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def score_batches(
     The engine-independent heart of a run: every runner hands each unit of
     work here, with a part index that is stable across retries of that unit.
     """
-    scorer = BatchScorer(load_model(job.model), job.key_columns, job.layout.run_id)
+    scorer = BatchScorer(load_model(job.model, job.trust), job.key_columns, job.layout.run_id)
     validator = RowValidator(scorer.input_types, job.rules)
     rows_in = 0
     with (
@@ -162,8 +166,9 @@ def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa
         ) from exc
 
 
-def model_signature(model: ResolvedModel) -> SignatureInfo:
-    """The serving signature: from registered metadata if present, else by loading the model."""
+def model_signature(model: ResolvedModel, trust: TrustPolicy) -> SignatureInfo:
+    """The serving signature: from registered metadata if present, else by loading the model
+    (verified against ``trust`` first)."""
     recorded = model.metadata.get("signature")
     if recorded:
         try:
@@ -172,7 +177,7 @@ def model_signature(model: ResolvedModel) -> SignatureInfo:
             raise ModelError(
                 f"model {model.label}: metadata.json has an unreadable 'signature' entry ({exc})"
             ) from exc
-    return load_model(model).signature
+    return load_model(model, trust).signature
 
 
 def check_inputs(
@@ -238,11 +243,14 @@ def run_scoring(
     batch_size: int = DEFAULT_BATCH_SIZE,
     split_rows: int = DEFAULT_SPLIT_ROWS,
     started: float | None = None,
+    trust: TrustPolicy = STRICT,
 ) -> RunSummary:
     """Check, score with ``runner``, reconcile and commit one run."""
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
-    signature = model_signature(model)
+    # Refuse an untrusted model here, before any work; workers verify again themselves.
+    verification = verify_once(model, trust)
+    signature = model_signature(model, trust)
     check_inputs(files, signature, key_columns, contract)
     splits = plan_splits(files, split_rows)
     layout = RunLayout(output_root, model.name, model.version, run_id)
@@ -254,6 +262,7 @@ def run_scoring(
         columns=columns,
         rules=tuple(contract.columns.values()) if contract else (),
         batch_size=batch_size,
+        trust=trust,
     )
     manifest = {
         "batchscore_version": importlib.metadata.version("batchscore"),
@@ -263,6 +272,8 @@ def run_scoring(
             "content_hash": model.content_hash,
             "path": str(model.saved_model_dir),
             "registered": model.registered,
+            "alias": model.alias,
+            "signature": verification.to_manifest(),
         },
         "input": {
             "spec": input_spec,

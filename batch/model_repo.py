@@ -8,8 +8,15 @@ Layout of one registered version::
         metadata.json       name, version, created, signature, training fingerprint, metrics
 
 Versions are positive integers, assigned in order at registration. A version
-folder is first assembled under ``<repo>/<name>/.staging-*`` and then renamed
-into place, so a reader never sees a half-registered version.
+folder is first assembled under ``<repo>/<name>/.staging-*`` (signed there, when
+a key is given: ``saved_model.sig`` beside ``saved_model/``, see
+:mod:`batch.signing`) and then renamed into place, so a reader never sees a
+half-registered or not-yet-signed version.
+
+Aliases (``production``, ``canary``, ...) name one version each; they live in
+``<repo>/<name>/aliases.json``, which :meth:`ModelRepository.promote` replaces
+atomically, with the history of every promotion (who, when, forced or not).
+``NAME@ALIAS`` resolves wherever ``NAME@VERSION`` does.
 
 This module never imports TensorFlow: resolving a model must be fast enough to
 reject a bad ``--model`` argument before any heavy start-up.
@@ -18,20 +25,29 @@ reject a bad ``--model`` argument before any heavy start-up.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import getpass
 import os
+import re
 import shutil
+import socket
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from batch.errors import ModelError
+from batch.errors import ModelError, UsageError
 from batch.fsutil import directory_sha256, read_json, write_json_atomic
+from batch.signing import SIGN_COMMAND, sign_model, signature_path
 
 SAVED_MODEL_DIR = "saved_model"
 TRANSFORM_OUTPUT_DIR = "transform_output"
 METADATA_FILE = "metadata.json"
+ALIASES_FILE = "aliases.json"
 LATEST = "latest"
+_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 def is_saved_model_dir(path: Path) -> bool:
@@ -48,10 +64,81 @@ class ResolvedModel:
     content_hash: str
     registered: bool
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The alias it was resolved through (NAME@production), if any.
+    alias: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def signature_file(self) -> Path:
+        """Where its signature is (or would be): ``<saved_model_dir>.sig``."""
+        return signature_path(self.saved_model_dir)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One move of an alias, as recorded in ``aliases.json``."""
+
+    name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    promoted_at: str
+    promoted_by: str
+    forced: bool
+    # Gate refusals that --force overrode (empty when nothing was overridden).
+    overridden: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "promoted_at": self.promoted_at,
+            "promoted_by": self.promoted_by,
+            "forced": self.forced,
+            "overridden": list(self.overridden),
+            "reason": self.reason,
+        }
+
+
+class PromotionGate(Protocol):
+    """A condition a version must meet before an alias may point at it.
+
+    :meth:`ModelRepository.promote` asks every gate; a refusal stops the
+    promotion unless it is forced, and a forced promotion records the refusals
+    it overrode. New conditions (e.g. a validation "blessing") are new gates.
+    """
+
+    name: str
+
+    def check(self, repo: ModelRepository, model: ResolvedModel, alias: str) -> str | None:
+        """None if ``model`` may become ``alias``; otherwise why not, in one sentence."""
+        ...
+
+
+class SignedGate:
+    """Only a signed version may be promoted: scoring refuses unsigned models anyway."""
+
+    name = "signed"
+
+    def check(self, repo: ModelRepository, model: ResolvedModel, alias: str) -> str | None:
+        if model.signature_file.is_file():
+            return None
+        return (
+            f"{model.label} is not signed (no {model.signature_file}); sign it first with "
+            f"`{SIGN_COMMAND} {model.label} --key=PRIVATE_KEY.pem`"
+        )
+
+
+DEFAULT_PROMOTION_GATES: tuple[PromotionGate, ...] = (SignedGate(),)
+
+
+class PromotionRefused(ModelError):
+    """A gate refused a promotion and it was not forced."""
 
 
 class ModelRepository:
@@ -83,8 +170,34 @@ class ModelRepository:
         meta: dict[str, Any] = read_json(self.version_dir(name, version) / METADATA_FILE)
         return meta
 
+    def aliases_file(self, name: str) -> Path:
+        return self.root / name / ALIASES_FILE
+
+    def alias_state(self, name: str) -> dict[str, Any]:
+        """``{"aliases": {alias: promotion record}, "history": [promotion records]}``."""
+        path = self.aliases_file(name)
+        if not path.is_file():
+            return {"aliases": {}, "history": []}
+        try:
+            state: dict[str, Any] = read_json(path)
+            state.setdefault("aliases", {})
+            state.setdefault("history", [])
+        except (ValueError, OSError) as exc:
+            raise ModelError(
+                f"{path}: cannot read the aliases of '{name}' ({exc}); expected the JSON that "
+                "`python -m jobs.models promote` writes"
+            ) from exc
+        return state
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Alias -> version for ``name``."""
+        return {
+            alias: int(record["version"])
+            for alias, record in sorted(self.alias_state(name)["aliases"].items())
+        }
+
     def resolve(self, spec: str) -> ResolvedModel:
-        """Resolve ``NAME``, ``NAME@VERSION`` or ``NAME@latest`` in this repository."""
+        """Resolve ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or ``NAME@ALIAS``."""
         name, _, selector = spec.partition("@")
         if not _is_name(name):
             raise ModelError(
@@ -99,14 +212,25 @@ class ModelRepository:
                 f"{self.root} (registered: {known}). Train one with `python -m jobs.train`, "
                 "pass --model_repo=DIR, or give the path of a SavedModel directory"
             )
+        alias = None
         if selector in ("", LATEST):
             version = versions[-1]
         elif selector.isdigit() and int(selector) in versions:
             version = int(selector)
+        elif selector in (aliases := self.aliases(name)):
+            alias, version = selector, aliases[selector]
+            if version not in versions:
+                raise ModelError(
+                    f"model '{spec}': alias '{alias}' points to version {version}, which is "
+                    f"not registered in {self.root / name} (versions: "
+                    f"{', '.join(map(str, versions))}). Promote a registered version: "
+                    f"`python -m jobs.models promote {name}@VERSION --to {alias}`"
+                )
         else:
+            known = ", ".join(aliases) or "none"
             raise ModelError(
-                f"model '{spec}': '{name}' has no version '{selector}' in {self.root} "
-                f"(versions: {', '.join(map(str, versions))}; or use @latest)"
+                f"model '{spec}': '{name}' has no version or alias '{selector}' in {self.root} "
+                f"(versions: {', '.join(map(str, versions))}; aliases: {known}; or use @latest)"
             )
         meta = self.metadata(name, version)
         return ResolvedModel(
@@ -116,6 +240,7 @@ class ModelRepository:
             content_hash=str(meta["content_hash"]),
             registered=True,
             metadata=meta,
+            alias=alias,
         )
 
     # -- writing -----------------------------------------------------------------
@@ -125,8 +250,10 @@ class ModelRepository:
         saved_model_dir: Path,
         metadata: dict[str, Any],
         transform_output_dir: Path | None = None,
+        signing_key: Path | None = None,
     ) -> ResolvedModel:
-        """Copy a SavedModel (and its transform output) in as the next version of ``name``."""
+        """Copy a SavedModel (and its transform output) in as the next version of ``name``,
+        signed with ``signing_key`` (a PEM EC private key) before it becomes visible."""
         if not _is_name(name):
             raise ModelError(
                 f"model name '{name}': expected letters, digits, '_', '-' or '.', "
@@ -142,6 +269,8 @@ class ModelRepository:
             if transform_output_dir is not None:
                 shutil.copytree(transform_output_dir, staging / TRANSFORM_OUTPUT_DIR)
             content_hash = directory_sha256(staging / SAVED_MODEL_DIR)
+            if signing_key is not None:
+                sign_model(staging / SAVED_MODEL_DIR, signing_key)
             for _attempt in range(100):
                 version = (self.versions(name) or [0])[-1] + 1
                 meta = {
@@ -165,13 +294,86 @@ class ModelRepository:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def promote(
+        self,
+        spec: str,
+        alias: str,
+        *,
+        force: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+        gates: Sequence[PromotionGate] = DEFAULT_PROMOTION_GATES,
+    ) -> Promotion:
+        """Point ``alias`` of a model at the version ``spec`` (NAME@VERSION) names.
+
+        Every gate is asked first; a refusal raises :class:`PromotionRefused`
+        unless ``force``, and a forced promotion records what it overrode.
+        ``aliases.json`` is read, changed and replaced atomically under a lock,
+        so concurrent promotions never lose one another's changes and a reader
+        sees the old or the new file, never a mix.
+        """
+        if not _ALIAS.match(alias) or alias == LATEST:
+            raise UsageError(
+                f"alias '{alias}': expected lower-case letters, digits, '_' or '-', starting "
+                f"with a letter (e.g. production, canary), and not '{LATEST}'"
+            )
+        model = self.resolve(spec)
+        if model.alias is not None:
+            raise UsageError(
+                f"promote {spec}: name the version to promote (NAME@VERSION), not an alias; "
+                f"{spec} is {model.label} now"
+            )
+        refusals = [r for gate in gates if (r := gate.check(self, model, alias)) is not None]
+        if refusals and not force:
+            raise PromotionRefused(
+                f"cannot promote {model.label} to '{alias}': {'; '.join(refusals)}. Fix that, "
+                "or pass --force to promote anyway (recorded as forced)"
+            )
+        with self._aliases_lock(model.name):
+            state = self.alias_state(model.name)
+            previous = state["aliases"].get(alias)
+            promotion = Promotion(
+                name=model.name,
+                alias=alias,
+                version=int(model.version),
+                previous_version=int(previous["version"]) if previous else None,
+                promoted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                promoted_by=actor or _who(),
+                forced=force,
+                overridden=tuple(refusals),
+                reason=reason,
+            )
+            state["aliases"][alias] = promotion.to_json()
+            state["history"].append(promotion.to_json())
+            write_json_atomic(self.aliases_file(model.name), state)
+        return promotion
+
+    @contextmanager
+    def _aliases_lock(self, name: str) -> Iterator[None]:
+        lock = self.root / name / ".aliases.lock"
+        with open(lock, "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
 
 def _is_name(text: str) -> bool:
     return bool(text) and not text.startswith(".") and all(c.isalnum() or c in "_-." for c in text)
 
 
 def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
-    """Resolve ``--model``: a SavedModel path, a registered version folder, or NAME[@VERSION]."""
+    """Resolve ``--model``: a SavedModel path, a registered version folder, or
+    NAME[@VERSION|@latest|@ALIAS] in ``repository``."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / METADATA_FILE).is_file() and is_saved_model_dir(path / SAVED_MODEL_DIR):

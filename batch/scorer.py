@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from batch.errors import InputDataError, ModelError
 from batch.model_repo import ResolvedModel
 from batch.signature import ARROW_TYPE_FOR_DTYPE, SignatureInfo, TensorInfo
+from batch.signing import TrustPolicy, VerificationResult, verify_once
 from batch.validate import MODEL_ERROR, with_reasons
 
 log = logging.getLogger(__name__)
@@ -78,23 +79,33 @@ class LoadedModel:
     load_seconds: float
     # The loaded object owns the variables the signature function reads.
     _owner: Any
+    # What was checked before it was loaded.
+    verification: VerificationResult | None = None
 
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, LoadedModel] = {}
 
 
-def load_model(model: ResolvedModel) -> LoadedModel:
-    """The process-wide instance of ``model``: loaded on first use, shared by all threads."""
+def load_model(model: ResolvedModel, trust: TrustPolicy) -> LoadedModel:
+    """The process-wide instance of ``model``: verified against ``trust`` and loaded on
+    first use, shared by all threads.
+
+    Verification comes first, in this process, before TensorFlow reads a byte of
+    the model: every worker that loads a model has checked it itself. It runs
+    once per process, model and policy (:func:`batch.signing.verify_once`); a
+    model that fails raises a :class:`batch.signing.ModelVerificationError`.
+    """
     with _LOCK:
+        verification = verify_once(model, trust)
         cached = _LOADED.get(model.content_hash)
         if cached is None:
-            cached = _load(model)
+            cached = _load(model, verification)
             _LOADED[model.content_hash] = cached
         return cached
 
 
-def _load(model: ResolvedModel) -> LoadedModel:
+def _load(model: ResolvedModel, verification: VerificationResult) -> LoadedModel:
     tf = import_tensorflow()
     start = time.perf_counter()
     try:
@@ -114,7 +125,7 @@ def _load(model: ResolvedModel) -> LoadedModel:
     signature = describe_signature(function, model)
     elapsed = time.perf_counter() - start
     log.info("loaded model %s in %.2fs", model.label, elapsed)
-    return LoadedModel(model, signature, function, elapsed, owner)
+    return LoadedModel(model, signature, function, elapsed, owner, verification)
 
 
 def describe_signature(function: Any, model: ResolvedModel) -> SignatureInfo:

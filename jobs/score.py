@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from batch.errors import InputDataError, UsageError
 from batch.incremental import find_up_to_date_run
@@ -28,6 +29,7 @@ from batch.job import (
 )
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
+from batch.signing import TrustPolicy, short, verify_once
 from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
 from schemas.contract import Contract, load_contract
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model",
-        help="NAME, NAME@VERSION or NAME@latest registered in --model_repo, or the path of "
+        help="NAME, NAME@VERSION, NAME@latest or NAME@ALIAS (e.g. NAME@production, see "
+        "`python -m jobs.models promote`) registered in --model_repo, or the path of "
         "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
         f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
     )
@@ -137,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(default), or skip it and record it and the reason in the manifest.",
     )
     parser.add_argument(
+        "--public_key",
+        help="PEM EC public key the model's signature must verify with, on the driver and on "
+        "every worker before TensorFlow loads the model. Default: $"
+        f"{demo_paths.PUBLIC_KEY_ENV}, else the demo's key {demo_paths.demo_public_key()}. "
+        "A registered model's signature is <version>/saved_model.sig; a SavedModel directory "
+        "DIR's is DIR.sig beside it.",
+    )
+    parser.add_argument(
+        "--allow_unsigned",
+        action="store_true",
+        help="Load a model that has no signature file (or check none when no public key is "
+        "available), with a loud WARNING; recorded in the manifest as model.signature."
+        "allow_unsigned. A model whose signature does not verify (changed, added or removed "
+        "files, another key) is refused even so. A SavedModel can run arbitrary code: use "
+        "only with models you trust.",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="Score even if a committed run of the same model version already holds this "
@@ -147,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
+
+
+def trust_policy(public_key: str | None, allow_unsigned: bool) -> TrustPolicy:
+    """--public_key / --allow_unsigned as a policy; the default key may be absent (then
+    only --allow_unsigned lets a model load), a key that was named must exist."""
+    if public_key is not None:
+        return TrustPolicy.from_key_file(public_key, allow_unsigned)
+    default = demo_paths.default_public_key()
+    if default.is_file():
+        return TrustPolicy.from_key_file(default, allow_unsigned)
+    return TrustPolicy(None, allow_unsigned, key_source=f"the default {default} does not exist")
 
 
 def _positive_int(text: str) -> int:
@@ -262,7 +293,8 @@ def format_summary(summary: RunSummary) -> str:
     skipped = summary.manifest["input"]["skipped_files"]
     lines = [
         f"run {summary.run.run_id} committed",
-        f"  model        {summary.run.model_name}@{summary.run.model_version}",
+        f"  model        {summary.run.model_name}@{summary.run.model_version}"
+        f"{_trust_note(summary.manifest['model'])}",
         f"  rows in      {counts['rows_in']:,}",
         f"  scored       {counts['rows_scored']:,}",
         f"  rejected     {counts['rows_rejected']:,} ({reasons})",
@@ -274,6 +306,14 @@ def format_summary(summary: RunSummary) -> str:
     if skipped:
         lines.append(f"  skipped      {len(skipped)} bad file(s), listed in the manifest")
     return "\n".join(lines)
+
+
+def _trust_note(model: dict[str, Any]) -> str:
+    signature = model.get("signature") or {}
+    alias = f" (as @{model['alias']})" if model.get("alias") else ""
+    if signature.get("verified"):
+        return f"{alias}, signature verified (key {short(signature.get('key_fingerprint'))})"
+    return f"{alias}, UNVERIFIED (--allow_unsigned)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
+        trust = trust_policy(args.public_key, args.allow_unsigned)
+        verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
         contract = _contract(args.contract, model)
         key_columns = _key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
@@ -330,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             split_rows=args.split_rows,
             started=started,
+            trust=trust,
         )
         print(format_summary(summary))
         return 0

@@ -1,6 +1,6 @@
 """Train the loan default model and register it: tf.Transform on Beam, then tf-keras.
 
-    python -m jobs.train [--input=DIR] [--model_repo=DIR] [--name=loan_default]
+    python -m jobs.train [--input=DIR] [--model_repo=DIR] [--name=loan_default] [--key=PEM]
                          [--train_rows=200000] [--epochs=3] [--seed=7]
                          [Beam pipeline options, e.g. --direct_num_workers=2]
 
@@ -21,7 +21,8 @@ Steps:
    signature ``transform_features`` returns the transformed features;
 7. evaluate that serving function on the held-out rows (AUC, log loss);
 8. register the SavedModel with its transform output and metadata in the model
-   repository as the next version of ``--name``.
+   repository as the next version of ``--name``, signed with ``--key`` (the
+   demo's own key pair by default; see batch/signing.py).
 
 Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
 package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
@@ -69,9 +70,17 @@ from batch.fsutil import file_sha256
 from batch.model_repo import ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
 from batch.signature import SignatureInfo, TensorInfo
+from batch.signing import key_fingerprint, public_key_of, short
 from batch.validate import REASON_COLUMN, RowValidator
 from jobs.cli import exit_process, run_main
-from jobs.demo_paths import DEMO_MODEL_NAME, demo_data_dir, demo_model_repo
+from jobs.demo_paths import (
+    DEMO_MODEL_NAME,
+    SIGNING_KEY_ENV,
+    default_signing_key,
+    demo_data_dir,
+    demo_model_repo,
+    ensure_signing_key,
+)
 from jobs.make_demo import ensure_demo_data
 from runners.beam import create_pipeline
 from schemas.contract import load_contract
@@ -521,8 +530,12 @@ def train_and_register(
     beam_args: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     report: Callable[[str], None] | None = print,
+    signing_key: Path | str | None = None,
 ) -> ResolvedModel:
     """Run the whole job (see the module docstring); return the registered model.
+
+    The registered SavedModel is signed with ``signing_key`` (PEM EC private key;
+    default: $BATCHSCORE_SIGNING_KEY, else the demo's key pair, made if missing).
 
     Its metadata holds the signature, the training facts (``training.timings_s``
     among them) and the held-out metrics.
@@ -542,6 +555,8 @@ def train_and_register(
         timings[step] = round(now - clock, 2)
         clock = now
 
+    key = ensure_signing_key(Path(signing_key) if signing_key is not None else None)
+    public_key_of(key)  # a bad key fails now, not after training
     source = Path(input_dir) if input_dir is not None else ensure_demo_data(log=report)
     repo = ModelRepository(Path(model_repo) if model_repo is not None else demo_model_repo())
     files = parquet_files(source)
@@ -616,14 +631,17 @@ def train_and_register(
             "metrics": metrics,
             "framework": framework_versions(),
         }
-        resolved = repo.register(name, saved_model_dir, metadata, transform_output_dir)
+        resolved = repo.register(
+            name, saved_model_dir, metadata, transform_output_dir, signing_key=key
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     say(
         f"train: registered {resolved.label} at {resolved.saved_model_dir.parent} "
         f"(train {train.num_rows:,} rows, held-out {heldout.num_rows:,}, dropped "
         f"{cleaned.dropped:,} dirty; held-out AUC {metrics['heldout_auc']:.4f}, "
-        f"log loss {metrics['heldout_log_loss']:.4f})"
+        f"log loss {metrics['heldout_log_loss']:.4f}); signed with {key} (key "
+        f"{short(key_fingerprint(public_key_of(key)))})"
     )
     return resolved
 
@@ -696,6 +714,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="registered model name; each run adds the next version (default: %(default)s)",
     )
     parser.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="PEM EC private key the registered SavedModel is signed with (default: "
+        f"${SIGNING_KEY_ENV}, else the demo's key {default_signing_key()}, created if "
+        "missing); scoring verifies it with the matching --public_key",
+    )
+    parser.add_argument(
         "--train_rows",
         type=int,
         default=DEFAULT_TRAIN_ROWS,
@@ -747,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             beam_args,
             args.batch_size,
+            signing_key=args.key,
         )
         timings: dict[str, float] = model.metadata["training"]["timings_s"]
         steps = ", ".join(

@@ -34,7 +34,7 @@ class ScoreSplitFn(beam.DoFn):
         self._splits = Metrics.counter(METRICS_NAMESPACE, "splits")
 
     def setup(self) -> None:
-        load_model(self._job.model)
+        load_model(self._job.model, self._job.trust)
 
     def process(self, split: Split) -> Iterator[SplitResult]:
         result = score_split(self._job, split)

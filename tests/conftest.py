@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from batch.model_repo import ResolvedModel
+from tests.signing_keys import signing_keys  # noqa: F401  (session key pair, autouse)
 from tests.spark_cluster import SparkCluster, standalone_cluster
 
 TRAINED_ROWS = 20_000

@@ -11,8 +11,13 @@ import pyarrow.parquet as pq
 POISON_ABOVE = 1000.0
 
 
-def build_plain_model(path: Path) -> Path:
-    """Save a model with inputs x (float32), n (int64), s (string); outputs score and pair."""
+def build_plain_model(path: Path, sign: bool = True) -> Path:
+    """Save a model with inputs x (float32), n (int64), s (string); outputs score and pair.
+
+    Signed (``<path>.sig``) with the default signing key unless ``sign`` is False; under
+    pytest that is the session's test key (tests/signing_keys.py), which scoring's
+    default --public_key matches.
+    """
     import tensorflow as tf
 
     class Plain(tf.Module):
@@ -37,6 +42,11 @@ def build_plain_model(path: Path) -> Path:
 
     module = Plain()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    if sign:
+        from batch.signing import sign_model
+        from jobs.demo_paths import ensure_signing_key
+
+        sign_model(path, ensure_signing_key())
     return path
 
 

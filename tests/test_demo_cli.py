@@ -11,7 +11,9 @@ import pytest
 
 from batch.output import list_committed_runs
 from batch.scorer import load_model
+from batch.signing import TrustPolicy
 from tests.conftest import TrainedModel
+from tests.signing_keys import KeyPair
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +57,14 @@ def test_help_explains_every_option() -> None:
         "--key_columns",
         "--batch_size",
         "--split_rows",
+        "--public_key",
+        "--allow_unsigned",
     ):
         assert option in result.stdout
 
 
-def test_the_model_is_loaded_once_per_process(trained_model: TrainedModel) -> None:
-    assert load_model(trained_model.model) is load_model(trained_model.model)
+def test_the_model_is_loaded_once_per_process(
+    trained_model: TrainedModel, signing_keys: KeyPair
+) -> None:
+    trust = TrustPolicy.from_key_file(signing_keys.public)
+    assert load_model(trained_model.model, trust) is load_model(trained_model.model, trust)

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from batch.job import ScoringJob, score_batches
 from batch.model_repo import ModelRepository, resolve_model
 from batch.output import PREDICTIONS, REJECTED, RunLayout
+from batch.signing import TrustPolicy
 from batch.validate import MESSAGE_COLUMN, REASON_COLUMN, RowValidator
 from schemas.contract import ColumnRule, load_contract
 from tests.plain_model import POISON_ABOVE, build_plain_model
+from tests.signing_keys import KeyPair
 
 AGE = ColumnRule("age", "int", required=True, minimum=18, maximum=100)
 INCOME = ColumnRule("income", "float", required=False, minimum=0, maximum=1e7)
@@ -101,11 +103,12 @@ def test_the_loans_contract_reads_rules_beside_the_schema() -> None:
 
 
 @pytest.fixture(scope="module")
-def plain_model_job(tmp_path_factory: pytest.TempPathFactory) -> ScoringJob:
+def plain_model_job(tmp_path_factory: pytest.TempPathFactory, signing_keys: KeyPair) -> ScoringJob:
     root = tmp_path_factory.mktemp("validate")
     model = resolve_model(str(build_plain_model(root / "model")), ModelRepository(root / "repo"))
     layout = RunLayout(root / "out", model.name, model.version, "property")
-    return ScoringJob(model, layout, ("id",), ("id", "x", "n", "s"), batch_size=7)
+    trust = TrustPolicy.from_key_file(signing_keys.public)
+    return ScoringJob(model, layout, ("id",), ("id", "x", "n", "s"), batch_size=7, trust=trust)
 
 
 row = st.fixed_dictionaries(
