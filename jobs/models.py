@@ -1,0 +1,304 @@
+"""The model repository from the command line: list, show, register, sign, verify, promote.
+
+    python -m jobs.models list
+    python -m jobs.models show loan_default@production
+    python -m jobs.models register ./export/saved_model --name=churn --key=signing_key.pem
+    python -m jobs.models sign churn@3 --key=signing_key.pem
+    python -m jobs.models verify churn@3 --public_key=public_key.pem
+    python -m jobs.models promote churn@3 --to production
+
+Nothing here imports TensorFlow: every subcommand answers in about a second.
+Every change is atomic: a version appears whole and signed, a signature file
+and ``aliases.json`` are replaced by rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from batch.errors import ModelError, UsageError
+from batch.model_repo import (
+    ModelRepository,
+    ResolvedModel,
+    is_saved_model_dir,
+    resolve_model,
+)
+from batch.signing import (
+    describe_signature,
+    key_fingerprint,
+    public_key_of,
+    short,
+    sign_model,
+    verify_model,
+)
+from jobs import demo_paths
+from jobs.cli import exit_process, run_main, setup_logging
+from jobs.score import trust_policy
+
+PROG = "python -m jobs.models"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model_repo",
+        default=str(demo_paths.demo_model_repo()),
+        help="Model repository folder (default: %(default)s).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
+
+
+def _key_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--key",
+        type=Path,
+        help=f"PEM EC private key (P-256/384/521) to sign {what} with. Default: "
+        f"${demo_paths.SIGNING_KEY_ENV}, else the demo's key {demo_paths.demo_signing_key()} "
+        "(created if missing). Make one with: openssl ecparam -name prime256v1 -genkey "
+        "-noout -out signing_key.pem",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Manage the model repository: <repo>/<name>/<version>/{saved_model/, "
+            "saved_model.sig, transform_output/, metadata.json} and <repo>/<name>/aliases.json. "
+            "Registered versions are signed (OpenSSF model-signing, EC key pair); "
+            "`python -m jobs.score` verifies the signature on every worker before loading."
+        ),
+        epilog="Run `python -m jobs.models COMMAND --help` for each command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "list",
+        help="names, versions, creation times, signatures and aliases",
+        description="List every registered version: name, version, created, whether it "
+        "is signed (and by which key), and the aliases that point at it.",
+    )
+    _common(p)
+
+    p = commands.add_parser(
+        "show",
+        help="one version's metadata, signature and aliases as JSON",
+        description="Print a version's metadata.json, plus its path, signature file and "
+        "signing key, and its aliases, as one JSON object.",
+    )
+    p.add_argument("model", help="NAME, NAME@VERSION, NAME@latest or NAME@ALIAS")
+    _common(p)
+
+    p = commands.add_parser(
+        "register",
+        help="copy a SavedModel in as the next version, signed",
+        description="Copy SAVED_MODEL_DIR (and --transform_output) into the repository as "
+        "the next version of --name, signed with --key before it becomes visible. The "
+        "version appears whole and signed, or not at all.",
+    )
+    p.add_argument("saved_model_dir", type=Path, help="a SavedModel directory (saved_model.pb)")
+    p.add_argument("--name", required=True, help="registered model name, e.g. churn")
+    p.add_argument(
+        "--transform_output", type=Path, help="tf.Transform output folder to keep beside it"
+    )
+    p.add_argument(
+        "--key_columns",
+        help="comma-separated input columns that identify a row (scoring's default "
+        "--key_columns for this model)",
+    )
+    p.add_argument(
+        "--contract", help="data contract (name under schemas/ or folder) scoring applies"
+    )
+    _key_option(p, "the registered SavedModel")
+    _common(p)
+
+    p = commands.add_parser(
+        "sign",
+        help="sign a registered version or a SavedModel directory",
+        description="Sign a registered version (writes <version>/saved_model.sig) or a "
+        "SavedModel directory DIR (writes DIR.sig beside it). The signature covers every "
+        "file of the SavedModel directory.",
+    )
+    p.add_argument("model", help="NAME@VERSION (or NAME@ALIAS, NAME@latest) or a SavedModel path")
+    _key_option(p, "it")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing signature (e.g. after an intended change of the files)",
+    )
+    _common(p)
+
+    p = commands.add_parser(
+        "verify",
+        help="check a version's signature as scoring does",
+        description="Verify the model's signature with --public_key exactly as scoring "
+        "does before loading: refused if unsigned, if any file changed, was added or "
+        "removed, or if another key signed it. Exit 0 if it verifies, 2 if not.",
+    )
+    p.add_argument("model", help="NAME@VERSION (or NAME@ALIAS, NAME@latest) or a SavedModel path")
+    p.add_argument(
+        "--public_key",
+        help="PEM EC public key. Default: "
+        f"${demo_paths.PUBLIC_KEY_ENV}, else the demo's key {demo_paths.demo_public_key()}",
+    )
+    _common(p)
+
+    p = commands.add_parser(
+        "promote",
+        help="point an alias (production, canary, ...) at a version",
+        description="Point ALIAS of NAME at VERSION, atomically, recording who, when, the "
+        "previous version and whether it was forced in <repo>/<name>/aliases.json. "
+        "`--model=NAME@ALIAS` then scores that version. A version must pass the promotion "
+        "gates (today: it is signed) unless --force.",
+    )
+    p.add_argument("model", help="NAME@VERSION to promote")
+    p.add_argument("--to", required=True, dest="alias", help="alias, e.g. production or canary")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if a gate refuses; recorded as forced, with what was overridden",
+    )
+    p.add_argument("--reason", help="free text recorded with the promotion")
+    _common(p)
+    return parser
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_list(repo: ModelRepository, args: argparse.Namespace) -> int:
+    rows = []
+    for name in repo.names():
+        aliases = repo.aliases(name)
+        for version in repo.versions(name):
+            meta = repo.metadata(name, version)
+            signature = describe_signature(repo.version_dir(name, version) / "saved_model")
+            signed = (
+                f"yes (key {short(signature['key_fingerprint'])})" if signature["signed"] else "no"
+            )
+            pointing = ",".join(a for a, v in aliases.items() if v == version)
+            rows.append((name, str(version), str(meta.get("created", "")), signed, pointing))
+    if not rows:
+        print(f"no registered models in {repo.root}")
+        return 0
+    header = ("NAME", "VERSION", "CREATED", "SIGNED", "ALIASES")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_show(repo: ModelRepository, args: argparse.Namespace) -> int:
+    model = _registered(repo, args.model)
+    aliases = repo.aliases(model.name)
+    shown = {
+        **model.metadata,
+        "repository": {
+            "path": str(model.saved_model_dir.parent),
+            "resolved_from": args.model,
+            **describe_signature(model.saved_model_dir),
+            "aliases": sorted(a for a, v in aliases.items() if str(v) == model.version),
+        },
+    }
+    print(json.dumps(shown, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_register(repo: ModelRepository, args: argparse.Namespace) -> int:
+    source: Path = args.saved_model_dir
+    if not is_saved_model_dir(source):
+        raise UsageError(
+            f"{source}: expected a SavedModel directory (holding saved_model.pb), found "
+            f"{'a folder without one' if source.is_dir() else 'no such directory'}"
+        )
+    if args.transform_output is not None and not args.transform_output.is_dir():
+        raise UsageError(f"--transform_output={args.transform_output}: no such directory")
+    key = demo_paths.ensure_signing_key(args.key)
+    fingerprint = key_fingerprint(public_key_of(key))
+    metadata: dict[str, Any] = {"source": str(source.resolve())}
+    if args.key_columns:
+        metadata["key_columns"] = [c.strip() for c in args.key_columns.split(",") if c.strip()]
+    if args.contract:
+        metadata["contract"] = args.contract
+    model = repo.register(args.name, source, metadata, args.transform_output, signing_key=key)
+    print(
+        f"registered {model.label} at {model.saved_model_dir.parent}, signed with {key} "
+        f"(key {short(fingerprint)})"
+    )
+    return 0
+
+
+def cmd_sign(repo: ModelRepository, args: argparse.Namespace) -> int:
+    model = resolve_model(args.model, repo)
+    sig = model.signature_file
+    if sig.is_file() and not args.force:
+        raise UsageError(
+            f"model {model.label} is already signed ({sig}); pass --force to replace that "
+            "signature (e.g. after an intended change of its files)"
+        )
+    key = demo_paths.ensure_signing_key(args.key)
+    fingerprint = key_fingerprint(public_key_of(key))
+    sign_model(model.saved_model_dir, key)
+    print(f"signed {model.label} ({model.saved_model_dir}) with key {short(fingerprint)}: {sig}")
+    return 0
+
+
+def cmd_verify(repo: ModelRepository, args: argparse.Namespace) -> int:
+    model = resolve_model(args.model, repo)
+    result = verify_model(model, trust_policy(args.public_key, allow_unsigned=False))
+    print(
+        f"model {model.label} ({model.saved_model_dir}): signature OK, signed by key "
+        f"{short(result.key_fingerprint)} ({result.signature_file})"
+    )
+    return 0
+
+
+def cmd_promote(repo: ModelRepository, args: argparse.Namespace) -> int:
+    promotion = repo.promote(args.model, args.alias, force=args.force, reason=args.reason)
+    was = (
+        f" (was version {promotion.previous_version})"
+        if promotion.previous_version is not None
+        else ""
+    )
+    forced = f"; FORCED over: {'; '.join(promotion.overridden)}" if promotion.overridden else ""
+    print(
+        f"promoted {promotion.name}@{promotion.version} to '{promotion.alias}'{was} by "
+        f"{promotion.promoted_by} at {promotion.promoted_at}{forced}"
+    )
+    return 0
+
+
+def _registered(repo: ModelRepository, spec: str) -> ResolvedModel:
+    model = resolve_model(spec, repo)
+    if not model.registered:
+        raise ModelError(
+            f"model '{spec}' is a SavedModel directory, not a registered version; register "
+            f"it first: `{PROG} register {spec} --name=NAME`"
+        )
+    return model
+
+
+COMMANDS: dict[str, Callable[[ModelRepository, argparse.Namespace], int]] = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "register": cmd_register,
+    "sign": cmd_sign,
+    "verify": cmd_verify,
+    "promote": cmd_promote,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    repo = ModelRepository(args.model_repo)
+    return run_main(lambda: COMMANDS[args.command](repo, args), f"{PROG} {args.command}")
+
+
+if __name__ == "__main__":
+    exit_process(main())
