@@ -120,7 +120,9 @@ def test_two_concurrent_jobs_commit_separate_runs(
     setup: tuple[Path, Path, pa.Table], tmp_path: Path
 ) -> None:
     data, model, rows = setup
-    first, second = _score(data, model, tmp_path), _score(data, model, tmp_path)
+    # --force: the second must not find the first already committed (incremental reruns).
+    first = _score(data, model, tmp_path, "--force")
+    second = _score(data, model, tmp_path, "--force")
     for process in (first, second):
         rc, err = _finish(process)
         assert rc == 0, err
@@ -172,7 +174,7 @@ def test_stale_staging_of_dead_jobs_is_removed_but_a_live_jobs_is_not(
     try:
         dead.kill()
         dead.wait(timeout=30)
-        rc, err = _finish(_score(data, model, tmp_path))
+        rc, err = _finish(_score(data, model, tmp_path, "--force"))  # not a no-op rerun
         assert rc == 0, err
         staging = first.run_dir.parent / STAGING
         assert (staging / "run=live").is_dir(), "a live job's staging is never touched"

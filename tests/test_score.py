@@ -113,7 +113,7 @@ def test_rerun_creates_a_new_run_and_leaves_the_first_intact(
     assert _score(*args) == 0
     (first,) = list_committed_runs(tmp_path)
     before = {p: file_sha256(p) for p in first.run_dir.rglob("*") if p.is_file()}
-    assert _score(*args) == 0
+    assert _score(*args, "--force") == 0  # without it, an up-to-date rerun is a no-op
     runs = list_committed_runs(tmp_path)
     assert len(runs) == 2 and runs[0].run_id == first.run_id
     assert {p: file_sha256(p) for p in first.run_dir.rglob("*") if p.is_file()} == before
