@@ -228,6 +228,11 @@ class RunSummary:
         return self.manifest["counts"]["rows_scored"] / max(self.wall_seconds, 1e-9)
 
 
+class DryRunComplete(Exception):
+    """A runner asked only to build its job (Beam's ``--dry_run``) has built it: nothing
+    was staged, scored or committed. The message says what was built."""
+
+
 def run_scoring(
     *,
     input_spec: str,
@@ -291,6 +296,14 @@ def run_scoring(
         "batch_size": batch_size,
         "started": started_at.isoformat(timespec="seconds"),
     }
+    if getattr(runner, "dry_run", False):
+        # The runner builds its job (e.g. a Dataflow job description) and submits nothing:
+        # the output is not touched, nothing is staged or committed.
+        runner.execute(job, splits)
+        raise DryRunComplete(
+            getattr(runner, "dry_run_report", "")
+            or f"dry run on {runner.name}: nothing was scored or committed"
+        )
     rows_in = sum(f.num_rows for f in files)
     cleaned = clean_stale_runs(layout.version_dir)
     if cleaned:

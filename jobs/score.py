@@ -13,7 +13,7 @@ import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, find_input_file
 from batch.job import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ERROR_RATE,
+    DryRunComplete,
     Runner,
     RunSummary,
     run_scoring,
@@ -221,6 +222,19 @@ def _contract(option: str | None, model: ResolvedModel) -> Contract | None:
     return load_contract(str(name)) if name else None
 
 
+def _check_local_path(option: str, value: str | None) -> None:
+    """Inputs, models and outputs are POSIX paths: the commit protocol needs atomic rename
+    and flock (docs/commit-protocol.md), which object stores do not give."""
+    if value and "://" in value:
+        raise UsageError(
+            f"{option}={value}: batchscore reads and writes file system paths only, not URLs; "
+            "its commit protocol needs atomic rename and file locks, which object stores such "
+            "as GCS or S3 lack. Put the data on a file system that the driver and every worker "
+            "mount at the same path (a local disk, or an NFS share such as Filestore) and "
+            "pass that path"
+        )
+
+
 def _check_output_writable(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -331,6 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             input_spec = str(ensure_demo_data(log=None))
         else:
             input_spec = args.input
+        for option, value in (
+            ("--input", input_spec),
+            ("--output", args.output),
+            ("--model", args.model),
+            ("--model_repo", args.model_repo),
+        ):
+            _check_local_path(option, value)
         files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
@@ -339,8 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         contract = _contract(args.contract, model)
         key_columns = _key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
-        _check_output_writable(output)
-        if not args.force and not is_dry_run(pipeline_args):
+        dry_run = is_dry_run(pipeline_args)
+        if not dry_run:  # a dry run writes nothing there
+            _check_output_writable(output)
+        if not args.force and not dry_run:
             current = find_up_to_date_run(
                 output,
                 model=model,
@@ -377,7 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_summary(summary))
         return 0
 
-    return run_main(score, PROG)
+    return run_main(lambda: _reporting_dry_runs(score), PROG)
+
+
+def _reporting_dry_runs(score: Callable[[], int]) -> int:
+    try:
+        return score()
+    except DryRunComplete as done:
+        print(done)
+        return 0
 
 
 if __name__ == "__main__":

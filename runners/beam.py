@@ -1,10 +1,25 @@
 """Apache Beam adapter: splits become a PCollection, each split is scored by the core.
 
-The pipeline is ``Create(splits) | Reshuffle | ParDo(ScoreSplit)``: only split
-descriptors (a path and row-group numbers) travel through Beam; the rows move
-as Arrow record batches inside the worker, from the Parquet reader through the
-model to the Parquet writer. Each worker process loads the model once (in
-``setup``, through the core's process-wide cache) and shares it across threads.
+The pipeline is three steps::
+
+    ListSplits                          Create: the split descriptors (file, row groups)
+    ScoreSplits/Redistribute            Reshuffle: spreads the splits over the workers
+    ScoreSplits/ReadValidateScoreWrite  ParDo, per split: read its row groups as Arrow
+                                        batches, validate every row against the contract,
+                                        score the valid ones, write predictions and
+                                        dead-letter rows as staged Parquet parts
+
+Only split descriptors (a path and row-group numbers) travel through Beam; the
+rows move as Arrow record batches inside the worker, from the Parquet reader
+through the model to the Parquet writer, with reading, scoring and writing
+overlapped. Read, validate, score and write are one step on purpose: as
+separate Beam steps they would either be fused back into one by the runner or,
+if not, shuffle every batch between workers. The step's display data (shown in
+the Dataflow UI and the job description) says what each phase does.
+
+Each worker process loads the model once (in ``setup``, through the core's
+process-wide cache) and shares it across threads. The run is committed by the
+driver after the pipeline finishes (batch.job.run_scoring).
 """
 
 from __future__ import annotations
@@ -14,8 +29,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 
+from batch.errors import UsageError
 from batch.inputs import Split
 from batch.job import ScoringJob, SplitResult, score_split
 from batch.scorer import load_model
@@ -35,6 +56,18 @@ class ScoreSplitFn(beam.DoFn):
 
     def setup(self) -> None:
         load_model(self._job.model, self._job.trust)
+
+    def display_data(self) -> dict[str, Any]:
+        job = self._job
+        return {
+            "read": f"Parquet row groups of one split as Arrow batches of {job.batch_size} rows "
+            f"({len(job.columns)} columns)",
+            "validate": f"every row against {len(job.rules)} contract column rule(s) and the "
+            "model's input types; failures go to rejected/ with a reason",
+            "score": f"model {job.model.label} ({job.model.saved_model_dir}), "
+            f"{job.scoring_threads} concurrent calls",
+            "write": f"predictions/ and rejected/ parts under {job.layout.staging_dir}",
+        }
 
     def process(self, split: Split) -> Iterator[SplitResult]:
         result = score_split(self._job, split)
@@ -56,11 +89,12 @@ class ScoreSplits(beam.PTransform):
         return (
             splits
             | "Redistribute" >> beam.Reshuffle()
-            | "ScoreSplit" >> beam.ParDo(ScoreSplitFn(self._job))
+            | "ReadValidateScoreWrite" >> beam.ParDo(ScoreSplitFn(self._job))
         )
 
 
 LOCAL_RUNNER = "DirectRunner"
+DATAFLOW_RUNNER = "DataflowRunner"
 
 
 def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -85,17 +119,43 @@ class BeamRunner:
 
     def __init__(self, pipeline_args: Sequence[str]) -> None:
         self.pipeline_options = PipelineOptions(list(pipeline_args))
-        runner = self.pipeline_options.view_as(StandardOptions).runner or LOCAL_RUNNER
+        standard = self.pipeline_options.view_as(StandardOptions)
+        runner = standard.runner or LOCAL_RUNNER
         self.name = f"beam:{runner}"
+        # Beam's --dry_run (any non-empty value): build the job, submit nothing.
+        self.dry_run = bool(self.pipeline_options.view_as(TestOptions).dry_run)
+        self.dry_run_report = ""
+        if self.dry_run and runner != DATAFLOW_RUNNER:
+            raise UsageError(
+                f"--dry_run builds a Dataflow job without submitting it; it applies to "
+                f"--runner={DATAFLOW_RUNNER}, not --runner={runner}"
+            )
+        if self.dry_run:
+            from runners.dataflow import check_template_location
+
+            check_template_location(
+                self.pipeline_options.view_as(GoogleCloudOptions).template_location
+            )
+        if standard.no_wait_until_finish:
+            raise UsageError(
+                "--no_wait_until_finish: batchscore commits the run when the pipeline has "
+                "finished, so it must wait for it; drop the option (run the command in the "
+                "background instead)"
+            )
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = self.pipeline_options.get_all_options(drop_default=True)
         return options
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
+        # Leaving the block runs the pipeline and waits for it (a dry run returns at once).
         with create_pipeline(self.pipeline_options) as pipeline:
             _ = (
                 pipeline
                 | "ListSplits" >> beam.Create(list(splits), reshuffle=False)
                 | "ScoreSplits" >> ScoreSplits(job)
             )
+        if self.dry_run:
+            from runners.dataflow import write_dry_run
+
+            self.dry_run_report = write_dry_run(pipeline.result, self.pipeline_options).describe()
