@@ -307,6 +307,8 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+            with contextlib.suppress(OSError):  # only if no other run is staged
+                self.path.parent.rmdir()
 
 
 def _lock_path(version_dir: Path, run_id: str) -> Path:
