@@ -12,6 +12,9 @@ import os
 import signal
 
 FAULT_ENV = "BATCHSCORE_FAULT_POINT"
+# With this set to a file path, the point fires once: in the first process to
+# create that file (so a retried task or bundle then succeeds).
+FAULT_ONCE_ENV = "BATCHSCORE_FAULT_ONCE"
 
 SCORING = "scoring"  # a split has scored its first batch; parts are half written
 PART_WRITTEN = "part-written"  # a part file is complete under its temporary name
@@ -21,5 +24,12 @@ POINTS = (SCORING, PART_WRITTEN, COMMIT_MOVED, COMMIT_MANIFEST)
 
 
 def fault_point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAULT_ENV) != name:
+        return
+    marker = os.environ.get(FAULT_ONCE_ENV)
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.faults import FAULT_ENV, POINTS
+from batch.faults import FAULT_ENV, FAULT_ONCE_ENV, PART_WRITTEN, POINTS, SCORING
 from batch.fsutil import read_json
 from batch.output import LATEST, STAGING, SUCCESS, list_committed_runs, verify_run
 from jobs.verify import main as verify_main
@@ -33,12 +33,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pa.Tabl
 
 
 def _score(
-    data: Path, model: Path, out: Path, *extra: str, fault: str | None = None
+    data: Path,
+    model: Path,
+    out: Path,
+    *extra: str,
+    fault: str | None = None,
+    fault_once: Path | None = None,
 ) -> subprocess.Popen[str]:
     env = {**os.environ}
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
+    if fault_once:
+        env[FAULT_ONCE_ENV] = str(fault_once)
     command = [
         sys.executable,
         "-m",
@@ -111,6 +118,30 @@ def test_repeated_bundles_still_give_every_key_once(
     rc, err = _finish(_score(data, model, tmp_path, "--direct_runner_bundle_repeat=2"))
     assert rc == 0, err
     (run,) = list_committed_runs(tmp_path)
+    assert _keys(run.run_dir) == sorted(rows.column("id").to_pylist())
+    assert verify_run(run.run_dir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [SCORING, PART_WRITTEN])
+def test_a_spark_task_killed_once_and_retried_still_gives_every_key_once(
+    point: str, setup: tuple[Path, Path, pa.Table], tmp_path: Path
+) -> None:
+    data, model, rows = setup
+    marker = tmp_path / "fired"
+    process = _score(
+        data,
+        model,
+        tmp_path / "out",
+        "--runner=PySparkRunner",
+        "--spark_master=local[2,4]",  # up to 4 attempts per task
+        fault=point,
+        fault_once=marker,
+    )
+    rc, err = _finish(process)
+    assert rc == 0, err[-3000:]
+    assert marker.exists(), "a Python worker was killed mid-task"
+    (run,) = list_committed_runs(tmp_path / "out")
     assert _keys(run.run_dir) == sorted(rows.column("id").to_pylist())
     assert verify_run(run.run_dir) == []
 
