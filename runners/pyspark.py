@@ -25,6 +25,7 @@ This is the only module that imports pyspark.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 from batch import errors
 from batch.errors import BatchScoreError, UsageError
 from batch.inputs import Split
-from batch.job import ScoringJob, SplitResult, read_columns, score_batches
+from batch.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -52,7 +53,21 @@ log = logging.getLogger(__name__)
 RUNNER_NAME = "PySparkRunner"
 DEFAULT_MASTER = "local[*]"
 BATCH_SIZE_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+BATCH_BYTES_CONF = "spark.sql.execution.arrow.maxBytesPerBatch"
+NO_BYTE_LIMIT = 2**31 - 1  # Spark skips the byte check for exactly this value
 WORKER_REUSE_CONF = "spark.python.worker.reuse"
+# How the input reaches the Python workers (--spark_conf batchscore.input=...):
+#   spark   Spark's Parquet reader reads the input files; each partition's rows come to
+#           the workers as Arrow batches through mapInArrow (default).
+#   splits  Spark schedules the planned splits; each task reads its split's row groups
+#           with pyarrow, exactly as the Beam runner does. No rows pass through the JVM.
+INPUT_OPTION = "batchscore.input"
+INPUT_SPARK = "spark"
+INPUT_SPLITS = "splits"
+TASK_CPUS_CONF = "spark.task.cpus"
+# With input=splits on a local master one task (one Python worker, one model) per this
+# many cores, scoring with as many threads: TF import and model load paid once per task.
+MAX_LOCAL_TASK_CPUS = 4
 SUMMARY_SCHEMA = pa.schema(
     [
         ("part_index", pa.int32()),
@@ -63,6 +78,9 @@ SUMMARY_SCHEMA = pa.schema(
 )
 SUMMARY_DDL = "part_index int, rows_in long, rows_scored long, rows_rejected long"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# A local job's JVM lives for one job: JIT-compiling with C1 only and a serial GC spend
+# far less of the machine's CPU on the JVM itself (measured: see docs/benchmarks.md).
+LOCAL_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 class SparkRunnerError(BatchScoreError):
@@ -74,10 +92,10 @@ def parse_spark_confs(items: Sequence[str]) -> dict[str, str]:
     confs: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not key.strip().startswith("spark."):
+        if not sep or not key.strip().startswith(("spark.", "batchscore.")):
             raise UsageError(
-                f"--spark_conf {item}: expected KEY=VALUE with a Spark key, e.g. "
-                "--spark_conf spark.executor.memory=4g"
+                f"--spark_conf {item}: expected KEY=VALUE with a Spark key (spark.*) or a "
+                "PySparkRunner setting (batchscore.*), e.g. --spark_conf spark.executor.memory=4g"
             )
         confs[key.strip()] = value
     return confs
@@ -85,6 +103,19 @@ def parse_spark_confs(items: Sequence[str]) -> dict[str, str]:
 
 def is_local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[") or master.startswith("local-cluster[")
+
+
+def local_cores(master: str) -> int:
+    """Task slots of a local master: local[N] and local[N,F] -> N, local[*] -> cores, else 1."""
+    match = re.match(r"local\[([^,\]]+)", master)
+    if not match:
+        return 1
+    if match.group(1) == "*":
+        return os.cpu_count() or 1
+    try:
+        return max(1, int(match.group(1)))
+    except ValueError:
+        return 1
 
 
 def _is_loopback_master(master: str) -> bool:
@@ -108,7 +139,21 @@ class PySparkRunner:
 
     def __init__(self, master: str | None = None, confs: Mapping[str, str] | None = None) -> None:
         self.requested_master = master
-        self.confs = dict(confs or {})
+        given = dict(confs or {})
+        self.confs = {k: v for k, v in given.items() if not k.startswith("batchscore.")}
+        settings = {k: v for k, v in given.items() if k.startswith("batchscore.")}
+        self.input_mode = settings.pop(INPUT_OPTION, INPUT_SPARK).strip()
+        if self.input_mode not in (INPUT_SPARK, INPUT_SPLITS):
+            raise UsageError(
+                f"--spark_conf {INPUT_OPTION}={self.input_mode}: expected {INPUT_SPARK} "
+                f"(Spark reads the Parquet input) or {INPUT_SPLITS} (each task reads its "
+                "planned split with pyarrow)"
+            )
+        if settings:
+            raise UsageError(
+                f"--spark_conf {', '.join(sorted(settings))}: unknown PySparkRunner setting; "
+                f"the one there is: {INPUT_OPTION}={INPUT_SPARK}|{INPUT_SPLITS}"
+            )
         if self.confs.get(WORKER_REUSE_CONF, "true").strip().lower() != "true":
             raise UsageError(
                 f"--spark_conf {WORKER_REUSE_CONF}={self.confs[WORKER_REUSE_CONF]}: batchscore "
@@ -122,7 +167,11 @@ class PySparkRunner:
         self._master: str | None = None
 
     def options(self) -> dict[str, Any]:
-        return {"master": self.master(), "confs": dict(sorted(self.confs.items()))}
+        return {
+            "master": self.master(),
+            "input": self.input_mode,
+            "confs": dict(sorted(self.confs.items())),
+        }
 
     def master(self) -> str:
         """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""
@@ -148,15 +197,15 @@ class PySparkRunner:
         if not splits:
             log.info("no rows to score; Spark is not started")
             return
-        paths = list(dict.fromkeys(split.path for split in splits))
-        columns = read_columns(job)
-        target = _common_schema(paths, columns)
         spark, created = self._session()
         try:
-            spark.conf.set(BATCH_SIZE_CONF, str(job.batch_size))
-            frame = spark.read.parquet(*(_file_uri(p) for p in paths)).select(*columns)
-            scored = frame.mapInArrow(partial(score_partition, job, target), SUMMARY_DDL)
-            rows = scored.collect()
+            # One scoring thread per core a task holds.
+            task_cpus = int(spark.sparkContext.getConf().get(TASK_CPUS_CONF, "1"))
+            job = dataclasses.replace(job, scoring_threads=max(1, task_cpus))
+            if self.input_mode == INPUT_SPLITS:
+                results = self._score_splits(spark, job, splits)
+            else:
+                results = self._score_spark_input(spark, job, splits)
         except BatchScoreError:
             raise
         except Exception as exc:
@@ -164,20 +213,44 @@ class PySparkRunner:
         finally:
             if created:
                 spark.stop()
-        results = [SplitResult(*row) for row in rows]
         indexes = [r.split_index for r in results]
         if len(set(indexes)) != len(indexes):
             raise SparkRunnerError(
-                f"Spark returned part indexes {sorted(indexes)}: expected each partition once; "
+                f"Spark returned part indexes {sorted(indexes)}: expected each part once; "
                 "nothing was committed, rerun the job"
             )
         log.info(
-            "spark scored %d row(s) in %d partition(s): %d scored, %d rejected",
+            "spark scored %d row(s) in %d task(s): %d scored, %d rejected",
             sum(r.rows_in for r in results),
             len(results),
             sum(r.rows_scored for r in results),
             sum(r.rows_rejected for r in results),
         )
+
+    def _score_spark_input(
+        self, spark: SparkSession, job: ScoringJob, splits: Sequence[Split]
+    ) -> list[SplitResult]:
+        """Spark reads the files; each partition's Arrow batches are scored as one part."""
+        paths = list(dict.fromkeys(split.path for split in splits))
+        columns = read_columns(job)
+        target = _common_schema(paths, columns)
+        spark.conf.set(BATCH_SIZE_CONF, str(job.batch_size))
+        if BATCH_BYTES_CONF not in self.confs:
+            # Batches are bounded by rows (--batch_size). Any byte limit makes Spark
+            # measure every Arrow vector after every row: a sixth of the JVM's work.
+            spark.conf.set(BATCH_BYTES_CONF, str(NO_BYTE_LIMIT))
+        frame = spark.read.parquet(*(_file_uri(p) for p in paths)).select(*columns)
+        scored = frame.mapInArrow(partial(score_partition, job, target), SUMMARY_DDL)
+        return [SplitResult(*row) for row in scored.collect()]
+
+    def _score_splits(
+        self, spark: SparkSession, job: ScoringJob, splits: Sequence[Split]
+    ) -> list[SplitResult]:
+        """One task per planned split; the task reads and scores it (part = split index)."""
+        indexes = spark.sparkContext.parallelize(range(len(splits)), len(splits))
+        scored = indexes.mapPartitions(partial(score_splits, job, tuple(splits)))
+        results: list[SplitResult] = scored.collect()
+        return results
 
     def _session(self) -> tuple[SparkSession, bool]:
         """The SparkSession to run on, and whether this runner created it (and must stop it)."""
@@ -197,17 +270,21 @@ class PySparkRunner:
             self._check_worker_reuse(active.getConf().get(WORKER_REUSE_CONF, "true"))
             return session, False
 
-        if (
-            SparkContext._gateway is None
-            and not _under_spark_submit()
-            and _is_loopback_master(master)
-        ):
-            # The JVM about to start then binds loopback only (and skips a hostname lookup).
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        launching = SparkContext._gateway is None and not _under_spark_submit()
         try:
-            # Starts (or, under spark-submit, joins) the JVM, whose settings SparkConf loads:
-            # spark-defaults.conf and spark-submit's --conf.
-            SparkContext._ensure_initialized()
+            if launching:
+                if _is_loopback_master(master):
+                    # The JVM then binds loopback only (and skips a hostname lookup).
+                    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+                # JVM options take effect only when the JVM starts: start it with them.
+                launch = SparkConf().setMaster(master)
+                for key, value in {**self._jvm_defaults(master), **self.confs}.items():
+                    launch.set(key, value)
+                SparkContext._ensure_initialized(conf=launch)
+            else:
+                # Under spark-submit: join its JVM.
+                SparkContext._ensure_initialized()
+            # Backed by the JVM: holds spark-defaults.conf and spark-submit's --conf.
             conf = SparkConf().setMaster(master)
         except Exception as exc:
             raise translate_spark_error(exc) from exc
@@ -232,6 +309,15 @@ class PySparkRunner:
         except Exception as exc:
             raise translate_spark_error(exc) from exc
         return session, True
+
+    def _jvm_defaults(self, master: str) -> dict[str, str]:
+        """Settings for a local master's JVM, which is driver and executor for one job."""
+        if not is_local_master(master):
+            return {}
+        defaults = {"spark.driver.extraJavaOptions": LOCAL_JVM_OPTIONS}
+        if self.input_mode == INPUT_SPLITS and not master.startswith("local-cluster"):
+            defaults[TASK_CPUS_CONF] = str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
+        return defaults
 
     def _check_master(self, found: str, source: str) -> str:
         if self.requested_master and self.requested_master != found:
@@ -349,6 +435,14 @@ def score_partition(
         ],
         schema=SUMMARY_SCHEMA,
     )
+
+
+def score_splits(
+    job: ScoringJob, splits: Sequence[Split], indexes: Iterator[int]
+) -> Iterator[SplitResult]:
+    """The task function of input=splits: read and score the splits it is given."""
+    for index in indexes:
+        yield score_split(job, splits[index])
 
 
 _QUALIFIED_ERROR = re.compile(r"^((?:batch|schemas|runners|transforms)(?:\.\w+)*)\.(\w+): (.+)$")

@@ -22,6 +22,9 @@ from batch.output import CommittedRun, list_committed_runs
 from jobs.score import main as score_main
 from runners.pyspark import (
     BATCH_SIZE_CONF,
+    INPUT_OPTION,
+    INPUT_SPARK,
+    INPUT_SPLITS,
     SparkRunnerError,
     conform_batch,
     translate_spark_error,
@@ -142,9 +145,19 @@ def _check_plain_scores(run: CommittedRun, table: pa.Table) -> None:
     )
 
 
+def _input_mode(mode: str) -> tuple[str, ...]:
+    return () if mode == INPUT_SPARK else (f"--spark_conf={INPUT_OPTION}={mode}",)
+
+
+def _part_names(run: CommittedRun) -> list[str]:
+    outputs = run.manifest()["outputs"]
+    return sorted(p["path"] for kind in ("predictions", "rejected") for p in outputs[kind])
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS])
 def test_plain_model_on_local_spark_matches_beam(
-    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path, mode: str
 ) -> None:
     data_dir, _ = plain_data
     common = (
@@ -155,7 +168,7 @@ def test_plain_model_on_local_spark_matches_beam(
         "--split_rows=2000",
     )
     assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
-    assert _spark(*common, f"--output={tmp_path / 'spark'}") == 0
+    assert _spark(*common, *_input_mode(mode), f"--output={tmp_path / 'spark'}") == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "id")
     reasons = spark.manifest()["counts"]["rejected_by_reason"]
@@ -163,13 +176,18 @@ def test_plain_model_on_local_spark_matches_beam(
     manifest = spark.manifest()
     assert manifest["runner"]["name"] == "pyspark"
     assert manifest["runner"]["options"]["master"] == LOCAL
+    assert manifest["runner"]["options"]["input"] == mode
     assert manifest["runner"]["options"]["confs"] == {}
+    if mode == INPUT_SPLITS:
+        # Parts are the planned splits, named as the Beam runner names them.
+        assert _part_names(spark) == _part_names(beam)
     assert not (spark.run_dir.parent / "_staging" / f"run={spark.run_id}").exists()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS])
 def test_demo_model_on_the_standalone_cluster_matches_beam(
-    trained_model: Any, spark_cluster: SparkCluster, tmp_path: Path
+    trained_model: Any, spark_cluster: SparkCluster, tmp_path: Path, mode: str
 ) -> None:
     """The tf.Transform + Keras model, scored by two executors of a real cluster."""
     common = (
@@ -177,9 +195,11 @@ def test_demo_model_on_the_standalone_cluster_matches_beam(
         f"--model={trained_model.model.name}@{trained_model.model.version}",
         f"--model_repo={trained_model.repo}",
         "--batch_size=2000",
+        "--split_rows=3000",
     )
     assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
-    assert _spark(*common, f"--output={tmp_path / 'spark'}", master=spark_cluster.master_url) == 0
+    spark_args = (*common, *_input_mode(mode), f"--output={tmp_path / 'spark'}")
+    assert _spark(*spark_args, master=spark_cluster.master_url) == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "loan_id")
     assert spark.manifest()["counts"]["rows_rejected"] > 0, "the fixture's dirty rows"
@@ -402,6 +422,14 @@ def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: 
         (
             ["--runner=PySparkRunner", f"--spark_conf={BATCH_SIZE_CONF}=10"],
             "use --batch_size instead",
+        ),
+        (
+            ["--runner=PySparkRunner", f"--spark_conf={INPUT_OPTION}=hdfs"],
+            f"--spark_conf {INPUT_OPTION}=hdfs: expected spark",
+        ),
+        (
+            ["--runner=PySparkRunner", "--spark_conf=batchscore.threads=4"],
+            "unknown PySparkRunner setting",
         ),
         (
             ["--runner=PySparkRunner", "--direct_num_workers=2"],
