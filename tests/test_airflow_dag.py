@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.output import list_committed_runs
-from tests.airflow_venv import PROJECT, ensure_airflow_venv
+from tests.venvs import PROJECT, ensure_airflow_venv
 
 DAG_FOLDER = PROJECT / "jobs" / "airflow"
 RUN_MARKER = "batchscore: running "

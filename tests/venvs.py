@@ -1,54 +1,149 @@
-"""A real Apache Airflow 3.3 install for tests, in its own virtualenv.
+"""Virtualenvs that tests build and keep between sessions.
 
-Airflow never goes into the project venv (its pins clash with Beam's and
-TensorFlow's); the DAG shells out to the project's interpreter instead. The
-venv is made once under ``.ci-cache/`` (git-ignored) and reused by later test
-sessions; a file lock keeps concurrent sessions from building it twice.
+- Apache Airflow 3.3 (:func:`ensure_airflow_venv`). Airflow never goes into the
+  project venv (its pins clash with Beam's and TensorFlow's); the DAG shells
+  out to the project's interpreter instead.
+- batchscore's dependencies packed with venv-pack for Spark executors
+  (:func:`packed_dependencies`), shipped with --archives as the README's
+  spark-submit section does it.
+
+Both live in the test cache folder (:func:`cache_dir`, outside the clone, so
+later sessions and CI runs on the same machine reuse them); a file lock keeps
+concurrent sessions from building one twice.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 AIRFLOW_REQUIREMENT = "apache-airflow==3.3.*"
-CACHE = PROJECT / ".ci-cache"
-VENV = CACHE / "airflow-3.3"
-READY = VENV / ".batchscore-ready"
 INSTALL_TIMEOUT_S = 900
+
+
+def cache_dir() -> Path:
+    """Where tests keep virtualenvs between sessions: $BATCHSCORE_TEST_CACHE, else
+    $XDG_CACHE_HOME/batchscore-tests (~/.cache/batchscore-tests)."""
+    configured = os.environ.get("BATCHSCORE_TEST_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "batchscore-tests"
+
+
+def make_venv(venv: Path, *requirements: str, copies: bool = False) -> None:
+    """A fresh venv at ``venv`` with ``requirements`` pip-installed (quietly; the end of
+    pip's output in the error if it fails). ``copies``: copy the interpreter instead of
+    symlinking it (an archive with a link pointing outside itself is refused by Spark)."""
+    shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from a killed session
+    # `python -m venv` from inside a venv bases the new one on the base interpreter.
+    flags = ["--copies"] if copies else []
+    subprocess.run([sys.executable, "-m", "venv", *flags, str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for command in (
+        [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        [python, "-m", "pip", "install", "--quiet", *requirements],
+    ):
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+            )
 
 
 def ensure_airflow_venv() -> tuple[Path, float]:
     """The Airflow venv's folder, created if missing; and the seconds creation took
     (0 when it was already there)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / "airflow-venv.lock").open("w") as lock:
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / "airflow-3.3"
+    ready = venv / ".batchscore-ready"
+    with (cache / "airflow-venv.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if READY.is_file() and (VENV / "bin" / "airflow").is_file():
-            return VENV, 0.0
+        if ready.is_file() and (venv / "bin" / "airflow").is_file():
+            return venv, 0.0
         started = time.perf_counter()
-        shutil.rmtree(VENV, ignore_errors=True)  # a half-made venv from a killed session
-        # `python -m venv` from inside a venv bases the new one on the base interpreter.
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        python = str(VENV / "bin" / "python")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        make_venv(venv, AIRFLOW_REQUIREMENT)
+        ready.write_text(f"{AIRFLOW_REQUIREMENT}\n")
+        return venv, time.perf_counter() - started
+
+
+def _pyproject_key() -> str:
+    return hashlib.sha256((PROJECT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+
+
+def packed_dependencies() -> tuple[Path, float]:
+    """batchscore's dependencies packed with venv-pack (a .tar.gz: Spark unpacks that
+    format keeping file permissions), made once per pyproject.toml version and cached;
+    returns the archive and the seconds spent making it (0 when reused).
+
+    batchscore itself is not inside: tests ship this checkout's code next to it with
+    --py-files (:func:`zip_batchscore`), as the README's spark-submit recipe does.
+    """
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = _pyproject_key()
+    archive = cache / f"spark-deps-{key}.tar.gz"
+    with (cache / "spark-deps.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if archive.is_file():
+            return archive, 0.0
+        started = time.perf_counter()
+        for stale in [*cache.glob("spark-deps-*"), *cache.glob("spark-env-*")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        venv = cache / f"spark-deps-{key}"
+        # --copies: an archive holding a link to the base interpreter is refused by Spark.
+        make_venv(venv, str(PROJECT), "venv-pack", copies=True)
+        partial = archive.with_name(archive.name + ".partial")
         for command in (
-            [python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-            [python, "-m", "pip", "install", "--quiet", AIRFLOW_REQUIREMENT],
+            [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--quiet", "-y", "batchscore"],
+            [
+                str(venv / "bin" / "venv-pack"),
+                "--prefix",
+                str(venv),
+                "--output",
+                str(partial),
+                "--format",
+                "tar.gz",
+                "--compress-level",
+                "1",
+                "--force",
+                "--quiet",
+            ],
         ):
             result = subprocess.run(
-                command, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
+                command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, cwd=cache
             )
             if result.returncode != 0:
-                raise RuntimeError(
-                    f"installing {AIRFLOW_REQUIREMENT} failed ({' '.join(command)}):\n"
-                    + result.stderr[-3000:]
-                )
-        READY.write_text(f"{AIRFLOW_REQUIREMENT}\n")
-        return VENV, time.perf_counter() - started
+                raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        shutil.rmtree(venv, ignore_errors=True)  # the archive is all that is needed
+        partial.rename(archive)
+        return archive, time.perf_counter() - started
+
+
+PACKAGES = ("batch", "jobs", "runners", "schemas", "transforms")
+
+
+def zip_batchscore(path: Path) -> Path:
+    """This checkout's batchscore packages (contract files included) as a zip for
+    --py-files."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PACKAGES:
+            for file in sorted((PROJECT / package).rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts:
+                    archive.write(file, file.relative_to(PROJECT).as_posix())
+    return path
