@@ -30,7 +30,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
 from apache_beam.options.pipeline_options import (
-    GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
     TestOptions,
@@ -131,11 +130,9 @@ class BeamRunner:
                 f"--runner={DATAFLOW_RUNNER}, not --runner={runner}"
             )
         if self.dry_run:
-            from runners.dataflow import check_template_location
+            from runners.dataflow import check_dry_run_options
 
-            check_template_location(
-                self.pipeline_options.view_as(GoogleCloudOptions).template_location
-            )
+            check_dry_run_options(self.pipeline_options)
         if standard.no_wait_until_finish:
             raise UsageError(
                 "--no_wait_until_finish: batchscore commits the run when the pipeline has "

@@ -21,6 +21,7 @@ Only used with the DataflowRunner; uses Beam's Dataflow client classes
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,24 @@ class DryRunJob:
         return "\n".join(lines)
 
 
-def check_template_location(location: str | None) -> None:
+# Beam's own check of a GCS path (bucket: 3 to 63 characters of a-z 0-9 - _ .).
+GCS_PATH = re.compile(r"^gs://[a-z0-9][-_a-z0-9.]{1,61}[a-z0-9]/.+")
+
+
+def check_dry_run_options(options: PipelineOptions) -> None:
+    """What a dry run needs to stay offline: a local --template_location, and a valid
+    --temp_location (or --staging_location) bucket, without which Beam tries to create a
+    default bucket over the network (and waits minutes for it without one)."""
+    cloud = options.view_as(GoogleCloudOptions)
+    locations = [loc for loc in (cloud.temp_location, cloud.staging_location) if loc]
+    if not any(GCS_PATH.match(loc) for loc in locations):
+        raise UsageError(
+            f"--temp_location={cloud.temp_location}: a Dataflow job needs a GCS path with a "
+            "valid bucket name (3 to 63 characters: a-z, 0-9, -, _ and .), or Beam tries to "
+            "create a default bucket over the network; e.g. --temp_location=gs://my-bucket/tmp "
+            "(a dry run never touches it)"
+        )
+    location = cloud.template_location
     if location and "://" in location:
         raise UsageError(
             f"--template_location={location}: a dry run writes the job description locally "

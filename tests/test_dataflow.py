@@ -154,6 +154,16 @@ def test_dry_run_builds_the_dataflow_job_offline(
             "--template_location=gs://b/t.json: a dry run writes the job description locally",
         ),
         (
+            [
+                "--runner=DataflowRunner",
+                "--project=p",
+                "--region=us-central1",
+                "--temp_location=gs://b/tmp",
+                "--dry_run=True",
+            ],
+            "--temp_location=gs://b/tmp: a Dataflow job needs a GCS path with a valid bucket",
+        ),
+        (
             [*DATAFLOW_OPTIONS, "--no_wait_until_finish"],
             "--no_wait_until_finish: batchscore commits the run when the pipeline has finished",
         ),
