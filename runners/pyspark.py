@@ -25,16 +25,24 @@ This is the only module that imports pyspark.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import hashlib
 import importlib
 import logging
 import os
 import re
+import secrets
+import shutil
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from itertools import chain
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -80,7 +88,15 @@ SUMMARY_DDL = "part_index int, rows_in long, rows_scored long, rows_rejected lon
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # A local job's JVM lives for one job: JIT-compiling with C1 only and a serial GC spend
 # far less of the machine's CPU on the JVM itself (measured: see docs/benchmarks.md).
+JAVA_OPTIONS_CONF = "spark.driver.extraJavaOptions"
 LOCAL_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# --spark_conf batchscore.jvm_cache=off: no class-data-sharing archive for local JVMs.
+JVM_CACHE_OPTION = "batchscore.jvm_cache"
+CACHE_DIR_ENV = "BATCHSCORE_CACHE_DIR"
+# The JVM lists every class it cannot archive (hundreds of lines) unless told not to.
+QUIET_CDS = "-Xlog:cds=off,cds+dynamic=off"
+# Writing the class archive as the JVM exits takes several seconds, once.
+JVM_EXIT_TIMEOUT_S = 300
 
 
 class SparkRunnerError(BatchScoreError):
@@ -149,11 +165,17 @@ class PySparkRunner:
                 f"(Spark reads the Parquet input) or {INPUT_SPLITS} (each task reads its "
                 "planned split with pyarrow)"
             )
+        jvm_cache = settings.pop(JVM_CACHE_OPTION, "on").strip()
+        if jvm_cache not in ("on", "off"):
+            raise UsageError(f"--spark_conf {JVM_CACHE_OPTION}={jvm_cache}: expected on or off")
+        self.jvm_cache = jvm_cache == "on"
         if settings:
             raise UsageError(
                 f"--spark_conf {', '.join(sorted(settings))}: unknown PySparkRunner setting; "
-                f"the one there is: {INPUT_OPTION}={INPUT_SPARK}|{INPUT_SPLITS}"
+                f"known: {INPUT_OPTION}={INPUT_SPARK}|{INPUT_SPLITS}, {JVM_CACHE_OPTION}=on|off"
             )
+        # (archive being written, where it goes) while this runner's JVM builds the cache.
+        self._archive: tuple[Path, Path] | None = None
         if self.confs.get(WORKER_REUSE_CONF, "true").strip().lower() != "true":
             raise UsageError(
                 f"--spark_conf {WORKER_REUSE_CONF}={self.confs[WORKER_REUSE_CONF]}: batchscore "
@@ -176,6 +198,7 @@ class PySparkRunner:
     def master(self) -> str:
         """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""
         if self._master is None:
+            wait_for_stops()
             if _under_spark_submit() or _active_context() is not None:
                 SparkConf, SparkContext, _ = _pyspark()
                 active = SparkContext._active_spark_context
@@ -211,8 +234,11 @@ class PySparkRunner:
         except Exception as exc:
             raise translate_spark_error(exc) from exc
         finally:
-            if created:
-                spark.stop()
+            if created and self._archive is not None:
+                self._stop_and_keep_archive(spark, *self._archive)
+                self._archive = None
+            elif created:
+                stop_in_background(spark)
         indexes = [r.split_index for r in results]
         if len(set(indexes)) != len(indexes):
             raise SparkRunnerError(
@@ -246,9 +272,15 @@ class PySparkRunner:
     def _score_splits(
         self, spark: SparkSession, job: ScoringJob, splits: Sequence[Split]
     ) -> list[SplitResult]:
-        """One task per planned split; the task reads and scores it (part = split index)."""
-        indexes = spark.sparkContext.parallelize(range(len(splits)), len(splits))
-        scored = indexes.mapPartitions(partial(score_splits, job, tuple(splits)))
+        """One task per task slot, each scoring its share of the planned splits (a part per
+        split, named by its index). Every task costs a quarter of a second or more of
+        Spark and Python overhead, so there are no more tasks than can run at once."""
+        context = spark.sparkContext
+        task_cpus = int(context.getConf().get(TASK_CPUS_CONF, "1"))
+        slots = max(1, context.defaultParallelism // max(1, task_cpus))
+        shares = share_splits(splits, slots)
+        tasks = context.parallelize(shares, len(shares))
+        scored = tasks.mapPartitions(partial(score_splits, job, tuple(splits)))
         results: list[SplitResult] = scored.collect()
         return results
 
@@ -256,6 +288,7 @@ class PySparkRunner:
         """The SparkSession to run on, and whether this runner created it (and must stop it)."""
         SparkConf, SparkContext, SparkSession = _pyspark()
         master = self.master()
+        wait_for_stops()
         active = SparkContext._active_spark_context
         if active is not None:
             session = SparkSession.builder.getOrCreate()
@@ -314,10 +347,45 @@ class PySparkRunner:
         """Settings for a local master's JVM, which is driver and executor for one job."""
         if not is_local_master(master):
             return {}
-        defaults = {"spark.driver.extraJavaOptions": LOCAL_JVM_OPTIONS}
+        options = LOCAL_JVM_OPTIONS
+        use_cache = (
+            self.jvm_cache
+            and JAVA_OPTIONS_CONF not in self.confs
+            and not master.startswith("local-cluster")
+        )
+        archive = jvm_class_archive(LOCAL_JVM_OPTIONS) if use_cache else None
+        if archive is not None and archive.is_file():
+            options += f" {QUIET_CDS} -XX:SharedArchiveFile={archive}"
+        elif archive is not None:
+            building = _new_archive_path(archive)
+            log.info("building the Spark JVM class cache %s (once per installation)", archive)
+            self._archive = (building, archive)
+            options += f" {QUIET_CDS} -XX:ArchiveClassesAtExit={building}"
+        defaults = {JAVA_OPTIONS_CONF: options}
         if self.input_mode == INPUT_SPLITS and not master.startswith("local-cluster"):
             defaults[TASK_CPUS_CONF] = str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
         return defaults
+
+    @staticmethod
+    def _stop_and_keep_archive(spark: SparkSession, building: Path, archive: Path) -> None:
+        """Stop Spark and its JVM, which writes the class archive as it exits; the archive
+        is moved into place only if the JVM exited cleanly (a torn one would crash the
+        next JVM that maps it)."""
+        _, SparkContext, _ = _pyspark()
+        try:
+            spark.stop()
+            gateway = SparkContext._gateway
+            gateway.shutdown()
+            gateway.proc.stdin.close()  # the JVM exits when its stdin closes
+            code = gateway.proc.wait(timeout=JVM_EXIT_TIMEOUT_S)
+            if code == 0 and building.is_file() and building.stat().st_size > 0:
+                os.replace(building, archive)
+        except Exception as exc:  # the cache is an optimisation: never fail a job over it
+            log.warning("the Spark JVM class cache was not kept: %s", _first_line(exc))
+        finally:
+            SparkContext._gateway = None
+            SparkContext._jvm = None
+            building.unlink(missing_ok=True)
 
     def _check_master(self, found: str, source: str) -> str:
         if self.requested_master and self.requested_master != found:
@@ -334,6 +402,91 @@ class PySparkRunner:
                 f"{WORKER_REUSE_CONF}={value}: batchscore needs Python worker reuse (one model "
                 "load per worker); remove that setting from spark-submit or spark-defaults.conf"
             )
+
+
+def cache_dir() -> Path:
+    """$BATCHSCORE_CACHE_DIR, else $XDG_CACHE_HOME/batchscore, else ~/.cache/batchscore."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchscore"
+
+
+def _java_executable() -> Path | None:
+    # The java that Spark's launcher scripts run.
+    java_home = os.environ.get("JAVA_HOME")
+    found = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    return Path(found).resolve() if found and Path(found).is_file() else None
+
+
+def jvm_class_archive(jvm_options: str) -> Path | None:
+    """Where the class-data-sharing archive of a local Spark JVM lives (it may not yet exist).
+
+    Spark's JVM loads some 10,000 classes from 250 jars at every start; an AppCDS
+    archive of them halves the start. It is keyed by everything it depends on
+    (Spark's version and folder, the JVM's build, the JVM options), so a changed
+    installation simply gets a new one. None when there is no usable cache folder.
+    """
+    import pyspark
+
+    java = _java_executable()
+    folder = cache_dir()
+    if java is None or " " in str(folder):
+        return None
+    libjvm = next(iter(java.parent.parent.glob("lib/server/libjvm.so")), java)
+    stat = libjvm.stat()
+    spark_home = Path(pyspark.__file__).resolve().parent
+    key = "\0".join(
+        [
+            pyspark.__version__,
+            str(spark_home),
+            str(libjvm),
+            str(stat.st_size),
+            str(stat.st_mtime_ns),
+            jvm_options,
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder / f"spark-{pyspark.__version__}-{digest}.jsa"
+
+
+def _new_archive_path(archive: Path) -> Path:
+    """A private name to build ``archive`` under; clears ones that dead builds left."""
+    cutoff = time.time() - 3600
+    for stale in archive.parent.glob(".spark-*.jsa.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+    return archive.with_name(f".{archive.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+_STOPPING: list[threading.Thread] = []
+
+
+def stop_in_background(spark: SparkSession) -> None:
+    """Stop a session this runner created while the driver commits the run.
+
+    Every task has finished and every part is renamed into place once the job's
+    results are collected; stopping Spark takes about a second that the commit
+    need not wait for. A later session in this process waits for it, and so does
+    a normal interpreter exit.
+    """
+    thread = threading.Thread(target=spark.stop, name="batchscore-spark-stop", daemon=True)
+    thread.start()
+    _STOPPING.append(thread)
+
+
+def wait_for_stops() -> None:
+    while _STOPPING:
+        _STOPPING.pop().join()
+
+
+atexit.register(wait_for_stops)
 
 
 def _under_spark_submit() -> bool:
@@ -437,12 +590,26 @@ def score_partition(
     )
 
 
+def share_splits(splits: Sequence[Split], tasks: int) -> list[list[int]]:
+    """Split indexes dealt to at most ``tasks`` tasks, largest first to the least loaded."""
+    count = max(1, min(tasks, len(splits)))
+    shares: list[list[int]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for split in sorted(splits, key=lambda s: (-s.num_rows, s.index)):
+        least = loads.index(min(loads))
+        shares[least].append(split.index)
+        loads[least] += split.num_rows
+    return [sorted(share) for share in shares]
+
+
 def score_splits(
-    job: ScoringJob, splits: Sequence[Split], indexes: Iterator[int]
+    job: ScoringJob, splits: Sequence[Split], shares: Iterator[list[int]]
 ) -> Iterator[SplitResult]:
-    """The task function of input=splits: read and score the splits it is given."""
-    for index in indexes:
-        yield score_split(job, splits[index])
+    """The task function of input=splits: read and score the splits it is dealt."""
+    by_index = {split.index: split for split in splits}
+    for share in shares:
+        for index in share:
+            yield score_split(job, by_index[index])
 
 
 _QUALIFIED_ERROR = re.compile(r"^((?:batch|schemas|runners|transforms)(?:\.\w+)*)\.(\w+): (.+)$")

@@ -428,6 +428,10 @@ def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: 
             f"--spark_conf {INPUT_OPTION}=hdfs: expected spark",
         ),
         (
+            ["--runner=PySparkRunner", "--spark_conf=batchscore.jvm_cache=maybe"],
+            "batchscore.jvm_cache=maybe: expected on or off",
+        ),
+        (
             ["--runner=PySparkRunner", "--spark_conf=batchscore.threads=4"],
             "unknown PySparkRunner setting",
         ),
@@ -494,3 +498,44 @@ def test_conform_batch_restores_the_files_types() -> None:
     loose = conform_batch(spark_batch, None)
     assert loose.schema.field("s").type == pa.string()
     assert loose.schema.field("t").type == pa.timestamp("us", tz="UTC")
+
+
+@pytest.mark.slow
+def test_the_jvm_class_cache_is_built_once_then_used(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    """A fresh process builds the class-data archive as its JVM exits and keeps it only
+    whole; the next process starts its JVM from it. Both score correctly."""
+    data_dir, table = plain_data
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BATCHSCORE_CACHE_DIR": str(cache), "PYSPARK_PYTHON": sys.executable}
+    for attempt in ("build", "use"):
+        output = tmp_path / attempt
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.score",
+                "--runner=PySparkRunner",
+                f"--spark_master={LOCAL}",
+                f"--input={data_dir}",
+                f"--model={plain_model}",
+                f"--output={output}",
+                "--key_columns=id",
+                "--max_error_rate=1",
+            ],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "[cds]" not in result.stdout + result.stderr
+        archives = sorted(p.name for p in cache.iterdir())
+        assert len(archives) == 1 and archives[0].endswith(".jsa"), archives
+        _check_plain_scores(_only_run(output), pa.concat_tables([table, _dirty(data_dir)]))
+
+
+def _dirty(data_dir: Path) -> pa.Table:
+    return pq.read_table(data_dir / "dirty.parquet")
