@@ -291,7 +291,9 @@ def make_runner(
             )
         from runners.pyspark import PySparkRunner, parse_spark_confs
 
-        return PySparkRunner(spark_master, parse_spark_confs(spark_conf))
+        spark = PySparkRunner(spark_master, parse_spark_confs(spark_conf))
+        spark.start()  # the JVM boots while the input and the model are checked
+        return spark
     if spark_master is not None or spark_conf:
         raise UsageError(
             f"--spark_master and --spark_conf apply to --runner=PySparkRunner, not --runner={runner}"

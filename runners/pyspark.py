@@ -176,6 +176,8 @@ class PySparkRunner:
             )
         # (archive being written, where it goes) while this runner's JVM builds the cache.
         self._archive: tuple[Path, Path] | None = None
+        self._launcher: threading.Thread | None = None
+        self._launch_error: BaseException | None = None
         if self.confs.get(WORKER_REUSE_CONF, "true").strip().lower() != "true":
             raise UsageError(
                 f"--spark_conf {WORKER_REUSE_CONF}={self.confs[WORKER_REUSE_CONF]}: batchscore "
@@ -303,20 +305,11 @@ class PySparkRunner:
             self._check_worker_reuse(active.getConf().get(WORKER_REUSE_CONF, "true"))
             return session, False
 
-        launching = SparkContext._gateway is None and not _under_spark_submit()
+        self._join_launch()
         try:
-            if launching:
-                if _is_loopback_master(master):
-                    # The JVM then binds loopback only (and skips a hostname lookup).
-                    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-                # JVM options take effect only when the JVM starts: start it with them.
-                launch = SparkConf().setMaster(master)
-                for key, value in {**self._jvm_defaults(master), **self.confs}.items():
-                    launch.set(key, value)
-                SparkContext._ensure_initialized(conf=launch)
-            else:
-                # Under spark-submit: join its JVM.
-                SparkContext._ensure_initialized()
+            # Starts the JVM unless start() or an earlier session did; under spark-submit,
+            # joins its JVM.
+            self._launch_jvm()
             # Backed by the JVM: holds spark-defaults.conf and spark-submit's --conf.
             conf = SparkConf().setMaster(master)
         except Exception as exc:
@@ -331,6 +324,8 @@ class PySparkRunner:
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.ui.enabled": "false",
             }
+        if self.input_mode == INPUT_SPLITS and re.match(r"local(\[|$)", master):
+            defaults[TASK_CPUS_CONF] = str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
         for key, value in defaults.items():
             if not conf.contains(key):
                 conf.set(key, value)
@@ -361,10 +356,51 @@ class PySparkRunner:
             log.info("building the Spark JVM class cache %s (once per installation)", archive)
             self._archive = (building, archive)
             options += f" {QUIET_CDS} -XX:ArchiveClassesAtExit={building}"
-        defaults = {JAVA_OPTIONS_CONF: options}
-        if self.input_mode == INPUT_SPLITS and not master.startswith("local-cluster"):
-            defaults[TASK_CPUS_CONF] = str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
-        return defaults
+        return {JAVA_OPTIONS_CONF: options}
+
+    def start(self) -> None:
+        """Start Spark's JVM in the background, so that it boots while the driver checks
+        the input and the model; :meth:`execute` then finds it running. Does nothing under
+        spark-submit or when this process already has a JVM."""
+        _, SparkContext, _ = _pyspark()
+        if self._launcher is not None or SparkContext._gateway is not None:
+            return
+        if _under_spark_submit():
+            return
+
+        def launch() -> None:
+            try:
+                self._launch_jvm()
+            except BaseException as exc:  # re-raised by execute, in the caller's thread
+                self._launch_error = exc
+
+        self._launcher = threading.Thread(target=launch, name="batchscore-spark-start")
+        self._launcher.start()
+
+    def _join_launch(self) -> None:
+        if self._launcher is not None:
+            self._launcher.join()
+            self._launcher = None
+        if self._launch_error is not None:
+            error, self._launch_error = self._launch_error, None
+            raise translate_spark_error(error)
+
+    def _launch_jvm(self) -> None:
+        """Start (or, under spark-submit, join) the JVM, with the JVM-wide settings that
+        only apply at its start."""
+        SparkConf, SparkContext, _ = _pyspark()
+        if SparkContext._gateway is not None or _under_spark_submit():
+            SparkContext._ensure_initialized()
+            return
+        master = self.master()
+        if _is_loopback_master(master):
+            # The JVM then binds loopback only (and skips a hostname lookup).
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        launch = SparkConf().setMaster(master)
+        jvm_wide = {k: v for k, v in self.confs.items() if k.startswith("spark.driver.")}
+        for key, value in {**self._jvm_defaults(master), **jvm_wide}.items():
+            launch.set(key, value)
+        SparkContext._ensure_initialized(conf=launch)
 
     @staticmethod
     def _stop_and_keep_archive(spark: SparkSession, building: Path, archive: Path) -> None:
