@@ -289,12 +289,16 @@ def _plain_table(ids: np.ndarray) -> pa.Table:
 
 
 def _score_edge(
-    plain_model: Path, data: Path, output: Path, batch_size: int, *spark_conf: str
+    plain_model: Path, data: Path, output: Path, batch_size: int, *options: str
 ) -> CommittedRun:
-    confs = [f"--spark_conf={c}" for c in spark_conf]
+    """Score on local Spark; ``options`` are KEY=VALUE Spark settings or --flags."""
+    flags = [o if o.startswith("--") else f"--spark_conf={o}" for o in options]
     args = (f"--input={data}", f"--model={plain_model}", f"--output={output}")
-    assert _spark(*args, "--key_columns=id", f"--batch_size={batch_size}", *confs) == 0
+    assert _spark(*args, "--key_columns=id", f"--batch_size={batch_size}", *flags) == 0
     return _only_run(output)
+
+
+BOTH_INPUTS = pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS])
 
 
 @pytest.mark.slow
@@ -331,20 +335,22 @@ def test_empty_files_and_empty_spark_partitions(plain_model: Path, tmp_path: Pat
         (3 * 256 + 1, 256),  # the last Arrow batch holds one row (SPARK-42250)
     ],
 )
+@BOTH_INPUTS
 def test_single_row_and_a_last_batch_of_one_row(
-    plain_model: Path, tmp_path: Path, rows: int, batch_size: int
+    plain_model: Path, tmp_path: Path, rows: int, batch_size: int, mode: str
 ) -> None:
     data = tmp_path / "in"
     data.mkdir()
     table = _plain_table(np.arange(rows))
     pq.write_table(table, data / "rows.parquet")
-    run = _score_edge(plain_model, data, tmp_path / "out", batch_size)
+    run = _score_edge(plain_model, data, tmp_path / "out", batch_size, *_input_mode(mode))
     assert run.manifest()["counts"]["rows_scored"] == rows
     _check_plain_scores(run, table)
 
 
 @pytest.mark.slow
-def test_many_small_files(plain_model: Path, tmp_path: Path) -> None:
+@BOTH_INPUTS
+def test_many_small_files(plain_model: Path, tmp_path: Path, mode: str) -> None:
     data = tmp_path / "in"
     tables = []
     for index in range(50):
@@ -353,24 +359,32 @@ def test_many_small_files(plain_model: Path, tmp_path: Path) -> None:
         table = _plain_table(np.arange(index * 37, index * 37 + 37))
         pq.write_table(table, folder / f"part-{index:03d}.parquet")
         tables.append(table)
-    run = _score_edge(plain_model, data, tmp_path / "out", 64)
+    run = _score_edge(plain_model, data, tmp_path / "out", 64, *_input_mode(mode))
     assert len(run.manifest()["input"]["files"]) == 50
     _check_plain_scores(run, pa.concat_tables(tables))
 
 
 @pytest.mark.slow
-def test_one_large_file_with_many_row_groups(plain_model: Path, tmp_path: Path) -> None:
+@BOTH_INPUTS
+def test_one_large_file_with_many_row_groups(plain_model: Path, tmp_path: Path, mode: str) -> None:
     data = tmp_path / "in"
     data.mkdir()
     table = _plain_table(np.arange(200_000))
     pq.write_table(table, data / "large.parquet", row_group_size=2_500)
     assert pq.ParquetFile(data / "large.parquet").num_row_groups == 80
-    # Small partitions, so Spark cuts the one file into several tasks by row group.
+    # Spark cuts the one file into several partitions by row group (small partitions);
+    # with input=splits the planner cuts it into splits of whole row groups.
     run = _score_edge(
-        plain_model, data, tmp_path / "out", 4096, "spark.sql.files.maxPartitionBytes=262144"
+        plain_model,
+        data,
+        tmp_path / "out",
+        4096,
+        "spark.sql.files.maxPartitionBytes=262144",
+        "--split_rows=20000",
+        *_input_mode(mode),
     )
     parts = run.manifest()["outputs"]["predictions"]
-    assert len(parts) > 4, "the file was scored as several partitions"
+    assert len(parts) > 4, "the file was scored as several parts"
     _check_plain_scores(run, table)
 
 
