@@ -1,11 +1,28 @@
 """Whole-job benchmark: every path scores the same files with the same SavedModel.
 
-    python -m bench.run [--rows=2000000]
+    python -m bench.run [--rows=2000000[,10000000,...]] [--paths=beam,stock_beam,...]
+                        [--scaling]
+
+Paths (all by default):
+
+  beam          batchscore on Beam's DirectRunner (validation, dead-letter output,
+                metrics, manifest, signature verification all on)
+  spark         batchscore's native Spark runner, Spark reads the input, local[2]
+  spark_splits  the same with --spark_conf batchscore.input=splits, local[2]
+  stock_beam    stock Beam: ReadFromParquet rows -> RunInference -> WriteToParquet
+  udf           stock Spark: predict_batch_udf over the SavedModel, local[2]
+  floor         one process: pyarrow batches -> signature -> ParquetWriter
 
 Each path runs as its own process and is timed from process start to exit
 (start-up, TensorFlow import and model load included); the peak resident
-memory of its whole process tree is sampled from /proc. Results go to
-docs/benchmarks.md.
+memory of its whole process tree is sampled from /proc every 0.1 s. Each row
+count is generated once (demo data shape, 8 files) and reused.
+
+--scaling adds, at the first row count: Beam's DirectRunner in multi-process
+mode with 1 and 2 workers, and the native Spark runner on local[1] and local[2].
+
+Results (a Markdown table per row count, ratios to the stock paths, the
+targets, and a PNG chart) go to the top of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,20 +33,27 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.model_repo import ModelRepository
+from batch.model_repo import ModelRepository, ResolvedModel
 from jobs import demo_paths
 
 PROJECT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+DOCS = PROJECT / "docs"
+REPORT = DOCS / "benchmarks.md"
+HEADER = (
+    "# Benchmarks\n\nProduced by `make bench` (`python -m bench.run`). "
+    "Whole-process wall time, start-up included.\n\n"
+)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    path: str
+    key: str
+    label: str
     rows: int
     seconds: float
     peak_rss_mb: float
@@ -37,6 +61,14 @@ class Measurement:
     @property
     def rate(self) -> float:
         return self.rows / self.seconds
+
+
+@dataclass(frozen=True)
+class Context:
+    data: Path
+    model: ResolvedModel
+    repo: Path
+    out: Path
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -57,8 +89,8 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def measure(label: str, rows: int, command: Sequence[str]) -> Measurement:
-    print(f"bench: {label} ...", flush=True)
+def measure(key: str, label: str, rows: int, command: Sequence[str]) -> Measurement:
+    print(f"bench: {rows:,} rows: {label} ...", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -71,37 +103,257 @@ def measure(label: str, rows: int, command: Sequence[str]) -> Measurement:
     output = process.stdout.read() if process.stdout else ""
     if process.returncode != 0:
         raise SystemExit(f"bench: {label} failed (exit {process.returncode}):\n{output[-3000:]}")
-    return Measurement(label, rows, seconds, peak / 1024)
+    result = Measurement(key, label, rows, seconds, peak / 1024)
+    print(f"bench:   {seconds:.1f} s, {result.rate:,.0f} rows/s, {result.peak_rss_mb:,.0f} MB")
+    return result
 
 
-def markdown(results: Sequence[Measurement], rows: int) -> str:
+def _score(ctx: Context, *options: str) -> list[str]:
+    return [
+        PY,
+        "-m",
+        "jobs.score",
+        f"--input={ctx.data}",
+        f"--model={ctx.model.label}",
+        f"--model_repo={ctx.repo}",
+        f"--output={ctx.out}",
+        "--force",
+        *options,
+    ]
+
+
+def _inputs(ctx: Context) -> str:
+    return ",".join(ctx.model.metadata["signature"]["inputs"])
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    label: str
+    command: Callable[[Context], list[str]]
+
+
+PATHS: dict[str, BenchPath] = {
+    "beam": BenchPath(
+        "batchscore, Beam DirectRunner",
+        lambda ctx: _score(ctx, "--runner=DirectRunner"),
+    ),
+    "spark": BenchPath(
+        "batchscore, native Spark (Spark reads the input), local[2]",
+        lambda ctx: _score(ctx, "--runner=PySparkRunner", "--spark_master=local[2]"),
+    ),
+    "spark_splits": BenchPath(
+        "batchscore, native Spark (batchscore.input=splits), local[2]",
+        lambda ctx: _score(
+            ctx,
+            "--runner=PySparkRunner",
+            "--spark_master=local[2]",
+            "--spark_conf=batchscore.input=splits",
+        ),
+    ),
+    "stock_beam": BenchPath(
+        "stock Beam: ReadFromParquet -> RunInference -> WriteToParquet",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.stock_beam",
+            f"--input={ctx.data}/*/*.parquet",
+            f"--model={ctx.model.saved_model_dir}",
+            f"--output={ctx.out / 'stock_beam' / 'part'}",
+            "--key_column=loan_id",
+        ],
+    ),
+    "udf": BenchPath(
+        "stock Spark: predict_batch_udf, local[2]",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.spark_udf",
+            f"--input={ctx.data}",
+            f"--model={ctx.model.saved_model_dir}",
+            f"--output={ctx.out / 'spark_udf'}",
+            "--key_column=loan_id",
+            f"--inputs={_inputs(ctx)}",
+            "--master=local[2]",
+        ],
+    ),
+    "floor": BenchPath(
+        "single process floor (pyarrow -> signature -> ParquetWriter)",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.floor",
+            f"--input={ctx.data}",
+            f"--model={ctx.model.saved_model_dir}",
+            f"--output={ctx.out / 'floor.parquet'}",
+            "--key_column=loan_id",
+        ],
+    ),
+}
+
+
+def _beam_workers(workers: int) -> BenchPath:
+    return BenchPath(
+        f"batchscore, Beam DirectRunner multi_processing, {workers} worker(s)",
+        lambda ctx: _score(
+            ctx,
+            "--runner=DirectRunner",
+            "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={workers}",
+        ),
+    )
+
+
+def _spark_cores(cores: int) -> BenchPath:
+    return BenchPath(
+        f"batchscore, native Spark (Spark reads the input), local[{cores}]",
+        lambda ctx: _score(ctx, "--runner=PySparkRunner", f"--spark_master=local[{cores}]"),
+    )
+
+
+SCALING: dict[str, BenchPath] = {
+    "beam_mp1": _beam_workers(1),
+    "beam_mp2": _beam_workers(2),
+    "spark_local1": _spark_cores(1),
+    "spark_local2": _spark_cores(2),
+}
+
+
+def _ratio(results: dict[str, Measurement], key: str, base: str) -> str:
+    if key not in results or base not in results or key == base:
+        return ""
+    return f"{results[key].rate / results[base].rate:.2f}x"
+
+
+def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> str:
+    by_key = {m.key: m for m in results}
     lines = [
         f"### {rows:,} rows ({dt.date.today().isoformat()}, {os.cpu_count()} cores)",
         "",
-        "| path | wall s | predictions/s | peak RSS MB |",
-        "|---|---:|---:|---:|",
+        "| path | wall s | predictions/s | peak RSS MB | vs stock Beam | vs predict_batch_udf "
+        "| share of floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
-        lines.append(f"| {m.path} | {m.seconds:.1f} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} |")
+        floor = by_key.get("floor")
+        share = f"{m.rate / floor.rate:.0%}" if floor and m.key != "floor" else ""
+        lines.append(
+            f"| {m.label} | {m.seconds:.1f} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
+            f"| {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
+            f"| {share} |"
+        )
+    lines += ["", *targets(by_key)]
+    if chart:
+        lines += ["", f"![predictions/s at {rows:,} rows]({chart})"]
     return "\n".join(lines) + "\n"
 
 
-SPARK_NATIVE = "batchscore, native Spark (PySparkRunner, Spark reads the input), local[2]"
-SPARK_SPLITS = "batchscore, native Spark (PySparkRunner, batchscore.input=splits), local[2]"
-SPARK_UDF = "stock Spark: predict_batch_udf, local[2]"
-
-
-def spark_ratio(results: Sequence[Measurement]) -> str:
-    """The native Spark runner's speed over predict_batch_udf's, measured in this run."""
-    by_path = {m.path: m for m in results}
-    if SPARK_UDF not in by_path:
-        return ""
-    lines = [
-        f"- {label} / predict_batch_udf: **{by_path[label].rate / by_path[SPARK_UDF].rate:.2f}x**"
-        for label in (SPARK_NATIVE, SPARK_SPLITS)
-        if label in by_path
+def targets(by_key: dict[str, Measurement]) -> list[str]:
+    """The issue's targets, each with the measured figure; absent paths are skipped."""
+    checks = [
+        ("beam", "stock_beam", 6.0, "batchscore on Beam >= 6x stock Beam RunInference"),
+        ("beam", "udf", 3.0, "batchscore on Beam >= 3x predict_batch_udf"),
+        ("beam", "floor", 0.6, "batchscore on Beam >= 60% of the floor's throughput"),
+        ("spark", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
+        ("spark_splits", "udf", 2.0, "native Spark (input=splits) >= 2x predict_batch_udf"),
     ]
-    return "\nSame run, same data and model:\n\n" + "\n".join(lines) + "\n" if lines else ""
+    lines = []
+    for key, base, target, text in checks:
+        if key in by_key and base in by_key:
+            ratio = by_key[key].rate / by_key[base].rate
+            verdict = "met" if ratio >= target else "**not met**"
+            lines.append(f"- {text}: {ratio:.2f}x ({verdict})")
+    return ["Targets, same run:", "", *lines] if lines else []
+
+
+def rss_growth(results: Sequence[Measurement]) -> str:
+    """Peak RSS of each path from the smallest to the largest row count measured."""
+    lines = []
+    for key in dict.fromkeys(m.key for m in results):
+        runs = sorted((m for m in results if m.key == key), key=lambda m: m.rows)
+        if len(runs) > 1 and runs[0].rows != runs[-1].rows:
+            small, large = runs[0], runs[-1]
+            growth = large.peak_rss_mb / small.peak_rss_mb - 1
+            lines.append(
+                f"| {small.label} | {small.rows:,} | {small.peak_rss_mb:,.0f} | {large.rows:,} "
+                f"| {large.peak_rss_mb:,.0f} | {growth:+.0%} |"
+            )
+    if not lines:
+        return ""
+    return (
+        "#### Peak RSS against input size (same invocation)\n\n"
+        "| path | rows | peak RSS MB | rows | peak RSS MB | growth |\n"
+        "|---|---:|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n"
+    )
+
+
+def scaling_table(results: Sequence[Measurement], rows: int) -> str:
+    lines = [
+        f"#### Scaling at {rows:,} rows (same invocation)",
+        "",
+        "| path | workers | wall s | predictions/s | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    by_key = {m.key: m for m in results}
+    for family in ("beam_mp", "spark_local"):
+        one = by_key.get(f"{family}1")
+        for n in (1, 2):
+            m = by_key.get(f"{family}{n}")
+            if m is None:
+                continue
+            speedup = f"{m.rate / one.rate:.2f}x" if one else ""
+            lines.append(f"| {m.label} | {n} | {m.seconds:.1f} | {m.rate:,.0f} | {speedup} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Sequence[Measurement], rows: int) -> str:
+    """A horizontal bar chart of predictions/s; returns its path relative to docs/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = f"benchmarks-{rows}.png"
+    stock = {"stock_beam", "udf"}
+    figure, axes = plt.subplots(figsize=(9, 0.55 * len(results) + 1.2))
+    labels = [m.label for m in results][::-1]
+    rates = [m.rate for m in results][::-1]
+    colors = [
+        "#9e9e9e" if m.key in stock else "#607d8b" if m.key == "floor" else "#1565c0"
+        for m in results
+    ][::-1]
+    bars = axes.barh(labels, rates, color=colors)
+    axes.bar_label(bars, labels=[f"{r:,.0f}/s" for r in rates], padding=3, fontsize=8)
+    axes.set_xlabel("predictions per second, whole job (start-up included)")
+    axes.set_title(f"{rows:,} rows, {os.cpu_count()} cores, same run")
+    axes.tick_params(axis="y", labelsize=8)
+    axes.set_xlim(0, max(rates) * 1.25)
+    figure.tight_layout()
+    DOCS.mkdir(exist_ok=True)
+    figure.savefig(DOCS / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+def _row_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected row counts separated by commas (e.g. 2000000,10000000), found {text!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive row counts, found {text!r}")
+    return counts
+
+
+def _path_keys(text: str) -> list[str]:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [key for key in keys if key not in PATHS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown path(s) {unknown or text!r}; choose from {', '.join(PATHS)}"
+        )
+    return keys
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,9 +364,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rows",
-        type=int,
-        default=2_000_000,
-        help="Rows to generate and score (default: %(default)s).",
+        type=_row_counts,
+        default=[2_000_000],
+        help="Row counts to generate and score, comma-separated (default: 2000000).",
+    )
+    parser.add_argument(
+        "--paths",
+        type=_path_keys,
+        default=list(PATHS),
+        help=f"Paths to run, comma-separated (default: all: {','.join(PATHS)}).",
+    )
+    parser.add_argument(
+        "--large_paths",
+        type=_path_keys,
+        default=None,
+        help="Paths to run at row counts after the first (default: the same as --paths); "
+        "e.g. --rows=2000000,20000000 --large_paths=beam for the memory check alone.",
+    )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="Also measure 1 and 2 workers (DirectRunner multi_processing, Spark local[N]) "
+        "at the first row count.",
     )
     parser.add_argument(
         "--workdir",
@@ -122,104 +393,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=demo_paths.demo_dir() / "bench",
         help="Where data and outputs go (default: %(default)s).",
     )
+    parser.add_argument(
+        "--no_report",
+        action="store_true",
+        help="Print the tables only; leave docs/benchmarks.md as it is.",
+    )
     args = parser.parse_args(argv)
 
     from jobs.make_demo import ensure_demo_data
 
-    data = ensure_demo_data(
-        args.workdir / f"data-{args.rows}", rows=args.rows, days=8, files_per_day=1
-    )
     repo = ModelRepository(demo_paths.demo_model_repo())
     if not repo.versions(demo_paths.DEMO_MODEL_NAME):
         subprocess.run([PY, "-m", "jobs.train"], cwd=PROJECT, check=True)
     model = repo.resolve(demo_paths.DEMO_MODEL_NAME)
-    out = args.workdir / "out"
-    rows = args.rows
-    results = [
-        measure(
-            "batchscore, Beam DirectRunner",
-            rows,
-            [
-                PY,
-                "-m",
-                "jobs.score",
-                f"--input={data}",
-                f"--model={model.label}",
-                f"--model_repo={repo.root}",
-                f"--output={out}",
-                "--runner=DirectRunner",
-                "--force",
-            ],
-        ),
-        measure(
-            SPARK_NATIVE,
-            rows,
-            [
-                PY,
-                "-m",
-                "jobs.score",
-                f"--input={data}",
-                f"--model={model.label}",
-                f"--model_repo={repo.root}",
-                f"--output={out}",
-                "--runner=PySparkRunner",
-                "--spark_master=local[2]",
-                "--force",
-            ],
-        ),
-        measure(
-            SPARK_SPLITS,
-            rows,
-            [
-                PY,
-                "-m",
-                "jobs.score",
-                f"--input={data}",
-                f"--model={model.label}",
-                f"--model_repo={repo.root}",
-                f"--output={out}",
-                "--runner=PySparkRunner",
-                "--spark_master=local[2]",
-                "--spark_conf=batchscore.input=splits",
-                "--force",
-            ],
-        ),
-        measure(
-            SPARK_UDF,
-            rows,
-            [
-                PY,
-                "-m",
-                "bench.spark_udf",
-                f"--input={data}",
-                f"--model={model.saved_model_dir}",
-                f"--output={out / 'spark_udf'}",
-                "--key_column=loan_id",
-                f"--inputs={','.join(model.metadata['signature']['inputs'])}",
-                "--master=local[2]",
-            ],
-        ),
-        measure(
-            "single process floor (pyarrow -> signature -> ParquetWriter)",
-            rows,
-            [
-                PY,
-                "-m",
-                "bench.floor",
-                f"--input={data}",
-                f"--model={model.saved_model_dir}",
-                f"--output={out / 'floor.parquet'}",
-                "--key_column=loan_id",
-            ],
-        ),
-    ]
-    table = markdown(results, rows) + spark_ratio(results)
-    print(table)
-    report = PROJECT / "docs" / "benchmarks.md"
-    report.parent.mkdir(exist_ok=True)
-    header = "# Benchmarks\n\nProduced by `make bench` (`python -m bench.run`). Whole-process wall time, start-up included.\n\n"
-    body = report.read_text().removeprefix(header) if report.is_file() else ""
-    report.write_text(header + table + "\n" + body)
+    sections: list[str] = []
+    everything: list[Measurement] = []
+    for position, rows in enumerate(args.rows):
+        data = ensure_demo_data(args.workdir / f"data-{rows}", rows=rows, days=8, files_per_day=1)
+        ctx = Context(data, model, repo.root, args.workdir / "out")
+        keys = args.paths if position == 0 or args.large_paths is None else args.large_paths
+        results = [measure(key, PATHS[key].label, rows, PATHS[key].command(ctx)) for key in keys]
+        everything += results
+        picture = None if args.no_report else chart(results, rows)
+        sections.append(markdown(results, rows, picture))
+        if args.scaling and position == 0:
+            scaled = [
+                measure(key, path.label, rows, path.command(ctx)) for key, path in SCALING.items()
+            ]
+            sections.append(scaling_table(scaled, rows))
+    growth = rss_growth(everything)
+    if growth:
+        sections.append(growth)
+    text = "\n".join(sections)
+    print(text)
+    if not args.no_report:
+        body = REPORT.read_text().removeprefix(HEADER) if REPORT.is_file() else ""
+        REPORT.parent.mkdir(exist_ok=True)
+        REPORT.write_text(HEADER + text + "\n" + body)
+        print(f"bench: wrote {REPORT}")
     return 0
 
 
