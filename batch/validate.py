@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -45,24 +46,47 @@ class Partitioned:
 
 @dataclass(frozen=True)
 class _Problem:
-    mask: pa.Array  # true where the row fails; never null
+    mask: np.ndarray  # bool per row: true where the row fails
     reason: str
-    message: pa.Array | pa.Scalar
+    # One message per failing row (in row order), or one message for all of them.
+    message: pa.Array | str
 
 
-def _quoted(column: pa.Array, mask: pa.Array) -> pa.Array:
-    """The failing values as text, for messages (computed on whole columns)."""
-    text = pc.cast(column, pa.string())
-    return pc.if_else(mask, pc.fill_null(text, "null"), pa.scalar("", pa.string()))
+def _as_mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array (nulls count as false) as a numpy bool array."""
+    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _failing(column: pa.Array, mask: np.ndarray) -> pa.Array:
+    """The failing values as text, for messages; only the failing rows are formatted."""
+    return pc.fill_null(pc.cast(column.filter(pa.array(mask)), pa.string()), "null")
 
 
 def _join(*parts: pa.Array | str) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
+@lru_cache(maxsize=256)
+def _value_set(categories: tuple[str, ...], arrow_type: pa.DataType) -> pa.Array:
+    return pa.array(categories, arrow_type)
+
+
+def _within(column: pa.Array, minimum: float, maximum: float) -> bool:
+    """Whether every non-null, non-NaN value lies in [minimum, maximum] (one pass, no copy)."""
+    low, high = pc.min_max(column).values()
+    if low.as_py() is None:
+        return True
+    return bool(low.as_py() >= minimum and high.as_py() <= maximum)
+
+
 @dataclass(frozen=True)
 class RowValidator:
-    """The checks for one set of columns: model inputs and the contract's rules."""
+    """The checks for one set of columns: model inputs and the contract's rules.
+
+    Every check first asks cheaply whether any row fails (null count, min/max,
+    one vectorized pass) and builds messages for the failing rows only, so a
+    clean batch costs a few passes over its columns and no string formatting.
+    """
 
     input_types: Mapping[str, pa.DataType]
     rules: tuple[ColumnRule, ...] = ()
@@ -84,19 +108,22 @@ class RowValidator:
         if not required or column.null_count == 0:
             return None
         return _Problem(
-            column.is_null(), NULL_VALUE, pa.scalar(f"column '{name}' is null; it is required")
+            _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required"
         )
 
     def _not_finite(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if not pa.types.is_floating(column.type):
             return None
-        mask = pc.fill_null(pc.invert(pc.is_finite(column)), False)
-        if not pc.any(mask).as_py():
+        if column.null_count == 0:
+            mask = ~np.isfinite(column.to_numpy(zero_copy_only=False))
+        else:
+            mask = _as_mask(pc.invert(pc.is_finite(column)))
+        if not mask.any():
             return None
         return _Problem(
             mask,
             NOT_FINITE,
-            _join(f"column '{name}' is ", _quoted(column, mask), "; expected a finite number"),
+            _join(f"column '{name}' is ", _failing(column, mask), "; expected a finite number"),
         )
 
     def _range(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
@@ -104,25 +131,27 @@ class RowValidator:
             return None
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             return None
+        if _within(column, rule.minimum, rule.maximum):
+            return None
         inside = pc.and_(
             pc.greater_equal(column, rule.minimum), pc.less_equal(column, rule.maximum)
         )
-        mask = pc.fill_null(pc.invert(inside), False)
-        if pa.types.is_floating(column.type):  # NaN is not_finite, not out_of_range
-            mask = pc.and_(mask, pc.fill_null(pc.is_finite(column), False))
-        if not pc.any(mask).as_py():
+        mask = _as_mask(pc.invert(inside))
+        if pa.types.is_floating(column.type):  # NaN and inf are not_finite, not out_of_range
+            mask &= _as_mask(pc.is_finite(column))
+        if not mask.any():
             return None
         bounds = f"; expected [{_number(rule.minimum)}, {_number(rule.maximum)}]"
         return _Problem(
-            mask, OUT_OF_RANGE, _join(f"column '{name}' = ", _quoted(column, mask), bounds)
+            mask, OUT_OF_RANGE, _join(f"column '{name}' = ", _failing(column, mask), bounds)
         )
 
     def _categories(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if rule is None or rule.categories is None or rule.unseen != "reject":
             return None
-        known = pc.is_in(column, value_set=pa.array(rule.categories, column.type))
-        mask = pc.fill_null(pc.invert(known), False)
-        if not pc.any(mask).as_py():
+        known = pc.is_in(column, value_set=_value_set(rule.categories, column.type))
+        mask = _as_mask(pc.invert(known))
+        if not mask.any():
             return None
         shown = ", ".join(rule.categories[:8]) + (", ..." if len(rule.categories) > 8 else "")
         return _Problem(
@@ -130,7 +159,7 @@ class RowValidator:
             UNSEEN_CATEGORY,
             _join(
                 f"column '{name}' = '",
-                _quoted(column, mask),
+                _failing(column, mask),
                 f"' is not a known category ({shown})",
             ),
         )
@@ -138,15 +167,15 @@ class RowValidator:
     def _pattern(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if rule is None or rule.pattern is None:
             return None
-        mask = pc.fill_null(pc.invert(pc.match_substring_regex(column, rule.pattern)), False)
-        if not pc.any(mask).as_py():
+        mask = _as_mask(pc.invert(pc.match_substring_regex(column, rule.pattern)))
+        if not mask.any():
             return None
         return _Problem(
             mask,
             BAD_CHARACTERS,
             _join(
                 f"column '{name}' = '",
-                _quoted(column, mask),
+                _failing(column, mask),
                 f"' has characters outside {rule.pattern}",
             ),
         )
@@ -156,16 +185,35 @@ class RowValidator:
         problems = self.problems(batch)
         if not problems:
             return Partitioned(batch, empty_rejects(batch.schema))
-        reason: pa.Array = pa.nulls(batch.num_rows, pa.string())
-        message: pa.Array = pa.nulls(batch.num_rows, pa.string())
-        # Walk in reverse so that the first problem in precedence order wins.
-        for problem in reversed(problems):
-            reason = pc.if_else(problem.mask, pa.scalar(problem.reason), reason)
-            message = pc.if_else(problem.mask, problem.message, message)
-        bad = pc.is_valid(reason)
+        # Per row, the first problem in precedence order (-1: none).
+        first = np.full(batch.num_rows, -1, dtype=np.int64)
+        for index in range(len(problems) - 1, -1, -1):
+            first[problems[index].mask] = index
+        bad = first >= 0
+        bad_rows = np.flatnonzero(bad)
+        reasons = np.empty(len(bad_rows), dtype=object)
+        messages = np.empty(len(bad_rows), dtype=object)
+        for index, problem in enumerate(problems):
+            mine = first[bad_rows] == index
+            if not mine.any():
+                continue
+            reasons[mine] = problem.reason
+            if isinstance(problem.message, str):
+                messages[mine] = problem.message
+            else:
+                # The problem's messages are in the order of its failing rows.
+                position = np.searchsorted(np.flatnonzero(problem.mask), bad_rows[mine])
+                messages[mine] = problem.message.take(pa.array(position)).to_numpy(
+                    zero_copy_only=False
+                )
+        keep = pa.array(~bad)
         return Partitioned(
-            batch.filter(pc.invert(bad)),
-            with_reasons(batch.filter(bad), reason.filter(bad), message.filter(bad)),
+            batch.filter(keep),
+            with_reasons(
+                batch.take(pa.array(bad_rows)),
+                pa.array(reasons, pa.string()),
+                pa.array(messages, pa.string()),
+            ),
         )
 
 
