@@ -38,7 +38,7 @@ from batch.output import (
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
-from batch.signing import STRICT, TrustPolicy, verify_once
+from batch.signing import STRICT, TrustPolicy, VerificationResult, verify_once
 from batch.validate import RowValidator, reject_schema
 from schemas.contract import ColumnRule, Contract
 
@@ -145,13 +145,20 @@ def score_batches(
 
 def score_split(job: ScoringJob, split: Split) -> SplitResult:
     """Read one split (row groups of one file) as Arrow batches and score them."""
-    columns = read_columns(job)
+    schema, batches = read_split(split, read_columns(job), job.batch_size)
+    return score_batches(job, batches, schema, split.index)
+
+
+def read_split(
+    split: Split, columns: Sequence[str], batch_size: int
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed."""
     parquet = pq.ParquetFile(split.path)
     schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
     batches = parquet.iter_batches(
-        batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+        batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)
     )
-    return score_batches(job, _naming_file(batches, split), schema, split.index)
+    return schema, _naming_file(batches, split)
 
 
 def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa.RecordBatch]:
@@ -217,6 +224,19 @@ def columns_to_read(
     return tuple(dict.fromkeys([*key_columns, *signature.inputs, *extra]))
 
 
+def model_manifest(model: ResolvedModel, verification: VerificationResult) -> dict[str, Any]:
+    """How manifests and comparisons describe a model: identity, origin and what was checked."""
+    return {
+        "name": model.name,
+        "version": model.version,
+        "content_hash": model.content_hash,
+        "path": str(model.saved_model_dir),
+        "registered": model.registered,
+        "alias": model.alias,
+        "signature": verification.to_manifest(),
+    }
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run: CommittedRun
@@ -271,15 +291,7 @@ def run_scoring(
     )
     manifest = {
         "batchscore_version": importlib.metadata.version("batchscore"),
-        "model": {
-            "name": model.name,
-            "version": model.version,
-            "content_hash": model.content_hash,
-            "path": str(model.saved_model_dir),
-            "registered": model.registered,
-            "alias": model.alias,
-            "signature": verification.to_manifest(),
-        },
+        "model": model_manifest(model, verification),
         "input": {
             "spec": input_spec,
             "fingerprint": fingerprint(files),

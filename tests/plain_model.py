@@ -11,8 +11,11 @@ import pyarrow.parquet as pq
 POISON_ABOVE = 1000.0
 
 
-def build_plain_model(path: Path, sign: bool = True) -> Path:
+def build_plain_model(path: Path, sign: bool = True, weight: float = 0.75) -> Path:
     """Save a model with inputs x (float32), n (int64), s (string); outputs score and pair.
+
+    score = sigmoid(weight * x + 0.1 * n - 0.05 * len(s)); two models built with the same
+    ``weight`` agree on every row, with different weights they disagree.
 
     Signed (``<path>.sig``) with the default signing key unless ``sign`` is False; under
     pytest that is the session's test key (tests/signing_keys.py), which scoring's
@@ -23,7 +26,7 @@ def build_plain_model(path: Path, sign: bool = True) -> Path:
     class Plain(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.w = tf.Variable(0.75)
+            self.w = tf.Variable(weight)
 
         @tf.function(
             input_signature=[
