@@ -40,13 +40,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch.errors import UsageError
+
+if TYPE_CHECKING:
+    from batch.model_repo import ResolvedModel
 
 ROUTING_HASH = "batchscore-key-hash-v1"
 
@@ -63,6 +67,15 @@ _BYTES_TYPES = (
     pa.types.is_binary,
     pa.types.is_large_binary,
 )
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A gray release: ``model`` scores the rows whose keys fall in ``fraction``; the run's
+    main model scores the others, in the same run."""
+
+    model: ResolvedModel
+    fraction: float
 
 
 def share_threshold(fraction: float) -> int:

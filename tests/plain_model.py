@@ -53,12 +53,12 @@ def build_plain_model(path: Path, sign: bool = True, weight: float = 0.75) -> Pa
     return path
 
 
-def plain_model_expected(table: pa.Table) -> np.ndarray:
+def plain_model_expected(table: pa.Table, weight: float = 0.75) -> np.ndarray:
     """What ``score`` must be, computed independently with numpy."""
     x = table.column("x").to_numpy().astype(np.float32)
     n = table.column("n").to_numpy().astype(np.float32)
     length = np.array([len(s) for s in table.column("s").to_pylist()], dtype=np.float32)
-    z = np.float32(0.75) * x + np.float32(0.1) * n - np.float32(0.05) * length
+    z = np.float32(weight) * x + np.float32(0.1) * n - np.float32(0.05) * length
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
