@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -184,7 +185,8 @@ def compare_models(request: ComparisonRequest) -> Comparison:
         "score_output": score_output,
         "label_column": label,
         "counts": tally.counts(),
-        "metrics": metrics,
+        # JSON has no NaN: an undefined metric (e.g. AUC with one label class) is null.
+        "metrics": {k: None if _is_nan(v) else v for k, v in metrics.items()},
         "thresholds": req.thresholds.to_json(),
         "checks": [c.to_json() for c in checks],
         "started": started.isoformat(timespec="seconds"),
@@ -356,3 +358,7 @@ def blessing(report: dict[str, Any], comparison_dir: Path, blessed_by: str) -> d
         "blessed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "blessed_by": blessed_by,
     }
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

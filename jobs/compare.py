@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from batch.errors import UsageError
 from batch.evaluation import Thresholds
@@ -282,16 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(compare, PROG)
 
 
-def format_report(report: dict[str, object], folder: Path, blessed: str, seconds: float) -> str:
+def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: float) -> str:
     """The verdict as a table a person can read at a glance."""
     base, cand = report["baseline"], report["candidate"]
-    counts, metrics = report["counts"], report["metrics"]
-    assert isinstance(base, dict) and isinstance(cand, dict)
-    assert isinstance(counts, dict) and isinstance(metrics, dict)
-    sample = report["sample"]
-    assert isinstance(sample, dict)
+    counts, metrics, sample = report["counts"], report["metrics"], report["sample"]
 
-    def label(model: dict[str, object]) -> str:
+    def label(model: dict[str, Any]) -> str:
         alias = f" (@{model['alias']})" if model.get("alias") else ""
         return f"{model['name']}@{model['version']}{alias}"
 
@@ -299,14 +296,12 @@ def format_report(report: dict[str, object], folder: Path, blessed: str, seconds
     reasons = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items())
     lines = [
         f"comparison {verdict}: candidate {label(cand)} vs baseline {label(base)}",
-        f"  sample     {float(str(sample['fraction'])):.1%} of keys: {counts['rows_sampled']:,} of "
+        f"  sample     {sample['fraction']:.1%} of keys: {counts['rows_sampled']:,} of "
         f"{counts['rows_read']:,} rows; {counts['rows_rejected']:,} rejected"
         f"{f' ({reasons})' if reasons else ''}; {counts['rows_compared']:,} compared",
         f"  {'check':<15}{'value':>12}  {'limit':<12}result",
     ]
-    checks = report["checks"]
-    assert isinstance(checks, list)
-    for check in checks:
+    for check in report["checks"]:
         value = "-" if check["value"] is None else f"{check['value']:.4f}"
         if check["name"] == "rows_compared" and check["value"] is not None:
             value = f"{int(check['value']):,}"
@@ -318,9 +313,9 @@ def format_report(report: dict[str, object], folder: Path, blessed: str, seconds
         )
     if "baseline_auc" in metrics:
         lines.append(
-            f"  labels     {metrics['labelled_rows']:,} rows: AUC {metrics['baseline_auc']:.4f} -> "
-            f"{metrics['candidate_auc']:.4f}, log-loss {metrics['baseline_log_loss']:.4f} -> "
-            f"{metrics['candidate_log_loss']:.4f} (baseline -> candidate)"
+            f"  labels     {metrics['labelled_rows']:,} rows: AUC {_num(metrics['baseline_auc'])} -> "
+            f"{_num(metrics['candidate_auc'])}, log-loss {_num(metrics['baseline_log_loss'])} -> "
+            f"{_num(metrics['candidate_log_loss'])} (baseline -> candidate)"
         )
     if "max_abs_diff" in metrics:
         lines.append(
@@ -329,6 +324,10 @@ def format_report(report: dict[str, object], folder: Path, blessed: str, seconds
         )
     lines += [f"  output     {folder}", f"  {blessed}", f"  wall time  {seconds:.1f}s"]
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

@@ -278,3 +278,29 @@ class TestPromotionNeedsABlessing:
         # Back at plain@1, the blessing against it counts again.
         repo.promote("plain@1", "production", force=True)
         assert repo.promote("plain@2", "production").overridden == ()
+
+
+def test_help_explains_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 pass (candidate blessed), 3 fail" in out
+    for option in ("--baseline", "--candidate", "--sample", "--max_psi", "--max_auc_drop"):
+        assert option in out
+
+
+def test_the_metrics_on_known_distributions() -> None:
+    from batch.evaluation import Thresholds, auc, labelled_metrics, psi, verdict
+
+    rng = np.random.default_rng(0)
+    base = rng.random(20_000)
+    assert psi(base, base) == 0.0
+    assert psi(base, rng.random(20_000)) < 0.01  # same distribution, other draw
+    assert psi(base, base**3) > 0.25  # a large shift
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    one_class = labelled_metrics(np.ones(5), base[:5], base[:5])
+    checks = verdict({"rows_compared": 5, **one_class}, Thresholds(min_rows=1))
+    (auc_check,) = [c for c in checks if c.name == "auc_drop"]
+    assert auc_check.passed and auc_check.note == "skipped: one label class"
+    assert not next(c for c in checks if c.name == "agreement").passed  # no pairwise metrics
