@@ -3,9 +3,10 @@
 A run's rows are determined by what it read and how it scored it: the input
 files (their fingerprint: path, size, mtime and row count of every file), the
 files it skipped as bad, the model (name, version and content hash), the data
-contract (the bytes of its files) and the key columns. Two runs that agree on
-all of these hold the same rows, so a job whose request matches a committed
-run need not score again: :func:`find_up_to_date_run` finds that run.
+contract (the bytes of its files), the key columns and, for a gray release, the
+canary model and its fraction (a canary run is never taken for a plain run, nor
+the other way round). Two runs that agree on all of these hold the same rows,
+so a job whose request matches a committed run need not score again: :func:`find_up_to_date_run` finds that run.
 
 Runner, batch size and split size are not part of the identity (they change
 how fast rows are made, not which rows). The error budget is checked instead:
@@ -27,6 +28,7 @@ from batch.fsutil import file_sha256
 from batch.inputs import BadFile, InputFile, fingerprint
 from batch.model_repo import ResolvedModel
 from batch.output import CommittedRun, list_committed_runs
+from batch.routing import Canary
 from schemas.contract import RULES_FILE, SCHEMA_FILE, Contract
 
 
@@ -50,6 +52,8 @@ class RunIdentity:
     skipped_files: tuple[str, ...]
     contract_sha256: str | None
     key_columns: tuple[str, ...]
+    # A gray release's canary: (name, version, content hash, fraction); None for a plain run.
+    canary: tuple[str, str, str, float] | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> RunIdentity | None:
@@ -58,6 +62,7 @@ class RunIdentity:
         try:
             model = manifest["model"]
             contract = manifest["contract"]
+            canary = manifest.get("canary")
             return cls(
                 model_name=str(model["name"]),
                 model_version=str(model["version"]),
@@ -68,8 +73,16 @@ class RunIdentity:
                 ),
                 contract_sha256=None if contract is None else str(contract["sha256"]),
                 key_columns=tuple(str(c) for c in manifest["key_columns"]),
+                canary=None
+                if canary is None
+                else (
+                    str(canary["model"]["name"]),
+                    str(canary["model"]["version"]),
+                    str(canary["model"]["content_hash"]),
+                    float(canary["fraction"]),
+                ),
             )
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return None
 
 
@@ -79,6 +92,7 @@ def run_identity(
     skipped_files: Sequence[BadFile],
     contract: Contract | None,
     key_columns: Sequence[str],
+    canary: Canary | None = None,
 ) -> RunIdentity:
     """The identity of a job about to run, comparable with :meth:`RunIdentity.from_manifest`."""
     return RunIdentity(
@@ -89,6 +103,9 @@ def run_identity(
         skipped_files=tuple(sorted(b.path for b in skipped_files)),
         contract_sha256=contract_sha256(contract) if contract is not None else None,
         key_columns=tuple(key_columns),
+        canary=None
+        if canary is None
+        else (canary.model.name, canary.model.version, canary.model.content_hash, canary.fraction),
     )
 
 
@@ -101,6 +118,7 @@ def find_up_to_date_run(
     contract: Contract | None,
     key_columns: Sequence[str],
     max_error_rate: float,
+    canary: Canary | None = None,
 ) -> CommittedRun | None:
     """The newest committed run under ``output_root`` that already holds the rows this job
     would write (same :class:`RunIdentity`) and whose error rate is within
@@ -109,7 +127,7 @@ def find_up_to_date_run(
     Only runs of the same model name and version are read (one small manifest each).
     A manifest that cannot be read, or that lacks a field, is never trusted.
     """
-    identity = run_identity(model, files, skipped_files, contract, key_columns)
+    identity = run_identity(model, files, skipped_files, contract, key_columns, canary)
     candidates = [
         run
         for run in list_committed_runs(output_root)

@@ -12,6 +12,7 @@ import datetime as dt
 import importlib.metadata
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.errors import InputDataError, ModelError
+from batch.errors import InputDataError, ModelError, UsageError
 from batch.faults import SCORING, fault_point
 from batch.incremental import contract_sha256
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
@@ -36,9 +37,17 @@ from batch.output import (
     commit_run,
 )
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
-from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
-from batch.signature import SignatureInfo, schema_problems
-from batch.signing import STRICT, TrustPolicy, verify_once
+from batch.routing import ROUTING_HASH, Canary
+from batch.scorer import (
+    CONSTANT_COLUMNS,
+    MODEL_NAME_COLUMN,
+    MODEL_VERSION_COLUMN,
+    BatchScorer,
+    CanaryScorer,
+    load_model,
+)
+from batch.signature import SignatureInfo, schema_problems, signature_differences
+from batch.signing import STRICT, TrustPolicy, VerificationResult, verify_once
 from batch.validate import RowValidator, reject_schema
 from schemas.contract import ColumnRule, Contract
 
@@ -66,6 +75,8 @@ class ScoringJob:
     # What a worker accepts as loadable (public key bytes, --allow_unsigned); every
     # worker verifies the model itself before loading it (default: batch.signing.STRICT).
     trust: TrustPolicy = STRICT
+    # A gray release: the share of keys the canary model scores instead of ``model``.
+    canary: Canary | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,17 @@ def read_columns(job: ScoringJob) -> list[str]:
     return list(job.columns)
 
 
+def job_scorer(job: ScoringJob) -> BatchScorer | CanaryScorer:
+    """The job's model as this process's scorer; with a canary, both, routed by key."""
+    scorer = BatchScorer(load_model(job.model, job.trust), job.key_columns, job.layout.run_id)
+    if job.canary is None:
+        return scorer
+    canary = BatchScorer(
+        load_model(job.canary.model, job.trust), job.key_columns, job.layout.run_id
+    )
+    return CanaryScorer(scorer, canary, job.key_columns, job.canary.fraction)
+
+
 def score_batches(
     job: ScoringJob, batches: Iterable[pa.RecordBatch], schema: pa.Schema, part_index: int
 ) -> SplitResult:
@@ -103,7 +125,7 @@ def score_batches(
     The engine-independent heart of a run: every runner hands each unit of
     work here, with a part index that is stable across retries of that unit.
     """
-    scorer = BatchScorer(load_model(job.model, job.trust), job.key_columns, job.layout.run_id)
+    scorer = job_scorer(job)
     validator = RowValidator(scorer.input_types, job.rules)
     rows_in = 0
     with (
@@ -145,13 +167,20 @@ def score_batches(
 
 def score_split(job: ScoringJob, split: Split) -> SplitResult:
     """Read one split (row groups of one file) as Arrow batches and score them."""
-    columns = read_columns(job)
+    schema, batches = read_split(split, read_columns(job), job.batch_size)
+    return score_batches(job, batches, schema, split.index)
+
+
+def read_split(
+    split: Split, columns: Sequence[str], batch_size: int
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed."""
     parquet = pq.ParquetFile(split.path)
     schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
     batches = parquet.iter_batches(
-        batch_size=job.batch_size, row_groups=list(split.row_groups), columns=columns
+        batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)
     )
-    return score_batches(job, _naming_file(batches, split), schema, split.index)
+    return schema, _naming_file(batches, split)
 
 
 def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa.RecordBatch]:
@@ -217,6 +246,19 @@ def columns_to_read(
     return tuple(dict.fromkeys([*key_columns, *signature.inputs, *extra]))
 
 
+def model_manifest(model: ResolvedModel, verification: VerificationResult) -> dict[str, Any]:
+    """How manifests and comparisons describe a model: identity, origin and what was checked."""
+    return {
+        "name": model.name,
+        "version": model.version,
+        "content_hash": model.content_hash,
+        "path": str(model.saved_model_dir),
+        "registered": model.registered,
+        "alias": model.alias,
+        "signature": verification.to_manifest(),
+    }
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run: CommittedRun
@@ -249,13 +291,24 @@ def run_scoring(
     split_rows: int = DEFAULT_SPLIT_ROWS,
     started: float | None = None,
     trust: TrustPolicy = STRICT,
+    canary: Canary | None = None,
 ) -> RunSummary:
-    """Check, score with ``runner``, reconcile and commit one run."""
+    """Check, score with ``runner``, reconcile and commit one run (a gray release of
+    ``canary.model`` on ``canary.fraction`` of the keys, if given)."""
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
     verification = verify_once(model, trust)
     signature = model_signature(model, trust)
+    canary_manifest = None
+    if canary is not None:
+        canary_manifest = {
+            "model": model_manifest(canary.model, verify_once(canary.model, trust)),
+            "fraction": canary.fraction,
+            "routing": ROUTING_HASH,
+            "key_columns": list(key_columns),
+        }
+        check_canary_signature(model, signature, canary, model_signature(canary.model, trust))
     check_inputs(files, signature, key_columns, contract)
     splits = plan_splits(files, split_rows)
     layout = RunLayout(output_root, model.name, model.version, run_id)
@@ -268,18 +321,11 @@ def run_scoring(
         rules=tuple(contract.columns.values()) if contract else (),
         batch_size=batch_size,
         trust=trust,
+        canary=canary,
     )
     manifest = {
         "batchscore_version": importlib.metadata.version("batchscore"),
-        "model": {
-            "name": model.name,
-            "version": model.version,
-            "content_hash": model.content_hash,
-            "path": str(model.saved_model_dir),
-            "registered": model.registered,
-            "alias": model.alias,
-            "signature": verification.to_manifest(),
-        },
+        "model": model_manifest(model, verification),
         "input": {
             "spec": input_spec,
             "fingerprint": fingerprint(files),
@@ -296,6 +342,8 @@ def run_scoring(
         "batch_size": batch_size,
         "started": started_at.isoformat(timespec="seconds"),
     }
+    if canary_manifest is not None:
+        manifest["canary"] = canary_manifest
     if getattr(runner, "dry_run", False):
         # The runner builds its job (e.g. a Dataflow job description) and submits nothing:
         # the output is not touched, nothing is staged or committed.
@@ -312,5 +360,45 @@ def run_scoring(
     with RunLock(layout):
         layout.staging_dir.mkdir(parents=True)
         runner.execute(job, splits)
+        if canary_manifest is not None:
+            canary_manifest["rows_scored"] = rows_by_model(layout.staging_dir)
         run = commit_run(layout, manifest, rows_in, max_error_rate)
     return RunSummary(run, run.manifest(), time.perf_counter() - started)
+
+
+def check_canary_signature(
+    model: ResolvedModel, signature: SignatureInfo, canary: Canary, canary_signature: SignatureInfo
+) -> None:
+    """A canary writes into the same predictions output: it must take and give the same tensors."""
+    if not 0.0 < canary.fraction < 1.0:
+        raise UsageError(
+            f"--canary_fraction={canary.fraction}: expected a share strictly between 0 and 1 "
+            "(e.g. 0.1 for 10% of keys); to score everything with one model use --model alone"
+        )
+    if canary.model.content_hash == model.content_hash:
+        raise UsageError(
+            f"--canary={canary.model.label} has the same files as --model={model.label}; a "
+            "canary must be another model. Promote the candidate to the canary alias first"
+        )
+    differences = signature_differences(signature, canary_signature)
+    if differences:
+        raise ModelError(
+            f"--canary={canary.model.label}: its serving signature differs from --model="
+            f"{model.label}'s ({'; '.join(differences)}); a canary writes into the same "
+            "predictions output, so it must take and give the same tensors. Choose a candidate "
+            "with the same signature, or compare the two with `python -m jobs.compare`"
+        )
+
+
+def rows_by_model(run_dir: Path) -> dict[str, int]:
+    """Prediction rows of a (staged) run by the model that scored them: {"NAME@VERSION": rows}."""
+    counts: Counter[str] = Counter()
+    for path in sorted((run_dir / PREDICTIONS).glob("part-*.parquet")):
+        table = pq.read_table(path, columns=[MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN])
+        for row in (
+            table.group_by([MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN])
+            .aggregate([([], "count_all")])
+            .to_pylist()
+        ):
+            counts[f"{row[MODEL_NAME_COLUMN]}@{row[MODEL_VERSION_COLUMN]}"] += row["count_all"]
+    return dict(sorted(counts.items()))

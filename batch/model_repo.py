@@ -18,6 +18,12 @@ Aliases (``production``, ``canary``, ...) name one version each; they live in
 atomically, with the history of every promotion (who, when, forced or not).
 ``NAME@ALIAS`` resolves wherever ``NAME@VERSION`` does.
 
+Promotion asks gates (:class:`PromotionGate`): the version is signed
+(:class:`SignedGate`), and, for ``production``, it carries a blessing against
+the version ``production`` points at now (:class:`BlessedGate`), which a passing
+``python -m jobs.compare`` writes into its ``metadata.json``
+(:meth:`ModelRepository.add_blessing`; outside the signed folder).
+
 This module never imports TensorFlow: resolving a model must be fast enough to
 reject a bad ``--model`` argument before any heavy start-up.
 """
@@ -110,7 +116,7 @@ class PromotionGate(Protocol):
 
     :meth:`ModelRepository.promote` asks every gate; a refusal stops the
     promotion unless it is forced, and a forced promotion records the refusals
-    it overrode. New conditions (e.g. a validation "blessing") are new gates.
+    it overrode. New conditions are new gates (:class:`BlessedGate` is one).
     """
 
     name: str
@@ -134,7 +140,61 @@ class SignedGate:
         )
 
 
-DEFAULT_PROMOTION_GATES: tuple[PromotionGate, ...] = (SignedGate(),)
+BLESSINGS = "blessings"
+COMPARE_COMMAND = "python -m jobs.compare"
+
+
+class BlessedGate:
+    """A version may become a gated alias (``production``) only with a blessing against the
+    version the alias points at now.
+
+    A blessing is what a passing ``jobs.compare`` writes into the candidate's
+    ``metadata.json`` (:meth:`ModelRepository.add_blessing`): baseline and candidate
+    content hashes, metrics, thresholds. It counts only if its baseline is the
+    current version of the alias, so a comparison against a version that has
+    since been replaced must be run again. An alias that points at nothing yet
+    has nothing to compare against, and a version with the same bytes as the
+    current one scores identically; both pass.
+    """
+
+    name = "blessed"
+
+    def __init__(self, aliases: Sequence[str] = ("production",)) -> None:
+        self.aliases = tuple(aliases)
+
+    def check(self, repo: ModelRepository, model: ResolvedModel, alias: str) -> str | None:
+        if alias not in self.aliases:
+            return None
+        current_version = repo.aliases(model.name).get(alias)
+        if current_version is None or str(current_version) == model.version:
+            return None
+        current = repo.resolve(f"{model.name}@{current_version}")
+        if current.content_hash == model.content_hash:
+            return None
+        blessings = model.metadata.get(BLESSINGS) or []
+        for blessing in blessings:
+            if (
+                blessing.get("baseline", {}).get("content_hash") == current.content_hash
+                and blessing.get("candidate", {}).get("content_hash") == model.content_hash
+            ):
+                return None
+        against = sorted(
+            {
+                f"{b.get('baseline', {}).get('name')}@{b.get('baseline', {}).get('version')}"
+                for b in blessings
+            }
+        )
+        found = (
+            f"it is blessed only against {', '.join(against)}" if against else "it has no blessing"
+        )
+        return (
+            f"'{alias}' is {current.label} and {model.label} has no blessing against it ({found}); "
+            f"compare them first: `{COMPARE_COMMAND} --input=DATA --baseline={model.name}@{alias} "
+            f"--candidate={model.label} --model_repo={repo.root}`, which blesses on a pass"
+        )
+
+
+DEFAULT_PROMOTION_GATES: tuple[PromotionGate, ...] = (SignedGate(), BlessedGate())
 
 
 class PromotionRefused(ModelError):
@@ -338,7 +398,7 @@ class ModelRepository:
                 version=int(model.version),
                 previous_version=int(previous["version"]) if previous else None,
                 promoted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                promoted_by=actor or _who(),
+                promoted_by=actor or who(),
                 forced=force,
                 overridden=tuple(refusals),
                 reason=reason,
@@ -348,18 +408,41 @@ class ModelRepository:
             write_json_atomic(self.aliases_file(model.name), state)
         return promotion
 
+    def add_blessing(self, model: ResolvedModel, blessing: dict[str, Any]) -> Path:
+        """Append ``blessing`` to the registered version's ``metadata.json``, atomically and
+        under a lock. ``metadata.json`` sits beside the signed ``saved_model/``, so the
+        model's signature is unaffected. Returns the metadata file."""
+        if not model.registered:
+            raise ModelError(
+                f"model {model.label} ({model.saved_model_dir}) is not a registered version; "
+                "only registered versions carry blessings. Register it with "
+                "`python -m jobs.models register` and compare again"
+            )
+        path = model.saved_model_dir.parent / METADATA_FILE
+        with _locked(model.saved_model_dir.parent.parent / ".metadata.lock"):
+            meta: dict[str, Any] = read_json(path)
+            meta[BLESSINGS] = [*(meta.get(BLESSINGS) or []), blessing]
+            write_json_atomic(path, meta)
+        return path
+
     @contextmanager
     def _aliases_lock(self, name: str) -> Iterator[None]:
-        lock = self.root / name / ".aliases.lock"
-        with open(lock, "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with _locked(self.root / name / ".aliases.lock"):
+            yield
 
 
-def _who() -> str:
+@contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """An exclusive flock on ``lock`` (created if missing) for the block."""
+    with open(lock, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def who() -> str:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

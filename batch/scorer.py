@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from batch.errors import InputDataError, ModelError
 from batch.model_repo import ResolvedModel
+from batch.routing import in_share
 from batch.signature import ARROW_TYPE_FOR_DTYPE, SignatureInfo, TensorInfo
 from batch.signing import TrustPolicy, VerificationResult, verify_once
 from batch.validate import MODEL_ERROR, with_reasons
@@ -269,3 +270,45 @@ def _to_arrow(values: np.ndarray, arrow_type: pa.DataType, rows: int) -> pa.Arra
     if pa.types.is_string(arrow_type):
         return pc.cast(pa.array(flat_values, type=pa.binary()), pa.string())
     return pa.array(flat_values, type=arrow_type)
+
+
+class CanaryScorer:
+    """Scores each row with the production or the canary model, as the row's keys decide.
+
+    A row goes to the canary when its key hash falls in ``fraction``
+    (:func:`batch.routing.in_share`), so a key is scored by the same model on
+    every runner, batch and rerun. Both scorers must give the same output schema;
+    each prediction row names the model that scored it (model_name, model_version).
+    """
+
+    def __init__(
+        self,
+        production: BatchScorer,
+        canary: BatchScorer,
+        key_columns: Sequence[str],
+        fraction: float,
+    ) -> None:
+        self.production = production
+        self.canary = canary
+        self.key_columns = tuple(key_columns)
+        self.fraction = fraction
+
+    @property
+    def input_types(self) -> dict[str, pa.DataType]:
+        return self.production.input_types
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return self.production.output_schema(input_schema)
+
+    def score_isolating(
+        self, batch: pa.RecordBatch
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+        mask = in_share(batch, self.key_columns, self.fraction)
+        if not mask.any():
+            return self.production.score_isolating(batch)
+        if mask.all():
+            return self.canary.score_isolating(batch)
+        to_canary = pa.array(mask)
+        scored, rejected = self.production.score_isolating(batch.filter(pc.invert(to_canary)))
+        canary_scored, canary_rejected = self.canary.score_isolating(batch.filter(to_canary))
+        return scored + canary_scored, rejected + canary_rejected

@@ -131,3 +131,24 @@ def schema_problems(
                 "(only lossless widening is applied automatically)"
             )
     return problems
+
+
+def signature_differences(expected: SignatureInfo, found: SignatureInfo) -> list[str]:
+    """How ``found`` differs from ``expected``, one phrase per input or output; empty if
+    they take and give the same tensors (names, dtypes, shapes)."""
+    differences = []
+    for kind, want, have in (
+        ("input", expected.inputs, found.inputs),
+        ("output", expected.outputs, found.outputs),
+    ):
+        for name in sorted(set(want) | set(have)):
+            if name not in have:
+                differences.append(f"{kind} '{name}' missing")
+            elif name not in want:
+                differences.append(f"extra {kind} '{name}'")
+            elif want[name] != have[name]:
+                differences.append(
+                    f"{kind} '{name}' is {have[name].dtype}{list(have[name].shape)}, "
+                    f"expected {want[name].dtype}{list(want[name].shape)}"
+                )
+    return differences

@@ -296,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option in ("input", "output"):
             if getattr(score_args, option) is not None:
                 raise UsageError(f"--{option} is set by the backfill for each partition")
+        if score_args.canary is not None or score_args.canary_fraction is not None:
+            raise UsageError(
+                "--canary/--canary_fraction: a backfill does not run gray releases (it pins "
+                "--model's version for every day, not the canary's); run a gray release with "
+                "`python -m jobs.score --input=DAY --canary=... --canary_fraction=...` per day"
+            )
         input_root = Path(args.input).expanduser()
         if not input_root.is_dir():
             raise UsageError(

@@ -152,14 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Point ALIAS of NAME at VERSION, atomically, recording who, when, the "
         "previous version and whether it was forced in <repo>/<name>/aliases.json. "
         "`--model=NAME@ALIAS` then scores that version. A version must pass the promotion "
-        "gates (today: it is signed) unless --force.",
+        "gates unless --force: it is signed, and, to become 'production', it carries a "
+        "blessing against the version production points at now (written by a passing "
+        "`python -m jobs.compare --baseline=NAME@production --candidate=NAME@VERSION`; "
+        "not needed while production points at nothing, or for a version with the same "
+        "bytes).",
     )
     p.add_argument("model", help="NAME@VERSION to promote")
     p.add_argument("--to", required=True, dest="alias", help="alias, e.g. production or canary")
     p.add_argument(
         "--force",
         action="store_true",
-        help="promote even if a gate refuses; recorded as forced, with what was overridden",
+        help="promote even if a gate refuses (unsigned, not blessed); recorded in "
+        "aliases.json as forced, with who, when and what was overridden",
     )
     p.add_argument("--reason", help="free text recorded with the promotion")
     _common(p)

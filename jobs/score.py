@@ -26,10 +26,13 @@ from batch.job import (
     DryRunComplete,
     Runner,
     RunSummary,
+    check_canary_signature,
+    model_signature,
     run_scoring,
 )
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
+from batch.routing import Canary
 from batch.signing import TrustPolicy, short, verify_once
 from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
@@ -68,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m jobs.models promote`) registered in --model_repo, or the path of "
         "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
         f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
+    )
+    parser.add_argument(
+        "--canary",
+        help="Gray release: a second model (any form --model takes, e.g. NAME@canary) that "
+        "scores --canary_fraction of the keys in the same run; --model scores the rest. Each "
+        "prediction row's model_name and model_version say which scored it; the manifest "
+        "records both models, the fraction and the rows each scored. The canary must have "
+        "the same serving signature as --model and is verified the same way. Which keys go "
+        "to it is a stable hash of --key_columns (README: Model versions), the same on every "
+        "runner and rerun. Output goes under --model's name and version.",
+    )
+    parser.add_argument(
+        "--canary_fraction",
+        type=_open_fraction,
+        help="With --canary: the share of keys it scores, strictly between 0 and 1 (e.g. 0.1).",
     )
     parser.add_argument(
         "--model_repo",
@@ -201,6 +219,45 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found '{text}'") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a share strictly between 0 and 1 (e.g. 0.1), found {value}"
+        )
+    return value
+
+
+def _canary(
+    args: argparse.Namespace, repo: ModelRepository, model: ResolvedModel, trust: TrustPolicy
+) -> Canary | None:
+    """--canary and --canary_fraction, resolved and checked before any engine starts."""
+    if args.canary is None:
+        if args.canary_fraction is not None:
+            raise UsageError(
+                f"--canary_fraction={args.canary_fraction} needs --canary=MODEL (e.g. "
+                f"--canary={model.name}@canary): the model that scores that share of keys"
+            )
+        return None
+    if args.canary_fraction is None:
+        raise UsageError(
+            f"--canary={args.canary} needs --canary_fraction: the share of keys it scores, "
+            "strictly between 0 and 1 (e.g. --canary_fraction=0.1)"
+        )
+    _check_local_path("--canary", args.canary)
+    canary = Canary(resolve_model(args.canary, repo), args.canary_fraction)
+    verify_once(canary.model, trust)
+    if model.metadata.get("signature") and canary.model.metadata.get("signature"):
+        # Both recorded: check now, without TensorFlow (run_scoring checks every case).
+        check_canary_signature(
+            model, model_signature(model, trust), canary, model_signature(canary.model, trust)
+        )
+    return canary
+
+
 def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
     files, bad = inspect_inputs(find_input_files(spec))
     if bad and on_bad_file == "fail":
@@ -311,6 +368,7 @@ def format_summary(summary: RunSummary) -> str:
         f"run {summary.run.run_id} committed",
         f"  model        {summary.run.model_name}@{summary.run.model_version}"
         f"{_trust_note(summary.manifest['model'])}",
+        *_canary_lines(summary.manifest),
         f"  rows in      {counts['rows_in']:,}",
         f"  scored       {counts['rows_scored']:,}",
         f"  rejected     {counts['rows_rejected']:,} ({reasons})",
@@ -322,6 +380,18 @@ def format_summary(summary: RunSummary) -> str:
     if skipped:
         lines.append(f"  skipped      {len(skipped)} bad file(s), listed in the manifest")
     return "\n".join(lines)
+
+
+def _canary_lines(manifest: dict[str, Any]) -> list[str]:
+    canary = manifest.get("canary")
+    if not canary:
+        return []
+    model = canary["model"]
+    by_model = ", ".join(f"{label}: {rows:,}" for label, rows in canary["rows_scored"].items())
+    return [
+        f"  canary       {model['name']}@{model['version']}{_trust_note(model)}",
+        f"  split        {canary['fraction']:.1%} of keys to the canary; scored by {by_model or 'none'}",
+    ]
 
 
 def _trust_note(model: dict[str, Any]) -> str:
@@ -359,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
         trust = trust_policy(args.public_key, args.allow_unsigned)
         verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
+        canary = _canary(args, repo, model, trust)
         contract = _contract(args.contract, model)
         key_columns = _key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
@@ -374,11 +445,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 contract=contract,
                 key_columns=key_columns,
                 max_error_rate=args.max_error_rate,
+                canary=canary,
             )
             if current is not None:
                 print(f"up to date: {current.run_dir}")
+                scored_by = model.label + (
+                    f" with canary {canary.model.label} on {canary.fraction:.1%} of keys"
+                    if canary
+                    else ""
+                )
                 print(
-                    f"  {model.label} already scored this input (unchanged files, model, "
+                    f"  {scored_by} already scored this input (unchanged files, model, "
                     "contract and keys); nothing to do. --force scores it again"
                 )
                 return 0
@@ -398,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             split_rows=args.split_rows,
             started=started,
             trust=trust,
+            canary=canary,
         )
         print(format_summary(summary))
         return 0

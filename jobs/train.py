@@ -66,6 +66,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
 from batch.errors import InputDataError, UsageError
+from batch.evaluation import auc, log_loss
 from batch.fsutil import file_sha256
 from batch.model_repo import ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
@@ -491,30 +492,6 @@ def predict(module: ServingModule, table: pa.Table, batch_rows: int = 65536) -> 
         for start in range(0, table.num_rows, batch_rows)
     ]
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula; ties get average ranks."""
-    labels = labels.astype(bool)
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average rank within runs of equal scores.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    averages = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(averages, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
-    y = labels.astype(np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 # -- the whole job -------------------------------------------------------------------

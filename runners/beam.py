@@ -55,6 +55,8 @@ class ScoreSplitFn(beam.DoFn):
 
     def setup(self) -> None:
         load_model(self._job.model, self._job.trust)
+        if self._job.canary is not None:
+            load_model(self._job.canary.model, self._job.trust)
 
     def display_data(self) -> dict[str, Any]:
         job = self._job
@@ -64,7 +66,12 @@ class ScoreSplitFn(beam.DoFn):
             "validate": f"every row against {len(job.rules)} contract column rule(s) and the "
             "model's input types; failures go to rejected/ with a reason",
             "score": f"model {job.model.label} ({job.model.saved_model_dir}), "
-            f"{job.scoring_threads} concurrent calls",
+            f"{job.scoring_threads} concurrent calls"
+            + (
+                f"; canary {job.canary.model.label} on {job.canary.fraction:.1%} of keys"
+                if job.canary
+                else ""
+            ),
             "write": f"predictions/ and rejected/ parts under {job.layout.staging_dir}",
         }
 

@@ -11,8 +11,11 @@ import pyarrow.parquet as pq
 POISON_ABOVE = 1000.0
 
 
-def build_plain_model(path: Path, sign: bool = True) -> Path:
+def build_plain_model(path: Path, sign: bool = True, weight: float = 0.75) -> Path:
     """Save a model with inputs x (float32), n (int64), s (string); outputs score and pair.
+
+    score = sigmoid(weight * x + 0.1 * n - 0.05 * len(s)); two models built with the same
+    ``weight`` agree on every row, with different weights they disagree.
 
     Signed (``<path>.sig``) with the default signing key unless ``sign`` is False; under
     pytest that is the session's test key (tests/signing_keys.py), which scoring's
@@ -23,7 +26,7 @@ def build_plain_model(path: Path, sign: bool = True) -> Path:
     class Plain(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.w = tf.Variable(0.75)
+            self.w = tf.Variable(weight)
 
         @tf.function(
             input_signature=[
@@ -50,12 +53,12 @@ def build_plain_model(path: Path, sign: bool = True) -> Path:
     return path
 
 
-def plain_model_expected(table: pa.Table) -> np.ndarray:
+def plain_model_expected(table: pa.Table, weight: float = 0.75) -> np.ndarray:
     """What ``score`` must be, computed independently with numpy."""
     x = table.column("x").to_numpy().astype(np.float32)
     n = table.column("n").to_numpy().astype(np.float32)
     length = np.array([len(s) for s in table.column("s").to_pylist()], dtype=np.float32)
-    z = np.float32(0.75) * x + np.float32(0.1) * n - np.float32(0.05) * length
+    z = np.float32(weight) * x + np.float32(0.1) * n - np.float32(0.05) * length
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 

@@ -148,6 +148,13 @@ def test_bad_arguments_fail_in_one_line(
             "--start=2026-01-01",
             "--end=2026-01-02",
         ],
+        "a backfill does not run gray releases": [
+            f"--input={trained_model.data_dir}",
+            "--start=2026-01-01",
+            "--end=2026-01-02",
+            f"--canary={trained_model.model.name}@1",
+            "--canary_fraction=0.1",
+        ],
     }
     for expected, args in cases.items():
         assert backfill_main([*args, *common]) == 2

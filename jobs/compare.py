@@ -1,0 +1,334 @@
+"""Shadow-compare two model versions on a deterministic sample; bless the candidate on a pass.
+
+    python -m jobs.compare --input=DATA --baseline=loan_default@production \
+        --candidate=loan_default@canary [--sample=0.1] [thresholds]
+
+Exit status: 0 the candidate passed (and was blessed), 3 it failed a check,
+2 an error (bad argument, unverifiable model, bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from batch.errors import UsageError
+from batch.evaluation import Thresholds
+from batch.model_repo import ModelRepository, resolve_model, who
+from batch.output import new_run_id
+from batch.signing import verify_once
+from jobs import demo_paths
+from jobs.cli import exit_process, run_main, setup_logging
+from jobs.score import (
+    _check_local_path,
+    _contract,
+    _fraction,
+    _key_columns,
+    _positive_int,
+    _resolve_inputs,
+    trust_policy,
+)
+
+PROG = "python -m jobs.compare"
+EXIT_FAILED = 3
+DEFAULT_SAMPLE = 0.1
+log = logging.getLogger(PROG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Thresholds()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Score a deterministic sample of the input with a baseline and a candidate model "
+            "(both verified like scoring does) and judge the candidate: agreement of the two "
+            "at --agreement_threshold, mean and max absolute difference of the scores, PSI "
+            "between the two score distributions, and, when the input holds the contract's "
+            "label column, AUC and log-loss of both. Writes OUTPUT/compare=<id>/comparison.json "
+            "and divergent_rows.parquet (the --top_n rows where the scores differ most, with "
+            "their keys). A pass writes a blessing into the candidate's metadata.json, which "
+            "`python -m jobs.models promote NAME@VERSION --to production` requires."
+        ),
+        epilog=(
+            f"Exit status: 0 pass (candidate blessed), {EXIT_FAILED} fail (a check is outside "
+            "its threshold; nothing blessed), 2 error. The sample is the rows whose key hash "
+            "is below --sample * 2^64 (README: Model versions), the same rows a canary run "
+            "with --canary_fraction of the same value routes to the candidate."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--input",
+        help="Parquet file, directory (recursive, hive partitions) or glob. Default: the demo data.",
+    )
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        help="The model now in use: NAME@production, NAME@VERSION, NAME, or a SavedModel path "
+        "(every form jobs.score --model takes).",
+    )
+    parser.add_argument(
+        "--candidate",
+        required=True,
+        help="The model that would replace it: NAME@canary, NAME@VERSION, ... Only a "
+        "registered version can be blessed.",
+    )
+    parser.add_argument(
+        "--model_repo",
+        default=str(demo_paths.demo_model_repo()),
+        help="Model repository folder for registered names.",
+    )
+    parser.add_argument(
+        "--sample",
+        type=_sample,
+        default=DEFAULT_SAMPLE,
+        help="Share of keys to compare, in (0, 1]; chosen by a stable hash of --key_columns, "
+        "so the same keys are compared on every run and runner.",
+    )
+    parser.add_argument(
+        "--key_columns",
+        help="Comma-separated columns that identify a row; they decide the sample and are "
+        "written with the divergent rows. Default: the baseline's registered key columns.",
+    )
+    parser.add_argument(
+        "--contract",
+        help="Data contract rows must meet (rejected rows are counted, not compared); its "
+        "label column, when present in the input, enables AUC and log-loss. Default: the "
+        "baseline's contract.",
+    )
+    parser.add_argument(
+        "--score_output",
+        help="The model output to compare (one number per row, e.g. a probability). "
+        "Default: the only such output both models have.",
+    )
+    parser.add_argument(
+        "--output",
+        help="Folder under which the comparison is written as compare=<id>/. Default: "
+        f"{demo_paths.demo_dir() / 'comparisons'}.",
+    )
+    thresholds = parser.add_argument_group("thresholds (a candidate must meet every one)")
+    thresholds.add_argument(
+        "--agreement_threshold",
+        type=_fraction,
+        default=defaults.agreement_threshold,
+        help="Score at or above which a row counts as positive, for --min_agreement.",
+    )
+    thresholds.add_argument(
+        "--min_agreement",
+        type=_fraction,
+        default=defaults.min_agreement,
+        help="Least share of rows both models put on the same side of --agreement_threshold.",
+    )
+    thresholds.add_argument(
+        "--max_mean_abs_diff",
+        type=_non_negative,
+        default=defaults.max_mean_abs_diff,
+        help="Largest mean |candidate - baseline| score.",
+    )
+    thresholds.add_argument(
+        "--max_psi",
+        type=_non_negative,
+        default=defaults.max_psi,
+        help="Largest population stability index of the candidate's scores against the "
+        "baseline's deciles (0.1: no real shift; 0.25: large).",
+    )
+    thresholds.add_argument(
+        "--max_auc_drop",
+        type=float,
+        default=defaults.max_auc_drop,
+        help="Largest baseline AUC - candidate AUC, checked when the input has labels.",
+    )
+    thresholds.add_argument(
+        "--min_rows",
+        type=_positive_int,
+        default=defaults.min_rows,
+        help="Fewest compared rows for a verdict; fewer fail the comparison.",
+    )
+    parser.add_argument(
+        "--top_n",
+        type=_positive_int,
+        default=100,
+        help="How many of the most divergent rows to keep in divergent_rows.parquet.",
+    )
+    parser.add_argument(
+        "--batch_size", type=_positive_int, default=16384, help="Rows per read and model call."
+    )
+    parser.add_argument(
+        "--on_bad_file",
+        choices=("fail", "skip"),
+        default="fail",
+        help="An unreadable input file fails the comparison, or is skipped and recorded.",
+    )
+    parser.add_argument(
+        "--public_key",
+        help="PEM EC public key both models' signatures must verify with. Default: "
+        f"${demo_paths.PUBLIC_KEY_ENV}, else the demo's key.",
+    )
+    parser.add_argument(
+        "--allow_unsigned",
+        action="store_true",
+        help="Load models without a signature file (loud WARNING); a signature that does "
+        "not verify is refused even so.",
+    )
+    parser.add_argument(
+        "--no_bless",
+        action="store_true",
+        help="Report the verdict only; do not write a blessing even on a pass.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
+    return parser
+
+
+def _sample(text: str) -> float:
+    value = _fraction(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], found {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found '{text}'") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from batch.scorer import quiet_tensorflow
+
+    quiet_tensorflow()
+
+    def compare() -> int:
+        if args.input is None:
+            from jobs.make_demo import ensure_demo_data
+
+            input_spec = str(ensure_demo_data(log=None))
+        else:
+            input_spec = args.input
+        for option, value in (
+            ("--input", input_spec),
+            ("--output", args.output),
+            ("--baseline", args.baseline),
+            ("--candidate", args.candidate),
+        ):
+            _check_local_path(option, value)
+        files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
+        repo = ModelRepository(args.model_repo)
+        baseline = resolve_model(args.baseline, repo)
+        candidate = resolve_model(args.candidate, repo)
+        trust = trust_policy(args.public_key, args.allow_unsigned)
+        for model in (baseline, candidate):
+            verify_once(model, trust)  # refuse an untrusted model before TensorFlow starts
+        contract = _contract(args.contract, baseline)
+        key_columns = tuple(_key_columns(args.key_columns, baseline, contract))
+        output_root = Path(args.output) if args.output else demo_paths.demo_dir() / "comparisons"
+        folder = output_root / f"compare={new_run_id()}"
+        try:
+            output_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--output={output_root}: cannot create it ({exc.strerror or exc}); choose a "
+                "folder you can write to"
+            ) from exc
+
+        from batch.compare import ComparisonRequest, blessing, compare_models, write_comparison
+
+        comparison = compare_models(
+            ComparisonRequest(
+                input_spec=input_spec,
+                files=files,
+                skipped_files=bad_files,
+                baseline=baseline,
+                candidate=candidate,
+                key_columns=key_columns,
+                sample=args.sample,
+                trust=trust,
+                contract=contract,
+                score_output=args.score_output,
+                batch_size=args.batch_size,
+                top_n=args.top_n,
+                thresholds=Thresholds(
+                    agreement_threshold=args.agreement_threshold,
+                    min_agreement=args.min_agreement,
+                    max_mean_abs_diff=args.max_mean_abs_diff,
+                    max_psi=args.max_psi,
+                    max_auc_drop=args.max_auc_drop,
+                    min_rows=args.min_rows,
+                ),
+            )
+        )
+        write_comparison(comparison, folder)
+        if not comparison.passed:
+            blessed = "not blessed (the candidate failed)"
+        elif args.no_bless:
+            blessed = "not blessed (--no_bless)"
+        elif not candidate.registered:
+            blessed = "not blessed (the candidate is a SavedModel path, not a registered version)"
+        else:
+            record = blessing(comparison.report, folder, who())
+            blessed = f"blessed: {repo.add_blessing(candidate, record)}"
+        print(format_report(comparison.report, folder, blessed, time.perf_counter() - started))
+        return 0 if comparison.passed else EXIT_FAILED
+
+    return run_main(compare, PROG)
+
+
+def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: float) -> str:
+    """The verdict as a table a person can read at a glance."""
+    base, cand = report["baseline"], report["candidate"]
+    counts, metrics, sample = report["counts"], report["metrics"], report["sample"]
+
+    def label(model: dict[str, Any]) -> str:
+        alias = f" (@{model['alias']})" if model.get("alias") else ""
+        return f"{model['name']}@{model['version']}{alias}"
+
+    verdict = str(report["verdict"]).upper()
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items())
+    lines = [
+        f"comparison {verdict}: candidate {label(cand)} vs baseline {label(base)}",
+        f"  sample     {sample['fraction']:.1%} of keys: {counts['rows_sampled']:,} of "
+        f"{counts['rows_read']:,} rows; {counts['rows_rejected']:,} rejected"
+        f"{f' ({reasons})' if reasons else ''}; {counts['rows_compared']:,} compared",
+        f"  {'check':<15}{'value':>12}  {'limit':<12}result",
+    ]
+    for check in report["checks"]:
+        value = "-" if check["value"] is None else f"{check['value']:.4f}"
+        if check["name"] == "rows_compared" and check["value"] is not None:
+            value = f"{int(check['value']):,}"
+        bound = ">=" if check["bound"] == "min" else "<="
+        result = "ok" if check["passed"] else "FAIL"
+        note = f" ({check['note']})" if check.get("note") else ""
+        lines.append(
+            f"  {check['name']:<15}{value:>12}  {bound} {check['limit']:<9g}{result}{note}"
+        )
+    if "baseline_auc" in metrics:
+        lines.append(
+            f"  labels     {metrics['labelled_rows']:,} rows: AUC {_num(metrics['baseline_auc'])} -> "
+            f"{_num(metrics['candidate_auc'])}, log-loss {_num(metrics['baseline_log_loss'])} -> "
+            f"{_num(metrics['candidate_log_loss'])} (baseline -> candidate)"
+        )
+    if "max_abs_diff" in metrics:
+        lines.append(
+            f"  scores     mean {metrics['baseline_mean']:.4f} -> {metrics['candidate_mean']:.4f}, "
+            f"max |diff| {metrics['max_abs_diff']:.4f}"
+        )
+    lines += [f"  output     {folder}", f"  {blessed}", f"  wall time  {seconds:.1f}s"]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    exit_process(main())
