@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from batch.errors import UsageError
 from batch.output import LATEST, MANIFEST, PREDICTIONS, REJECTED, RUN_PREFIX, STAGING, SUCCESS
@@ -329,6 +330,10 @@ def _style_axes(axes: Any) -> None:
     axes.tick_params(labelsize=8)
 
 
+def _share_tick(value: float, _: object) -> str:
+    return f"{value:.0%}" if abs(value * 100 - round(value * 100)) < 1e-9 else f"{value:.1%}"
+
+
 def _embed(figure: Figure, alt: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", facecolor="white")
@@ -360,17 +365,26 @@ def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
     return _embed(figure, "rows done and rows per second over the run")
 
 
+def _bucket_label(bound: object) -> str:
+    try:
+        seconds = float(bound)  # type: ignore[arg-type]  # numbers, or "+Inf" as Prometheus writes it
+    except (TypeError, ValueError):
+        return str(bound)
+    return f"≤{_seconds(seconds)}" if math.isfinite(seconds) else "more"
+
+
 def _latency_plot(latency: Mapping[str, Any]) -> str:
     bounds = list(latency.get("le") or [])
     counts = list(latency.get("counts") or [])
-    labels = [f"≤{_seconds(b)}" if math.isfinite(float(b)) else "more" for b in bounds]
-    labels += ["more"] * (len(counts) - len(labels))
+    labels = [_bucket_label(b) for b in bounds]
+    labels += ["more"] * (len(counts) - len(labels))  # an implicit +Inf bucket
     figure = _new_figure(9, 2.4)
     axes = figure.subplots()
     axes.bar(range(len(counts)), counts, color=CURRENT_COLOR, width=0.7)
     axes.set_xticks(range(len(counts)), labels[: len(counts)], rotation=0, fontsize=7)
     axes.set_title("Batches by latency", fontsize=9, loc="left")
     axes.set_ylabel("batches", fontsize=8)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     _style_axes(axes)
     return _embed(figure, "histogram of batch latencies")
 
@@ -413,7 +427,7 @@ def _binned_plot(
         ha="right" if rotate else "center",
         fontsize=7,
     )
-    axes.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    axes.yaxis.set_major_formatter(_share_tick)
     axes.set_title(title, fontsize=9, loc="left")
     axes.legend(fontsize=7, frameon=False)
     _style_axes(axes)
@@ -427,7 +441,8 @@ def _distribution_plot(title: str, series: Sequence[tuple[str, np.ndarray, str]]
     edges = np.histogram_bin_edges(combined, bins=40) if combined.size else np.linspace(0, 1, 41)
     figure = _new_figure(9, 2.8)
     axes = figure.subplots()
-    for (label, _, color), values in zip(series, finite, strict=True):
+    # This run on top, so it stays visible where the distributions coincide.
+    for order, ((label, _, color), values) in enumerate(zip(series, finite, strict=True)):
         if not values.size:
             continue
         weights = np.full(values.size, 1.0 / values.size)
@@ -436,19 +451,21 @@ def _distribution_plot(title: str, series: Sequence[tuple[str, np.ndarray, str]]
             bins=edges.tolist(),
             weights=weights,
             histtype="stepfilled",
-            alpha=0.25,
+            alpha=0.2,
             color=color,
+            zorder=10 - order,
         )
         axes.hist(
             values,
             bins=edges.tolist(),
             weights=weights,
             histtype="step",
-            linewidth=1.5,
+            linewidth=1.6,
             color=color,
+            zorder=10 - order,
             label=f"{label} ({values.size:,} sampled)",
         )
-    axes.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    axes.yaxis.set_major_formatter(_share_tick)
     axes.set_title(title, fontsize=9, loc="left")
     axes.set_ylabel("share of rows", fontsize=8)
     axes.legend(fontsize=7, frameon=False)

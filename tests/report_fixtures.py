@@ -24,6 +24,18 @@ def _histogram(bins: list[str], baseline: list[float], shift: float) -> dict[str
     return {"bins": bins, "baseline": base.round(4).tolist(), "current": current.round(4).tolist()}
 
 
+def _shifted_bell(bins: list[str], shift: float) -> dict[str, Any]:
+    """A numeric feature whose distribution moved by ``shift`` standard deviations."""
+    centers = np.linspace(-2.25, 2.25, len(bins))
+    base = np.exp(-(centers**2) / 2)
+    current = np.exp(-((centers - shift) ** 2) / 2)
+    return {
+        "bins": bins,
+        "baseline": (base / base.sum()).round(4).tolist(),
+        "current": (current / current.sum()).round(4).tolist(),
+    }
+
+
 def _psi(histogram: dict[str, Any]) -> float:
     base = np.clip(np.asarray(histogram["baseline"]), 1e-4, None)
     current = np.clip(np.asarray(histogram["current"]), 1e-4, None)
@@ -78,18 +90,18 @@ def with_observability_fields(manifest: dict[str, Any]) -> dict[str, Any]:
         "timeline": timeline,
     }
     deciles = [f"q{i}" for i in range(1, 11)]
-    features = []
+    features: list[dict[str, Any]] = []
     for name, kind, shift in (
-        ("credit_score", "numeric", 0.45),
-        ("debt_to_income", "numeric", 0.25),
-        ("interest_rate", "numeric", 0.12),
-        ("annual_income", "numeric", 0.04),
-        ("loan_amount", "numeric", 0.02),
+        ("credit_score", "numeric", 0.6),
+        ("debt_to_income", "numeric", 0.45),
+        ("interest_rate", "numeric", 0.3),
+        ("annual_income", "numeric", 0.1),
+        ("loan_amount", "numeric", 0.05),
         ("state", "categorical", 0.06),
         ("channel", "categorical", 0.01),
     ):
         if kind == "numeric":
-            histogram = _histogram(deciles, [2, 5, 9, 14, 18, 18, 14, 10, 6, 4], shift)
+            histogram = _shifted_bell(deciles, shift)
         else:
             labels = (
                 ["web", "branch", "partner", "phone", "<unseen>"]
