@@ -191,6 +191,8 @@ def sample_predictions(
     if not paths:
         return {}
     columns = prediction_columns(pq.read_schema(paths[0]), manifest.get("key_columns") or [])
+    if not columns:
+        return {}
     total = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
     stride = max(1, math.ceil(total / max(1, sample_rows)))
     kept: dict[str, list[np.ndarray]] = {name: [] for name in columns}
@@ -1087,17 +1089,35 @@ window.addEventListener("load", function () {
 </script>"""
 
 
+def _guarded(anchor: str, title: str, build: Callable[[], Section]) -> Section:
+    """One section; a manifest field of an unexpected shape spoils that section only, and
+    the page says which field and why instead of the whole report failing."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        return Section(
+            anchor,
+            title,
+            _absent(
+                f"This section could not be drawn from the manifest ({detail}); the manifest "
+                "fields it reads have an unexpected shape. The other sections are unaffected."
+            ),
+            "unknown",
+        )
+
+
 def render_report(
     run: RunData, baseline: RunData | None = None, *, generated_at: dt.datetime | None = None
 ) -> str:
     """The whole page, as one HTML string."""
     sections = [
-        _counts_section(run, baseline),
-        _throughput_section(run, baseline),
-        _rejects_section(run),
-        _predictions_section(run, baseline),
-        _drift_section(run),
-        _checks_section(run),
+        _guarded("counts", "Counts and reconciliation", lambda: _counts_section(run, baseline)),
+        _guarded("throughput", "Throughput", lambda: _throughput_section(run, baseline)),
+        _guarded("rejects", "Reject reasons", lambda: _rejects_section(run)),
+        _guarded("predictions", "Predictions", lambda: _predictions_section(run, baseline)),
+        _guarded("drift", "Drift", lambda: _drift_section(run)),
+        _guarded("checks", "Checks", lambda: _checks_section(run)),
     ]
     nav = "".join(
         f'<a href="#{s.anchor}">{_esc(s.title)}'
