@@ -289,21 +289,31 @@ def worst_status(statuses: Iterable[object]) -> str | None:
 
 
 def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], *, align: str = "", cls: str = ""
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    align: str = "",
+    cls: str = "",
+    row_status: Sequence[object] = (),
 ) -> str:
     """An HTML table; cells are already escaped HTML. ``align`` has one letter per column,
-    ``l`` or ``r`` (numbers); by default the first column is text and the others numbers."""
+    ``l`` or ``r`` (numbers); by default the first column is text and the others numbers.
+    Rows whose ``row_status`` is warn or fail are tinted."""
     align = align or "l" + "r" * (len(headers) - 1)
 
     def cls_of(i: int) -> str:
         return "num" if i < len(align) and align[i] == "r" else ""
 
+    def tint(i: int) -> str:
+        status = row_status[i] if i < len(row_status) else None
+        return f' class="row-{status}"' if status in ("warn", "fail") else ""
+
     head = "".join(f'<th class="{cls_of(i)}">{_esc(h)}</th>' for i, h in enumerate(headers))
     body = "".join(
-        "<tr>"
+        f"<tr{tint(r)}>"
         + "".join(f'<td class="{cls_of(i)}">{cell}</td>' for i, cell in enumerate(row))
         + "</tr>"
-        for row in rows
+        for r, row in enumerate(rows)
     )
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -953,6 +963,7 @@ def _drift_section(run: RunData) -> Section:
             rows,
             align="llrrrrl",
             cls="drift",
+            row_status=[f.get("status") for f in features],
         )
     )
     flagged = sum(1 for f in features if f.get("status") in ("warn", "fail"))
@@ -1010,7 +1021,11 @@ def _checks_section(run: RunData) -> Section:
         "checks",
         title,
         _table(
-            ["check", "value", "threshold", "status", "message"], rows, align="lrrll", cls="checks"
+            ["check", "value", "threshold", "status", "message"],
+            rows,
+            align="lrrll",
+            cls="checks",
+            row_status=[c.get("status") for c in order],
         ),
         status,
     )
@@ -1061,6 +1076,7 @@ img.plot { max-width:100%; height:auto; display:block; margin:8px 0; }
 .absent { color:var(--unknown); background:#f1f5f9; border-left:4px solid #cbd5e1;
   padding:8px 12px; margin:8px 0; border-radius:4px; }
 .note { color:var(--muted); font-size:13px; }
+tr.row-warn td { background:#fffbeb; } tr.row-fail td { background:#fef2f2; }
 footer { color:var(--muted); font-size:12px; margin-top:24px; text-align:center; }
 """
 

@@ -327,10 +327,11 @@ def test_report_renders_the_metrics_drift_and_checks_sections(
     assert_page_loaded(open_in_chromium(out, tmp_path), html_text)
 
 
-def _minimal_run(root: Path, manifest: dict[str, Any] | None = None) -> Path:
+def _minimal_run(root: Path) -> Path:
+    """A committed run folder with a manifest of an empty run, nothing else."""
     run_dir = root / "out" / "m" / "1" / f"run={RUN_ID}"
     run_dir.mkdir(parents=True)
-    payload = manifest or {
+    payload = {
         "run_id": RUN_ID,
         "model": {"name": "m", "version": "1"},
         "counts": {
@@ -381,6 +382,12 @@ class TestCommandLine:
         text = capsys.readouterr().out
         for option in ("RUN_DIR", "--baseline", "--out", "--sample_rows"):
             assert option in text
+
+    def test_sample_rows_must_be_positive(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exit_info:
+            report_main(["RUN_DIR", "--sample_rows=0"])
+        assert exit_info.value.code == 2
+        assert "--sample_rows must be at least 1, got 0" in capsys.readouterr().err
 
     def test_missing_run_dir(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         missing = tmp_path / "nope"
