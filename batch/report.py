@@ -49,6 +49,8 @@ EXAMPLES_PER_REASON = 3
 # Rejected rows scanned for examples at most (a run that rejected millions of rows
 # still shows examples of each frequent reason without reading them all).
 MAX_REJECTED_SCANNED = 500_000
+# A run shorter than this has no throughput estimate from its second-resolution times.
+MIN_SECONDS_FOR_ESTIMATE = 10
 WORST_FEATURES_MIN = 3
 WORST_FEATURES_MAX = 5
 
@@ -724,10 +726,15 @@ def _throughput_section(run: RunData, baseline: RunData | None) -> Section:
         )
         estimate = ""
         if started and finished and isinstance(counts.get("rows_scored"), int):
-            seconds = max(1.0, (finished - started).total_seconds())
+            seconds = (finished - started).total_seconds()
+            # The times are to the second: below 10 s the estimate would be off by over 10%.
             estimate = (
-                f" From the manifest's start and commit times (to the second, start-up included): "
-                f"{seconds:,.0f} s, about {counts['rows_scored'] / seconds:,.0f} predictions/s."
+                f" From the manifest's start and commit times (to the second, start-up "
+                f"included): {seconds:,.0f} s, about {counts['rows_scored'] / seconds:,.0f} "
+                "predictions/s."
+                if seconds >= MIN_SECONDS_FOR_ESTIMATE
+                else f" By the manifest's start and commit times (to the second) the run took "
+                f"under {MIN_SECONDS_FOR_ESTIMATE} s, too short to estimate its throughput."
             )
         return Section(
             "throughput",

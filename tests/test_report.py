@@ -521,3 +521,21 @@ def test_a_field_of_an_unexpected_shape_spoils_only_its_section(tmp_path: Path) 
         "could not be drawn from the manifest (KeyError: 't')" in page.sections["throughput"].text
     )
     assert "Every input row is either scored or rejected" in page.sections["counts"].text
+
+
+@pytest.mark.parametrize(
+    ("finished", "expected"),
+    [
+        ("2026-01-01T00:01:00+00:00", "60 s, about 10,000 predictions/s"),
+        ("2026-01-01T00:00:05+00:00", "under 10 s, too short to estimate its throughput"),
+    ],
+)
+def test_without_metrics_throughput_is_estimated_from_the_run_times(
+    tmp_path: Path, finished: str, expected: str
+) -> None:
+    manifest = json.loads((_minimal_run(tmp_path) / MANIFEST).read_text())
+    manifest["counts"].update(rows_in=600_000, rows_scored=600_000)
+    manifest.update(started="2026-01-01T00:00:00+00:00", finished=finished)
+    page = parse_page(render_report(RunData(tmp_path, manifest)))
+    assert "No run metrics in this manifest" in page.sections["throughput"].text
+    assert expected in page.sections["throughput"].text
