@@ -356,8 +356,11 @@ def _embed(figure: Figure, alt: str) -> str:
 
 
 def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
-    t = np.array([float(p["t"]) for p in timeline])
-    rows = np.array([float(p["rows"]) for p in timeline])
+    points = sorted((float(p["t"]), float(p["rows"])) for p in timeline)
+    if points[0][0] > 0:  # no row is done at the start; a short run has one sample only
+        points.insert(0, (0.0, 0.0))
+    t = np.array([p[0] for p in points])
+    rows = np.array([p[1] for p in points])
     figure = _new_figure(9, 2.8)
     done, rate = figure.subplots(1, 2)
     done.plot(t, rows, color=CURRENT_COLOR, linewidth=1.8)
@@ -368,7 +371,7 @@ def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
     if len(t) > 1:
         dt_ = np.diff(t)
         per_second = np.divide(np.diff(rows), dt_, out=np.zeros_like(dt_), where=dt_ > 0)
-        rate.step(t[1:], per_second, where="pre", color=CURRENT_COLOR, linewidth=1.5)
+        rate.stairs(per_second, t, baseline=None, color=CURRENT_COLOR, linewidth=1.5)
     rate.set_title("Rows per second (between samples)", fontsize=9, loc="left")
     rate.set_xlabel("seconds since start", fontsize=8)
     rate.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
@@ -384,7 +387,9 @@ def _bucket_label(bound: object) -> str:
         seconds = float(bound)  # type: ignore[arg-type]  # numbers, or "+Inf" as Prometheus writes it
     except (TypeError, ValueError):
         return str(bound)
-    return f"≤{_seconds(seconds)}" if math.isfinite(seconds) else "more"
+    if not math.isfinite(seconds):
+        return "more"
+    return f"≤{seconds * 1000:g} ms" if seconds < 1 else f"≤{seconds:g} s"
 
 
 def _latency_plot(latency: Mapping[str, Any]) -> str:
@@ -395,7 +400,14 @@ def _latency_plot(latency: Mapping[str, Any]) -> str:
     figure = _new_figure(9, 2.4)
     axes = figure.subplots()
     axes.bar(range(len(counts)), counts, color=CURRENT_COLOR, width=0.7)
-    axes.set_xticks(range(len(counts)), labels[: len(counts)], rotation=0, fontsize=7)
+    crowded = len(counts) > 8
+    axes.set_xticks(
+        range(len(counts)),
+        labels[: len(counts)],
+        rotation=45 if crowded else 0,
+        ha="right" if crowded else "center",
+        fontsize=7,
+    )
     axes.set_title("Batches by latency", fontsize=9, loc="left")
     axes.set_ylabel("batches", fontsize=8)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -443,7 +455,10 @@ def _binned_plot(
     )
     axes.yaxis.set_major_formatter(_share_tick)
     axes.set_title(title, fontsize=9, loc="left")
-    axes.legend(fontsize=7, frameon=False)
+    # Above the plot, beside the title: bins fill the whole width.
+    axes.legend(
+        fontsize=7, frameon=False, ncols=len(series), loc="lower right", bbox_to_anchor=(1, 1)
+    )
     _style_axes(axes)
     return _embed(figure, f"histogram of {title}: baseline against this run")
 
@@ -782,11 +797,7 @@ def _throughput_section(run: RunData, baseline: RunData | None) -> Section:
     parts = [_table(headers, rows)]
     if baseline and other is None:
         parts.append(_note("The baseline run's manifest has no metrics to compare with."))
-    parts.append(
-        _timeline_plot(timeline)
-        if len(timeline) >= 2
-        else _absent("No timeline recorded (fewer than two samples).")
-    )
+    parts.append(_timeline_plot(timeline) if timeline else _absent("No timeline recorded."))
     if latency.get("counts"):
         parts.append(_latency_plot(latency))
     else:
