@@ -1,0 +1,112 @@
+"""Write the report of a committed run as one self-contained HTML page.
+
+    python -m jobs.report RUN_DIR [--baseline RUN_DIR] [--out PATH]
+
+The page shows the run's model and status, its counts and whether they
+reconcile, throughput over time and batch latencies, reject reasons with
+example rows, the prediction distribution against the training baseline (and
+against another run with --baseline), the drift table with the histograms of
+the most drifted features, and the checks. Plots are embedded images and the
+page loads nothing from anywhere, so it can be mailed or archived as it is.
+
+Sections whose data the manifest lacks (runs written before metrics and drift
+were recorded, models without a training baseline) say so in the page.
+The run folder itself is never written to: it is immutable and checked by
+python -m jobs.verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from batch.report import DEFAULT_SAMPLE_ROWS, ReportError, load_run, render_report
+from jobs.cli import run_main
+
+PROG = "python -m jobs.report"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a committed run: OUTPUT/<model>/<version>/run=<run id> (the folder "
+        "python -m jobs.score printed)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="RUN_DIR",
+        help="another committed run to compare with (e.g. last week's): counts and "
+        "throughput side by side, its predictions overlaid on this run's",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="where to write the page (default: ./report-<run id>.html); never inside "
+        "the run folder",
+    )
+    parser.add_argument(
+        "--sample_rows",
+        type=int,
+        default=DEFAULT_SAMPLE_ROWS,
+        metavar="N",
+        help="prediction values read per run for the distribution plots, evenly spread "
+        "over the run (default: %(default)s); memory stays flat however large the run",
+    )
+    return parser
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sample_rows < 1:
+        parser.error(f"--sample_rows must be at least 1, got {args.sample_rows}")
+
+    def report() -> int:
+        run = load_run(args.run_dir, sample_rows=args.sample_rows)
+        baseline = load_run(args.baseline, sample_rows=args.sample_rows) if args.baseline else None
+        out: Path = args.out or Path(f"report-{run.run_id}.html")
+        if out.resolve().is_relative_to(args.run_dir.resolve()):
+            raise ReportError(
+                f"--out {out} is inside the run folder {args.run_dir}, which is immutable "
+                "(python -m jobs.verify would flag it); write the report elsewhere"
+            )
+        try:
+            _write_atomic(out, render_report(run, baseline))
+        except OSError as exc:
+            raise ReportError(
+                f"{out}: cannot write the report ({exc.strerror}); pass a writable --out PATH"
+            ) from exc
+        print(out)
+        return 0
+
+    return run_main(report, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
