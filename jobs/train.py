@@ -65,9 +65,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
+from batch.drift import baseline_path, compute_baseline
 from batch.errors import InputDataError, UsageError
-from batch.fsutil import file_sha256
-from batch.model_repo import ModelRepository, ResolvedModel
+from batch.fsutil import file_sha256, write_json_atomic
+from batch.model_repo import SAVED_MODEL_DIR, ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
 from batch.signature import SignatureInfo, TensorInfo
 from batch.signing import key_fingerprint, public_key_of, short
@@ -96,7 +97,14 @@ DEFAULT_EPOCHS = 3
 DEFAULT_SEED = 7
 DEFAULT_BATCH_SIZE = 512
 
-_STEPS = ["read_clean_split", "tft_analyze_transform_beam", "keras_fit", "export", "evaluate"]
+_STEPS = [
+    "read_clean_split",
+    "tft_analyze_transform_beam",
+    "keras_fit",
+    "export",
+    "evaluate",
+    "drift_baseline",
+]
 _DTYPE_NAMES = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
 _ARROW_TYPES = {tf.int64: pa.int64(), tf.float32: pa.float32(), tf.string: pa.string()}
 
@@ -607,6 +615,9 @@ def train_and_register(
         }
         lap("evaluate")
 
+        baseline = write_drift_baseline(saved_model_dir, raw, scores, source)
+        lap("drift_baseline")
+
         metadata = {
             "signature": signature_metadata(),
             "key_columns": [loans.KEY],
@@ -629,6 +640,7 @@ def train_and_register(
                 "timings_s": timings,
             },
             "metrics": metrics,
+            "drift_baseline": baseline,
             "framework": framework_versions(),
         }
         resolved = repo.register(
@@ -644,6 +656,30 @@ def train_and_register(
         f"{short(key_fingerprint(public_key_of(key)))})"
     )
     return resolved
+
+
+def write_drift_baseline(
+    saved_model_dir: Path, raw: pa.Table, heldout_scores: np.ndarray, source: Path
+) -> dict[str, Any]:
+    """Statistics of every raw feature (all rows read, dirty ones included, as scoring sees
+    them) and of the held-out predictions, saved inside the SavedModel before it is signed:
+    the signature covers the baseline, and metadata.json records its sha256."""
+    baseline = compute_baseline(
+        raw,
+        list(loans.raw_feature_spec()),
+        source=f"{source} (first {raw.num_rows:,} rows; predictions on the held-out rows)",
+        predictions=heldout_scores,
+        prediction_name=OUTPUT_KEY,
+    )
+    path = baseline_path(saved_model_dir)
+    write_json_atomic(path, baseline.to_json())
+    return {
+        "path": f"{SAVED_MODEL_DIR}/{path.relative_to(saved_model_dir).as_posix()}",
+        "sha256": file_sha256(path),
+        "rows": baseline.rows,
+        "prediction_rows": baseline.prediction_rows,
+        "features": len(baseline.features),
+    }
 
 
 def signature_metadata() -> dict[str, Any]:
