@@ -55,7 +55,7 @@ from batch.output import (
     commit_run,
 )
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
-from batch.progress import ProgressMode, ProgressMonitor
+from batch.progress import LOG_EVERY_S, ProgressMode, ProgressMonitor
 from batch.scorer import CONSTANT_COLUMNS, BatchScorer, load_model
 from batch.signature import SignatureInfo, schema_problems
 from batch.signing import STRICT, TrustPolicy, verify_once
@@ -343,6 +343,7 @@ def run_scoring(
     drift: bool = True,
     drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS,
     progress: ProgressMode = "off",
+    progress_every_s: float = LOG_EVERY_S,
     on_outcome: Callable[[RunOutcome], None] | None = None,
 ) -> RunSummary:
     """Check, score with ``runner``, reconcile, run the checks and commit one run.
@@ -414,7 +415,9 @@ def run_scoring(
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
     with RunLock(layout):
         layout.staging_dir.mkdir(parents=True)
-        with ProgressMonitor(layout.staging_dir, rows_in, progress) as monitor:
+        with ProgressMonitor(
+            layout.staging_dir, rows_in, progress, log_every_s=progress_every_s
+        ) as monitor:
             runner.execute(job, splits)
         stats = merge_part_stats(layout.staging_dir)
         if stats.rows_read != rows_in:

@@ -34,6 +34,7 @@ from batch.job import (
 )
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
+from batch.progress import LOG_EVERY_S
 from batch.signing import TrustPolicy, short, verify_once
 from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
@@ -181,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else a log line every 5 s on stderr (auto, the default); or force bar, log, off.",
     )
     observe.add_argument(
+        "--progress_every",
+        type=_positive_float,
+        default=LOG_EVERY_S,
+        metavar="SECONDS",
+        help="Seconds between progress log lines when not on a terminal (default: %(default)s).",
+    )
+    observe.add_argument(
         "--drift",
         choices=("on", "off"),
         default="on",
@@ -254,6 +262,13 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found '{text}'") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, found 0")
     return value
 
 
@@ -490,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drift=args.drift == "on",
             drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),
             progress=args.progress,
+            progress_every_s=args.progress_every,
             on_outcome=observer.report,
         )
         print(format_summary(summary))
