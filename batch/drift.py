@@ -105,17 +105,14 @@ class FeatureBaseline:
             column = column.combine_chunks()
         nulls = column.null_count
         if self.kind == NUMERIC:
-            values = np.asarray(
-                pc.drop_null(column).to_numpy(zero_copy_only=False), dtype=np.float64
-            )
-            finite = ~np.isnan(values)
-            if not finite.all():
-                nulls += int((~finite).sum())
-                values = values[finite]
-            edges = np.asarray(self.edges, dtype=np.float64)
-            counts = np.bincount(
-                np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1
-            )
+            present = pc.drop_null(column) if nulls else column
+            values = np.asarray(present.to_numpy(zero_copy_only=False), dtype=np.float64)
+            if pa.types.is_floating(column.type):
+                nan = np.isnan(values)
+                if nan.any():
+                    nulls += int(nan.sum())
+                    values = values[~nan]
+            counts = np.bincount(_bin_index(values, self.edges), minlength=len(self.edges) + 1)
         else:
             categories = pa.array(self.categories, type=column.type)
             index = pc.fill_null(pc.index_in(column, value_set=categories), len(self.categories))
@@ -390,7 +387,7 @@ def drift_report(
         "status": OK,
     }
     if disabled:
-        report["note"] = "drift was not computed (--drift=off)"
+        report["note"] = "not computed (--drift=off)"
         return report
     if baseline is None:
         report["note"] = "the model has no drift baseline (train it with jobs.train to get one)"
@@ -411,6 +408,19 @@ def drift_report(
     statuses = {entry["status"] for entry in entries}
     report["status"] = FAIL if FAIL in statuses else WARN if WARN in statuses else OK
     return report
+
+
+def _bin_index(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """For each value, how many edges are <= it (``searchsorted(edges, values, "right")``).
+
+    With the few edges a baseline has, one vectorized comparison per edge is about three
+    times faster than a binary search per value."""
+    if len(edges) > 100:
+        return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
+    index = np.zeros(values.shape, dtype=np.int8)
+    for edge in edges:
+        index += values >= edge
+    return index
 
 
 def _number(value: float) -> str:

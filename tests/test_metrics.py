@@ -95,6 +95,15 @@ class TestProgress:
         timeline = monitor.timeline()
         assert timeline and all(a["rows"] <= b["rows"] for a, b in itertools.pairwise(timeline))
 
+    def test_bar_mode_follows_the_parts(self, tmp_path: Path) -> None:
+        stream = io.StringIO()
+        with ProgressMonitor(tmp_path, 100, "bar", stream=stream, poll_s=0.05) as monitor:
+            write_progress(tmp_path, 0, 40)
+            write_progress(tmp_path, 1, 60)
+            time.sleep(0.3)
+        assert monitor.mode == "bar"
+        assert monitor.timeline()[-1]["rows"] == 100
+
     def test_line_before_any_part_reports(self) -> None:
         assert "waiting" in progress_line(None, 100, 3.0, 0.0)
 
