@@ -150,8 +150,8 @@ def score_batches(
     work here, with a part index that is stable across retries of that unit.
     Besides the Parquet parts it stages the part's stats (batch.metrics).
     """
-    started = time.perf_counter()
     loaded = load_model(job.model, job.trust)
+    started = time.perf_counter()
     scorer = BatchScorer(loaded, job.key_columns, job.layout.run_id)
     validator = RowValidator(scorer.input_types, job.rules)
     baseline = job.baseline

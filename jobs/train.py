@@ -20,9 +20,13 @@ Steps:
    model, and returns ``default_probability`` (float32, shape [batch]); a second
    signature ``transform_features`` returns the transformed features;
 7. evaluate that serving function on the held-out rows (AUC, log loss);
-8. register the SavedModel with its transform output and metadata in the model
-   repository as the next version of ``--name``, signed with ``--key`` (the
-   demo's own key pair by default; see batch/signing.py).
+8. describe every raw feature of the rows read and the held-out predictions as
+   the drift baseline (batch/drift.py), saved inside the SavedModel as
+   ``assets.extra/batchscore_baseline.json`` so that the signature covers it;
+9. register the SavedModel with its transform output and metadata (the
+   baseline's sha256 included) in the model repository as the next version of
+   ``--name``, signed with ``--key`` (the demo's own key pair by default; see
+   batch/signing.py).
 
 Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
 package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
