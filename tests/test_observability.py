@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -252,6 +254,29 @@ def test_the_baseline_is_signed_and_recorded_by_sha256(trained_model: TrainedMod
     assert recorded["path"] == "saved_model/assets.extra/batchscore_baseline.json"
     signed = signed_files(signature_path(saved_model)) or {}
     assert signed.get("assets.extra/batchscore_baseline.json") == file_sha256(path)
+
+
+def test_a_changed_baseline_fails_verification(
+    trained_model: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(trained_model.repo, repo)
+    version_dir = repo / trained_model.model.name / trained_model.model.version
+    path = baseline_path(version_dir / "saved_model")
+    baseline = read_json(path)
+    baseline["features"][0]["fractions"] = list(reversed(baseline["features"][0]["fractions"]))
+    path.write_text(json.dumps(baseline))
+    rc = score_main(
+        [
+            f"--input={trained_model.data_dir}",
+            f"--model={trained_model.model.name}@{trained_model.model.version}",
+            f"--model_repo={repo}",
+            f"--output={tmp_path / 'out'}",
+            BUDGET,
+        ]
+    )
+    assert rc == 2
+    assert "assets.extra/batchscore_baseline.json" in capsys.readouterr().err
 
 
 @pytest.mark.slow
