@@ -121,9 +121,11 @@ class ProgressMonitor:
 
     def _rate(self) -> float:
         # Over the last ~10 s of samples: recent speed, not the average since start-up.
-        if len(self.samples) < 2:
+        if not self.samples:
             return 0.0
         last_t, last_rows = self.samples[-1]
+        if len(self.samples) == 1:
+            return last_rows / last_t if last_t > 0 else 0.0
         window = [s for s in self.samples if s[0] >= last_t - 10.0]
         first_t, first_rows = window[0] if len(window) > 1 else self.samples[-2]
         return (last_rows - first_rows) / (last_t - first_t) if last_t > first_t else 0.0
