@@ -460,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
+        observer.model = model
         trust = trust_policy(args.public_key, args.allow_unsigned)
         verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
         contract = _contract(args.contract, model)
@@ -484,9 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  {model.label} already scored this input (unchanged files, model, "
                     "contract and keys); nothing to do. --force scores it again"
                 )
+                observer.report_up_to_date(current.run_id, current.run_dir)
                 return 0
         runner = make_runner(args.runner, pipeline_args, args.spark_master, args.spark_conf or ())
-        label.append(model)
         summary = run_scoring(
             input_spec=input_spec,
             files=files,
@@ -512,7 +513,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     observer = OutcomeObserver(args.summary_file, args.metrics_textfile, args.pushgateway)
-    label: list[ResolvedModel] = []
 
     def guarded() -> int:
         try:
@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = run_main(guarded, PROG)
     if code != 0 and not observer.reported:
         # Failed before any check ran (arguments, input, model): still tell the alerting side.
-        observer.report_failure(observer.last_error, label[0] if label else None)
+        observer.report_failure(observer.last_error)
     return code
 
 
@@ -539,6 +539,8 @@ class OutcomeObserver:
         self.pushgateway = pushgateway
         self.reported = False
         self.last_error = "the job failed before scoring; see the error above"
+        # The model being scored, once resolved (failure summaries name it).
+        self.model: ResolvedModel | None = None
 
     def report(self, outcome: RunOutcome) -> None:
         self.reported = True
@@ -550,7 +552,20 @@ class OutcomeObserver:
             outcome.model_version,
         )
 
-    def report_failure(self, reason: str, model: ResolvedModel | None) -> None:
+    def report_up_to_date(self, run_id: str, run_dir: Path) -> None:
+        """Nothing was scored: an earlier committed run already holds this input's predictions."""
+        self.reported = True
+        summary = run_summary(
+            run_id=run_id,
+            run_dir=str(run_dir),
+            reason="up to date: a committed run already holds this input's predictions",
+            model=self.model.label if self.model is not None else None,
+        )
+        name, version = (self.model.name, self.model.version) if self.model else ("unknown",) * 2
+        self._export(summary, None, None, name, version)
+
+    def report_failure(self, reason: str) -> None:
+        model = self.model
         summary = run_summary(
             run_id=None,
             run_dir=None,

@@ -124,9 +124,19 @@ class TestMetrics:
             "--force",
         )
         assert rc == 0
-        metrics = _only_run(tmp_path).manifest()["metrics"]
+        run = _only_run(tmp_path)
+        metrics = run.manifest()["metrics"]
         for name in (*DETERMINISTIC, "batches"):
             assert metrics[name] == beam_run.manifest["metrics"][name], name
+        # Again without --force: nothing to score, and the summary points at that run.
+        summary_file = tmp_path / "again.json"
+        rc = _score(
+            trained_model, trained_model.data_dir, tmp_path, f"--summary_file={summary_file}"
+        )
+        assert rc == 0
+        again = read_json(summary_file)
+        assert again["status"] == "ok" and again["run_dir"] == str(run.run_dir)
+        assert again["reason"].startswith("up to date")
 
     def test_textfile_parses_as_prometheus_exposition(self, beam_run: BeamRun) -> None:
         families = {f.name: f for f in text_string_to_metric_families(beam_run.textfile)}
@@ -236,6 +246,26 @@ class TestDriftAndChecks:
         assert "max_error_rate" in summary["reason"]
         (budget,) = [c for c in summary["checks"] if c["name"] == "error_rate"]
         assert budget["status"] == "fail" and budget["threshold"] == 0.0001
+
+    def test_a_job_that_fails_before_scoring_still_writes_a_fail_summary(
+        self, trained_model: TrainedModel, tmp_path: Path
+    ) -> None:
+        missing = tmp_path / "no-such-input"
+        rc = _score(
+            trained_model,
+            missing,
+            tmp_path / "out",
+            f"--summary_file={tmp_path / 's.json'}",
+            f"--metrics_textfile={tmp_path / 'm.prom'}",
+        )
+        assert rc == 2
+        summary = read_json(tmp_path / "s.json")
+        assert summary["status"] == "fail" and summary["run_dir"] is None
+        assert str(missing) in summary["reason"] and summary["counts"] is None
+        families = {
+            f.name: f for f in text_string_to_metric_families((tmp_path / "m.prom").read_text())
+        }
+        assert families["batchscore_run_success"].samples[0].value == 0
 
     def test_drift_off_skips_the_comparison(
         self, trained_model: TrainedModel, tmp_path: Path
