@@ -24,11 +24,12 @@ driver after the pipeline finishes (batch.job.run_scoring).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import Metrics
+from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -39,6 +40,8 @@ from batch.errors import UsageError
 from batch.inputs import Split
 from batch.job import ScoringJob, SplitResult, score_split
 from batch.scorer import load_model
+
+log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "batchscore"
 # Beam metric names (namespace batchscore), live while the pipeline runs; the manifest's
@@ -178,3 +181,25 @@ class BeamRunner:
             from runners.dataflow import write_dry_run
 
             self.dry_run_report = write_dry_run(pipeline.result, self.pipeline_options).describe()
+            return
+        log_beam_metrics(pipeline.result)
+
+
+def log_beam_metrics(result: Any) -> None:
+    """Log the job's batchscore counters as the runner reports them (committed values
+    where the runner has them, else attempted)."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception as exc:  # a runner without metrics support: nothing to show
+        log.info("beam metrics unavailable: %s", exc)
+        return
+    values = {}
+    for counter in found["counters"]:
+        values[counter.key.metric.name] = (
+            counter.committed if counter.committed is not None else counter.attempted
+        )
+    log.info(
+        "beam metrics (namespace %s): %s",
+        METRICS_NAMESPACE,
+        " ".join(f"{name}={value}" for name, value in sorted(values.items())),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Iterator
@@ -114,8 +115,13 @@ class TestMetrics:
         assert lines, beam_run.stderr
 
     def test_a_repeated_bundle_is_not_counted_twice(
-        self, trained_model: TrainedModel, beam_run: BeamRun, tmp_path: Path
+        self,
+        trained_model: TrainedModel,
+        beam_run: BeamRun,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
+        caplog.set_level(logging.INFO, logger="runners.beam")
         rc = _score(
             trained_model,
             trained_model.data_dir,
@@ -128,6 +134,10 @@ class TestMetrics:
         metrics = run.manifest()["metrics"]
         for name in (*DETERMINISTIC, "batches"):
             assert metrics[name] == beam_run.manifest["metrics"][name], name
+        # Beam's own counters, same names, are what the runner reports (live values).
+        (line,) = [r.getMessage() for r in caplog.records if "beam metrics" in r.getMessage()]
+        for name in ("rows_read=", "rows_scored=", "rows_rejected=", "batches=", "splits="):
+            assert name in line, line
         # Again without --force: nothing to score, and the summary points at that run.
         summary_file = tmp_path / "again.json"
         rc = _score(
