@@ -436,8 +436,8 @@ def run_scoring(
         }
         metrics = metrics_section(stats, time.perf_counter() - started, monitor.timeline())
 
-        def tell(run_dir: Path | None, reason: str | None) -> dict[str, Any]:
-            summary = run_summary(
+        def summary_for(run_dir: Path | None, reason: str | None = None) -> dict[str, Any]:
+            return run_summary(
                 run_id=run_id,
                 run_dir=str(run_dir) if run_dir is not None else None,
                 checks=checks,
@@ -446,28 +446,23 @@ def run_scoring(
                 reason=reason,
                 model=model.label,
             )
+
+        def tell(summary: dict[str, Any]) -> None:
             if on_outcome is not None:
                 on_outcome(RunOutcome(summary, metrics, drift_section, model.name, model.version))
-            return summary
 
-        manifest.update(metrics=metrics, drift=drift_section, checks=checks)
+        # The summary as it will be once committed (the commit writes the manifest).
+        manifest.update(
+            metrics=metrics, drift=drift_section, checks=checks, summary=summary_for(layout.run_dir)
+        )
         try:
             if drift_section["status"] == "fail":
                 raise DriftExceeded(_drift_failure(run_id, drift_section, layout.staging_dir))
-            # The summary as it will be once committed (the manifest is written in the commit).
-            manifest["summary"] = run_summary(
-                run_id=run_id,
-                run_dir=str(layout.run_dir),
-                checks=checks,
-                counts=counts,
-                drift_status=drift_section["status"],
-                model=model.label,
-            )
             run = commit_run(layout, manifest, rows_in, max_error_rate)
         except (ErrorBudgetExceeded, DriftExceeded) as exc:
-            tell(None, str(exc))
+            tell(summary_for(None, str(exc)))
             raise
-    tell(run.run_dir, None)
+    tell(manifest["summary"])
     return RunSummary(run, run.manifest(), time.perf_counter() - started)
 
 
