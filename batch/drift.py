@@ -106,7 +106,7 @@ class FeatureBaseline:
         nulls = column.null_count
         if self.kind == NUMERIC:
             present = pc.drop_null(column) if nulls else column
-            values = np.asarray(present.to_numpy(zero_copy_only=False), dtype=np.float64)
+            values = _as_float32(present.to_numpy(zero_copy_only=False))
             if pa.types.is_floating(column.type):
                 nan = np.isnan(values)
                 if nan.any():
@@ -166,10 +166,14 @@ def describe_column(
     if kind is None:
         raise ValueError(f"column '{name}': type {column.type} is neither numeric nor a string")
     if kind == NUMERIC:
-        values = np.asarray(pc.drop_null(column).to_numpy(zero_copy_only=False), np.float64)
+        values = _as_float32(pc.drop_null(column).to_numpy(zero_copy_only=False))
         values = values[np.isfinite(values)]
         quantiles = np.linspace(0, 1, bins + 1)[1:-1]
-        edges = np.unique(np.quantile(values, quantiles)) if values.size else np.array([])
+        edges: Sequence[float] = (
+            np.unique(np.quantile(values, quantiles).astype(np.float32)).tolist()
+            if values.size
+            else []
+        )
         shell = FeatureBaseline(name, NUMERIC, (), edges=tuple(float(e) for e in edges))
     else:
         counted = pc.value_counts(pc.drop_null(column))
@@ -410,15 +414,23 @@ def drift_report(
     return report
 
 
+def _as_float32(values: np.ndarray) -> np.ndarray:
+    """Numbers are binned in float32: training casts float64 columns to the model's float32
+    and scoring may read them as float64, and a value that sits on a bin edge (common in
+    discrete-valued columns) must land in the same bin both ways."""
+    return np.asarray(values, dtype=np.float32)
+
+
 def _bin_index(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     """For each value, how many edges are <= it (``searchsorted(edges, values, "right")``).
 
     With the few edges a baseline has, one vectorized comparison per edge is about three
     times faster than a binary search per value."""
-    if len(edges) > 100:
-        return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
+    bounds = np.asarray(edges, dtype=values.dtype)
+    if len(bounds) > 100:
+        return np.searchsorted(bounds, values, side="right")
     index = np.zeros(values.shape, dtype=np.int8)
-    for edge in edges:
+    for edge in bounds:
         index += values >= edge
     return index
 

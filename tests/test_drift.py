@@ -65,6 +65,16 @@ class TestFeatureBaseline:
         assert feature.labels() == ["a", "b", OTHER_LABEL, NULL_LABEL]
         assert feature.count(pa.array(["b", "z", None, None, "a"])).tolist() == [1, 1, 1, 2]
 
+    def test_float64_values_on_a_float32_edge_land_in_the_training_bin(self) -> None:
+        # Training sees the model's float32; scoring may read float64 0.1, which is
+        # less than float32(0.1), the median edge: both must count in the same bin.
+        values = [0.0, 0.1, 0.1, 0.1, 0.2, 0.3]
+        feature = describe_column("x", pa.array(values, pa.float32()), bins=2)
+        assert (
+            feature.count(pa.array(values, pa.float64())).tolist()
+            == feature.count(pa.array(values, pa.float32())).tolist()
+        )
+
     def test_json_round_trip(self) -> None:
         feature = describe_column("x", pa.array([1, 2, 3, 4, 5, 6]), bins=3)
         assert FeatureBaseline.from_json(feature.to_json()) == feature

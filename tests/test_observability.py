@@ -168,7 +168,8 @@ class TestDriftAndChecks:
         assert drift["status"] == "ok"
         assert drift["baseline"]["rows"] == 20_000
         assert len(drift["features"]) == 18
-        assert max(f["psi"] for f in drift["features"]) < 0.01
+        # The very rows training described: identical bins, float32 or float64 alike.
+        assert max(f["psi"] for f in drift["features"]) < 1e-6
         assert drift["prediction"]["name"] == "default_probability"
         # Held-out rows vs all rows of the same data: close, not identical.
         assert drift["prediction"]["psi"] < 0.1
