@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "bar", "log", "off"),
         default="auto",
         help="Progress while scoring: a live bar (rows of the total, rate, ETA) on a terminal, "
-        "else a log line every 5 s on stderr (auto, the default); or force bar, log, off.",
+        "else a log line on stderr every --progress_every seconds (auto, the default); or "
+        "force bar, log, off.",
     )
     observe.add_argument(
         "--progress_every",
@@ -198,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     observe.add_argument(
         "--max_drift",
+        metavar="PSI",
         type=_non_negative_float,
         default=DEFAULT_MAX_PSI,
         help="Largest PSI a feature (or the predictions) may have (default: %(default)s).",
     )
     observe.add_argument(
         "--max_unseen_share",
+        metavar="SHARE",
         type=_fraction,
         default=DEFAULT_MAX_UNSEEN_SHARE,
         help="Largest share of a categorical's values unseen in training (default: %(default)s).",
@@ -217,16 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     observe.add_argument(
         "--summary_file",
+        metavar="PATH",
         help="Also write the run summary as JSON here (status ok|warn|fail, run_dir, checks, "
         "counts, error_rate, drift_status, reason), whether the run committed or failed.",
     )
     observe.add_argument(
         "--metrics_textfile",
+        metavar="PATH",
         help="Write the run's metrics in Prometheus text format to this file (for "
         "node_exporter's textfile collector; end the name in .prom).",
     )
     observe.add_argument(
         "--pushgateway",
+        metavar="URL",
         help="Push the run's metrics to this Prometheus Pushgateway URL (job batchscore, "
         "grouped by model), e.g. http://pushgateway:9091.",
     )
