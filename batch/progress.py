@@ -69,7 +69,7 @@ class ProgressMonitor:
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "log"
         self.mode = mode
-        self.poll_s = poll_s
+        self.poll_s = min(poll_s, log_every_s)
         self.log_every_s = log_every_s
         self.clock = clock
         self.samples: list[tuple[float, int]] = []
@@ -101,7 +101,17 @@ class ProgressMonitor:
         if self._bar is not None:
             self._bar.close()
         if exc_type is None:
-            self._sample()
+            rows = self._sample()
+            if self.mode == "log":  # the last word in a scheduler's log: where it ended
+                self._print_line(rows)
+
+    def _print_line(self, rows: int | None) -> None:
+        elapsed = self.clock() - self._started
+        print(
+            progress_line(rows, self.total_rows, elapsed, self._rate()),
+            file=self.stream,
+            flush=True,
+        )
 
     def timeline(self) -> list[dict[str, float]]:
         """(seconds since start, cumulative rows) samples, thinned to at most
@@ -134,15 +144,10 @@ class ProgressMonitor:
         next_log = self._started + self.log_every_s
         while not self._stop.wait(self.poll_s):
             rows = self._sample()
-            elapsed = self.clock() - self._started
             if self._bar is not None:
                 self._bar.update(rows, self._rate())
             elif self.clock() >= next_log:
-                print(
-                    progress_line(rows, self.total_rows, elapsed, self._rate()),
-                    file=self.stream,
-                    flush=True,
-                )
+                self._print_line(rows)
                 next_log = self.clock() + self.log_every_s
 
 

@@ -113,6 +113,7 @@ class TestMetrics:
     def test_progress_lines_when_stderr_is_not_a_terminal(self, beam_run: BeamRun) -> None:
         lines = [line for line in beam_run.stderr.splitlines() if line.startswith("progress: ")]
         assert lines, beam_run.stderr
+        assert lines[-1].startswith("progress: 20,000/20,000 rows (100.0%)"), lines[-1]
 
     def test_a_repeated_bundle_is_not_counted_twice(
         self,
