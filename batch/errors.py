@@ -30,3 +30,7 @@ class CommitError(BatchScoreError):
 
 class ErrorBudgetExceeded(InputDataError):
     """More rows were rejected than ``--max_error_rate`` allows; nothing was committed."""
+
+
+class DriftExceeded(InputDataError):
+    """The input drifted beyond ``--max_drift`` with ``--on_drift=fail``; nothing was committed."""

@@ -13,18 +13,42 @@ import importlib.metadata
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.errors import InputDataError, ModelError, UsageError
+from batch.checks import RunOutcome, run_checks, run_summary
+from batch.drift import (
+    Baseline,
+    DriftCounts,
+    DriftThresholds,
+    count_features,
+    count_prediction,
+    drift_report,
+)
+from batch.errors import (
+    DriftExceeded,
+    ErrorBudgetExceeded,
+    InputDataError,
+    ModelError,
+    UsageError,
+)
 from batch.faults import SCORING, fault_point
 from batch.incremental import contract_sha256
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
+from batch.metrics import (
+    PartStats,
+    merge_part_stats,
+    metrics_section,
+    process_id,
+    write_part_stats,
+    write_progress,
+)
 from batch.model_repo import ResolvedModel
 from batch.output import (
     PREDICTIONS,
@@ -37,6 +61,7 @@ from batch.output import (
     commit_run,
 )
 from batch.overlap import BackgroundWriter, ordered_map, read_ahead
+from batch.progress import LOG_EVERY_S, ProgressMode, ProgressMonitor
 from batch.routing import ROUTING_HASH, Canary
 from batch.scorer import (
     CONSTANT_COLUMNS,
@@ -48,7 +73,7 @@ from batch.scorer import (
 )
 from batch.signature import SignatureInfo, schema_problems, signature_differences
 from batch.signing import STRICT, TrustPolicy, VerificationResult, verify_once
-from batch.validate import RowValidator, reject_schema
+from batch.validate import REASON_COLUMN, RowValidator, reject_schema
 from schemas.contract import ColumnRule, Contract
 
 log = logging.getLogger(__name__)
@@ -56,6 +81,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16384
 DEFAULT_SCORING_THREADS = 2
 DEFAULT_MAX_ERROR_RATE = 0.001
+DEFAULT_DRIFT_THRESHOLDS = DriftThresholds()
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,10 @@ class ScoringJob:
     trust: TrustPolicy = STRICT
     # A gray release: the share of keys the canary model scores instead of ``model``.
     canary: Canary | None = None
+    # The model's training statistics; scoring counts the same bins (None: no drift).
+    baseline: Baseline | None = None
+    # How often a part writes its rows done for the driver's progress display.
+    progress_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +115,18 @@ class SplitResult:
     rows_in: int
     rows_scored: int
     rows_rejected: int
+    # What the part counted (also staged as its _stats file, which the manifest uses).
+    stats: PartStats | None = None
+
+
+@dataclass(frozen=True)
+class _ScoredBatch:
+    rows: int
+    predictions: list[pa.RecordBatch]
+    rejected: list[pa.RecordBatch]
+    seconds: float
+    reasons: Counter[str]
+    drift: DriftCounts | None
 
 
 class Runner(Protocol):
@@ -117,17 +159,31 @@ def job_scorer(job: ScoringJob) -> BatchScorer | CanaryScorer:
     return CanaryScorer(scorer, canary, job.key_columns, job.canary.fraction)
 
 
+BatchObserver = Callable[[int, float], None]
+"""Told (rows, seconds to validate and score) after every batch, in the calling thread:
+runners feed their engine's live metrics with it (Beam counters, Spark accumulators)."""
+
+
 def score_batches(
-    job: ScoringJob, batches: Iterable[pa.RecordBatch], schema: pa.Schema, part_index: int
+    job: ScoringJob,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    part_index: int,
+    on_batch: BatchObserver | None = None,
 ) -> SplitResult:
     """Validate and score ``batches`` (of ``schema``), staging them as part ``part_index``.
 
     The engine-independent heart of a run: every runner hands each unit of
     work here, with a part index that is stable across retries of that unit.
+    Besides the Parquet parts it stages the part's stats (batch.metrics).
     """
+    started = time.perf_counter()
+    loaded = load_model(job.model, job.trust)
     scorer = job_scorer(job)
     validator = RowValidator(scorer.input_types, job.rules)
-    rows_in = 0
+    baseline = job.baseline
+    stats = PartStats(model_loads={process_id(): loaded.load_seconds})
+    staging = job.layout.staging_dir
     with (
         PartWriter(
             job.layout.staged_part(PREDICTIONS, part_index),
@@ -143,32 +199,72 @@ def score_batches(
     ):
         writer = BackgroundWriter()
 
-        def validate_and_score(
-            batch: pa.RecordBatch,
-        ) -> tuple[int, list[pa.RecordBatch], list[pa.RecordBatch]]:
+        def validate_and_score(batch: pa.RecordBatch) -> _ScoredBatch:
+            begin = time.perf_counter()
             part = validator.partition(batch)
             predictions, poisoned = scorer.score_isolating(part.valid)
-            return batch.num_rows, predictions, [part.rejected, *poisoned]
+            seconds = time.perf_counter() - begin
+            rejected = [part.rejected, *poisoned]
+            reasons: Counter[str] = Counter()
+            for dead in rejected:
+                if dead.num_rows:
+                    counted = pc.value_counts(dead.column(REASON_COLUMN))
+                    reasons.update(
+                        dict(
+                            zip(
+                                counted.field("values").to_pylist(),
+                                counted.field("counts").to_pylist(),
+                                strict=True,
+                            )
+                        )
+                    )
+            drift = None
+            if baseline is not None:
+                drift = count_features(baseline, batch)
+                for scored_batch in predictions:
+                    counts = count_prediction(baseline, scored_batch)
+                    if counts is not None:
+                        drift.add(DriftCounts(prediction=counts))
+            return _ScoredBatch(batch.num_rows, predictions, rejected, seconds, reasons, drift)
 
+        next_progress = started + job.progress_interval_s
         try:
-            for rows, predictions, rejected in ordered_map(
+            for done in ordered_map(
                 validate_and_score, read_ahead(batches), workers=job.scoring_threads
             ):
-                rows_in += rows
+                stats.rows_read += done.rows
+                stats.observe_batch(done.seconds)
+                if on_batch is not None:
+                    on_batch(done.rows, done.seconds)
+                stats.rejected_by_reason.update(done.reasons)
+                if done.drift is not None:
+                    stats.drift = stats.drift or DriftCounts()
+                    stats.drift.add(done.drift)
                 fault_point(SCORING)
-                for batch in predictions:
+                for batch in done.predictions:
                     writer.submit(scored.write, batch)
-                for batch in rejected:
+                for batch in done.rejected:
                     writer.submit(rejects.write, batch)
+                if time.perf_counter() >= next_progress:
+                    write_progress(staging, part_index, stats.rows_read)
+                    next_progress = time.perf_counter() + job.progress_interval_s
         finally:
             writer.drain()
-    return SplitResult(part_index, rows_in, scored.rows, rejects.rows)
+    # The parts are renamed into place: record what they hold, replacing what an
+    # earlier attempt of this part wrote.
+    stats.rows_scored, stats.rows_rejected = scored.rows, rejects.rows
+    stats.scoring_seconds = time.perf_counter() - started
+    write_part_stats(staging, part_index, stats)
+    write_progress(staging, part_index, stats.rows_read)
+    return SplitResult(part_index, stats.rows_read, scored.rows, rejects.rows, stats)
 
 
-def score_split(job: ScoringJob, split: Split) -> SplitResult:
+def score_split(
+    job: ScoringJob, split: Split, on_batch: BatchObserver | None = None
+) -> SplitResult:
     """Read one split (row groups of one file) as Arrow batches and score them."""
     schema, batches = read_split(split, read_columns(job), job.batch_size)
-    return score_batches(job, batches, schema, split.index)
+    return score_batches(job, batches, schema, split.index, on_batch)
 
 
 def read_split(
@@ -292,9 +388,20 @@ def run_scoring(
     started: float | None = None,
     trust: TrustPolicy = STRICT,
     canary: Canary | None = None,
+    drift: bool = True,
+    drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS,
+    progress: ProgressMode = "off",
+    progress_every_s: float = LOG_EVERY_S,
+    on_outcome: Callable[[RunOutcome], None] | None = None,
 ) -> RunSummary:
-    """Check, score with ``runner``, reconcile and commit one run (a gray release of
-    ``canary.model`` on ``canary.fraction`` of the keys, if given)."""
+    """Check, score with ``runner``, reconcile, run the checks and commit one run.
+
+    ``canary``: a gray release of ``canary.model`` on ``canary.fraction`` of the
+    keys. ``drift``: count the model's baseline bins while scoring (when it has a
+    baseline). ``progress``: how the driver shows progress (batch.progress).
+    ``on_outcome`` is told the run summary, metrics and drift once the run is
+    committed or refused by a check (error budget, drift with action fail).
+    """
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
@@ -313,6 +420,7 @@ def run_scoring(
     splits = plan_splits(files, split_rows)
     layout = RunLayout(output_root, model.name, model.version, run_id)
     columns = columns_to_read(files[0].schema, signature, key_columns, contract) if files else ()
+    baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
         model=model,
         layout=layout,
@@ -322,8 +430,9 @@ def run_scoring(
         batch_size=batch_size,
         trust=trust,
         canary=canary,
+        baseline=baseline,
     )
-    manifest = {
+    manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
         "model": model_manifest(model, verification),
         "input": {
@@ -359,11 +468,76 @@ def run_scoring(
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
     with RunLock(layout):
         layout.staging_dir.mkdir(parents=True)
-        runner.execute(job, splits)
+        with ProgressMonitor(
+            layout.staging_dir, rows_in, progress, log_every_s=progress_every_s
+        ) as monitor:
+            runner.execute(job, splits)
         if canary_manifest is not None:
             canary_manifest["rows_scored"] = rows_by_model(layout.staging_dir)
-        run = commit_run(layout, manifest, rows_in, max_error_rate)
+        stats = merge_part_stats(layout.staging_dir)
+        if stats.rows_read != rows_in:
+            log.warning(
+                "the parts' stats count %d rows read, the input footers %d; the manifest's "
+                "metrics may be incomplete",
+                stats.rows_read,
+                rows_in,
+            )
+        drift_section = drift_report(baseline, stats.drift, drift_thresholds, disabled=not drift)
+        checks = run_checks(stats.rows_read, stats.rows_rejected, max_error_rate, drift_section)
+        counts = {
+            "rows_read": stats.rows_read,
+            "rows_scored": stats.rows_scored,
+            "rows_rejected": stats.rows_rejected,
+        }
+        metrics = metrics_section(stats, time.perf_counter() - started, monitor.timeline())
+
+        def summary_for(run_dir: Path | None, reason: str | None = None) -> dict[str, Any]:
+            return run_summary(
+                run_id=run_id,
+                run_dir=str(run_dir) if run_dir is not None else None,
+                checks=checks,
+                counts=counts,
+                drift_status=drift_section["status"],
+                reason=reason,
+                model=model.label,
+            )
+
+        def tell(summary: dict[str, Any]) -> None:
+            if on_outcome is not None:
+                on_outcome(RunOutcome(summary, metrics, drift_section, model.name, model.version))
+
+        # The summary as it will be once committed (the commit writes the manifest).
+        manifest.update(
+            metrics=metrics, drift=drift_section, checks=checks, summary=summary_for(layout.run_dir)
+        )
+        try:
+            if drift_section["status"] == "fail":
+                raise DriftExceeded(_drift_failure(run_id, drift_section, layout.staging_dir))
+            run = commit_run(layout, manifest, rows_in, max_error_rate)
+        except (ErrorBudgetExceeded, DriftExceeded) as exc:
+            tell(summary_for(None, str(exc)))
+            raise
+    tell(manifest["summary"])
     return RunSummary(run, run.manifest(), time.perf_counter() - started)
+
+
+def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:
+    entries = [*drift["features"], *([drift["prediction"]] if drift["prediction"] else [])]
+    failed = [e for e in entries if e["status"] == "fail"]
+    listed = ", ".join(
+        f"{e['name']} (PSI {e['psi']:.3f}"
+        + (f", unseen {e['unseen_share']:.1%}" if e.get("unseen_share") else "")
+        + ")"
+        for e in failed
+    )
+    limits = drift["thresholds"]
+    return (
+        f"run {run_id}: {len(failed)} of {len(entries)} feature(s) drifted beyond "
+        f"--max_drift={limits['max_psi']:g} / --max_unseen_share={limits['max_unseen_share']:g} "
+        f"with --on_drift=fail: {listed}; nothing was committed (staged files kept in {staging} "
+        "for inspection). Check the input against the model's training data, or score with "
+        "--on_drift=warn"
+    )
 
 
 def check_canary_signature(

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from batch.errors import CommitError, ErrorBudgetExceeded
 from batch.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
 from batch.fsutil import file_sha256, read_json, write_json_atomic
+from batch.metrics import PROGRESS_FOLDER, STATS_FOLDER
 from batch.validate import MESSAGE_COLUMN, REASON_COLUMN
 
 PREDICTIONS = "predictions"
@@ -227,6 +228,9 @@ def commit_run(
             f"The rejected rows are in {staging / REJECTED} for inspection; fix the data "
             "or raise --max_error_rate"
         )
+    # The parts' stats and progress files are merged into the manifest by now.
+    for scratch in (STATS_FOLDER, PROGRESS_FOLDER):
+        shutil.rmtree(staging / scratch, ignore_errors=True)
     final = layout.run_dir
     if final.exists():
         raise CommitError(

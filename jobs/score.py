@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.errors import InputDataError, UsageError
+from batch.checks import RunOutcome, run_summary
+from batch.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE, DriftThresholds
+from batch.errors import BatchScoreError, InputDataError, UsageError
+from batch.fsutil import write_json_atomic
 from batch.incremental import find_up_to_date_run
 from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, find_input_files, inspect_inputs
 from batch.job import (
@@ -32,6 +36,7 @@ from batch.job import (
 )
 from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import new_run_id
+from batch.progress import LOG_EVERY_S
 from batch.routing import Canary
 from batch.signing import TrustPolicy, short, verify_once
 from jobs import demo_paths
@@ -184,6 +189,71 @@ def build_parser() -> argparse.ArgumentParser:
         "(whose error rate is within --max_error_rate) prints 'up to date: RUN_DIR' and exits "
         "0 without scoring.",
     )
+    observe = parser.add_argument_group(
+        "observability", "progress, drift, run-level checks and metrics (README: Observability)"
+    )
+    observe.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log", "off"),
+        default="auto",
+        help="Progress while scoring: a live bar (rows of the total, rate, ETA) on a terminal, "
+        "else a log line on stderr every --progress_every seconds (auto, the default); or "
+        "force bar, log, off.",
+    )
+    observe.add_argument(
+        "--progress_every",
+        type=_positive_float,
+        default=LOG_EVERY_S,
+        metavar="SECONDS",
+        help="Seconds between progress log lines when not on a terminal (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--drift",
+        choices=("on", "off"),
+        default="on",
+        help="Compare every raw feature and the predictions with the model's training baseline "
+        "(PSI; unseen-category share) and report it in the manifest (default: on; models "
+        "without a baseline are reported as such).",
+    )
+    observe.add_argument(
+        "--max_drift",
+        metavar="PSI",
+        type=_non_negative_float,
+        default=DEFAULT_MAX_PSI,
+        help="Largest PSI a feature (or the predictions) may have (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--max_unseen_share",
+        metavar="SHARE",
+        type=_fraction,
+        default=DEFAULT_MAX_UNSEEN_SHARE,
+        help="Largest share of a categorical's values unseen in training (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--on_drift",
+        choices=("warn", "fail"),
+        default="warn",
+        help="Beyond --max_drift or --max_unseen_share: warn (commit, status warn; default) or "
+        "fail (commit nothing, exit 2, like the error budget).",
+    )
+    observe.add_argument(
+        "--summary_file",
+        metavar="PATH",
+        help="Also write the run summary as JSON here (status ok|warn|fail, run_dir, checks, "
+        "counts, error_rate, drift_status, reason), whether the run committed or failed.",
+    )
+    observe.add_argument(
+        "--metrics_textfile",
+        metavar="PATH",
+        help="Write the run's metrics in Prometheus text format to this file (for "
+        "node_exporter's textfile collector; end the name in .prom).",
+    )
+    observe.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="Push the run's metrics to this Prometheus Pushgateway URL (job batchscore, "
+        "grouped by model), e.g. http://pushgateway:9091.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
 
@@ -256,6 +326,23 @@ def _canary(
             model, model_signature(model, trust), canary, model_signature(canary.model, trust)
         )
     return canary
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, found 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
+    return value
 
 
 def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
@@ -379,6 +466,14 @@ def format_summary(summary: RunSummary) -> str:
     ]
     if skipped:
         lines.append(f"  skipped      {len(skipped)} bad file(s), listed in the manifest")
+    drift = summary.manifest.get("drift") or {}
+    lines.append(f"  drift        {_drift_note(drift)}")
+    status = (summary.manifest.get("summary") or {}).get("status", "ok")
+    problems = [c for c in summary.manifest.get("checks", []) if c["status"] != "ok"]
+    lines.append(
+        f"  status       {status}" + (f" ({len(problems)} check(s) not ok)" if problems else "")
+    )
+    lines += [f"    {c['status'].upper()}: {c['message']}" for c in problems[:10]]
     return "\n".join(lines)
 
 
@@ -392,6 +487,20 @@ def _canary_lines(manifest: dict[str, Any]) -> list[str]:
         f"  canary       {model['name']}@{model['version']}{_trust_note(model)}",
         f"  split        {canary['fraction']:.1%} of keys to the canary; scored by {by_model or 'none'}",
     ]
+
+
+def _drift_note(drift: dict[str, Any]) -> str:
+    entries = [
+        *drift.get("features", []),
+        *([drift["prediction"]] if drift.get("prediction") else []),
+    ]
+    if not entries:
+        return drift.get("note", "not computed")
+    top = max(entries, key=lambda e: e["psi"])
+    return (
+        f"{drift['status']} ({len(entries)} compared with the training baseline; "
+        f"largest PSI {top['psi']:.3f} on {top['name']})"
+    )
 
 
 def _trust_note(model: dict[str, Any]) -> str:
@@ -427,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
+        observer.model = model
         trust = trust_policy(args.public_key, args.allow_unsigned)
         verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
         canary = _canary(args, repo, model, trust)
@@ -458,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  {scored_by} already scored this input (unchanged files, model, "
                     "contract and keys); nothing to do. --force scores it again"
                 )
+                observer.report_up_to_date(current.run_id, current.run_dir)
                 return 0
         runner = make_runner(args.runner, pipeline_args, args.spark_master, args.spark_conf or ())
         summary = run_scoring(
@@ -476,11 +587,112 @@ def main(argv: Sequence[str] | None = None) -> int:
             started=started,
             trust=trust,
             canary=canary,
+            drift=args.drift == "on",
+            drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),
+            progress=args.progress,
+            progress_every_s=args.progress_every,
+            on_outcome=observer.report,
         )
         print(format_summary(summary))
         return 0
 
-    return run_main(lambda: _reporting_dry_runs(score), PROG)
+    observer = OutcomeObserver(args.summary_file, args.metrics_textfile, args.pushgateway)
+
+    def guarded() -> int:
+        try:
+            return _reporting_dry_runs(score)
+        except BatchScoreError as exc:
+            observer.last_error = str(exc)
+            raise
+
+    code = run_main(guarded, PROG)
+    if code != 0 and not observer.reported:
+        # Failed before any check ran (arguments, input, model): still tell the alerting side.
+        observer.report_failure(observer.last_error)
+    return code
+
+
+class OutcomeObserver:
+    """Writes the run summary file and exports the Prometheus metrics of a run's outcome."""
+
+    def __init__(
+        self, summary_file: str | None, metrics_textfile: str | None, pushgateway: str | None
+    ) -> None:
+        self.summary_file = summary_file
+        self.metrics_textfile = metrics_textfile
+        self.pushgateway = pushgateway
+        self.reported = False
+        self.last_error = "the job failed before scoring; see the error above"
+        # The model being scored, once resolved (failure summaries name it).
+        self.model: ResolvedModel | None = None
+
+    def report(self, outcome: RunOutcome) -> None:
+        self.reported = True
+        self._export(
+            outcome.summary,
+            outcome.metrics,
+            outcome.drift,
+            outcome.model_name,
+            outcome.model_version,
+        )
+
+    def report_up_to_date(self, run_id: str, run_dir: Path) -> None:
+        """Nothing was scored: an earlier committed run already holds this input's predictions."""
+        self.reported = True
+        summary = run_summary(
+            run_id=run_id,
+            run_dir=str(run_dir),
+            reason="up to date: a committed run already holds this input's predictions",
+            model=self.model.label if self.model is not None else None,
+        )
+        name, version = (self.model.name, self.model.version) if self.model else ("unknown",) * 2
+        self._export(summary, None, None, name, version)
+
+    def report_failure(self, reason: str) -> None:
+        model = self.model
+        summary = run_summary(
+            run_id=None,
+            run_dir=None,
+            reason=reason,
+            model=model.label if model is not None else None,
+        )
+        name = model.name if model is not None else "unknown"
+        version = model.version if model is not None else "unknown"
+        self._export(summary, None, None, name, version)
+
+    def _export(
+        self,
+        summary: dict[str, Any],
+        metrics: dict[str, Any] | None,
+        drift: dict[str, Any] | None,
+        model_name: str,
+        model_version: str,
+    ) -> None:
+        # The run's outcome stands whatever happens here: an export that fails is worth a
+        # loud line on stderr, not a different exit code.
+        if self.summary_file:
+            try:
+                write_json_atomic(Path(self.summary_file), summary)
+            except OSError as exc:
+                print(
+                    f"{PROG}: warning: --summary_file={self.summary_file}: cannot write it "
+                    f"({exc.strerror or exc}); choose a writable path",
+                    file=sys.stderr,
+                )
+        if not (self.metrics_textfile or self.pushgateway):
+            return
+        from batch.prometheus import RunCollector, push, write_textfile
+
+        collector = RunCollector(model_name, model_version, summary, metrics, drift)
+        for enabled, export in (
+            (self.metrics_textfile, lambda: write_textfile(str(self.metrics_textfile), collector)),
+            (self.pushgateway, lambda: push(str(self.pushgateway), collector)),
+        ):
+            if enabled:
+                try:
+                    export()
+                except UsageError as exc:
+                    print(f"{PROG}: warning: {exc}", file=sys.stderr)
 
 
 def _reporting_dry_runs(score: Callable[[], int]) -> int:

@@ -20,9 +20,13 @@ Steps:
    model, and returns ``default_probability`` (float32, shape [batch]); a second
    signature ``transform_features`` returns the transformed features;
 7. evaluate that serving function on the held-out rows (AUC, log loss);
-8. register the SavedModel with its transform output and metadata in the model
-   repository as the next version of ``--name``, signed with ``--key`` (the
-   demo's own key pair by default; see batch/signing.py).
+8. describe every raw feature of the rows read and the held-out predictions as
+   the drift baseline (batch/drift.py), saved inside the SavedModel as
+   ``assets.extra/batchscore_baseline.json`` so that the signature covers it;
+9. register the SavedModel with its transform output and metadata (the
+   baseline's sha256 included) in the model repository as the next version of
+   ``--name``, signed with ``--key`` (the demo's own key pair by default; see
+   batch/signing.py).
 
 Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
 package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
@@ -65,10 +69,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
+from batch.drift import baseline_path, compute_baseline
 from batch.errors import InputDataError, UsageError
 from batch.evaluation import auc, log_loss
-from batch.fsutil import file_sha256
-from batch.model_repo import ModelRepository, ResolvedModel
+from batch.fsutil import file_sha256, write_json_atomic
+from batch.model_repo import SAVED_MODEL_DIR, ModelRepository, ResolvedModel
 from batch.scorer import SERVING_SIGNATURE
 from batch.signature import SignatureInfo, TensorInfo
 from batch.signing import key_fingerprint, public_key_of, short
@@ -97,7 +102,14 @@ DEFAULT_EPOCHS = 3
 DEFAULT_SEED = 7
 DEFAULT_BATCH_SIZE = 512
 
-_STEPS = ["read_clean_split", "tft_analyze_transform_beam", "keras_fit", "export", "evaluate"]
+_STEPS = [
+    "read_clean_split",
+    "tft_analyze_transform_beam",
+    "keras_fit",
+    "export",
+    "evaluate",
+    "drift_baseline",
+]
 _DTYPE_NAMES = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
 _ARROW_TYPES = {tf.int64: pa.int64(), tf.float32: pa.float32(), tf.string: pa.string()}
 
@@ -584,6 +596,9 @@ def train_and_register(
         }
         lap("evaluate")
 
+        baseline = write_drift_baseline(saved_model_dir, raw, scores, source)
+        lap("drift_baseline")
+
         metadata = {
             "signature": signature_metadata(),
             "key_columns": [loans.KEY],
@@ -606,6 +621,7 @@ def train_and_register(
                 "timings_s": timings,
             },
             "metrics": metrics,
+            "drift_baseline": baseline,
             "framework": framework_versions(),
         }
         resolved = repo.register(
@@ -621,6 +637,30 @@ def train_and_register(
         f"{short(key_fingerprint(public_key_of(key)))})"
     )
     return resolved
+
+
+def write_drift_baseline(
+    saved_model_dir: Path, raw: pa.Table, heldout_scores: np.ndarray, source: Path
+) -> dict[str, Any]:
+    """Statistics of every raw feature (all rows read, dirty ones included, as scoring sees
+    them) and of the held-out predictions, saved inside the SavedModel before it is signed:
+    the signature covers the baseline, and metadata.json records its sha256."""
+    baseline = compute_baseline(
+        raw,
+        list(loans.raw_feature_spec()),
+        source=f"{source} (first {raw.num_rows:,} rows; predictions on the held-out rows)",
+        predictions=heldout_scores,
+        prediction_name=OUTPUT_KEY,
+    )
+    path = baseline_path(saved_model_dir)
+    write_json_atomic(path, baseline.to_json())
+    return {
+        "path": f"{SAVED_MODEL_DIR}/{path.relative_to(saved_model_dir).as_posix()}",
+        "sha256": file_sha256(path),
+        "rows": baseline.rows,
+        "prediction_rows": baseline.prediction_rows,
+        "features": len(baseline.features),
+    }
 
 
 def signature_metadata() -> dict[str, Any]:

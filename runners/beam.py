@@ -24,11 +24,12 @@ driver after the pipeline finishes (batch.job.run_scoring).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import Metrics
+from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -40,7 +41,19 @@ from batch.inputs import Split
 from batch.job import ScoringJob, SplitResult, score_split
 from batch.scorer import load_model
 
+log = logging.getLogger(__name__)
+
 METRICS_NAMESPACE = "batchscore"
+# Beam metric names (namespace batchscore), live while the pipeline runs; the manifest's
+# numbers come from the parts' stats files (batch.metrics), which retries cannot inflate.
+ROWS_READ = "rows_read"
+ROWS_SCORED = "rows_scored"
+ROWS_REJECTED = "rows_rejected"
+REJECTED_PREFIX = "rows_rejected_"  # + reason
+BATCHES = "batches"
+SPLITS = "splits"
+BATCH_LATENCY_MS = "batch_latency_ms"  # distribution
+MODEL_LOAD_MS = "model_load_ms"  # distribution, one value per split
 
 
 class ScoreSplitFn(beam.DoFn):
@@ -48,10 +61,13 @@ class ScoreSplitFn(beam.DoFn):
 
     def __init__(self, job: ScoringJob) -> None:
         self._job = job
-        self._rows_in = Metrics.counter(METRICS_NAMESPACE, "rows_read")
-        self._rows_scored = Metrics.counter(METRICS_NAMESPACE, "rows_scored")
-        self._rows_rejected = Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
-        self._splits = Metrics.counter(METRICS_NAMESPACE, "splits")
+        self._rows_in = Metrics.counter(METRICS_NAMESPACE, ROWS_READ)
+        self._rows_scored = Metrics.counter(METRICS_NAMESPACE, ROWS_SCORED)
+        self._rows_rejected = Metrics.counter(METRICS_NAMESPACE, ROWS_REJECTED)
+        self._batches = Metrics.counter(METRICS_NAMESPACE, BATCHES)
+        self._splits = Metrics.counter(METRICS_NAMESPACE, SPLITS)
+        self._latency = Metrics.distribution(METRICS_NAMESPACE, BATCH_LATENCY_MS)
+        self._model_load = Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_MS)
 
     def setup(self) -> None:
         load_model(self._job.model, self._job.trust)
@@ -75,12 +91,21 @@ class ScoreSplitFn(beam.DoFn):
             "write": f"predictions/ and rejected/ parts under {job.layout.staging_dir}",
         }
 
+    def _observe_batch(self, rows: int, seconds: float) -> None:
+        self._rows_in.inc(rows)
+        self._batches.inc()
+        self._latency.update(int(seconds * 1000))
+
     def process(self, split: Split) -> Iterator[SplitResult]:
-        result = score_split(self._job, split)
-        self._rows_in.inc(result.rows_in)
+        result = score_split(self._job, split, self._observe_batch)
         self._rows_scored.inc(result.rows_scored)
         self._rows_rejected.inc(result.rows_rejected)
         self._splits.inc()
+        if result.stats is not None:
+            for reason, count in result.stats.rejected_by_reason.items():
+                Metrics.counter(METRICS_NAMESPACE, REJECTED_PREFIX + reason).inc(count)
+            for seconds in result.stats.model_loads.values():
+                self._model_load.update(int(seconds * 1000))
         yield result
 
 
@@ -163,3 +188,25 @@ class BeamRunner:
             from runners.dataflow import write_dry_run
 
             self.dry_run_report = write_dry_run(pipeline.result, self.pipeline_options).describe()
+            return
+        log_beam_metrics(pipeline.result)
+
+
+def log_beam_metrics(result: Any) -> None:
+    """Log the job's batchscore counters as the runner reports them (committed values
+    where the runner has them, else attempted)."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception as exc:  # a runner without metrics support: nothing to show
+        log.info("beam metrics unavailable: %s", exc)
+        return
+    values = {}
+    for counter in found["counters"]:
+        values[counter.key.metric.name] = (
+            counter.committed if counter.committed is not None else counter.attempted
+        )
+    log.info(
+        "beam metrics (namespace %s): %s",
+        METRICS_NAMESPACE,
+        " ".join(f"{name}={value}" for name, value in sorted(values.items())),
+    )

@@ -288,8 +288,11 @@ class PySparkRunner:
             # measure every Arrow vector after every row: a sixth of the JVM's work.
             spark.conf.set(BATCH_BYTES_CONF, str(NO_BYTE_LIMIT))
         frame = spark.read.parquet(*(_file_uri(p) for p in paths)).select(*columns)
-        scored = frame.mapInArrow(partial(score_partition, job, target), SUMMARY_DDL)
-        return [SplitResult(*row) for row in scored.collect()]
+        live = LiveMetrics(spark)
+        scored = frame.mapInArrow(partial(score_partition, job, target, live), SUMMARY_DDL)
+        results = [SplitResult(*row) for row in scored.collect()]
+        live.log()
+        return results
 
     def _score_splits(
         self, spark: SparkSession, job: ScoringJob, splits: Sequence[Split]
@@ -302,8 +305,10 @@ class PySparkRunner:
         slots = max(1, context.defaultParallelism // max(1, task_cpus))
         shares = share_splits(splits, slots)
         tasks = context.parallelize(shares, len(shares))
-        scored = tasks.mapPartitions(partial(score_splits, job, tuple(splits)))
+        live = LiveMetrics(spark)
+        scored = tasks.mapPartitions(partial(score_splits, job, tuple(splits), live))
         results: list[SplitResult] = scored.collect()
+        live.log()
         return results
 
     def _session(self) -> tuple[SparkSession, bool]:
@@ -621,8 +626,39 @@ def _small_field(field: pa.Field) -> pa.Field:
     return field
 
 
+class LiveMetrics:
+    """Spark accumulators that tasks add to after every batch: rows_read, batches and
+    batch_seconds, readable on the driver while the job runs (and logged at its end).
+
+    Spark may apply a retried task's updates twice; the manifest's metrics come from
+    the parts' stats files instead (batch.metrics), which a retry replaces.
+    """
+
+    def __init__(self, spark: SparkSession) -> None:
+        context = spark.sparkContext
+        self.rows_read = context.accumulator(0)
+        self.batches = context.accumulator(0)
+        self.batch_seconds = context.accumulator(0.0)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.rows_read.add(rows)
+        self.batches.add(1)
+        self.batch_seconds.add(seconds)
+
+    def log(self) -> None:
+        log.info(
+            "spark accumulators: rows_read=%d batches=%d batch_seconds=%.2f",
+            self.rows_read.value,
+            self.batches.value,
+            self.batch_seconds.value,
+        )
+
+
 def score_partition(
-    job: ScoringJob, target: pa.Schema | None, batches: Iterator[pa.RecordBatch]
+    job: ScoringJob,
+    target: pa.Schema | None,
+    live: LiveMetrics | None,
+    batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
     """The ``mapInArrow`` function: scores one Spark partition, yields its summary row."""
     from pyspark import TaskContext
@@ -635,7 +671,8 @@ def score_partition(
     if first is None:
         result = SplitResult(part_index, 0, 0, 0)
     else:
-        result = score_batches(job, chain([first], conformed), first.schema, part_index)
+        observe = live.observe if live is not None else None
+        result = score_batches(job, chain([first], conformed), first.schema, part_index, observe)
     yield pa.RecordBatch.from_arrays(
         [
             pa.array([part_index], pa.int32()),
@@ -660,13 +697,17 @@ def share_splits(splits: Sequence[Split], tasks: int) -> list[list[int]]:
 
 
 def score_splits(
-    job: ScoringJob, splits: Sequence[Split], shares: Iterator[list[int]]
+    job: ScoringJob,
+    splits: Sequence[Split],
+    live: LiveMetrics | None,
+    shares: Iterator[list[int]],
 ) -> Iterator[SplitResult]:
     """The task function of input=splits: read and score the splits it is dealt."""
     by_index = {split.index: split for split in splits}
+    observe = live.observe if live is not None else None
     for share in shares:
         for index in share:
-            yield score_split(job, by_index[index])
+            yield score_split(job, by_index[index], observe)
 
 
 _QUALIFIED_ERROR = re.compile(r"^((?:batch|schemas|runners|transforms)(?:\.\w+)*)\.(\w+): (.+)$")
