@@ -7,6 +7,7 @@ Paths (all by default):
 
   beam          batchscore on Beam's DirectRunner (validation, dead-letter output,
                 metrics, manifest, signature verification all on)
+  beam_nodrift  the same without drift statistics (--drift=off), to show their cost
   spark         batchscore's native Spark runner, Spark reads the input, local[2]
   spark_splits  the same with --spark_conf batchscore.input=splits, local[2]
   stock_beam    stock Beam: ReadFromParquet rows -> RunInference -> WriteToParquet
@@ -137,6 +138,10 @@ PATHS: dict[str, BenchPath] = {
         "batchscore, Beam DirectRunner",
         lambda ctx: _score(ctx, "--runner=DirectRunner"),
     ),
+    "beam_nodrift": BenchPath(
+        "batchscore, Beam DirectRunner, --drift=off",
+        lambda ctx: _score(ctx, "--runner=DirectRunner", "--drift=off"),
+    ),
     "spark": BenchPath(
         "batchscore, native Spark (Spark reads the input), local[2]",
         lambda ctx: _score(ctx, "--runner=PySparkRunner", "--spark_master=local[2]"),
@@ -253,6 +258,7 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
         ("beam", "stock_beam", 6.0, "batchscore on Beam >= 6x stock Beam RunInference"),
         ("beam", "udf", 3.0, "batchscore on Beam >= 3x predict_batch_udf"),
         ("beam", "floor", 0.6, "batchscore on Beam >= 60% of the floor's throughput"),
+        ("beam", "beam_nodrift", 0.9, "drift statistics cost < 10% (Beam, drift on / off)"),
         ("spark", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
         ("spark_splits", "udf", 2.0, "native Spark (input=splits) >= 2x predict_batch_udf"),
     ]
