@@ -35,12 +35,22 @@ def check(name: str, value: float, threshold: float, status: str, message: str) 
     }
 
 
+def error_rate(rows_rejected: int, rows_read: int) -> float:
+    """Rejected rows as a share of rows read (0 for no rows)."""
+    return rows_rejected / rows_read if rows_read else 0.0
+
+
+def over_error_budget(rate: float, max_error_rate: float) -> bool:
+    """The one definition of a breached error budget: strictly above the limit."""
+    return rate > max_error_rate
+
+
 def run_checks(
     rows_read: int, rows_rejected: int, max_error_rate: float, drift: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """Every check of a run, whatever its outcome."""
-    rate = rows_rejected / rows_read if rows_read else 0.0
-    over = rate > max_error_rate
+    rate = error_rate(rows_rejected, rows_read)
+    over = over_error_budget(rate, max_error_rate)
     checks = [
         check(
             "error_rate",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch.checks import over_error_budget
 from batch.fsutil import file_sha256
 from batch.inputs import BadFile, InputFile, fingerprint
 from batch.model_repo import ResolvedModel
@@ -140,8 +141,8 @@ def find_up_to_date_run(
             continue
         if RunIdentity.from_manifest(manifest) != identity:
             continue
-        error_rate = manifest.get("counts", {}).get("error_rate")
-        if not isinstance(error_rate, int | float) or error_rate > max_error_rate:
+        rate = manifest.get("counts", {}).get("error_rate")
+        if not isinstance(rate, int | float) or over_error_budget(rate, max_error_rate):
             continue
         return run
     return None

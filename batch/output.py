@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch.checks import error_rate, over_error_budget
 from batch.errors import CommitError, ErrorBudgetExceeded
 from batch.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
 from batch.fsutil import file_sha256, read_json, write_json_atomic
@@ -215,10 +216,10 @@ def commit_run(
         "rows_scored": rows_scored,
         "rows_rejected": rows_rejected,
         "rejected_by_reason": _reject_reasons(staging, rejected),
-        "error_rate": rows_rejected / rows_in if rows_in else 0.0,
+        "error_rate": error_rate(rows_rejected, rows_in),
         "max_error_rate": max_error_rate,
     }
-    if counts["error_rate"] > max_error_rate:
+    if over_error_budget(counts["error_rate"], max_error_rate):
         by_reason = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items())
         examples = _example_rejects(staging, rejected, manifest.get("key_columns", []))
         raise ErrorBudgetExceeded(
