@@ -35,7 +35,12 @@ from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
 from batch.output import CommittedRun, list_committed_runs
 from batch.signing import verify_once
 from jobs import score
-from jobs.cli import exit_process, run_main, setup_logging
+from jobs.cli import (
+    exit_process,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 
 PROG = "python -m jobs.backfill"
 
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--parallelism",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="Partitions scored at once (default: %(default)s). Each is a separate process "
         "with its own model copy; mind memory and cores.",
@@ -122,16 +127,6 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, found '{text}'") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
 
 
 def plan_partitions(

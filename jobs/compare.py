@@ -22,13 +22,18 @@ from batch.model_repo import ModelRepository, resolve_model, who
 from batch.output import new_run_id
 from batch.signing import verify_once
 from jobs import demo_paths
-from jobs.cli import exit_process, run_main, setup_logging
+from jobs.cli import (
+    exit_process,
+    fraction,
+    non_negative_float,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 from jobs.score import (
     _check_local_path,
     _contract,
-    _fraction,
     _key_columns,
-    _positive_int,
     _resolve_inputs,
     trust_policy,
 )
@@ -113,25 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     thresholds = parser.add_argument_group("thresholds (a candidate must meet every one)")
     thresholds.add_argument(
         "--agreement_threshold",
-        type=_fraction,
+        type=fraction,
         default=defaults.agreement_threshold,
         help="Score at or above which a row counts as positive, for --min_agreement.",
     )
     thresholds.add_argument(
         "--min_agreement",
-        type=_fraction,
+        type=fraction,
         default=defaults.min_agreement,
         help="Least share of rows both models put on the same side of --agreement_threshold.",
     )
     thresholds.add_argument(
         "--max_mean_abs_diff",
-        type=_non_negative,
+        type=non_negative_float,
         default=defaults.max_mean_abs_diff,
         help="Largest mean |candidate - baseline| score.",
     )
     thresholds.add_argument(
         "--max_psi",
-        type=_non_negative,
+        type=non_negative_float,
         default=defaults.max_psi,
         help="Largest population stability index of the candidate's scores against the "
         "baseline's deciles (0.1: no real shift; 0.25: large).",
@@ -144,18 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     thresholds.add_argument(
         "--min_rows",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.min_rows,
         help="Fewest compared rows for a verdict; fewer fail the comparison.",
     )
     parser.add_argument(
         "--top_n",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="How many of the most divergent rows to keep in divergent_rows.parquet.",
     )
     parser.add_argument(
-        "--batch_size", type=_positive_int, default=16384, help="Rows per read and model call."
+        "--batch_size", type=positive_int, default=16384, help="Rows per read and model call."
     )
     parser.add_argument(
         "--on_bad_file",
@@ -184,19 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sample(text: str) -> float:
-    value = _fraction(text)
+    value = fraction(text)
     if value <= 0.0:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1], found {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found '{text}'") from None
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
     return value
 
 

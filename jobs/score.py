@@ -40,7 +40,16 @@ from batch.progress import LOG_EVERY_S
 from batch.routing import Canary
 from batch.signing import TrustPolicy, short, verify_once
 from jobs import demo_paths
-from jobs.cli import exit_process, run_main, setup_logging
+from jobs.cli import (
+    exit_process,
+    fraction,
+    non_negative_float,
+    open_fraction,
+    positive_float,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 from schemas.contract import Contract, load_contract
 
 PROG = "python -m jobs.score"
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--canary_fraction",
-        type=_open_fraction,
+        type=open_fraction,
         help="With --canary: the share of keys it scores, strictly between 0 and 1 (e.g. 0.1).",
     )
     parser.add_argument(
@@ -128,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch_size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         help="Rows per model call (default: %(default)s). Larger batches amortise the call "
         "overhead; smaller ones use less memory.",
     )
     parser.add_argument(
         "--split_rows",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SPLIT_ROWS,
         help="About this many rows (whole row groups) per unit of parallel work "
         "(default: %(default)s).",
@@ -149,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max_error_rate",
-        type=_fraction,
+        type=fraction,
         default=DEFAULT_MAX_ERROR_RATE,
         help="Largest share of rejected rows a run may have and still commit (default: "
         "%(default)s, i.e. 0.1%%). Above it the run fails, commits nothing and shows counts "
@@ -202,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     observe.add_argument(
         "--progress_every",
-        type=_positive_float,
+        type=positive_float,
         default=LOG_EVERY_S,
         metavar="SECONDS",
         help="Seconds between progress log lines when not on a terminal (default: %(default)s).",
@@ -218,14 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument(
         "--max_drift",
         metavar="PSI",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_MAX_PSI,
         help="Largest PSI a feature (or the predictions) may have (default: %(default)s).",
     )
     observe.add_argument(
         "--max_unseen_share",
         metavar="SHARE",
-        type=_fraction,
+        type=fraction,
         default=DEFAULT_MAX_UNSEEN_SHARE,
         help="Largest share of a categorical's values unseen in training (default: %(default)s).",
     )
@@ -269,38 +278,6 @@ def trust_policy(public_key: str | None, allow_unsigned: bool) -> TrustPolicy:
     return TrustPolicy(None, allow_unsigned, key_source=f"the default {default} does not exist")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found '{text}'") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {value}")
-    return value
-
-
-def _open_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found '{text}'") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"expected a share strictly between 0 and 1 (e.g. 0.1), found {value}"
-        )
-    return value
-
-
 def _canary(
     args: argparse.Namespace, repo: ModelRepository, model: ResolvedModel, trust: TrustPolicy
 ) -> Canary | None:
@@ -326,23 +303,6 @@ def _canary(
             model, model_signature(model, trust), canary, model_signature(canary.model, trust)
         )
     return canary
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, found 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
-    return value
 
 
 def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
