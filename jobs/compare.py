@@ -35,6 +35,7 @@ from jobs.score import (
     _contract,
     _key_columns,
     _resolve_inputs,
+    input_or_demo,
     trust_policy,
 )
 
@@ -204,12 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def compare() -> int:
-        if args.input is None:
-            from jobs.make_demo import ensure_demo_data
-
-            input_spec = str(ensure_demo_data(log=None))
-        else:
-            input_spec = args.input
+        input_spec = input_or_demo(args.input)
         for option, value in (
             ("--input", input_spec),
             ("--output", args.output),

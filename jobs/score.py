@@ -305,6 +305,15 @@ def _canary(
     return canary
 
 
+def input_or_demo(spec: str | None) -> str:
+    """``--input``, or the demo data (written on first use) when it was not given."""
+    if spec is not None:
+        return spec
+    from jobs.make_demo import ensure_demo_data
+
+    return str(ensure_demo_data(log=None))
+
+
 def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
     files, bad = inspect_inputs(find_input_files(spec))
     if bad and on_bad_file == "fail":
@@ -480,12 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def score() -> int:
-        if args.input is None:
-            from jobs.make_demo import ensure_demo_data
-
-            input_spec = str(ensure_demo_data(log=None))
-        else:
-            input_spec = args.input
+        input_spec = input_or_demo(args.input)
         for option, value in (
             ("--input", input_spec),
             ("--output", args.output),
