@@ -19,8 +19,9 @@ Each path runs as its own process and is timed from process start to exit
 memory of its whole process tree is sampled from /proc every 0.1 s. Each row
 count is generated once (demo data shape, 8 files) and reused.
 
---scaling adds, at the first row count: Beam's DirectRunner in multi-process
-mode with 1 and 2 workers, and the native Spark runner on local[1] and local[2].
+--scaling adds, at the last (largest) row count: Beam's DirectRunner in multi-process
+mode with 1 and 2 workers, and the native Spark runner (both input modes) on
+local[1] and local[2].
 
 Results (a Markdown table per row count, ratios to the stock paths, the
 targets, and a PNG chart) go to the top of docs/benchmarks.md.
@@ -215,11 +216,25 @@ def _spark_cores(cores: int) -> BenchPath:
     )
 
 
+def _spark_splits_cores(cores: int) -> BenchPath:
+    return BenchPath(
+        f"batchscore, native Spark (batchscore.input=splits), local[{cores}]",
+        lambda ctx: _score(
+            ctx,
+            "--runner=PySparkRunner",
+            f"--spark_master=local[{cores}]",
+            "--spark_conf=batchscore.input=splits",
+        ),
+    )
+
+
 SCALING: dict[str, BenchPath] = {
     "beam_mp1": _beam_workers(1),
     "beam_mp2": _beam_workers(2),
     "spark_local1": _spark_cores(1),
     "spark_local2": _spark_cores(2),
+    "spark_splits_local1": _spark_splits_cores(1),
+    "spark_splits_local2": _spark_splits_cores(2),
 }
 
 
@@ -300,7 +315,7 @@ def scaling_table(results: Sequence[Measurement], rows: int) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     by_key = {m.key: m for m in results}
-    for family in ("beam_mp", "spark_local"):
+    for family in ("beam_mp", "spark_local", "spark_splits_local"):
         one = by_key.get(f"{family}1")
         for n in (1, 2):
             m = by_key.get(f"{family}{n}")
@@ -391,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scaling",
         action="store_true",
         help="Also measure 1 and 2 workers (DirectRunner multi_processing, Spark local[N]) "
-        "at the first row count.",
+        "at the last (largest) row count.",
     )
     parser.add_argument(
         "--workdir",
@@ -422,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         everything += results
         picture = None if args.no_report else chart(results, rows)
         sections.append(markdown(results, rows, picture))
-        if args.scaling and position == 0:
+        if args.scaling and position == len(args.rows) - 1:
             scaled = [
                 measure(key, path.label, rows, path.command(ctx)) for key, path in SCALING.items()
             ]
