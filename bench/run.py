@@ -16,7 +16,8 @@ Paths (all by default):
 
 Each path runs as its own process and is timed from process start to exit
 (start-up, TensorFlow import and model load included); the peak resident
-memory of its whole process tree is sampled from /proc every 0.1 s. Each row
+memory and the CPU time of its whole process tree are sampled from /proc every
+0.1 s. Each row
 count is generated once (demo data shape, 8 files) and reused.
 
 --scaling adds, at the last (largest) row count: Beam's DirectRunner in multi-process
@@ -59,6 +60,7 @@ class Measurement:
     rows: int
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -73,12 +75,21 @@ class Context:
     out: Path
 
 
-def _tree_rss_kb(pid: int) -> int:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _sample_tree(pid: int, cpu_ticks: dict[int, int]) -> int:
+    """The resident memory (kB) of ``pid`` and all its descendants now; records each
+    process's CPU ticks so far (user + system) in ``cpu_ticks``."""
     total = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the name.
+            cpu_ticks[current] = int(fields[11]) + int(fields[12])
             with open(f"/proc/{current}/status") as handle:
                 for line in handle:
                     if line.startswith("VmRSS:"):
@@ -86,7 +97,7 @@ def _tree_rss_kb(pid: int) -> int:
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as handle:
                     pending.extend(int(c) for c in handle.read().split())
-        except (FileNotFoundError, ProcessLookupError, ValueError):
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
             continue
     return total
 
@@ -98,15 +109,21 @@ def measure(key: str, label: str, rows: int, command: Sequence[str]) -> Measurem
         command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     peak = 0
+    cpu_ticks: dict[int, int] = {}
     while process.poll() is None:
-        peak = max(peak, _tree_rss_kb(process.pid))
+        peak = max(peak, _sample_tree(process.pid, cpu_ticks))
         time.sleep(0.1)
     seconds = time.perf_counter() - started
     output = process.stdout.read() if process.stdout else ""
     if process.returncode != 0:
         raise SystemExit(f"bench: {label} failed (exit {process.returncode}):\n{output[-3000:]}")
-    result = Measurement(key, label, rows, seconds, peak / 1024)
-    print(f"bench:   {seconds:.1f} s, {result.rate:,.0f} rows/s, {result.peak_rss_mb:,.0f} MB")
+    # CPU of the process tree as last sampled (up to 0.1 s per process is missed).
+    cpu = sum(cpu_ticks.values()) / TICKS
+    result = Measurement(key, label, rows, seconds, peak / 1024, cpu)
+    print(
+        f"bench:   {seconds:.1f} s, {result.rate:,.0f} rows/s, {result.peak_rss_mb:,.0f} MB, "
+        f"{cpu:.1f} CPU s"
+    )
     return result
 
 
@@ -249,16 +266,16 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
     lines = [
         f"### {rows:,} rows ({dt.date.today().isoformat()}, {os.cpu_count()} cores)",
         "",
-        "| path | wall s | predictions/s | peak RSS MB | vs stock Beam | vs predict_batch_udf "
-        "| share of floor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | wall s | predictions/s | peak RSS MB | CPU s | vs stock Beam "
+        "| vs predict_batch_udf | share of floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
         floor = by_key.get("floor")
         share = f"{m.rate / floor.rate:.0%}" if floor and m.key != "floor" else ""
         lines.append(
             f"| {m.label} | {m.seconds:.1f} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
-            f"| {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
+            f"| {m.cpu_seconds:.0f} | {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
             f"| {share} |"
         )
     lines += ["", *targets(by_key)]
@@ -311,8 +328,8 @@ def scaling_table(results: Sequence[Measurement], rows: int) -> str:
     lines = [
         f"#### Scaling at {rows:,} rows (same invocation)",
         "",
-        "| path | workers | wall s | predictions/s | speed-up |",
-        "|---|---:|---:|---:|---:|",
+        "| path | workers | wall s | predictions/s | speed-up | CPU s | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {m.key: m for m in results}
     for family in ("beam_mp", "spark_local", "spark_splits_local"):
@@ -322,7 +339,10 @@ def scaling_table(results: Sequence[Measurement], rows: int) -> str:
             if m is None:
                 continue
             speedup = f"{m.rate / one.rate:.2f}x" if one else ""
-            lines.append(f"| {m.label} | {n} | {m.seconds:.1f} | {m.rate:,.0f} | {speedup} |")
+            lines.append(
+                f"| {m.label} | {n} | {m.seconds:.1f} | {m.rate:,.0f} | {speedup} "
+                f"| {m.cpu_seconds:.0f} | {m.cpu_seconds / m.seconds:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
