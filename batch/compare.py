@@ -37,7 +37,14 @@ from batch.errors import ModelError
 from batch.evaluation import Check, Thresholds, labelled_metrics, pairwise_metrics, verdict
 from batch.fsutil import write_json_atomic
 from batch.incremental import contract_sha256
-from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, fingerprint, plan_splits
+from batch.inputs import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SPLIT_ROWS,
+    BadFile,
+    InputFile,
+    fingerprint,
+    plan_splits,
+)
 from batch.job import check_inputs, columns_to_read, model_manifest, model_signature, read_split
 from batch.model_repo import ResolvedModel
 from batch.routing import ROUTING_HASH, in_share
@@ -73,7 +80,7 @@ class ComparisonRequest:
     contract: Contract | None = None
     skipped_files: Sequence[BadFile] = ()
     score_output: str | None = None
-    batch_size: int = 16384
+    batch_size: int = DEFAULT_BATCH_SIZE
     top_n: int = DEFAULT_TOP_N
 
 

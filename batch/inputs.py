@@ -20,6 +20,10 @@ import pyarrow.parquet as pq
 from batch.errors import InputDataError, UsageError
 
 DEFAULT_SPLIT_ROWS = 1 << 18
+# Rows per Arrow batch and model call. Per-call costs (tensor conversion, the
+# signature call, one validation pass per column) are paid per batch: 65536 rows
+# ran the demo model 10-15% faster than 16384 at 10M rows, for ~0.1 GB more memory.
+DEFAULT_BATCH_SIZE = 1 << 16
 
 
 @dataclass(frozen=True)

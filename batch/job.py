@@ -40,7 +40,15 @@ from batch.errors import (
 )
 from batch.faults import SCORING, fault_point
 from batch.incremental import contract_sha256
-from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, Split, fingerprint, plan_splits
+from batch.inputs import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SPLIT_ROWS,
+    BadFile,
+    InputFile,
+    Split,
+    fingerprint,
+    plan_splits,
+)
 from batch.metrics import (
     PartStats,
     merge_part_stats,
@@ -78,7 +86,6 @@ from schemas.contract import ColumnRule, Contract
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 16384
 DEFAULT_SCORING_THREADS = 2
 DEFAULT_MAX_ERROR_RATE = 0.001
 DEFAULT_DRIFT_THRESHOLDS = DriftThresholds()

@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch.inputs import DEFAULT_BATCH_SIZE
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
@@ -25,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="SavedModel directory.")
     parser.add_argument("--output", required=True, help="Output Parquet file.")
     parser.add_argument("--key_column", required=True, help="Column copied to the output.")
-    parser.add_argument("--batch_size", type=int, default=16384, help="Rows per model call.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Rows per model call (default: batchscore's, %(default)s).",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from batch.inputs import DEFAULT_BATCH_SIZE
+
 
 def make_predict_fn_for(
     model_dir: str, inputs: Sequence[str], output: str
@@ -63,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inputs", required=True, help="Comma-separated model input columns.")
     parser.add_argument("--output_name", default="default_probability", help="Model output.")
     parser.add_argument("--master", default="local[2]", help="Spark master (default: local[2]).")
-    parser.add_argument("--batch_size", type=int, default=16384, help="Rows per model call.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Rows per model call (default: batchscore's, %(default)s).",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

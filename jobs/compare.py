@@ -18,6 +18,7 @@ from typing import Any
 
 from batch.errors import UsageError
 from batch.evaluation import Thresholds
+from batch.inputs import DEFAULT_BATCH_SIZE
 from batch.model_repo import ModelRepository, resolve_model, who
 from batch.output import new_run_id
 from batch.signing import verify_once
@@ -161,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="How many of the most divergent rows to keep in divergent_rows.parquet.",
     )
     parser.add_argument(
-        "--batch_size", type=positive_int, default=16384, help="Rows per read and model call."
+        "--batch_size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Rows per read and model call.",
     )
     parser.add_argument(
         "--on_bad_file",

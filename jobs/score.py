@@ -23,9 +23,15 @@ from batch.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE, DriftThreshol
 from batch.errors import BatchScoreError, InputDataError, UsageError
 from batch.fsutil import write_json_atomic
 from batch.incremental import find_up_to_date_run
-from batch.inputs import DEFAULT_SPLIT_ROWS, BadFile, InputFile, find_input_files, inspect_inputs
-from batch.job import (
+from batch.inputs import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_SPLIT_ROWS,
+    BadFile,
+    InputFile,
+    find_input_files,
+    inspect_inputs,
+)
+from batch.job import (
     DEFAULT_MAX_ERROR_RATE,
     DryRunComplete,
     Runner,
