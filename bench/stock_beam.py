@@ -21,8 +21,9 @@ from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from batch.inputs import DEFAULT_BATCH_SIZE
 from runners.beam import create_pipeline
+
+STOCK_BATCH_SIZE = 16384
 
 
 class SavedModelSignatureHandler(ModelHandler[dict[str, Any], PredictionResult, Any]):
@@ -56,8 +57,8 @@ class SavedModelSignatureHandler(ModelHandler[dict[str, Any], PredictionResult, 
         ]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
-        # The same largest batch as batchscore's, so both make model calls of one size.
-        return {"min_batch_size": 1024, "max_batch_size": DEFAULT_BATCH_SIZE}
+        # 16384 rows: the faster of the two sizes measured for this path (65536 was slower).
+        return {"min_batch_size": 1024, "max_batch_size": STOCK_BATCH_SIZE}
 
 
 def _signature(model_dir: str) -> tuple[dict[str, str], str]:
