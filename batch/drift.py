@@ -302,8 +302,26 @@ class DriftCounts:
         )
 
 
+# Feature bins are counted on at most this many rows of each batch, evenly strided:
+# exact for batches up to this size, a 1-in-k sample of larger ones (k = 4 for the
+# default 65536-row batch). Counting every row of every batch cost 10-15% of a
+# 10M-row job's wall time; a quarter of the rows keeps the PSI of millions of
+# rows to within sampling noise of ~1e-4 for ~3%.
+FEATURE_SAMPLE_ROWS = 16384
+
+
+def feature_sample(batch: pa.RecordBatch, rows: int = FEATURE_SAMPLE_ROWS) -> pa.RecordBatch:
+    """``batch`` itself when it has at most ``rows`` rows, else every k-th row of it."""
+    if batch.num_rows <= rows:
+        return batch
+    step = -(-batch.num_rows // rows)
+    return batch.take(pa.array(np.arange(0, batch.num_rows, step)))
+
+
 def count_features(baseline: Baseline, batch: pa.RecordBatch) -> DriftCounts:
-    """The bins of one input batch (every baseline feature it has)."""
+    """The bins of one input batch (every baseline feature it has), counted on
+    :func:`feature_sample` of it."""
+    batch = feature_sample(batch)
     names = set(batch.schema.names)
     return DriftCounts(
         {f.name: f.count(batch.column(f.name)) for f in baseline.features if f.name in names}
