@@ -185,11 +185,10 @@ def score_batches(
     Besides the Parquet parts it stages the part's stats (batch.metrics).
     """
     started = time.perf_counter()
-    loaded = load_model(job.model, job.trust)
     scorer = job_scorer(job)
     validator = RowValidator(scorer.input_types, job.rules)
     baseline = job.baseline
-    stats = PartStats(model_loads={process_id(): loaded.load_seconds})
+    stats = PartStats(model_loads={process_id(): scorer.loaded.load_seconds})
     staging = job.layout.staging_dir
     with (
         PartWriter(

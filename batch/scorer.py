@@ -294,6 +294,11 @@ class CanaryScorer:
         self.fraction = fraction
 
     @property
+    def loaded(self) -> LoadedModel:
+        """The production model: the one the run is named after."""
+        return self.production.loaded
+
+    @property
     def input_types(self) -> dict[str, pa.DataType]:
         return self.production.input_types
 
