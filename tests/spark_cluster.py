@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,28 @@ def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent
+
+
+def spark_submit_command(
+    master: str, submit_options: Sequence[str], job_args: Sequence[str]
+) -> list[str]:
+    """``spark-submit`` of ``jobs/score.py --runner=PySparkRunner`` with the driver on
+    loopback and no UI; ``submit_options`` go before the script, ``job_args`` after it."""
+    return [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master",
+        master,
+        *submit_options,
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+        str(Path(__file__).resolve().parent.parent / "jobs" / "score.py"),
+        "--runner=PySparkRunner",
+        *job_args,
+    ]
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ from tests.plain_model import (
     plain_model_expected,
     write_plain_data,
 )
-from tests.spark_cluster import SparkCluster, spark_home
+from tests.spark_cluster import SparkCluster, spark_submit_command
 
 PROJECT = Path(__file__).resolve().parent.parent
 LOCAL = "local[2]"
@@ -235,20 +235,7 @@ def test_plain_model_on_the_standalone_cluster_via_spark_submit(
 
 def _spark_submit(master: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    command = [
-        str(spark_home() / "bin" / "spark-submit"),
-        "--master",
-        master,
-        "--conf",
-        "spark.driver.host=127.0.0.1",
-        "--conf",
-        "spark.driver.bindAddress=127.0.0.1",
-        "--conf",
-        "spark.ui.enabled=false",
-        str(PROJECT / "jobs" / "score.py"),
-        "--runner=PySparkRunner",
-        *args,
-    ]
+    command = spark_submit_command(master, (), args)
     return subprocess.run(
         command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300
     )

@@ -15,7 +15,7 @@ import pytest
 
 from batch.output import list_committed_runs
 from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
-from tests.spark_cluster import SparkCluster, spark_home
+from tests.spark_cluster import SparkCluster, spark_submit_command
 from tests.venvs import packed_dependencies, zip_batchscore
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -36,33 +36,22 @@ def test_spark_submit_ships_a_packed_venv_to_the_cluster(
     # Nothing of the test's own Python setting may leak into Spark's choice of interpreter.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}
     result = subprocess.run(
-        [
-            str(spark_home() / "bin" / "spark-submit"),
-            "--master",
+        spark_submit_command(
             spark_cluster.master_url,
-            "--deploy-mode",
-            "client",
-            "--archives",
-            f"{archive}#environment",
-            "--py-files",
-            str(code),
-            "--conf",
-            "spark.pyspark.python=./environment/bin/python",
-            "--conf",
-            f"spark.pyspark.driver.python={sys.executable}",
-            "--conf",
-            "spark.driver.host=127.0.0.1",
-            "--conf",
-            "spark.driver.bindAddress=127.0.0.1",
-            "--conf",
-            "spark.ui.enabled=false",
-            str(PROJECT / "jobs" / "score.py"),
-            "--runner=PySparkRunner",
-            f"--input={data}",
-            f"--model={model}",
-            f"--output={output}",
-            "--key_columns=id",
-        ],
+            (
+                "--deploy-mode",
+                "client",
+                "--archives",
+                f"{archive}#environment",
+                "--py-files",
+                str(code),
+                "--conf",
+                "spark.pyspark.python=./environment/bin/python",
+                "--conf",
+                f"spark.pyspark.driver.python={sys.executable}",
+            ),
+            (f"--input={data}", f"--model={model}", f"--output={output}", "--key_columns=id"),
+        ),
         cwd=tmp_path,
         env=env,
         capture_output=True,
