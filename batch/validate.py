@@ -71,6 +71,21 @@ def _value_set(categories: tuple[str, ...], arrow_type: pa.DataType) -> pa.Array
     return pa.array(categories, arrow_type)
 
 
+def _matches(column: pa.Array, pattern: str) -> pa.Array:
+    """``pc.match_substring_regex(column, pattern)``, matching each distinct value once
+    when the column repeats its values (codes, ids): a regex costs ~50 ns a value,
+    hashing a value to find the repeats ~20 ns."""
+    sample = column.slice(0, _DISTINCT_SAMPLE)
+    if len(sample) < _DISTINCT_SAMPLE or len(pc.unique(sample)) > _DISTINCT_SAMPLE // 2:
+        return pc.match_substring_regex(column, pattern)
+    encoded = pc.dictionary_encode(column)
+    return pc.take(pc.match_substring_regex(encoded.dictionary, pattern), encoded.indices)
+
+
+# Rows looked at to decide whether a column repeats its values enough.
+_DISTINCT_SAMPLE = 2048
+
+
 def _within(column: pa.Array, minimum: float, maximum: float) -> bool:
     """Whether every non-null, non-NaN value lies in [minimum, maximum] (one pass, no copy)."""
     low, high = pc.min_max(column).values()
@@ -131,14 +146,16 @@ class RowValidator:
             return None
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             return None
-        if _within(column, rule.minimum, rule.maximum):
+        floating = pa.types.is_floating(column.type)
+        # Arrow's min_max is quick on integers; on floats (NaN-aware) numpy is ~10x faster.
+        if not floating and _within(column, rule.minimum, rule.maximum):
             return None
-        inside = pc.and_(
-            pc.greater_equal(column, rule.minimum), pc.less_equal(column, rule.maximum)
-        )
-        mask = _as_mask(pc.invert(inside))
-        if pa.types.is_floating(column.type):  # NaN and inf are not_finite, not out_of_range
-            mask &= _as_mask(pc.is_finite(column))
+        present = pc.fill_null(column, rule.minimum) if column.null_count else column
+        values = present.to_numpy(zero_copy_only=False)  # nulls are null_value, not here
+        with np.errstate(invalid="ignore"):
+            mask = (values < rule.minimum) | (values > rule.maximum)
+        if floating and mask.any():  # NaN and inf are not_finite, not out_of_range
+            mask &= np.isfinite(values)
         if not mask.any():
             return None
         bounds = f"; expected [{_number(rule.minimum)}, {_number(rule.maximum)}]"
@@ -167,7 +184,7 @@ class RowValidator:
     def _pattern(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if rule is None or rule.pattern is None:
             return None
-        mask = _as_mask(pc.invert(pc.match_substring_regex(column, rule.pattern)))
+        mask = _as_mask(pc.invert(_matches(column, rule.pattern)))
         if not mask.any():
             return None
         return _Problem(

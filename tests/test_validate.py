@@ -181,3 +181,48 @@ def test_validation_of_a_large_batch_is_vectorized() -> None:
     )
     result = RowValidator({}, RULES).partition(batch)
     assert result.rejected.num_rows == 200
+
+
+def test_large_batches_give_the_per_row_reasons() -> None:
+    """Batches big enough for the fast paths (each distinct code matched once, ranges
+    checked in numpy) give every row the reason a row-by-row reading of the rules gives."""
+    rng = np.random.default_rng(7)
+    n = 6000
+    codes = np.array(["PL-GOLD 07", "AUTO-STD 12", "a;b", "X-Y 1€", "HOME 3"], dtype=object)
+    code: list[object] = list(codes[rng.integers(0, len(codes), n)])
+    income: list[object] = [float(v) for v in rng.uniform(-10, 2e7, n)]
+    age: list[object] = [int(v) for v in rng.integers(0, 120, n)]
+    for i in range(0, n - 2, 97):
+        income[i] = [None, math.nan, math.inf, -math.inf][i % 4]
+        age[i + 1] = None
+        code[i + 2] = None
+    rows = [
+        {"id": i, "age": a, "income": m, "home": "OWN", "purpose": "car", "code": c}
+        for i, (a, m, c) in enumerate(zip(age, income, code, strict=True))
+    ]
+    schema = pa.schema([("id", pa.int64()), *_batch().schema])
+    batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    def expected(row: dict[str, object]) -> str | None:
+        a, m, c = row["age"], row["income"], row["code"]
+        if a is None or c is None:
+            return "null_value"
+        if isinstance(m, float) and not math.isfinite(m):
+            return "not_finite"
+        if not 18 <= int(str(a)) <= 100 or (isinstance(m, float) and not 0 <= m <= 1e7):
+            return "out_of_range"
+        if not re.fullmatch(r"[A-Za-z0-9_\-\s]+", str(c)):
+            return "bad_characters"
+        return None
+
+    result = RowValidator({}, RULES).partition(batch)
+    got = dict(
+        zip(
+            result.rejected.column("id").to_pylist(),
+            result.rejected.column(REASON_COLUMN).to_pylist(),
+            strict=True,
+        )
+    )
+    wanted = {row["id"]: expected(row) for row in rows}
+    assert got == {i: reason for i, reason in wanted.items() if reason is not None}
+    assert result.valid.column("id").to_pylist() == [i for i, r in wanted.items() if r is None]
