@@ -31,12 +31,13 @@ targets, and a PNG chart) go to the top of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class Measurement:
     seconds: float
     peak_rss_mb: float
     cpu_seconds: float = 0.0
+    # Wall seconds of every run of this path when it was measured more than once
+    # (the figures above are those of the median run).
+    runs: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -261,6 +265,26 @@ def _ratio(results: dict[str, Measurement], key: str, base: str) -> str:
     return f"{results[key].rate / results[base].rate:.2f}x"
 
 
+def measure_all(
+    rows: int, commands: Mapping[str, tuple[str, Sequence[str]]], repeat: int
+) -> list[Measurement]:
+    """Each path ``repeat`` times, in rounds (every path once per round, so a noisy
+    stretch of a shared machine hits all paths alike); per path the median run."""
+    measured: dict[str, list[Measurement]] = {key: [] for key in commands}
+    for round_number in range(repeat):
+        if repeat > 1:
+            print(f"bench: round {round_number + 1} of {repeat}", flush=True)
+        for key, (label, command) in commands.items():
+            measured[key].append(measure(key, label, rows, command))
+    results = []
+    for runs in measured.values():
+        ordered = sorted(runs, key=lambda m: m.seconds)
+        median = ordered[(len(ordered) - 1) // 2]
+        seconds = tuple(m.seconds for m in runs)
+        results.append(dataclasses.replace(median, runs=seconds if repeat > 1 else ()))
+    return results
+
+
 def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> str:
     by_key = {m.key: m for m in results}
     lines = [
@@ -273,11 +297,18 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
     for m in results:
         floor = by_key.get("floor")
         share = f"{m.rate / floor.rate:.0%}" if floor and m.key != "floor" else ""
+        runs = f" ({' / '.join(f'{s:.1f}' for s in m.runs)})" if m.runs else ""
         lines.append(
-            f"| {m.label} | {m.seconds:.1f} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
+            f"| {m.label} | {m.seconds:.1f}{runs} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
             f"| {m.cpu_seconds:.0f} | {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
             f"| {share} |"
         )
+    if any(m.runs for m in results):
+        lines += [
+            "",
+            f"Median of {max(len(m.runs) for m in results)} runs per path, in rounds; "
+            "every run's wall seconds in brackets.",
+        ]
     lines += ["", *targets(by_key)]
     if chart:
         lines += ["", f"![predictions/s at {rows:,} rows]({chart})"]
@@ -423,6 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "e.g. --rows=2000000,20000000 --large_paths=beam for the memory check alone.",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Runs per path (in rounds); the tables show each path's median run "
+        "(default: %(default)s).",
+    )
+    parser.add_argument(
         "--scaling",
         action="store_true",
         help="Also measure 1 and 2 workers (DirectRunner multi_processing, Spark local[N]) "
@@ -440,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Print the tables only; leave docs/benchmarks.md as it is.",
     )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, found {args.repeat}")
 
     from jobs.make_demo import ensure_demo_data
 
@@ -453,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = ensure_demo_data(args.workdir / f"data-{rows}", rows=rows, days=8, files_per_day=1)
         ctx = Context(data, model, repo.root, args.workdir / "out")
         keys = args.paths if position == 0 or args.large_paths is None else args.large_paths
-        results = [measure(key, PATHS[key].label, rows, PATHS[key].command(ctx)) for key in keys]
+        commands = {key: (PATHS[key].label, PATHS[key].command(ctx)) for key in keys}
+        results = measure_all(rows, commands, args.repeat)
         everything += results
         picture = None if args.no_report else chart(results, rows)
         sections.append(markdown(results, rows, picture))
