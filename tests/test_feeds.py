@@ -3,36 +3,72 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.scorer import import_tensorflow, string_tensor
+from batch.scorer import ServingFunction, import_tensorflow, string_feed
 
 VALUES = ["PL-GOLD 07", "", "é€ü", "a" * 300, "x", "", "AUTO-STD 12;rm -rf", "tab\there"]
 
 
-def _round_trip(column: pa.Array) -> list[bytes]:
-    tensor = string_tensor(column)
-    assert tensor.shape == (len(column),)
-    return list(tensor.numpy())
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> ServingFunction:
+    """A real SavedModel whose serving signature returns its string input unchanged."""
+    import_tensorflow()
+    import tensorflow as tf
+
+    class Echo(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="s"),
+                tf.TensorSpec([None], tf.float32, name="x"),
+            ]
+        )
+        def serve(self, s: Any, x: Any) -> dict[str, Any]:
+            return {"echo": tf.identity(s), "x": x * 2.0}
+
+    module = Echo()
+    path = tmp_path_factory.mktemp("echo") / "model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return ServingFunction(tf, path, "echo")
+
+
+def _round_trip(echo: ServingFunction, column: pa.Array) -> list[bytes]:
+    x = np.arange(len(column), dtype=np.float32)
+    out = echo({"s": string_feed(column), "x": x})
+    assert np.array_equal(out["x"], x * 2)
+    return list(out["echo"])
+
+
+def test_the_signature_is_described_from_the_saved_model(echo: ServingFunction) -> None:
+    assert {n: (i.dtype, i.shape) for n, i in echo.signature.inputs.items()} == {
+        "s": ("string", (None,)),
+        "x": ("float32", (None,)),
+    }
+    assert echo.signature.outputs["echo"].dtype == "string"
 
 
 @pytest.mark.parametrize(
     ("start", "length"),
     [(0, len(VALUES)), (2, 3), (1, 1), (5, 0), (len(VALUES) - 1, 1), (0, 0)],
 )
-def test_string_columns_reach_tensorflow_value_for_value(start: int, length: int) -> None:
+def test_string_columns_reach_tensorflow_value_for_value(
+    echo: ServingFunction, start: int, length: int
+) -> None:
     column = pa.array(VALUES, pa.string()).slice(start, length)
     expected = [v.encode() for v in VALUES[start : start + length]]
-    assert _round_trip(column) == expected
+    assert _round_trip(echo, column) == expected
 
 
-def test_all_empty_strings_and_a_large_batch() -> None:
-    assert _round_trip(pa.array(["", "", ""], pa.string())) == [b"", b"", b""]
+def test_all_empty_strings_and_a_large_batch(echo: ServingFunction) -> None:
+    assert _round_trip(echo, pa.array(["", "", ""], pa.string())) == [b"", b"", b""]
     many = [f"employer-{i % 977}" for i in range(70_000)]
-    assert _round_trip(pa.array(many, pa.string()).slice(1234)) == [v.encode() for v in many[1234:]]
+    assert _round_trip(echo, pa.array(many, pa.string()).slice(1234)) == [
+        v.encode() for v in many[1234:]
+    ]
 
 
 def test_product_code_parts_match_the_per_row_regular_expressions() -> None:
