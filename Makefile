@@ -29,10 +29,11 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-## bench: whole-job speed on generated data (ROWS=2000000 by default)
+## bench: whole-job speed on generated data (ROWS=2000000, REPEAT=1 by default)
 ROWS ?= 2000000
+REPEAT ?= 1
 bench: venv
-	$(BIN)/python -m bench.run --rows=$(ROWS)
+	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT)
 
 clean-demo:
 	rm -rf .demo

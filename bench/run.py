@@ -1,7 +1,7 @@
 """Whole-job benchmark: every path scores the same files with the same SavedModel.
 
     python -m bench.run [--rows=2000000[,10000000,...]] [--paths=beam,stock_beam,...]
-                        [--scaling]
+                        [--repeat=N] [--scaling]
 
 Paths (all by default):
 
@@ -17,15 +17,18 @@ Paths (all by default):
 Each path runs as its own process and is timed from process start to exit
 (start-up, TensorFlow import and model load included); the peak resident
 memory and the CPU time of its whole process tree are sampled from /proc every
-0.1 s. Each row
-count is generated once (demo data shape, 8 files) and reused.
+0.1 s. Each row count is generated once (demo data shape, 8 files) and
+reused. With --repeat=N every path runs N times, in rounds, and the tables show
+each path's median run (every run's wall time beside it): the machine's noise
+then hits all paths alike.
 
 --scaling adds, at the last (largest) row count: Beam's DirectRunner in multi-process
 mode with 1 and 2 workers, and the native Spark runner (both input modes) on
 local[1] and local[2].
 
 Results (a Markdown table per row count, ratios to the stock paths, the
-targets, and a PNG chart) go to the top of docs/benchmarks.md.
+targets, and a PNG chart per row count, named after the invocation's start)
+go to the top of docs/benchmarks.md under a heading with the command line.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Context:
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
+STARTED = dt.datetime.now()
 
 
 def _sample_tree(pid: int, cpu_ticks: dict[int, int]) -> int:
@@ -384,7 +388,9 @@ def chart(results: Sequence[Measurement], rows: int) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name = f"benchmarks-{rows}.png"
+    # One file per invocation and row count: a later run must not change the
+    # picture an earlier section of docs/benchmarks.md shows.
+    name = f"benchmarks-{rows}-{STARTED:%Y%m%d-%H%M%S}.png"
     stock = {"stock_beam", "udf"}
     figure, axes = plt.subplots(figsize=(9, 0.55 * len(results) + 1.2))
     labels = [m.label for m in results][::-1]
@@ -506,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     growth = rss_growth(everything)
     if growth:
         sections.append(growth)
-    text = "\n".join(sections)
+    command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
+    text = f"## {STARTED:%Y-%m-%d %H:%M}: `{command}`\n\n" + "\n".join(sections)
     print(text)
     if not args.no_report:
         body = REPORT.read_text().removeprefix(HEADER) if REPORT.is_file() else ""
