@@ -97,7 +97,7 @@ class ServingFunction:
         if SERVING_SIGNATURE not in meta_graph.signature_def:
             raise ModelError(
                 f"model {label} ({saved_model_dir}): expected a '{SERVING_SIGNATURE}' "
-                f"signature, found {sorted(meta_graph.signature_def) or 'none'}. Export the "
+                f"signature, found {_public(meta_graph.signature_def) or 'none'}. Export the "
                 "model with tf.saved_model.save(obj, path, signatures={'serving_default': fn})"
             )
         signature_def = meta_graph.signature_def[SERVING_SIGNATURE]
@@ -147,14 +147,26 @@ class ServingFunction:
         return dict(zip(self._output_names, self._run(*values), strict=True))
 
 
+def _public(signatures: Any) -> list[str]:
+    """Signature names a user gave (TensorFlow adds ``__saved_model_init_op``)."""
+    return sorted(name for name in signatures if not name.startswith("__"))
+
+
 def _serving_meta_graph(tf: Any, saved_model_dir: Path, label: str) -> Any:
+    """The MetaGraph tagged ``serve`` of the SavedModel in ``saved_model_dir``."""
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
     path = saved_model_dir / "saved_model.pb"
+    text = saved_model_dir / "saved_model.pbtxt"
     try:
-        saved_model.ParseFromString(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        if text.is_file() and not path.is_file():
+            path = text
+            text_format.Parse(text.read_text(), saved_model)
+        else:
+            saved_model.ParseFromString(path.read_bytes())
+    except (OSError, ValueError, message.Error, text_format.ParseError) as exc:
         raise ModelError(
             f"model {label} ({saved_model_dir}): cannot read {path.name} ({exc}); expected a "
             "SavedModel written by tf.saved_model.save"

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batch.errors import ModelError
 from batch.scorer import ServingFunction, import_tensorflow, string_feed
 
 VALUES = ["PL-GOLD 07", "", "é€ü", "a" * 300, "x", "", "AUTO-STD 12;rm -rf", "tab\there"]
@@ -99,3 +100,51 @@ def test_product_code_parts_match_the_per_row_regular_expressions() -> None:
         tf.strings.upper(tf.strings.strip(tf.constant(codes))), PRODUCT_HASH_BUCKETS
     )
     assert np.array_equal(hashed.numpy(), expected_hash.numpy())
+
+
+def _save(path: Any, spec_shape: list[int | None], signature: str) -> Any:
+    import_tensorflow()
+    import tensorflow as tf
+
+    class Model(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(spec_shape, tf.float32, name="x")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": x + 1.0}
+
+    module = Model()
+    tf.saved_model.save(module, str(path), signatures={signature: module.serve})
+    return tf
+
+
+def test_a_model_without_serving_default_is_refused_naming_what_it_has(tmp_path: Any) -> None:
+    tf = _save(tmp_path / "m", [None], "predict")
+    with pytest.raises(
+        ModelError, match=r"expected a 'serving_default' signature, found \['predict'\]"
+    ):
+        ServingFunction(tf, tmp_path / "m", "m@1")
+
+
+def test_an_input_that_is_not_one_column_is_refused(tmp_path: Any) -> None:
+    tf = _save(tmp_path / "m", [None, 3], "serving_default")
+    with pytest.raises(
+        ModelError, match=r"input 'x' has shape \[None, 3\].*must have shape \[None\]"
+    ):
+        ServingFunction(tf, tmp_path / "m", "m@1")
+
+
+def test_a_damaged_saved_model_names_the_file(tmp_path: Any) -> None:
+    tf = _save(tmp_path / "m", [None], "serving_default")
+    pb = tmp_path / "m" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:100])
+    with pytest.raises(ModelError, match=r"m@1 .*cannot read saved_model.pb"):
+        ServingFunction(tf, tmp_path / "m", "m@1")
+    pb.unlink()
+    with pytest.raises(ModelError, match=r"cannot read saved_model.pb"):
+        ServingFunction(tf, tmp_path / "m", "m@1")
+
+
+def test_numbers_are_fed_as_they_are(tmp_path: Any) -> None:
+    tf = _save(tmp_path / "m", [None], "serving_default")
+    function = ServingFunction(tf, tmp_path / "m", "m@1")
+    x = np.array([0.5, -2.0, 1e30], dtype=np.float32)
+    assert np.array_equal(function({"x": x})["y"], x + 1.0)
