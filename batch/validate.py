@@ -150,8 +150,8 @@ class RowValidator:
         # Arrow's min_max is quick on integers; on floats (NaN-aware) numpy is ~10x faster.
         if not floating and _within(column, rule.minimum, rule.maximum):
             return None
-        present = pc.fill_null(column, rule.minimum) if column.null_count else column
-        values = present.to_numpy(zero_copy_only=False)  # nulls are null_value, not here
+        # Nulls become NaN here, which no comparison flags: they are null_value's rows.
+        values = column.to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
             mask = (values < rule.minimum) | (values > rule.maximum)
         if floating and mask.any():  # NaN and inf are not_finite, not out_of_range
