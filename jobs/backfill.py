@@ -173,9 +173,9 @@ def check_up_to_date(
     """The committed run that already holds this partition's predictions, if any. A
     partition whose input cannot even be read is not up to date: jobs.score will say why."""
     try:
-        files, bad_files = score._resolve_inputs(str(partition.input_dir), score_args.on_bad_file)
-        contract = score._contract(score_args.contract, model)
-        key_columns = score._key_columns(score_args.key_columns, model, contract)
+        files, bad_files = score.resolve_inputs(str(partition.input_dir), score_args.on_bad_file)
+        contract = score.job_contract(score_args.contract, model)
+        key_columns = score.job_key_columns(score_args.key_columns, model, contract)
     except BatchScoreError:
         return None
     return find_up_to_date_run(
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.partition_column}=YYYY-MM-DD partitions; no such folder"
             )
         output_root = Path(args.output).expanduser()
-        score._check_output_writable(output_root)
+        score.check_output_writable(output_root)
         model = resolve_model(args.model, ModelRepository(score_args.model_repo))
         verify_once(model, score.trust_policy(score_args.public_key, score_args.allow_unsigned))
         partitions = plan_partitions(

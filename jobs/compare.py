@@ -32,11 +32,11 @@ from jobs.cli import (
     setup_logging,
 )
 from jobs.score import (
-    _check_local_path,
-    _contract,
-    _key_columns,
-    _resolve_inputs,
+    check_local_path,
     input_or_demo,
+    job_contract,
+    job_key_columns,
+    resolve_inputs,
     trust_policy,
 )
 
@@ -216,16 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--baseline", args.baseline),
             ("--candidate", args.candidate),
         ):
-            _check_local_path(option, value)
-        files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
+            check_local_path(option, value)
+        files, bad_files = resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         baseline = resolve_model(args.baseline, repo)
         candidate = resolve_model(args.candidate, repo)
         trust = trust_policy(args.public_key, args.allow_unsigned)
         for model in (baseline, candidate):
             verify_once(model, trust)  # refuse an untrusted model before TensorFlow starts
-        contract = _contract(args.contract, baseline)
-        key_columns = tuple(_key_columns(args.key_columns, baseline, contract))
+        contract = job_contract(args.contract, baseline)
+        key_columns = tuple(job_key_columns(args.key_columns, baseline, contract))
         output_root = Path(args.output) if args.output else demo_paths.demo_dir() / "comparisons"
         folder = output_root / f"compare={new_run_id()}"
         try:

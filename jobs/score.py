@@ -300,7 +300,7 @@ def _canary(
             f"--canary={args.canary} needs --canary_fraction: the share of keys it scores, "
             "strictly between 0 and 1 (e.g. --canary_fraction=0.1)"
         )
-    _check_local_path("--canary", args.canary)
+    check_local_path("--canary", args.canary)
     canary = Canary(resolve_model(args.canary, repo), args.canary_fraction)
     verify_once(canary.model, trust)
     if model.metadata.get("signature") and canary.model.metadata.get("signature"):
@@ -320,7 +320,8 @@ def input_or_demo(spec: str | None) -> str:
     return str(ensure_demo_data(log=None))
 
 
-def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
+def resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[BadFile]]:
+    """The readable Parquet files of ``--input`` and the bad ones, by ``--on_bad_file``."""
     files, bad = inspect_inputs(find_input_files(spec))
     if bad and on_bad_file == "fail":
         listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad)
@@ -336,12 +337,13 @@ def _resolve_inputs(spec: str, on_bad_file: str) -> tuple[list[InputFile], list[
     return files, bad
 
 
-def _contract(option: str | None, model: ResolvedModel) -> Contract | None:
+def job_contract(option: str | None, model: ResolvedModel) -> Contract | None:
+    """``--contract``, else the contract the model was trained with, else none."""
     name = option or model.metadata.get("contract")
     return load_contract(str(name)) if name else None
 
 
-def _check_local_path(option: str, value: str | None) -> None:
+def check_local_path(option: str, value: str | None) -> None:
     """Inputs, models and outputs are POSIX paths: the commit protocol needs atomic rename
     and flock (docs/commit-protocol.md), which object stores do not give."""
     if value and "://" in value:
@@ -354,7 +356,7 @@ def _check_local_path(option: str, value: str | None) -> None:
         )
 
 
-def _check_output_writable(output: Path) -> None:
+def check_output_writable(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output, prefix=".write-check-"):
@@ -375,7 +377,10 @@ def _default_model(repo: ModelRepository) -> ResolvedModel:
     return repo.resolve(demo_paths.DEMO_MODEL_NAME)
 
 
-def _key_columns(option: str | None, model: ResolvedModel, contract: Contract | None) -> list[str]:
+def job_key_columns(
+    option: str | None, model: ResolvedModel, contract: Contract | None
+) -> list[str]:
+    """``--key_columns``, else the model's recorded keys, else the contract's."""
     if option is not None:
         return [c.strip() for c in option.split(",") if c.strip()]
     recorded = model.metadata.get("key_columns") or (contract.key_columns if contract else ())
@@ -502,20 +507,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--model", args.model),
             ("--model_repo", args.model_repo),
         ):
-            _check_local_path(option, value)
-        files, bad_files = _resolve_inputs(input_spec, args.on_bad_file)
+            check_local_path(option, value)
+        files, bad_files = resolve_inputs(input_spec, args.on_bad_file)
         repo = ModelRepository(args.model_repo)
         model = _default_model(repo) if args.model is None else resolve_model(args.model, repo)
         observer.model = model
         trust = trust_policy(args.public_key, args.allow_unsigned)
         verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
         canary = _canary(args, repo, model, trust)
-        contract = _contract(args.contract, model)
-        key_columns = _key_columns(args.key_columns, model, contract)
+        contract = job_contract(args.contract, model)
+        key_columns = job_key_columns(args.key_columns, model, contract)
         output = Path(args.output) if args.output else demo_paths.demo_output_dir()
         dry_run = is_dry_run(pipeline_args)
         if not dry_run:  # a dry run writes nothing there
-            _check_output_writable(output)
+            check_output_writable(output)
         if not args.force and not dry_run:
             current = find_up_to_date_run(
                 output,
