@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from batch.drift import Baseline, baseline_path
 from batch.errors import ModelError, UsageError
 from batch.model_repo import (
     ModelRepository,
@@ -85,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "show",
-        help="one version's metadata, signature and aliases as JSON",
+        help="one version's metadata, signature, aliases and drift baseline as JSON",
         description="Print a version's metadata.json, plus its path, signature file and "
-        "signing key, and its aliases, as one JSON object.",
+        "signing key, its aliases and its drift baseline (features, rows, sha256; null "
+        "when it has none), as one JSON object.",
     )
     p.add_argument("model", help="NAME, NAME@VERSION, NAME@latest or NAME@ALIAS")
     _common(p)
@@ -208,10 +210,26 @@ def cmd_show(repo: ModelRepository, args: argparse.Namespace) -> int:
             "resolved_from": args.model,
             **describe_signature(model.saved_model_dir),
             "aliases": sorted(a for a, v in aliases.items() if str(v) == model.version),
+            "drift_baseline": _baseline_summary(model),
         },
     }
     print(json.dumps(shown, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _baseline_summary(model: ResolvedModel) -> dict[str, Any] | None:
+    """What ``jobs.score --drift`` compares this model's runs with; None without one."""
+    baseline = Baseline.load(model.saved_model_dir, model.label)
+    if baseline is None:
+        return None
+    return {
+        "path": str(baseline_path(model.saved_model_dir)),
+        "sha256": baseline.sha256,
+        "source": baseline.source,
+        "rows": baseline.rows,
+        "features": [f.name for f in baseline.features],
+        "prediction_bins": baseline.prediction.bins if baseline.prediction else None,
+    }
 
 
 def cmd_register(repo: ModelRepository, args: argparse.Namespace) -> int:

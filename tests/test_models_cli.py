@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from batch.errors import ModelError, UsageError
+from batch.fsutil import file_sha256
 from batch.model_repo import ModelRepository, PromotionRefused
 from batch.output import list_committed_runs
 from batch.signing import key_fingerprint
 from jobs.models import build_parser
 from jobs.models import main as models_main
 from jobs.score import main as score_main
+from tests.conftest import TrainedModel
 from tests.plain_model import build_plain_model, write_plain_data
 from tests.signing_keys import KeyPair, make_key_pair
 
@@ -105,6 +107,7 @@ def test_list_and_show(
     assert shown["repository"]["key_fingerprint"] == fingerprint
     assert shown["repository"]["aliases"] == ["canary", "production"]
     assert shown["repository"]["signature_file"] == str(repo / "plain/1/saved_model.sig")
+    assert shown["repository"]["drift_baseline"] is None  # not trained by jobs.train
 
 
 def test_sign_refuses_to_replace_a_signature_unless_forced(
@@ -346,3 +349,16 @@ def test_register_rejects_what_is_not_a_savedmodel(tmp_path: Path) -> None:
     assert rc == 2
     with pytest.raises(UsageError):
         ModelRepository(tmp_path / "r").promote("x@1", "BAD")
+
+
+def test_show_describes_the_drift_baseline_of_a_trained_model(
+    capsys: pytest.CaptureFixture[str], trained_model: TrainedModel
+) -> None:
+    rc, out, _ = _models(capsys, trained_model.repo, "show", trained_model.model.label)
+    baseline = json.loads(out)["repository"]["drift_baseline"]
+    assert rc == 0
+    saved_model = trained_model.model.saved_model_dir
+    assert baseline["path"] == str(saved_model / "assets.extra" / "batchscore_baseline.json")
+    assert baseline["sha256"] == file_sha256(Path(baseline["path"]))
+    assert "annual_income" in baseline["features"] and "loan_id" not in baseline["features"]
+    assert baseline["rows"] > 0 and baseline["prediction_bins"] >= 10
