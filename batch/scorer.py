@@ -118,9 +118,20 @@ class ServingFunction:
                     placeholders += [data, offsets]
                     string_inputs.append(name)
             self.session = tf.compat.v1.Session(graph=self.graph)
-            tf.compat.v1.saved_model.load(
-                self.session, [tf.saved_model.SERVING], str(saved_model_dir), input_map=input_map
-            )
+            # The loader logs that TF2 code should call tf.saved_model.load instead; this
+            # is the loader TF Serving keeps using, so the notice is noise in job output.
+            tf_log = logging.getLogger("tensorflow")
+            level = tf_log.level
+            tf_log.setLevel(logging.ERROR)
+            try:
+                tf.compat.v1.saved_model.load(
+                    self.session,
+                    [tf.saved_model.SERVING],
+                    str(saved_model_dir),
+                    input_map=input_map,
+                )
+            finally:
+                tf_log.setLevel(level)
             numeric_inputs = [n for n in self.signature.inputs if n not in string_inputs]
             placeholders += [
                 self.graph.get_tensor_by_name(signature_def.inputs[n].name) for n in numeric_inputs

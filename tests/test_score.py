@@ -176,6 +176,34 @@ def test_empty_input_file_commits_an_empty_run(plain_model: Path, tmp_path: Path
     assert run.manifest()["counts"]["rows_in"] == 0
 
 
+def test_a_run_prints_no_tensorflow_notices(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    """A whole job as a user runs it: its stderr holds none of TensorFlow's start-up,
+    CUDA or deprecation notices (the session loader logs one), only the job's own lines."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.score",
+            "--runner=DirectRunner",
+            f"--input={plain_data[0]}",
+            f"--model={plain_model}",
+            f"--output={tmp_path / 'out'}",
+            "--key_columns=id",
+            "--progress=off",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "committed" in result.stdout
+    for noise in ("deprecated", "Instructions for updating", "cuda", "I0000", "E0000"):
+        assert noise.lower() not in result.stderr.lower(), result.stderr[-3000:]
+
+
 class TestArgumentsFailFast:
     """Bad arguments: one line, exit code 2, before TensorFlow or Beam is imported."""
 
