@@ -41,6 +41,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from batch.scorer import import_tensorflow
+
+import_tensorflow()  # first, so that TensorFlow's start-up chatter stays off the terminal
+
 import argparse
 import dataclasses
 import glob
