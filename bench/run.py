@@ -159,6 +159,19 @@ class BenchPath:
     command: Callable[[Context], list[str]]
 
 
+def _native_spark(cores: int, splits: bool) -> BenchPath:
+    """batchscore's native Spark runner on local[cores]: Spark reads the input, or with
+    ``splits`` each task reads its planned splits with pyarrow."""
+    mode = "batchscore.input=splits" if splits else "Spark reads the input"
+    options = ["--runner=PySparkRunner", f"--spark_master=local[{cores}]"]
+    if splits:
+        options.append("--spark_conf=batchscore.input=splits")
+    return BenchPath(
+        f"batchscore, native Spark ({mode}), local[{cores}]",
+        lambda ctx: _score(ctx, *options),
+    )
+
+
 PATHS: dict[str, BenchPath] = {
     "beam": BenchPath(
         "batchscore, Beam DirectRunner",
@@ -168,19 +181,8 @@ PATHS: dict[str, BenchPath] = {
         "batchscore, Beam DirectRunner, --drift=off",
         lambda ctx: _score(ctx, "--runner=DirectRunner", "--drift=off"),
     ),
-    "spark": BenchPath(
-        "batchscore, native Spark (Spark reads the input), local[2]",
-        lambda ctx: _score(ctx, "--runner=PySparkRunner", "--spark_master=local[2]"),
-    ),
-    "spark_splits": BenchPath(
-        "batchscore, native Spark (batchscore.input=splits), local[2]",
-        lambda ctx: _score(
-            ctx,
-            "--runner=PySparkRunner",
-            "--spark_master=local[2]",
-            "--spark_conf=batchscore.input=splits",
-        ),
-    ),
+    "spark": _native_spark(cores=2, splits=False),
+    "spark_splits": _native_spark(cores=2, splits=True),
     "stock_beam": BenchPath(
         "stock Beam: ReadFromParquet -> RunInference -> WriteToParquet",
         lambda ctx: [
@@ -234,32 +236,13 @@ def _beam_workers(workers: int) -> BenchPath:
     )
 
 
-def _spark_cores(cores: int) -> BenchPath:
-    return BenchPath(
-        f"batchscore, native Spark (Spark reads the input), local[{cores}]",
-        lambda ctx: _score(ctx, "--runner=PySparkRunner", f"--spark_master=local[{cores}]"),
-    )
-
-
-def _spark_splits_cores(cores: int) -> BenchPath:
-    return BenchPath(
-        f"batchscore, native Spark (batchscore.input=splits), local[{cores}]",
-        lambda ctx: _score(
-            ctx,
-            "--runner=PySparkRunner",
-            f"--spark_master=local[{cores}]",
-            "--spark_conf=batchscore.input=splits",
-        ),
-    )
-
-
 SCALING: dict[str, BenchPath] = {
     "beam_mp1": _beam_workers(1),
     "beam_mp2": _beam_workers(2),
-    "spark_local1": _spark_cores(1),
-    "spark_local2": _spark_cores(2),
-    "spark_splits_local1": _spark_splits_cores(1),
-    "spark_splits_local2": _spark_splits_cores(2),
+    "spark_local1": _native_spark(cores=1, splits=False),
+    "spark_local2": _native_spark(cores=2, splits=False),
+    "spark_splits_local1": _native_spark(cores=1, splits=True),
+    "spark_splits_local2": _native_spark(cores=2, splits=True),
 }
 
 
