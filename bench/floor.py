@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.inputs import DEFAULT_BATCH_SIZE
+from batch.engine.inputs import DEFAULT_BATCH_SIZE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.model_repo import ModelRepository, ResolvedModel
+from batch.model.repository import ModelRepository
+from batch.model.resolved import ResolvedModel
 from jobs import demo_paths
 
 PROJECT = Path(__file__).resolve().parent.parent

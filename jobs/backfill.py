@@ -10,7 +10,7 @@ jobs.score`` process, so a crash in one cannot take another down, and at most
 ``--parallelism`` of them run at once.
 
 A partition that already has a committed run of the same model version on the
-same input (the check :func:`batch.incremental.find_up_to_date_run` makes for
+same input (the check :func:`batch.ops.incremental.find_up_to_date_run` makes for
 ``jobs.score``) is skipped, so a backfill that stopped half-way is finished by
 running the same command again. ``--force`` scores every partition again.
 """
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.errors import BatchScoreError, UsageError
-from batch.incremental import find_up_to_date_run
-from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
-from batch.output import CommittedRun, list_committed_runs
-from batch.signing import verify_once
+from batch.core.errors import BatchScoreError, UsageError
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.resolved import ResolvedModel
+from batch.model.signing import verify_once
+from batch.ops.incremental import find_up_to_date_run
+from batch.output.commit import CommittedRun, list_committed_runs
 from jobs import score
 from jobs.cli import (
     exit_process,

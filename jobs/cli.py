@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from batch.errors import BatchScoreError
+from batch.core.errors import BatchScoreError
 
 EXIT_ERROR = 2
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.errors import UsageError
-from batch.evaluation import Thresholds
-from batch.inputs import DEFAULT_BATCH_SIZE
-from batch.model_repo import ModelRepository, resolve_model, who
-from batch.output import new_run_id
-from batch.signing import verify_once
+from batch.core.errors import UsageError
+from batch.engine.inputs import DEFAULT_BATCH_SIZE
+from batch.model.repository import ModelRepository, resolve_model, who
+from batch.model.signing import verify_once
+from batch.output.commit import new_run_id
+from batch.release.evaluation import Thresholds
 from jobs import demo_paths
 from jobs.cli import (
     exit_process,
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from batch.scorer import quiet_tensorflow
+    from batch.model.loading import quiet_tensorflow
 
     quiet_tensorflow()
 
@@ -236,7 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "folder you can write to"
             ) from exc
 
-        from batch.compare import ComparisonRequest, blessing, compare_models, write_comparison
+        from batch.release.compare import (
+            ComparisonRequest,
+            blessing,
+            compare_models,
+            write_comparison,
+        )
 
         comparison = compare_models(
             ComparisonRequest(

@@ -77,8 +77,8 @@ def ensure_demo_keys() -> None:
     staging folder that is renamed into place, so concurrent first runs agree on one pair."""
     if demo_signing_key().is_file():
         return
-    from batch.errors import UsageError
-    from batch.signing import generate_key_pair
+    from batch.core.errors import UsageError
+    from batch.model.signing import generate_key_pair
 
     keys = demo_keys_dir()
     keys.parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.errors import UsageError
-from batch.fsutil import read_json, write_json_atomic
+from batch.contract.contract import feature_columns
+from batch.core.errors import UsageError
+from batch.core.fsutil import read_json, write_json_atomic
 from jobs.cli import run_main
 from jobs.demo_paths import demo_data_dir
-from schemas import feature_columns
 
 SCHEMA_NAME = "loans"
 MARKER_FILE = "_DEMO.json"
@@ -334,7 +334,7 @@ def generate(
 
 def arrow_schema() -> pa.Schema:
     """The Parquet schema of the demo files: the contract's columns, floats as float64."""
-    arrow_types = {"int64": pa.int64(), "float32": pa.float64(), "string": pa.string()}
+    arrow_types = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
     return pa.schema(
         [pa.field(name, arrow_types[kind]) for name, kind in feature_columns(SCHEMA_NAME).items()]
     )

@@ -20,15 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.drift import Baseline, baseline_path
-from batch.errors import ModelError, UsageError
-from batch.model_repo import (
-    ModelRepository,
-    ResolvedModel,
-    is_saved_model_dir,
-    resolve_model,
-)
-from batch.signing import (
+from batch.core.errors import ModelError, UsageError
+from batch.model.repository import ModelRepository, is_saved_model_dir, resolve_model
+from batch.model.resolved import ResolvedModel
+from batch.model.signing import (
     describe_signature,
     key_fingerprint,
     public_key_of,
@@ -36,6 +31,7 @@ from batch.signing import (
     sign_model,
     verify_model,
 )
+from batch.observe.drift import Baseline, baseline_path
 from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
 from jobs.score import trust_policy

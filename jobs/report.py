@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch.report import DEFAULT_SAMPLE_ROWS, ReportError, load_run, render_report
+from batch.report.render import DEFAULT_SAMPLE_ROWS, ReportError, load_run, render_report
 from jobs.cli import run_main
 
 PROG = "python -m jobs.report"

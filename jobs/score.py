@@ -18,12 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.checks import RunOutcome, run_summary
-from batch.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE, DriftThresholds
-from batch.errors import BatchScoreError, InputDataError, UsageError
-from batch.fsutil import write_json_atomic
-from batch.incremental import find_up_to_date_run
-from batch.inputs import (
+from batch.contract.contract import Contract, load_contract
+from batch.core.errors import BatchScoreError, InputDataError, UsageError
+from batch.core.fsutil import write_json_atomic
+from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
     BadFile,
@@ -31,7 +29,7 @@ from batch.inputs import (
     find_input_files,
     inspect_inputs,
 )
-from batch.job import (
+from batch.engine.job import (
     DEFAULT_MAX_ERROR_RATE,
     DryRunComplete,
     Runner,
@@ -40,11 +38,15 @@ from batch.job import (
     model_signature,
     run_scoring,
 )
-from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
-from batch.output import new_run_id
-from batch.progress import LOG_EVERY_S
-from batch.routing import Canary
-from batch.signing import TrustPolicy, short, verify_once
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.resolved import ResolvedModel
+from batch.model.signing import TrustPolicy, short, verify_once
+from batch.observe.checks import RunOutcome, run_summary
+from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE, DriftThresholds
+from batch.observe.progress import LOG_EVERY_S
+from batch.ops.incremental import find_up_to_date_run
+from batch.output.commit import new_run_id
+from batch.release.routing import Canary
 from jobs import demo_paths
 from jobs.cli import (
     exit_process,
@@ -56,7 +58,6 @@ from jobs.cli import (
     run_main,
     setup_logging,
 )
-from schemas.contract import Contract, load_contract
 
 PROG = "python -m jobs.score"
 log = logging.getLogger(PROG)
@@ -495,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args, pipeline_args = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
-    from batch.scorer import quiet_tensorflow
+    from batch.model.loading import quiet_tensorflow
 
     quiet_tensorflow()
 
@@ -656,7 +657,7 @@ class OutcomeObserver:
                 )
         if not (self.metrics_textfile or self.pushgateway):
             return
-        from batch.prometheus import RunCollector, push, write_textfile
+        from batch.observe.prometheus import RunCollector, push, write_textfile
 
         collector = RunCollector(model_name, model_version, summary, metrics, drift)
         for enabled, export in (

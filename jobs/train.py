@@ -21,12 +21,12 @@ Steps:
    signature ``transform_features`` returns the transformed features;
 7. evaluate that serving function on the held-out rows (AUC, log loss);
 8. describe every raw feature of the rows read and the held-out predictions as
-   the drift baseline (batch/drift.py), saved inside the SavedModel as
+   the drift baseline (batch/observe/drift.py), saved inside the SavedModel as
    ``assets.extra/batchscore_baseline.json`` so that the signature covers it;
 9. register the SavedModel with its transform output and metadata (the
    baseline's sha256 included) in the model repository as the next version of
    ``--name``, signed with ``--key`` (the demo's own key pair by default; see
-   batch/signing.py).
+   batch/model/signing.py).
 
 Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
 package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
@@ -41,7 +41,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from batch.scorer import import_tensorflow
+from batch.model.loading import import_tensorflow
 
 import_tensorflow()  # first, so that TensorFlow's start-up chatter stays off the terminal
 
@@ -73,15 +73,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
-from batch.drift import baseline_path, compute_baseline
-from batch.errors import InputDataError, UsageError
-from batch.evaluation import auc, log_loss
-from batch.fsutil import file_sha256, write_json_atomic
-from batch.model_repo import SAVED_MODEL_DIR, ModelRepository, ResolvedModel
-from batch.scorer import SERVING_SIGNATURE
-from batch.signature import SignatureInfo, TensorInfo
-from batch.signing import key_fingerprint, public_key_of, short
-from batch.validate import REASON_COLUMN, RowValidator
+from batch.contract.contract import load_contract
+from batch.core.columns import REASON_COLUMN
+from batch.core.errors import InputDataError, UsageError
+from batch.core.fsutil import file_sha256, write_json_atomic
+from batch.engine.validate import RowValidator
+from batch.model.loading import SERVING_SIGNATURE
+from batch.model.repository import SAVED_MODEL_DIR, ModelRepository
+from batch.model.resolved import ResolvedModel
+from batch.model.signature import SignatureInfo, TensorInfo
+from batch.model.signing import key_fingerprint, public_key_of, short
+from batch.observe.drift import baseline_path, compute_baseline
+from batch.release.evaluation import auc, log_loss
 from jobs.cli import exit_process, run_main
 from jobs.demo_paths import (
     DEMO_MODEL_NAME,
@@ -93,7 +96,6 @@ from jobs.demo_paths import (
 )
 from jobs.make_demo import ensure_demo_data
 from runners.beam import create_pipeline
-from schemas.contract import load_contract
 from transforms import loans
 
 TRANSFORM_SIGNATURE = "transform_features"
@@ -221,7 +223,7 @@ def _cast_to_spec(path: Path, table: pa.Table, spec: dict[str, tf.io.FixedLenFea
 
 def clean_training_rows(table: pa.Table) -> CleanResult:
     """Drop rows that are dirty for training: the contract's row checks, the same code
-    scoring uses (batch.validate), except that an unseen category is always dirty here.
+    scoring uses (batch.engine.validate), except that an unseen category is always dirty here.
     ``reasons`` counts the dropped rows by reason code."""
     contract = load_contract(loans.SCHEMA_NAME)
     validator = RowValidator(
@@ -668,7 +670,7 @@ def write_drift_baseline(
 
 
 def signature_metadata() -> dict[str, Any]:
-    """The serving signature in ``batch.signature.SignatureInfo`` JSON form (plus names).
+    """The serving signature in ``batch.model.signature.SignatureInfo`` JSON form (plus names).
 
     ``{"inputs": {column: {"dtype": "int64", "shape": [None]}, ...},
     "outputs": {"default_probability": {"dtype": "float32", "shape": [None]}}}``

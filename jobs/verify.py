@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch.output import verify_run
+from batch.output.commit import verify_run
 from jobs.cli import run_main
 
 

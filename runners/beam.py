@@ -19,7 +19,7 @@ the Dataflow UI and the job description) says what each phase does.
 
 Each worker process loads the model once (in ``setup``, through the core's
 process-wide cache) and shares it across threads. The run is committed by the
-driver after the pipeline finishes (batch.job.run_scoring).
+driver after the pipeline finishes (batch.engine.job.run_scoring).
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from batch.errors import UsageError
-from batch.inputs import Split
-from batch.job import ScoringJob, SplitResult, score_split
-from batch.scorer import load_model
+from batch.core.errors import UsageError
+from batch.engine.inputs import Split
+from batch.engine.job import ScoringJob, SplitResult, score_split
+from batch.model.loading import load_model
 
 log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "batchscore"
 # Beam metric names (namespace batchscore), live while the pipeline runs; the manifest's
-# numbers come from the parts' stats files (batch.metrics), which retries cannot inflate.
+# numbers come from the parts' stats files (batch.observe.metrics), which retries cannot inflate.
 ROWS_READ = "rows_read"
 ROWS_SCORED = "rows_scored"
 ROWS_REJECTED = "rows_rejected"

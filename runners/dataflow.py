@@ -32,7 +32,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from batch.errors import UsageError
+from batch.core.errors import UsageError
 
 STAGED_PIPELINE = "pipeline.pb"
 GENERIC_COMPOSITE = "beam:transform:generic_composite:v1"

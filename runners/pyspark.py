@@ -6,12 +6,12 @@ Two ways for rows to reach the core (``--spark_conf batchscore.input=...``):
     ``spark.read.parquet(files).select(columns).mapInArrow(score)``: Spark's
     reader hands each partition's rows to a Python worker as Arrow record
     batches of ``--batch_size`` rows, and the worker passes them to the core's
-    :func:`~batch.job.score_batches`, staged as output part ``<partition id>``.
+    :func:`~batch.engine.job.score_batches`, staged as output part ``<partition id>``.
     The partition id is the same for every attempt of a task, so a retried (or
     speculative) task replaces its own part.
 ``splits``
     Spark schedules the planned splits (one task per task slot) and each task
-    reads its splits with pyarrow through :func:`~batch.job.score_split`, as
+    reads its splits with pyarrow through :func:`~batch.engine.job.score_split`, as
     the Beam runner does; part = split index. No row passes through the JVM,
     which saves the JVM's row conversion, as much CPU as the model's own work.
 
@@ -61,10 +61,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch import errors
-from batch.errors import BatchScoreError, UsageError
-from batch.inputs import Split
-from batch.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
+from batch.core import errors
+from batch.core.errors import BatchScoreError, UsageError
+from batch.engine.inputs import Split
+from batch.engine.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -631,7 +631,7 @@ class LiveMetrics:
     batch_seconds, readable on the driver while the job runs (and logged at its end).
 
     Spark may apply a retried task's updates twice; the manifest's metrics come from
-    the parts' stats files instead (batch.metrics), which a retry replaces.
+    the parts' stats files instead (batch.observe.metrics), which a retry replaces.
     """
 
     def __init__(self, spark: SparkSession) -> None:

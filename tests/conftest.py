@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.model_repo import ResolvedModel
+from batch.model.resolved import ResolvedModel
 from tests.signing_keys import signing_keys  # noqa: F401  (session key pair, autouse)
 from tests.spark_cluster import SparkCluster, standalone_cluster
 

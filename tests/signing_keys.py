@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.signing import generate_key_pair
+from batch.model.signing import generate_key_pair
 from jobs.demo_paths import PUBLIC_KEY_ENV, SIGNING_KEY_ENV
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import list_committed_runs
+from batch.output.commit import list_committed_runs
 from tests.venvs import PROJECT, ensure_airflow_venv
 
 DAG_FOLDER = PROJECT / "jobs" / "airflow"

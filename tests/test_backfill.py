@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import CommittedRun, list_committed_runs
+from batch.output.commit import CommittedRun, list_committed_runs
 from jobs.backfill import main as backfill_main
 
 PROJECT = Path(__file__).resolve().parent.parent

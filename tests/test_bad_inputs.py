@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import list_committed_runs
+from batch.output.commit import list_committed_runs
 from jobs.score import main as score_main
 from tests.plain_model import POISON_ABOVE, build_plain_model, write_plain_data
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.model_repo import ModelRepository
-from batch.output import CommittedRun, list_committed_runs
-from batch.routing import ROUTING_HASH, in_share
+from batch.model.repository import ModelRepository
+from batch.output.commit import CommittedRun, list_committed_runs
+from batch.release.routing import ROUTING_HASH, in_share
 from jobs.demo_paths import ensure_signing_key
 from jobs.score import main as score_main
 from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.faults import FAULT_ENV, FAULT_ONCE_ENV, PART_WRITTEN, POINTS, SCORING
-from batch.fsutil import read_json
-from batch.output import LATEST, STAGING, SUCCESS, list_committed_runs, verify_run
+from batch.core.faults import FAULT_ENV, FAULT_ONCE_ENV, PART_WRITTEN, POINTS, SCORING
+from batch.core.fsutil import read_json
+from batch.output.commit import LATEST, STAGING, SUCCESS, list_committed_runs, verify_run
 from jobs.verify import main as verify_main
 from tests.plain_model import build_plain_model, write_plain_data
 
@@ -170,7 +170,7 @@ _HOLD_A_RUN = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from batch.output import RunLayout, RunLock
+    from batch.output.commit import RunLayout, RunLock
     layout = RunLayout(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
     with RunLock(layout):
         (layout.staging_dir / "predictions").mkdir(parents=True)

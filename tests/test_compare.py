@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.model_repo import BLESSINGS, ModelRepository, PromotionRefused
-from batch.routing import in_share
+from batch.model.repository import BLESSINGS, ModelRepository, PromotionRefused
+from batch.release.routing import in_share
 from jobs.compare import EXIT_FAILED
 from jobs.compare import main as compare_main
 from jobs.demo_paths import ensure_signing_key
@@ -291,7 +291,7 @@ def test_help_explains_the_exit_status(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_the_metrics_on_known_distributions() -> None:
-    from batch.evaluation import Thresholds, auc, labelled_metrics, psi, verdict
+    from batch.release.evaluation import Thresholds, auc, labelled_metrics, psi, verdict
 
     rng = np.random.default_rng(0)
     base = rng.random(20_000)

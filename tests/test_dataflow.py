@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batch.output import list_committed_runs
+from batch.output.commit import list_committed_runs
 from jobs.score import main as score_main
 from tests.plain_model import build_plain_model, write_plain_data
 
@@ -128,7 +128,7 @@ def test_dry_run_builds_the_dataflow_job_offline(
     for needed in (
         "pyproject.toml",
         "setup.py",
-        "batch/job.py",
+        "batch/engine/job.py",
         "runners/beam.py",
         "jobs/score.py",
         "schemas/loans/schema.pbtxt",

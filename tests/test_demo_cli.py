@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from batch.output import list_committed_runs
-from batch.scorer import load_model
-from batch.signing import TrustPolicy
+from batch.model.loading import load_model
+from batch.model.signing import TrustPolicy
+from batch.output.commit import list_committed_runs
 from tests.conftest import TrainedModel
 from tests.signing_keys import KeyPair
 

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.checks import run_checks, run_summary
-from batch.drift import (
+from batch.observe.checks import run_checks, run_summary
+from batch.observe.drift import (
     CATEGORICAL,
     NULL_LABEL,
     NUMERIC,

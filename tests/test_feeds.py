@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.errors import ModelError
-from batch.scorer import ServingFunction, import_tensorflow, string_feed
+from batch.core.errors import ModelError
+from batch.engine.scorer import string_feed
+from batch.model.loading import ServingFunction, import_tensorflow
 
 VALUES = ["PL-GOLD 07", "", "é€ü", "a" * 300, "x", "", "AUTO-STD 12;rm -rf", "tab\there"]
 

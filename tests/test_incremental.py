@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batch.incremental import RunIdentity
-from batch.output import list_committed_runs
+from batch.ops.incremental import RunIdentity
+from batch.output.commit import list_committed_runs
 from jobs.score import is_dry_run
 from jobs.score import main as score_main
 from tests.plain_model import build_plain_model, write_plain_data

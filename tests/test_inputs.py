@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.errors import InputDataError, UsageError
-from batch.inputs import find_input_files, fingerprint, plan_splits, read_input_file
+from batch.core.errors import InputDataError, UsageError
+from batch.engine.inputs import find_input_files, fingerprint, plan_splits, read_input_file
 
 
 def _write(path: Path, rows: int, row_group_rows: int = 1000) -> Path:

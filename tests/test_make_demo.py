@@ -13,11 +13,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from batch.errors import UsageError
-from batch.fsutil import read_json
+from batch.contract.contract import feature_columns, load_schema
+from batch.core.errors import UsageError
+from batch.core.fsutil import read_json
 from jobs import make_demo
 from jobs.make_demo import MARKER_FILE, arrow_schema, ensure_demo_data, generate
-from schemas import feature_columns, load_schema
 
 SMALL: dict[str, Any] = {
     "rows": 6_000,
@@ -69,11 +69,11 @@ def test_columns_match_the_schema() -> None:
     columns = feature_columns("loans")
     assert table.column_names == list(columns)
     assert len(columns) == 20  # 18 raw features + label + key
-    expected = {"int64": pa.int64(), "float32": pa.float64(), "string": pa.string()}
+    expected = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
     for name, kind in columns.items():
         assert table.schema.field(name).type == expected[kind], name
     assert table.schema == arrow_schema()
-    assert columns["defaulted"] == "int64" and columns["loan_id"] == "string"
+    assert columns["defaulted"] == "int" and columns["loan_id"] == "string"
 
 
 def test_clean_rows_fit_the_schema_domains() -> None:

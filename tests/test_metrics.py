@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch.metrics import (
+from batch.observe.metrics import (
     LATENCY_BUCKETS_S,
     PartStats,
     latency_quantile,
@@ -22,8 +22,8 @@ from batch.metrics import (
     write_part_stats,
     write_progress,
 )
-from batch.progress import ProgressMonitor, progress_line
-from batch.prometheus import RunCollector, run_registry
+from batch.observe.progress import ProgressMonitor, progress_line
+from batch.observe.prometheus import RunCollector, run_registry
 
 
 def _part(rows: int, rejected: dict[str, int], latencies: list[float], process: str) -> PartStats:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.errors import ModelError, UsageError
-from batch.fsutil import file_sha256
-from batch.model_repo import ModelRepository, PromotionRefused
-from batch.output import list_committed_runs
-from batch.signing import key_fingerprint
+from batch.core.errors import ModelError, UsageError
+from batch.core.fsutil import file_sha256
+from batch.model.repository import ModelRepository, PromotionRefused
+from batch.model.signing import key_fingerprint
+from batch.output.commit import list_committed_runs
 from jobs.models import build_parser
 from jobs.models import main as models_main
 from jobs.score import main as score_main

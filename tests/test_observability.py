@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch.drift import baseline_path
-from batch.fsutil import file_sha256, read_json
-from batch.metrics import PROGRESS_FOLDER, STATS_FOLDER
-from batch.output import CommittedRun, list_committed_runs, verify_run
-from batch.signing import signature_path, signed_files
+from batch.core.fsutil import file_sha256, read_json
+from batch.model.resolved import signature_path
+from batch.model.signing import signed_files
+from batch.observe.drift import baseline_path
+from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
+from batch.output.commit import CommittedRun, list_committed_runs, verify_run
 from jobs.score import main as score_main
 from tests.conftest import TrainedModel
 

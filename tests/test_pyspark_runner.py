@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch import errors
-from batch.output import CommittedRun, list_committed_runs
+from batch.core import errors
+from batch.output.commit import CommittedRun, list_committed_runs
 from jobs.score import main as score_main
 from runners.pyspark import (
     BATCH_SIZE_CONF,
@@ -473,12 +473,12 @@ def test_a_core_error_in_a_worker_comes_back_as_itself() -> None:
         "pyarrow.lib.ArrowInvalid: Float value 1.5 was truncated\n\n"
         "The above exception was the direct cause of the following exception:\n\n"
         "Traceback (most recent call last):\n"
-        "batch.errors.InputDataError: column 'n': cannot convert double to int64 for the model\n"
+        "batch.core.errors.InputDataError: column 'n': cannot convert double to int64 for the model\n"
     )
     error = translate_spark_error(RuntimeError(spark_text))
     assert type(error) is errors.InputDataError
     assert str(error) == "column 'n': cannot convert double to int64 for the model"
-    commit = translate_spark_error(RuntimeError("x\nbatch.errors.CommitError: no commit\n"))
+    commit = translate_spark_error(RuntimeError("x\nbatch.core.errors.CommitError: no commit\n"))
     assert type(commit) is errors.CommitError and str(commit) == "no commit"
     other = translate_spark_error(RuntimeError("Job aborted.\nValueError: bad thing\n  at x"))
     assert isinstance(other, SparkRunnerError) and "ValueError: bad thing" in str(other)

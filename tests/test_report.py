@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import MANIFEST, SUCCESS, list_committed_runs
-from batch.report import (
+from batch.output.commit import MANIFEST, SUCCESS, list_committed_runs
+from batch.report.render import (
     RunData,
     prediction_columns,
     render_report,

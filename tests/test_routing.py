@@ -1,4 +1,4 @@
-"""batch.routing: the key hash that decides compare samples and canary shares."""
+"""batch.release.routing: the key hash that decides compare samples and canary shares."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.errors import UsageError
-from batch.routing import in_share, key_hash, reference_key_hash, share_threshold
+from batch.core.errors import UsageError
+from batch.release.routing import in_share, key_hash, reference_key_hash, share_threshold
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_fraction_is_kept_within_tolerance_and_shares_nest() -> None:
 def test_stable_across_processes() -> None:
     """No per-process salt (unlike Python's hash()): a fresh interpreter agrees."""
     code = (
-        "import pyarrow as pa; from batch.routing import key_hash;"
+        "import pyarrow as pa; from batch.release.routing import key_hash;"
         "t = pa.table({'k': [f'loan-{i}' for i in range(50)]});"
         "print(','.join(str(int(h)) for h in key_hash(t, ['k'])))"
     )

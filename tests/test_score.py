@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.fsutil import file_sha256
-from batch.output import LATEST, MANIFEST, SUCCESS, list_committed_runs
-from batch.validate import MESSAGE_COLUMN, NULL_VALUE, REASON_COLUMN
+from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.fsutil import file_sha256
+from batch.engine.validate import NULL_VALUE
+from batch.output.commit import LATEST, MANIFEST, SUCCESS, list_committed_runs
 from jobs.score import main as score_main
 from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
 

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import list_committed_runs
-from batch.scorer import import_tensorflow
-from batch.validate import REASON_COLUMN
+from batch.core.columns import REASON_COLUMN
+from batch.model.loading import import_tensorflow
+from batch.output.commit import list_committed_runs
 from jobs.make_demo import DEFECTS
 from jobs.score import main as score_main
 

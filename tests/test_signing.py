@@ -21,11 +21,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batch.job import ScoringJob, score_batches
-from batch.model_repo import ModelRepository, ResolvedModel, resolve_model
-from batch.output import MANIFEST, RunLayout, list_committed_runs
-from batch.scorer import load_model
-from batch.signing import (
+from batch.engine.job import ScoringJob, score_batches
+from batch.model.loading import load_model
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.resolved import ResolvedModel, signature_path
+from batch.model.signing import (
     BadSignatureError,
     NoPublicKeyError,
     SignatureMismatchError,
@@ -35,9 +35,9 @@ from batch.signing import (
     WrongKeyError,
     key_fingerprint,
     sign_model,
-    signature_path,
     verify_model,
 )
+from batch.output.commit import MANIFEST, RunLayout, list_committed_runs
 from jobs import demo_paths
 from jobs.score import main as score_main
 from tests.conftest import TrainedModel

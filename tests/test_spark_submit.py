@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.output import list_committed_runs
+from batch.output.commit import list_committed_runs
 from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
 from tests.spark_cluster import SparkCluster, spark_submit_command
 from tests.venvs import packed_dependencies, zip_batchscore

@@ -10,18 +10,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.errors import InputDataError, UsageError
-from batch.fsutil import read_json
-from batch.model_repo import ModelRepository
-from batch.signature import SignatureInfo
+from batch.contract.contract import TENSOR_DTYPES, feature_columns
+from batch.core.errors import InputDataError, UsageError
+from batch.core.fsutil import read_json
+from batch.model.repository import ModelRepository
+from batch.model.signature import SignatureInfo
 from jobs.make_demo import generate
-from schemas import feature_columns
 from tests.conftest import TRAINED_ROWS, TrainedModel
 
 pytestmark = pytest.mark.slow
 
 RAW_FEATURES = {
-    k: v for k, v in feature_columns("loans").items() if k not in ("loan_id", "defaulted")
+    k: TENSOR_DTYPES[v]
+    for k, v in feature_columns("loans").items()
+    if k not in ("loan_id", "defaulted")
 }
 
 

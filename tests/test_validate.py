@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batch.job import ScoringJob, score_batches
-from batch.model_repo import ModelRepository, resolve_model
-from batch.output import PREDICTIONS, REJECTED, RunLayout
-from batch.signing import TrustPolicy
-from batch.validate import MESSAGE_COLUMN, REASON_COLUMN, RowValidator
-from schemas.contract import ColumnRule, load_contract
+from batch.contract.contract import ColumnRule, load_contract
+from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.engine.job import ScoringJob, score_batches
+from batch.engine.validate import RowValidator
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.signing import TrustPolicy
+from batch.output.commit import PREDICTIONS, REJECTED, RunLayout
 from tests.plain_model import POISON_ABOVE, build_plain_model
 from tests.signing_keys import KeyPair
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tensorflow_transform.tf_metadata import schema_utils
 
-from schemas import load_schema
+from batch.contract.contract import load_schema
 
 SCHEMA_NAME = "loans"
 LABEL = "defaulted"

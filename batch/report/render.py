@@ -37,10 +37,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from batch.errors import UsageError
-from batch.output import LATEST, MANIFEST, PREDICTIONS, REJECTED, RUN_PREFIX, STAGING, SUCCESS
-from batch.scorer import CONSTANT_COLUMNS
-from batch.validate import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.columns import CONSTANT_COLUMNS, MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.errors import UsageError
+from batch.output.commit import (
+    LATEST,
+    MANIFEST,
+    PREDICTIONS,
+    REJECTED,
+    RUN_PREFIX,
+    STAGING,
+    SUCCESS,
+)
 
 # Enough for a smooth histogram; a 20M-row run is read one column at a time and
 # only every k-th value is kept, so memory stays flat whatever the run's size.

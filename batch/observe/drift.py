@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.errors import ModelError
-from batch.fsutil import file_sha256, read_json
+from batch.core.errors import ModelError
+from batch.core.fsutil import file_sha256, read_json
 
 Kind = Literal["numeric", "categorical"]
 NUMERIC: Kind = "numeric"

@@ -10,6 +10,9 @@ ships it to its workers instead of every worker reading files.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.resources
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +24,12 @@ import pyarrow.compute as pc
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from batch.errors import UsageError
+from batch.core.errors import UsageError
+from batch.core.fsutil import file_sha256
 
-SCHEMAS_DIR = Path(__file__).resolve().parent
+# The contracts that ship with batchscore: package data of ``schemas`` (also inside a zip
+# or wheel, where there is no folder beside this file).
+SCHEMAS_DIR = Path(str(importlib.resources.files("schemas")))
 SCHEMA_FILE = "schema.pbtxt"
 RULES_FILE = "rules.toml"
 
@@ -35,6 +41,9 @@ _KINDS: dict[int, Kind] = {
     schema_pb2.BYTES: "string",
 }
 
+
+# The tensor dtype a column of each kind becomes in a model (TFT's raw feature spec).
+TENSOR_DTYPES: dict[Kind, str] = {"int": "int64", "float": "float32", "string": "string"}
 
 _KIND_CHECKS = {
     "int": pa.types.is_integer,
@@ -89,6 +98,11 @@ class Contract:
         return problems
 
 
+def schema_names() -> list[str]:
+    """Names of the datasets whose contract ships in ``schemas/``."""
+    return sorted(p.parent.name for p in SCHEMAS_DIR.glob(f"*/{SCHEMA_FILE}"))
+
+
 def contract_dir(spec: str) -> Path:
     """``spec`` is a contract name under schemas/ or a directory holding schema.pbtxt."""
     path = Path(spec).expanduser()
@@ -96,7 +110,7 @@ def contract_dir(spec: str) -> Path:
         return path
     if (SCHEMAS_DIR / spec / SCHEMA_FILE).is_file():
         return SCHEMAS_DIR / spec
-    known = ", ".join(sorted(p.parent.name for p in SCHEMAS_DIR.glob(f"*/{SCHEMA_FILE}")))
+    known = ", ".join(schema_names())
     raise UsageError(
         f"contract '{spec}': expected a name under {SCHEMAS_DIR} ({known or 'none'}) or a "
         f"directory holding {SCHEMA_FILE}; found neither"
@@ -114,10 +128,49 @@ def parse_schema_file(path: Path) -> schema_pb2.Schema:
         ) from exc
 
 
+def load_schema(spec: str) -> schema_pb2.Schema:
+    """The Schema proto of a contract (name or folder); a fresh copy each call, so callers
+    may mutate it."""
+    schema = schema_pb2.Schema()
+    schema.CopyFrom(_load_schema_cached(contract_dir(spec) / SCHEMA_FILE))
+    return schema
+
+
+@functools.cache
+def _load_schema_cached(path: Path) -> schema_pb2.Schema:
+    return parse_schema_file(path)
+
+
+def _kind(feature: schema_pb2.Feature, where: Path) -> Kind:
+    kind = _KINDS.get(feature.type)
+    if kind is None:
+        raise UsageError(
+            f"{where}: feature '{feature.name}' has type "
+            f"{schema_pb2.FeatureType.Name(feature.type)}; expected INT, FLOAT or BYTES"
+        )
+    return kind
+
+
+def feature_columns(spec: str) -> dict[str, Kind]:
+    """Column name -> ``"int"``, ``"float"`` or ``"string"``, in schema order: every
+    column the contract's schema declares (features, label and key)."""
+    path = contract_dir(spec) / SCHEMA_FILE
+    return {f.name: _kind(f, path) for f in _load_schema_cached(path).feature}
+
+
+def contract_sha256(contract: Contract) -> str:
+    """Content hash of a contract's files (schema.pbtxt and rules.toml)."""
+    digest = hashlib.sha256()
+    for name in (SCHEMA_FILE, RULES_FILE):
+        path = Path(contract.source) / name
+        digest.update(f"{name}\0{file_sha256(path) if path.is_file() else '-'}\n".encode())
+    return digest.hexdigest()
+
+
 def load_contract(spec: str) -> Contract:
     folder = contract_dir(spec)
     schema_path = folder / SCHEMA_FILE
-    schema = parse_schema_file(schema_path)
+    schema = load_schema(str(folder))
     rules_path = folder / RULES_FILE
     try:
         rules = tomllib.loads(rules_path.read_text()) if rules_path.is_file() else {}
@@ -136,12 +189,7 @@ def load_contract(spec: str) -> Contract:
                 )
     columns: dict[str, ColumnRule] = {}
     for feature in schema.feature:
-        kind = _KINDS.get(feature.type)
-        if kind is None:
-            raise UsageError(
-                f"{schema_path}: feature '{feature.name}' has type "
-                f"{schema_pb2.FeatureType.Name(feature.type)}; expected INT, FLOAT or BYTES"
-            )
+        kind = _kind(feature, schema_path)
         minimum = maximum = None
         if feature.HasField("int_domain"):
             minimum, maximum = float(feature.int_domain.min), float(feature.int_domain.max)

@@ -36,17 +36,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from batch.errors import ModelError, UsageError
-from batch.fsutil import file_sha256, iter_files
-
-if TYPE_CHECKING:
-    from batch.model_repo import ResolvedModel
+from batch.core.errors import ModelError, UsageError
+from batch.core.fsutil import file_sha256, iter_files
+from batch.model.resolved import ResolvedModel, signature_path
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_SUFFIX = ".sig"
 SIGN_COMMAND = "python -m jobs.models sign"
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
@@ -276,12 +273,6 @@ class VerificationResult:
 
 
 # -- where signatures live ------------------------------------------------------------
-
-
-def signature_path(saved_model_dir: Path | str) -> Path:
-    """``<dir>.sig`` beside the SavedModel directory (outside what it signs)."""
-    path = Path(os.path.abspath(Path(saved_model_dir).expanduser()))
-    return path.with_name(path.name + SIGNATURE_SUFFIX)
 
 
 def signature_key_hint(sig_file: Path) -> str | None:

@@ -24,10 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.contract import ColumnRule
-
-REASON_COLUMN = "reject_reason"
-MESSAGE_COLUMN = "reject_message"
+from batch.contract.contract import ColumnRule
+from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 
 NULL_VALUE = "null_value"
 NOT_FINITE = "not_finite"

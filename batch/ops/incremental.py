@@ -18,28 +18,17 @@ This module reads manifests only; it imports neither TensorFlow nor any engine.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch.checks import over_error_budget
-from batch.fsutil import file_sha256
-from batch.inputs import BadFile, InputFile, fingerprint
-from batch.model_repo import ResolvedModel
-from batch.output import CommittedRun, list_committed_runs
-from batch.routing import Canary
-from schemas.contract import RULES_FILE, SCHEMA_FILE, Contract
-
-
-def contract_sha256(contract: Contract) -> str:
-    """Content hash of a contract's files (schema.pbtxt and rules.toml)."""
-    digest = hashlib.sha256()
-    for name in (SCHEMA_FILE, RULES_FILE):
-        path = Path(contract.source) / name
-        digest.update(f"{name}\0{file_sha256(path) if path.is_file() else '-'}\n".encode())
-    return digest.hexdigest()
+from batch.contract.contract import Contract, contract_sha256
+from batch.engine.inputs import BadFile, InputFile, fingerprint
+from batch.model.resolved import ResolvedModel
+from batch.observe.checks import over_error_budget
+from batch.output.commit import CommittedRun, list_committed_runs
+from batch.release.routing import Canary
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from batch.errors import UsageError
+from batch.core.errors import UsageError
 
 PUSH_JOB = "batchscore"
 STATUS_VALUES = {"ok": 0.0, "warn": 1.0, "fail": 2.0}

@@ -1,12 +1,12 @@
 """Shadow comparison: score the same sample of rows with two models and judge the candidate.
 
-The sample is the rows whose key hash falls in ``sample`` (:mod:`batch.routing`),
+The sample is the rows whose key hash falls in ``sample`` (:mod:`batch.release.routing`),
 so it is the same whatever reads it and it is exactly the share a canary of
 the same fraction routes to the candidate. Rows are read split by split as
 Arrow batches (never a whole file), validated by the same
-:class:`~batch.validate.RowValidator` scoring uses (rejected rows are counted
+:class:`~batch.engine.validate.RowValidator` scoring uses (rejected rows are counted
 and left out), and scored by both models in this process with the scoring
-core's :class:`~batch.scorer.BatchScorer`. A row on which either model raises
+core's :class:`~batch.engine.scorer.BatchScorer`. A row on which either model raises
 is counted as ``model_error`` and left out.
 
 Memory: the two scores (and the label) of every compared row are kept, about
@@ -33,11 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.errors import ModelError
-from batch.evaluation import Check, Thresholds, labelled_metrics, pairwise_metrics, verdict
-from batch.fsutil import write_json_atomic
-from batch.incremental import contract_sha256
-from batch.inputs import (
+from batch.contract.contract import Contract, contract_sha256
+from batch.core.columns import REASON_COLUMN
+from batch.core.errors import ModelError
+from batch.core.fsutil import write_json_atomic
+from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
     BadFile,
@@ -45,14 +45,21 @@ from batch.inputs import (
     fingerprint,
     plan_splits,
 )
-from batch.job import check_inputs, columns_to_read, model_manifest, model_signature, read_split
-from batch.model_repo import ResolvedModel
-from batch.routing import ROUTING_HASH, in_share
-from batch.scorer import BatchScorer, load_model
-from batch.signature import SignatureInfo, output_width
-from batch.signing import TrustPolicy, verify_once
-from batch.validate import MODEL_ERROR, REASON_COLUMN, RowValidator
-from schemas.contract import Contract
+from batch.engine.job import (
+    check_inputs,
+    columns_to_read,
+    model_manifest,
+    model_signature,
+    read_split,
+)
+from batch.engine.scorer import BatchScorer
+from batch.engine.validate import MODEL_ERROR, RowValidator
+from batch.model.loading import load_model
+from batch.model.resolved import ResolvedModel
+from batch.model.signature import SignatureInfo, output_width
+from batch.model.signing import TrustPolicy, verify_once
+from batch.release.evaluation import Check, Thresholds, labelled_metrics, pairwise_metrics, verdict
+from batch.release.routing import ROUTING_HASH, in_share
 
 log = logging.getLogger(__name__)
 

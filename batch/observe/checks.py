@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from batch.drift import FAIL, OK, WARN
+from batch.observe.drift import FAIL, OK, WARN
 
 SUMMARY_FORMAT = 1
 

@@ -22,25 +22,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.checks import RunOutcome, run_checks, run_summary
-from batch.drift import (
-    Baseline,
-    DriftCounts,
-    DriftThresholds,
-    count_features,
-    count_prediction,
-    drift_report,
+from batch.contract.contract import ColumnRule, Contract, contract_sha256
+from batch.core.columns import (
+    CONSTANT_COLUMNS,
+    MODEL_NAME_COLUMN,
+    MODEL_VERSION_COLUMN,
+    REASON_COLUMN,
 )
-from batch.errors import (
+from batch.core.errors import (
     DriftExceeded,
     ErrorBudgetExceeded,
     InputDataError,
     ModelError,
     UsageError,
 )
-from batch.faults import SCORING, fault_point
-from batch.incremental import contract_sha256
-from batch.inputs import (
+from batch.core.faults import SCORING, fault_point
+from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
     BadFile,
@@ -49,7 +46,23 @@ from batch.inputs import (
     fingerprint,
     plan_splits,
 )
-from batch.metrics import (
+from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
+from batch.engine.scorer import BatchScorer
+from batch.engine.validate import RowValidator, reject_schema
+from batch.model.loading import load_model
+from batch.model.resolved import ResolvedModel
+from batch.model.signature import SignatureInfo, schema_problems, signature_differences
+from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
+from batch.observe.checks import RunOutcome, run_checks, run_summary
+from batch.observe.drift import (
+    Baseline,
+    DriftCounts,
+    DriftThresholds,
+    count_features,
+    count_prediction,
+    drift_report,
+)
+from batch.observe.metrics import (
     PartStats,
     merge_part_stats,
     metrics_section,
@@ -57,8 +70,8 @@ from batch.metrics import (
     write_part_stats,
     write_progress,
 )
-from batch.model_repo import ResolvedModel
-from batch.output import (
+from batch.observe.progress import LOG_EVERY_S, ProgressMode, ProgressMonitor
+from batch.output.commit import (
     PREDICTIONS,
     REJECTED,
     CommittedRun,
@@ -68,21 +81,8 @@ from batch.output import (
     clean_stale_runs,
     commit_run,
 )
-from batch.overlap import BackgroundWriter, ordered_map, read_ahead
-from batch.progress import LOG_EVERY_S, ProgressMode, ProgressMonitor
-from batch.routing import ROUTING_HASH, Canary
-from batch.scorer import (
-    CONSTANT_COLUMNS,
-    MODEL_NAME_COLUMN,
-    MODEL_VERSION_COLUMN,
-    BatchScorer,
-    CanaryScorer,
-    load_model,
-)
-from batch.signature import SignatureInfo, schema_problems, signature_differences
-from batch.signing import STRICT, TrustPolicy, VerificationResult, verify_once
-from batch.validate import REASON_COLUMN, RowValidator, reject_schema
-from schemas.contract import ColumnRule, Contract
+from batch.release.canary import CanaryScorer
+from batch.release.routing import ROUTING_HASH, Canary
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ScoringJob:
     # Concurrent model calls per split: one call leaves cores idle between ops.
     scoring_threads: int = DEFAULT_SCORING_THREADS
     # What a worker accepts as loadable (public key bytes, --allow_unsigned); every
-    # worker verifies the model itself before loading it (default: batch.signing.STRICT).
+    # worker verifies the model itself before loading it (default: batch.model.signing.STRICT).
     trust: TrustPolicy = STRICT
     # A gray release: the share of keys the canary model scores instead of ``model``.
     canary: Canary | None = None
@@ -182,7 +182,7 @@ def score_batches(
 
     The engine-independent heart of a run: every runner hands each unit of
     work here, with a part index that is stable across retries of that unit.
-    Besides the Parquet parts it stages the part's stats (batch.metrics).
+    Besides the Parquet parts it stages the part's stats (batch.observe.metrics).
     """
     started = time.perf_counter()
     scorer = job_scorer(job)
@@ -404,7 +404,7 @@ def run_scoring(
 
     ``canary``: a gray release of ``canary.model`` on ``canary.fraction`` of the
     keys. ``drift``: count the model's baseline bins while scoring (when it has a
-    baseline). ``progress``: how the driver shows progress (batch.progress).
+    baseline). ``progress``: how the driver shows progress (batch.observe.progress).
     ``on_outcome`` is told the run summary, metrics and drift once the run is
     committed or refused by a check (error budget, drift with action fail).
     """

@@ -1,6 +1,6 @@
 """Live progress of a run, read by the driver from the parts' progress files.
 
-Workers write their rows done about once a second (batch.metrics.write_progress);
+Workers write their rows done about once a second (batch.observe.metrics.write_progress);
 :class:`ProgressMonitor` polls the staging folder from a driver thread and
 shows rows done of the total (from the Parquet footers), the rate and the
 time left: a rich progress bar on a terminal, else one concise line every
@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-from batch.metrics import read_progress
+from batch.observe.metrics import read_progress
 
 ProgressMode = Literal["auto", "bar", "log", "off"]
 POLL_S = 0.5

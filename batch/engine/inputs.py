@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.errors import InputDataError, UsageError
+from batch.core.errors import InputDataError, UsageError
 
 DEFAULT_SPLIT_ROWS = 1 << 18
 # Rows per Arrow batch and model call. Per-call costs (tensor conversion, the

@@ -35,12 +35,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.checks import error_rate, over_error_budget
-from batch.errors import CommitError, ErrorBudgetExceeded
-from batch.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
-from batch.fsutil import file_sha256, read_json, write_json_atomic
-from batch.metrics import PROGRESS_FOLDER, STATS_FOLDER
-from batch.validate import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.errors import CommitError, ErrorBudgetExceeded
+from batch.core.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
+from batch.core.fsutil import file_sha256, read_json, write_json_atomic
+from batch.observe.checks import error_rate, over_error_budget
+from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
 
 PREDICTIONS = "predictions"
 REJECTED = "rejected"

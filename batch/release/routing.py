@@ -47,10 +47,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.errors import UsageError
+from batch.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from batch.model_repo import ResolvedModel
+    from batch.model.resolved import ResolvedModel
 
 ROUTING_HASH = "batchscore-key-hash-v1"
 

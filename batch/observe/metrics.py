@@ -10,9 +10,9 @@ counters, Spark accumulators) are only for live visibility.
 
 While a part runs, it also writes ``_progress/part-NNNNN.json`` (rows done)
 about once a second, which the driver's progress display reads
-(batch/progress.py).
+(batch/observe/progress.py).
 
-Metric names (manifest ``metrics`` keys; Prometheus names in batch/prometheus.py):
+Metric names (manifest ``metrics`` keys; Prometheus names in batch/observe/prometheus.py):
 
     rows_read               input rows the parts read
     rows_scored             rows written to predictions/
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from batch.drift import DriftCounts
-from batch.fsutil import read_json, write_json_atomic
+from batch.core.fsutil import read_json, write_json_atomic
+from batch.observe.drift import DriftCounts
 
 STATS_FOLDER = "_stats"
 PROGRESS_FOLDER = "_progress"

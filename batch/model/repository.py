@@ -10,7 +10,7 @@ Layout of one registered version::
 Versions are positive integers, assigned in order at registration. A version
 folder is first assembled under ``<repo>/<name>/.staging-*`` (signed there, when
 a key is given: ``saved_model.sig`` beside ``saved_model/``, see
-:mod:`batch.signing`) and then renamed into place, so a reader never sees a
+:mod:`batch.model.signing`) and then renamed into place, so a reader never sees a
 half-registered or not-yet-signed version.
 
 Aliases (``production``, ``canary``, ...) name one version each; they live in
@@ -40,13 +40,14 @@ import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from batch.errors import ModelError, UsageError
-from batch.fsutil import directory_sha256, read_json, write_json_atomic
-from batch.signing import SIGN_COMMAND, sign_model, signature_path
+from batch.core.errors import ModelError, UsageError
+from batch.core.fsutil import directory_sha256, read_json, write_json_atomic
+from batch.model.resolved import ResolvedModel
+from batch.model.signing import SIGN_COMMAND, sign_model
 
 SAVED_MODEL_DIR = "saved_model"
 TRANSFORM_OUTPUT_DIR = "transform_output"
@@ -58,29 +59,6 @@ _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 def is_saved_model_dir(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model, found and named, but not loaded."""
-
-    name: str
-    version: str
-    saved_model_dir: Path
-    content_hash: str
-    registered: bool
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-    # The alias it was resolved through (NAME@production), if any.
-    alias: str | None = field(default=None, compare=False)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def signature_file(self) -> Path:
-        """Where its signature is (or would be): ``<saved_model_dir>.sig``."""
-        return signature_path(self.saved_model_dir)
 
 
 @dataclass(frozen=True)

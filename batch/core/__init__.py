@@ -1,0 +1,1 @@
+"""Foundations every concern uses: the error hierarchy, fault points for crash tests, file helpers."""

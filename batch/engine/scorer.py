@@ -1,0 +1,148 @@
+"""Scoring Arrow record batches with a loaded model: feeds built from Arrow buffers,
+predictions returned as Arrow, poison rows isolated by bisection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
+from batch.core.errors import InputDataError
+from batch.engine.validate import MODEL_ERROR, with_reasons
+from batch.model.loading import Feed, LoadedModel, import_tensorflow
+from batch.model.signature import ARROW_TYPE_FOR_DTYPE
+
+
+def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:
+    """A string column (no nulls) as its values' bytes and int32 offsets from 0."""
+    _, offsets_buffer, data = column.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
+        column.offset : column.offset + len(column) + 1
+    ]
+    first, last = int(offsets[0]), int(offsets[-1])
+    values = data[first:last].to_pybytes() if data is not None else b""
+    return values, offsets - first
+
+
+_TF_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+
+
+def tf_error_summary(message: str, limit: int = 300) -> str:
+    """The line of a TensorFlow error that says what went wrong, without the trace."""
+    for line in message.splitlines():
+        text = line.strip()
+        if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
+            return text[:limit]
+    return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+
+
+def constant_string(value: str, length: int) -> pa.Array:
+    """A string column holding ``value`` ``length`` times, built from buffers (no per-row objects)."""
+    encoded = value.encode()
+    offsets = np.arange(length + 1, dtype=np.int32) * len(encoded)
+    return pa.StringArray.from_buffers(
+        length, pa.py_buffer(offsets.tobytes()), pa.py_buffer(encoded * length)
+    )
+
+
+class BatchScorer:
+    """Scores record batches with one loaded model; cheap to build, safe to share."""
+
+    def __init__(self, loaded: LoadedModel, key_columns: Sequence[str], run_id: str) -> None:
+        self.loaded = loaded
+        self.key_columns = tuple(key_columns)
+        self.run_id = run_id
+        self._input_types = {
+            name: ARROW_TYPE_FOR_DTYPE[info.dtype] for name, info in loaded.signature.inputs.items()
+        }
+        self._output_fields = loaded.signature.output_fields()
+        self._tf = import_tensorflow()
+
+    @property
+    def input_types(self) -> dict[str, pa.DataType]:
+        """Model input column -> the Arrow type it is cast to before it becomes a tensor."""
+        return dict(self._input_types)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        fields = [input_schema.field(name) for name in self.key_columns]
+        fields += self._output_fields
+        fields += [
+            pa.field(MODEL_NAME_COLUMN, pa.string()),
+            pa.field(MODEL_VERSION_COLUMN, pa.string()),
+            pa.field(RUN_ID_COLUMN, pa.string()),
+        ]
+        return pa.schema(fields)
+
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Predictions for every row of ``batch``, which must hold no invalid rows."""
+        rows = batch.num_rows
+        if rows == 0:
+            predictions = [pa.array([], type=f.type) for f in self._output_fields]
+        else:
+            outputs = self.loaded.function(self._feeds(batch))
+            predictions = [_to_arrow(outputs[f.name], f.type, rows) for f in self._output_fields]
+        model = self.loaded.model
+        columns = [batch.column(name) for name in self.key_columns]
+        columns += predictions
+        columns += [
+            constant_string(model.name, rows),
+            constant_string(model.version, rows),
+            constant_string(self.run_id, rows),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema(batch.schema))
+
+    def score_isolating(
+        self, batch: pa.RecordBatch
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+        """Score ``batch``; if the model raises, bisect to the rows that make it raise.
+
+        Returns (prediction batches, dead-letter batches). The rows on which the
+        model itself fails (poison rows) are rejected with reason ``model_error``
+        and TensorFlow's message; every other row of the batch is scored.
+        """
+        try:
+            return [self.score(batch)], []
+        except self._tf.errors.OpError as exc:
+            if batch.num_rows == 1:
+                message = (
+                    f"model {self.loaded.model.label} raised {type(exc).__name__}: "
+                    f"{tf_error_summary(exc.message or str(exc))}"
+                )
+                return [], [with_reasons(batch, MODEL_ERROR, message)]
+        middle = batch.num_rows // 2
+        scored_left, rejected_left = self.score_isolating(batch.slice(0, middle))
+        scored_right, rejected_right = self.score_isolating(batch.slice(middle))
+        return scored_left + scored_right, rejected_left + rejected_right
+
+    def _feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
+        feeds: dict[str, Feed] = {}
+        for name, arrow_type in self._input_types.items():
+            column = batch.column(name)
+            try:
+                if column.type != arrow_type:
+                    # float64 -> float32 is the models' convention, not a lossless cast.
+                    options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
+                    column = pc.cast(column, options=options)
+            except pa.ArrowInvalid as exc:
+                raise InputDataError(
+                    f"column '{name}': cannot convert {batch.schema.field(name).type} to "
+                    f"{arrow_type} for the model: {exc}"
+                ) from exc
+            if arrow_type == pa.string():
+                feeds[name] = string_feed(column)
+            else:
+                feeds[name] = column.to_numpy(zero_copy_only=False)
+        return feeds
+
+
+def _to_arrow(values: np.ndarray, arrow_type: pa.DataType, rows: int) -> pa.Array:
+    if pa.types.is_fixed_size_list(arrow_type):
+        flat = pa.array(values.reshape(-1), type=arrow_type.value_type)
+        return pa.FixedSizeListArray.from_arrays(flat, arrow_type.list_size)
+    flat_values = values.reshape(rows)
+    if pa.types.is_string(arrow_type):
+        return pc.cast(pa.array(flat_values, type=pa.binary()), pa.string())
+    return pa.array(flat_values, type=arrow_type)

@@ -1,0 +1,1 @@
+"""Observability: per-part metrics, progress, Prometheus export, drift against the training baseline, run checks."""

@@ -1,0 +1,1 @@
+"""Operations over many runs: incremental (up-to-date) runs and backfills."""

@@ -1,0 +1,1 @@
+"""Output: run layout, staging and the atomic commit, the typed manifest, verifying a committed run."""

@@ -1,0 +1,1 @@
+"""Model versions side by side: comparison, evaluation metrics, canary routing."""
