@@ -13,12 +13,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.engine.inputs import DEFAULT_BATCH_SIZE
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, find_input_files
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arrow_types = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.string()}
     writer: pq.ParquetWriter | None = None
     rows = 0
-    for path in sorted(Path(args.input).rglob("*.parquet")):
+    for path in find_input_files(args.input):
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(
             batch_size=args.batch_size, columns=[args.key_column, *casts]

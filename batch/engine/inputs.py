@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.core.errors import InputDataError, UsageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_ROWS = 1 << 18
 # Rows per Arrow batch and model call. Per-call costs (tensor conversion, the
@@ -56,49 +59,203 @@ class Split:
     num_rows: int
 
 
-def _is_data_file(path: Path) -> bool:
-    # Hidden and underscore files are metadata by the Hadoop/Spark convention (_SUCCESS, .crc).
-    return (
-        path.is_file()
-        and not path.name.startswith(("_", "."))
-        and path.suffix
-        in (
-            ".parquet",
-            ".parq",
-            ".pq",
+DATA_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+@dataclass(frozen=True)
+class IgnoredFile:
+    """Something under the input root that looks like data but is not read, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class InputListing:
+    """The data files of ``--input`` (each file once) and what looks like data but is not read."""
+
+    files: list[Path]
+    ignored: list[IgnoredFile] = field(default_factory=list)
+
+
+def _looks_like_data(name: str) -> bool:
+    return name.lower().endswith(DATA_SUFFIXES)
+
+
+def _is_data_name(name: str) -> bool:
+    # Hidden and underscore names are metadata by the Hadoop/Spark convention (_SUCCESS,
+    # .crc, _temporary/): never read, but listed when they look like data.
+    return name.endswith(DATA_SUFFIXES) and not name.startswith(("_", "."))
+
+
+def _ignored_reason(path: Path) -> str | None:
+    """Why a data-looking file found in a folder is not read, or None if it is read."""
+    name = path.name
+    if not _looks_like_data(name):
+        return None
+    if not path.exists():
+        return "a symbolic link whose target does not exist"
+    if name.startswith(("_", ".")):
+        return "its name starts with '_' or '.', which marks metadata (Hadoop/Spark convention)"
+    if not name.endswith(DATA_SUFFIXES):
+        suffix = name[name.rfind(".") :]
+        return (
+            f"its extension {suffix} is not one of {', '.join(DATA_SUFFIXES)} (they are "
+            "case-sensitive); rename it to score it"
         )
+    return None
+
+
+def list_data_files(root: Path) -> InputListing:
+    """Every data file under folder ``root`` (recursive, hive partitions included), sorted.
+
+    The one place that decides what a folder of Parquet data holds:
+
+    - Files are identified by their real path and each is listed once: a file reachable
+      through two paths (a symlinked alias, a symlinked folder) is read once, under the
+      path that has no symbolic link if there is one, else the first in sorted order.
+    - Symlinked folders are followed (a partition ``dt=... -> elsewhere`` is read); a
+      folder already visited (a loop such as ``loop -> .``) is not entered again.
+    - Names ending ``.parquet``, ``.parq`` or ``.pq`` (lower case) are data. Names starting
+      with ``_`` or ``.`` (files and folders: ``_SUCCESS``, ``_temporary/``, ``.crc``) are
+      metadata. What looks like data but is not read (another extension case, hidden or
+      underscore names, broken symbolic links) is returned in ``ignored`` with the reason,
+      one entry per metadata folder.
+    """
+    chosen: dict[str, tuple[tuple[int, bool, str], Path]] = {}
+    ignored: list[IgnoredFile] = []
+    visited: set[str] = set()
+    pending: list[Path] = [root]
+    phase = 0
+    # Phase 0 walks the real tree; each later phase walks the symlinked folders found in
+    # the one before, so a file's path without links wins over an alias through a link.
+    while pending:
+        linked: list[Path] = []
+        for top in sorted(pending):
+            real_top = os.path.realpath(top)
+            if real_top in visited:
+                continue
+            for folder, dirnames, filenames in os.walk(top, followlinks=False):
+                real = os.path.realpath(folder)
+                if real in visited:
+                    dirnames.clear()
+                    continue
+                visited.add(real)
+                here = Path(folder)
+                for name in sorted(dirnames):
+                    child = here / name
+                    if name.startswith(("_", ".")):
+                        hidden = _count_data_like(child)
+                        if hidden:
+                            ignored.append(
+                                IgnoredFile(
+                                    str(child),
+                                    f"{hidden} Parquet file(s) in a folder whose name starts "
+                                    "with '_' or '.', which marks metadata or unfinished "
+                                    "output (Hadoop/Spark convention)",
+                                )
+                            )
+                    elif child.is_symlink():
+                        linked.append(child)
+                dirnames[:] = [
+                    d
+                    for d in sorted(dirnames)
+                    if not d.startswith(("_", ".")) and not (here / d).is_symlink()
+                ]
+                for name in sorted(filenames):
+                    path = here / name
+                    if _is_data_name(name) and path.is_file():
+                        rank = (phase, path.is_symlink(), str(path))
+                        key = os.path.realpath(path)
+                        if key not in chosen or rank < chosen[key][0]:
+                            chosen[key] = (rank, path)
+                    else:
+                        reason = _ignored_reason(path)
+                        if reason is not None:
+                            ignored.append(IgnoredFile(str(path), reason))
+        pending = linked
+        phase += 1
+    files = sorted(path for _, path in chosen.values())
+    return InputListing(files, sorted(ignored, key=lambda i: i.path))
+
+
+def _count_data_like(folder: Path) -> int:
+    if not folder.is_dir():
+        return 1 if _looks_like_data(folder.name) else 0
+    return sum(
+        1
+        for _, _, names in os.walk(folder, followlinks=False)
+        for name in names
+        if _looks_like_data(name)
     )
 
 
-def find_input_files(spec: str) -> list[Path]:
-    """Files named by ``--input``: a Parquet file, a directory (searched recursively,
-    hive partitions included) or a glob. Raises :class:`UsageError` if none match."""
+def scan_inputs(spec: str) -> InputListing:
+    """What ``--input`` names: a Parquet file, a folder (see :func:`list_data_files`) or a
+    glob (its files as matched, its folders listed like a folder). Each file is listed
+    once, identified by its real path. Raises :class:`UsageError` if no file matches."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return [path]
+        return InputListing([path])
     if path.is_dir():
-        found = sorted(
-            p for p in path.rglob("*") if _is_data_file(p) and not _hidden_below(p, path)
-        )
-        if not found:
+        listing = list_data_files(path)
+        if not listing.files:
             raise UsageError(
                 f"--input={spec}: the directory holds no *.parquet files "
                 "(searched recursively; names starting with '_' or '.' are ignored)"
+                + _ignored_note(listing.ignored)
             )
-        return found
+        return listing
+    # A `**` glob follows symlinked folders, loops included: duplicates are dropped below.
     matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-    files = [p for p in matches if p.is_file()]
+    found = [p for p in matches if p.is_file()]
+    ignored: list[IgnoredFile] = []
     for directory in (p for p in matches if p.is_dir()):
-        files.extend(find_input_files(str(directory)))
+        listing = list_data_files(directory)
+        found.extend(listing.files)
+        ignored.extend(listing.ignored)
+    files = _once_each(found)
     if not files:
         raise UsageError(
             f"--input={spec}: no such file or directory, and no file matches it as a glob"
         )
-    return sorted(set(files))
+    unique_ignored = {i.path: i for i in ignored}
+    return InputListing(files, sorted(unique_ignored.values(), key=lambda i: i.path))
 
 
-def _hidden_below(path: Path, root: Path) -> bool:
-    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts[:-1])
+def _once_each(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without repeats of one real file; a path without symbolic links wins,
+    else the shortest."""
+
+    def rank(path: Path) -> tuple[bool, int, str]:
+        linked = os.path.realpath(path) != os.path.abspath(path)
+        return linked, len(path.parts), str(path)
+
+    chosen: dict[str, Path] = {}
+    for path in sorted(paths, key=rank):
+        chosen.setdefault(os.path.realpath(path), path)
+    return sorted(chosen.values())
+
+
+def _ignored_note(ignored: Sequence[IgnoredFile]) -> str:
+    if not ignored:
+        return ""
+    shown = "; ".join(f"{i.path}: {i.reason}" for i in ignored[:5])
+    return f". Found but not read: {shown}"
+
+
+def find_input_files(spec: str) -> list[Path]:
+    """Files named by ``--input`` (see :func:`scan_inputs`), each once."""
+    return scan_inputs(spec).files
+
+
+def ignored_inputs(spec: str) -> list[IgnoredFile]:
+    """What looks like data under ``--input`` but is not read (for the manifest); empty
+    when the input cannot be listed any more."""
+    try:
+        return scan_inputs(spec).ignored
+    except (UsageError, OSError):
+        return []
 
 
 def read_input_file(path: Path) -> InputFile:
@@ -211,3 +368,19 @@ def fingerprint(files: Sequence[InputFile]) -> str:
     for file in sorted(files, key=lambda f: f.path):
         digest.update(f"{file.path}\0{file.size}\0{file.mtime_ns}\0{file.num_rows}\n".encode())
     return digest.hexdigest()
+
+
+def ignored_manifest(spec: str) -> list[dict[str, str]]:
+    """The manifest's ``input.ignored``: what looks like data under ``--input`` but is not
+    read, each with its reason; logged as a warning, so it is never silent."""
+    ignored = ignored_inputs(spec)
+    if ignored:
+        log.warning(
+            "%d path(s) under --input=%s look like data but are not read (listed in the "
+            "manifest as input.ignored): %s",
+            len(ignored),
+            spec,
+            "; ".join(f"{i.path}: {i.reason}" for i in ignored[:10])
+            + ("; ..." if len(ignored) > 10 else ""),
+        )
+    return [{"path": i.path, "reason": i.reason} for i in ignored]
