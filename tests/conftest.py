@@ -1,8 +1,15 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and the one way tests run a scoring job.
 
 ``trained_model`` (session scope) writes a small demo dataset and trains and
 registers a model on it once per test session; scoring tests reuse it.
+``plain_models`` (session scope) builds the plain SavedModels of tests/plain_model.py,
+each kind once per session; ``plain_model`` is the signed default one.
 ``spark_cluster`` (session scope) runs a real Spark standalone cluster on loopback.
+``score`` runs ``jobs.score`` in this process; ``score_args`` gives its arguments for a
+subprocess.
+
+The session's models are shared by every test: read them, register them (registration
+copies), but copy one before changing it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from batch.model.resolved import ResolvedModel
+from tests.plain_model import build_plain_model
 from tests.signing_keys import signing_keys  # noqa: F401  (session key pair, autouse)
 from tests.spark_cluster import SparkCluster, standalone_cluster
 
@@ -43,11 +51,16 @@ class TrainedModel:
     def transform_output_dir(self) -> Path:
         return self.model.saved_model_dir.parent / "transform_output"
 
+    @property
+    def spec(self) -> str:
+        """``--model`` for this version: ``name@version`` (with ``--model_repo=repo``)."""
+        return f"{self.model.name}@{self.model.version}"
+
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    from jobs.make_demo import ensure_demo_data
-    from jobs.train import train_and_register
+    from batch.demo.data import ensure_demo_data
+    from training.trainer import train_and_register
 
     root = tmp_path_factory.mktemp("trained_model")
     data_dir = ensure_demo_data(
@@ -64,6 +77,65 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         data_dir, repo, train_rows=TRAINED_ROWS, epochs=1, seed=TRAINED_SEED, report=None
     )
     return TrainedModel(data_dir=data_dir, repo=repo, model=model)
+
+
+class PlainModels:
+    """Plain SavedModels (tests/plain_model.py) built on first request, then reused.
+
+    ``plain_models(weight=0.75, sign=True, build=0)`` is the path of a directory named
+    ``model``; the same arguments give the same directory for the whole session. ``build``
+    tells apart builds that are otherwise alike (same weight: same scores, other bytes).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._built: dict[tuple[float, bool, int], Path] = {}
+
+    def __call__(self, weight: float = 0.75, sign: bool = True, build: int = 0) -> Path:
+        key = (weight, sign, build)
+        if key not in self._built:
+            folder = self._root / f"w{weight}-{'signed' if sign else 'unsigned'}-{build}"
+            self._built[key] = build_plain_model(folder / "model", sign=sign, weight=weight)
+        return self._built[key]
+
+
+@pytest.fixture(scope="session")
+def plain_models(tmp_path_factory: pytest.TempPathFactory) -> PlainModels:
+    """Signed ones are signed with the session key: ``signing_keys``, autouse, is set up
+    before any other session fixture, and scoring trusts it."""
+    return PlainModels(tmp_path_factory.mktemp("plain_models"))
+
+
+@pytest.fixture(scope="session")
+def plain_model(plain_models: PlainModels) -> Path:
+    """The plain SavedModel (weight 0.75), signed with the session key; shared, read-only."""
+    return plain_models()
+
+
+def score_args(
+    data: Path, output: Path, *options: str, model: Path | str | TrainedModel | None = None
+) -> list[str]:
+    """``jobs.score`` arguments: ``--input=data --output=output``, the model, then ``options``.
+
+    ``model`` is a SavedModel directory or a ``name@version`` spec (``options`` then name
+    ``--model_repo``), or a TrainedModel (its spec and repository); None leaves ``--model``
+    to ``options``.
+    """
+    args = [f"--input={data}", f"--output={output}"]
+    if isinstance(model, TrainedModel):
+        args += [f"--model={model.spec}", f"--model_repo={model.repo}"]
+    elif model is not None:
+        args.append(f"--model={model}")
+    return [*args, *options]
+
+
+def score(
+    data: Path, output: Path, *options: str, model: Path | str | TrainedModel | None = None
+) -> int:
+    """Run ``jobs.score`` in this process (arguments as ``score_args``); its exit status."""
+    from jobs.score import main
+
+    return main(score_args(data, output, *options, model=model))
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.output.commit import list_committed_runs
-from jobs.score import main as score_main
-from tests.plain_model import POISON_ABOVE, build_plain_model, write_plain_data
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plain_model(tmp_path_factory.mktemp("bad") / "model")
+from tests.conftest import score
+from tests.plain_model import POISON_ABOVE, write_plain_data
 
 
 @pytest.fixture
@@ -26,15 +21,6 @@ def data(tmp_path: Path) -> Path:
     folder = tmp_path / "in"
     write_plain_data(folder, files=3, rows_per_file=400, row_group_rows=100)
     return folder
-
-
-def _score(
-    capsys: pytest.CaptureFixture[str], data: Path, model: Path, out: Path, *extra: str
-) -> tuple[int, str]:
-    rc = score_main(
-        [f"--input={data}", f"--model={model}", f"--output={out}", "--key_columns=id", *extra]
-    )
-    return rc, capsys.readouterr().err
 
 
 def _rewrite(path: Path, **columns: pa.Array) -> None:
@@ -89,7 +75,8 @@ class TestSchemaIsCheckedBeforeAnyCompute:
                 for name, values in change.items():
                     table = table.set_column(table.schema.get_field_index(name), name, values)
             pq.write_table(table, path)
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out")
+        rc = score(data, tmp_path / "out", "--key_columns=id", model=plain_model)
+        err = capsys.readouterr().err
         assert rc == 2
         assert "3 input problem(s)" in err
         assert message in err
@@ -99,7 +86,8 @@ class TestSchemaIsCheckedBeforeAnyCompute:
         self, plain_model: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         # write_plain_data writes n as int32 and x as float64.
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out")
+        rc = score(data, tmp_path / "out", "--key_columns=id", model=plain_model)
+        err = capsys.readouterr().err
         assert rc == 0, err
 
     def test_contract_types_and_required_columns(
@@ -115,7 +103,10 @@ class TestSchemaIsCheckedBeforeAnyCompute:
         first = sorted(data.glob("*.parquet"))
         for path in first:
             _rewrite(path, note=pa.nulls(400, pa.string()))
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out", f"--contract={contract}")
+        rc = score(
+            data, tmp_path / "out", "--key_columns=id", f"--contract={contract}", model=plain_model
+        )
+        err = capsys.readouterr().err
         assert rc == 2
         assert "column 'extra' is double; contract 'contract' declares it STRING" in err
         assert (
@@ -155,7 +146,8 @@ class TestCorruptFiles:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         victim = self._corrupt(data, kind)
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out")
+        rc = score(data, tmp_path / "out", "--key_columns=id", model=plain_model)
+        err = capsys.readouterr().err
         assert rc == 2
         assert "1 bad input file(s)" in err and "--on_bad_file=skip" in err
         assert re.search(re.escape(f"{victim}: ") + ".*" + re.escape(self.REASONS[kind]), err)
@@ -171,7 +163,10 @@ class TestCorruptFiles:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         victim = self._corrupt(data, kind)
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out", "--on_bad_file=skip")
+        rc = score(
+            data, tmp_path / "out", "--key_columns=id", "--on_bad_file=skip", model=plain_model
+        )
+        err = capsys.readouterr().err
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path / "out")
         manifest = run.manifest()
@@ -188,7 +183,8 @@ def test_a_damaged_data_page_fails_naming_the_file(
     damaged = bytearray(victim.read_bytes())
     damaged[4:40] = b"\xff" * 36  # the first page header; the footer stays intact
     victim.write_bytes(bytes(damaged))
-    rc, err = _score(capsys, data, plain_model, tmp_path / "out")
+    rc = score(data, tmp_path / "out", "--key_columns=id", model=plain_model)
+    err = capsys.readouterr().err
     assert rc == 2
     assert f"{victim}: row groups [0, 1, 2, 3] cannot be read as Parquet" in err
     assert "the file is damaged inside" in err
@@ -208,7 +204,10 @@ class TestErrorBudget:
         self, plain_model: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         self._dirty(data, 13)  # 13 of 1200 rows: 1.08%
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out", "--max_error_rate=0.01")
+        rc = score(
+            data, tmp_path / "out", "--key_columns=id", "--max_error_rate=0.01", model=plain_model
+        )
+        err = capsys.readouterr().err
         assert rc == 2
         assert (
             "13 of 1,200 rows rejected (1.083%), above --max_error_rate=0.01; nothing was committed"
@@ -222,7 +221,10 @@ class TestErrorBudget:
         self, plain_model: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         self._dirty(data, 12)  # 1.0%: at the limit is allowed
-        rc, err = _score(capsys, data, plain_model, tmp_path / "out", "--max_error_rate=0.01")
+        rc = score(
+            data, tmp_path / "out", "--key_columns=id", "--max_error_rate=0.01", model=plain_model
+        )
+        err = capsys.readouterr().err
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path / "out")
         counts = run.manifest()["counts"]
@@ -237,9 +239,15 @@ def test_poison_rows_are_isolated_and_the_rest_of_the_batch_is_scored(
     x[5] = POISON_ABOVE * 2
     x[77] = -POISON_ABOVE
     _rewrite(path, x=pa.array(x, pa.float64()))
-    rc, err = _score(
-        capsys, data, plain_model, tmp_path / "out", "--batch_size=64", "--max_error_rate=0.01"
+    rc = score(
+        data,
+        tmp_path / "out",
+        "--key_columns=id",
+        "--batch_size=64",
+        "--max_error_rate=0.01",
+        model=plain_model,
     )
+    err = capsys.readouterr().err
     assert rc == 0, err
     (run,) = list_committed_runs(tmp_path / "out")
     rejected = pq.read_table(run.run_dir / "rejected")

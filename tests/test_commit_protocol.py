@@ -18,21 +18,24 @@ from batch.core.faults import FAULT_ENV, FAULT_ONCE_ENV, PART_WRITTEN, POINTS, S
 from batch.core.fsutil import read_json
 from batch.output.commit import LATEST, STAGING, SUCCESS, list_committed_runs, verify_run
 from jobs.verify import main as verify_main
-from tests.plain_model import build_plain_model, write_plain_data
+from tests.conftest import score_args
+from tests.plain_model import write_plain_data
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pa.Table]:
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, plain_model: Path
+) -> tuple[Path, Path, pa.Table]:
     root = tmp_path_factory.mktemp("commit")
-    model = build_plain_model(root / "model")
+    model = plain_model
     # 3 files x 3 splits each, so a crash mid-run leaves some parts written.
     write_plain_data(root / "in", files=3, rows_per_file=3000, row_group_rows=1000)
     return root / "in", model, pq.read_table(root / "in").select(["id"])
 
 
-def _score(
+def _start_job(
     data: Path,
     model: Path,
     out: Path,
@@ -46,18 +49,8 @@ def _score(
         env[FAULT_ENV] = fault
     if fault_once:
         env[FAULT_ONCE_ENV] = str(fault_once)
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.score",
-        f"--input={data}",
-        f"--model={model}",
-        f"--output={out}",
-        "--key_columns=id",
-        "--split_rows=1000",
-        "--batch_size=500",
-        *extra,
-    ]
+    options = ("--key_columns=id", "--split_rows=1000", "--batch_size=500", *extra)
+    command = [sys.executable, "-m", "jobs.score", *score_args(data, out, *options, model=model)]
     return subprocess.Popen(
         command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -82,12 +75,12 @@ def test_sigkill_leaves_no_committed_run_and_a_rerun_recovers(
     point: str, setup: tuple[Path, Path, pa.Table], tmp_path: Path
 ) -> None:
     data, model, _ = setup
-    reference_rc, err = _finish(_score(data, model, tmp_path / "reference"))
+    reference_rc, err = _finish(_start_job(data, model, tmp_path / "reference"))
     assert reference_rc == 0, err
     (reference,) = list_committed_runs(tmp_path / "reference")
 
     out = tmp_path / "out"
-    rc, err = _finish(_score(data, model, out, fault=point))
+    rc, err = _finish(_start_job(data, model, out, fault=point))
     assert rc == -signal.SIGKILL, err
     assert list_committed_runs(out) == []
     for path in out.rglob("*"):
@@ -100,7 +93,7 @@ def test_sigkill_leaves_no_committed_run_and_a_rerun_recovers(
         (moved,) = [p for p in out.glob("*/*/run=*")]
         assert not (moved / SUCCESS).exists()
 
-    rc, err = _finish(_score(data, model, out))
+    rc, err = _finish(_start_job(data, model, out))
     assert rc == 0, err
     (run,) = list_committed_runs(out)
     assert _scores(run.run_dir).equals(_scores(reference.run_dir))
@@ -115,7 +108,7 @@ def test_repeated_bundles_still_give_every_key_once(
     setup: tuple[Path, Path, pa.Table], tmp_path: Path
 ) -> None:
     data, model, rows = setup
-    rc, err = _finish(_score(data, model, tmp_path, "--direct_runner_bundle_repeat=2"))
+    rc, err = _finish(_start_job(data, model, tmp_path, "--direct_runner_bundle_repeat=2"))
     assert rc == 0, err
     (run,) = list_committed_runs(tmp_path)
     assert _keys(run.run_dir) == sorted(rows.column("id").to_pylist())
@@ -129,7 +122,7 @@ def test_a_spark_task_killed_once_and_retried_still_gives_every_key_once(
 ) -> None:
     data, model, rows = setup
     marker = tmp_path / "fired"
-    process = _score(
+    process = _start_job(
         data,
         model,
         tmp_path / "out",
@@ -152,8 +145,8 @@ def test_two_concurrent_jobs_commit_separate_runs(
 ) -> None:
     data, model, rows = setup
     # --force: the second must not find the first already committed (incremental reruns).
-    first = _score(data, model, tmp_path, "--force")
-    second = _score(data, model, tmp_path, "--force")
+    first = _start_job(data, model, tmp_path, "--force")
+    second = _start_job(data, model, tmp_path, "--force")
     for process in (first, second):
         rc, err = _finish(process)
         assert rc == 0, err
@@ -186,7 +179,7 @@ def test_stale_staging_of_dead_jobs_is_removed_but_a_live_jobs_is_not(
     setup: tuple[Path, Path, pa.Table], tmp_path: Path
 ) -> None:
     data, model, _ = setup
-    rc, err = _finish(_score(data, model, tmp_path))
+    rc, err = _finish(_start_job(data, model, tmp_path))
     assert rc == 0, err
     (first,) = list_committed_runs(tmp_path)
     version = (str(tmp_path), first.model_name, first.model_version)
@@ -205,7 +198,7 @@ def test_stale_staging_of_dead_jobs_is_removed_but_a_live_jobs_is_not(
     try:
         dead.kill()
         dead.wait(timeout=30)
-        rc, err = _finish(_score(data, model, tmp_path, "--force"))  # not a no-op rerun
+        rc, err = _finish(_start_job(data, model, tmp_path, "--force"))  # not a no-op rerun
         assert rc == 0, err
         staging = first.run_dir.parent / STAGING
         assert (staging / "run=live").is_dir(), "a live job's staging is never touched"
@@ -221,7 +214,7 @@ class TestVerify:
         self, setup: tuple[Path, Path, pa.Table], tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         data, model, _ = setup
-        rc, err = _finish(_score(data, model, tmp_path))
+        rc, err = _finish(_start_job(data, model, tmp_path))
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path)
         assert verify_main([str(run.run_dir)]) == 0

@@ -19,7 +19,7 @@ import pytest
 
 from batch.output.commit import list_committed_runs
 from jobs.score import main as score_main
-from tests.plain_model import build_plain_model, write_plain_data
+from tests.plain_model import write_plain_data
 
 PROJECT = Path(__file__).resolve().parent.parent
 STEPS = ("ListSplits", "ScoreSplits/Redistribute", "ScoreSplits/ReadValidateScoreWrite")
@@ -29,11 +29,6 @@ DATAFLOW_OPTIONS = (
     "--region=us-central1",
     "--temp_location=gs://test-bucket/tmp",
 )
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plain_model(tmp_path_factory.mktemp("plain") / "model")
 
 
 @pytest.fixture(scope="module")

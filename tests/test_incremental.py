@@ -16,14 +16,10 @@ from batch.ops.incremental import RunIdentity
 from batch.output.commit import list_committed_runs
 from jobs.score import is_dry_run
 from jobs.score import main as score_main
-from tests.plain_model import build_plain_model, write_plain_data
+from tests.conftest import score_args
+from tests.plain_model import write_plain_data
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plain_model(tmp_path_factory.mktemp("plain") / "model")
 
 
 @pytest.fixture
@@ -33,14 +29,9 @@ def plain_data(tmp_path: Path) -> tuple[Path, pa.Table]:
 
 
 def _args(data: Path, model: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "--runner=DirectRunner",
-        f"--input={data}",
-        f"--model={model}",
-        f"--output={output}",
-        "--key_columns=id",
-        *extra,
-    ]
+    return score_args(
+        data, output, "--runner=DirectRunner", "--key_columns=id", *extra, model=model
+    )
 
 
 def _last_line_starting(text: str, prefix: str) -> str:

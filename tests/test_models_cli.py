@@ -22,9 +22,8 @@ from batch.model.signing import key_fingerprint
 from batch.output.commit import list_committed_runs
 from jobs.models import build_parser
 from jobs.models import main as models_main
-from jobs.score import main as score_main
-from tests.conftest import TrainedModel
-from tests.plain_model import build_plain_model, write_plain_data
+from tests.conftest import PlainModels, TrainedModel, score
+from tests.plain_model import write_plain_data
 from tests.signing_keys import KeyPair, make_key_pair
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -32,9 +31,9 @@ PROG = "python -m jobs.models"
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def saved_model(plain_models: PlainModels) -> Path:
     """An unsigned plain SavedModel to register (registration signs the copy)."""
-    return build_plain_model(tmp_path_factory.mktemp("export") / "model", sign=False)
+    return plain_models(sign=False)
 
 
 @pytest.fixture(scope="module")
@@ -295,15 +294,7 @@ def test_scoring_resolves_an_alias_and_records_it(
     data = tmp_path / "data"
     write_plain_data(data, files=1, rows_per_file=300, row_group_rows=100)
     output = tmp_path / "out"
-    rc = score_main(
-        [
-            "--runner=DirectRunner",
-            f"--input={data}",
-            "--model=plain@canary",
-            f"--model_repo={repo}",
-            f"--output={output}",
-        ]
-    )
+    rc = score(data, output, "--runner=DirectRunner", f"--model_repo={repo}", model="plain@canary")
     assert rc == 0
     assert (
         "  model        plain@1 (as @canary), signature verified (key " in capsys.readouterr().out

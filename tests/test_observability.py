@@ -24,28 +24,12 @@ from batch.model.signing import signed_files
 from batch.observe.drift import baseline_path
 from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
 from batch.output.commit import CommittedRun, list_committed_runs, verify_run
-from jobs.score import main as score_main
-from tests.conftest import TrainedModel
+from tests.conftest import TrainedModel, score
 
 BUDGET = "--max_error_rate=0.01"
+JOB = ("--batch_size=2048", "--split_rows=3000", "--progress=off", BUDGET)
 # Counted the same whatever engine ran the job (batches depend on the engine's batching).
 DETERMINISTIC = ("rows_read", "rows_scored", "rows_rejected", "rejected_by_reason")
-
-
-def _score(model: TrainedModel, data: Path, output: Path, *args: str) -> int:
-    return score_main(
-        [
-            f"--input={data}",
-            f"--model={model.model.name}@{model.model.version}",
-            f"--model_repo={model.repo}",
-            f"--output={output}",
-            "--batch_size=2048",
-            "--split_rows=3000",
-            "--progress=off",
-            BUDGET,
-            *args,
-        ]
-    )
 
 
 def _only_run(output: Path) -> CommittedRun:
@@ -70,14 +54,15 @@ def beam_run(
     # stderr is a file, not a terminal: progress comes as log lines.
     stderr_file = folder / "stderr.txt"
     with open(stderr_file, "w") as handle, contextlib.redirect_stderr(handle):
-        rc = _score(
-            trained_model,
+        rc = score(
             trained_model.data_dir,
             folder / "out",
+            *JOB,
             f"--summary_file={folder / 'summary.json'}",
             f"--metrics_textfile={folder / 'metrics' / 'batchscore.prom'}",
             "--progress=log",
             "--progress_every=0.1",
+            model=trained_model,
         )
     assert rc == 0, stderr_file.read_text()
     run = _only_run(folder / "out")
@@ -124,12 +109,13 @@ class TestMetrics:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         caplog.set_level(logging.INFO, logger="runners.beam")
-        rc = _score(
-            trained_model,
+        rc = score(
             trained_model.data_dir,
             tmp_path,
+            *JOB,
             "--direct_runner_bundle_repeat=2",
             "--force",
+            model=trained_model,
         )
         assert rc == 0
         run = _only_run(tmp_path)
@@ -142,8 +128,12 @@ class TestMetrics:
             assert name in line, line
         # Again without --force: nothing to score, and the summary points at that run.
         summary_file = tmp_path / "again.json"
-        rc = _score(
-            trained_model, trained_model.data_dir, tmp_path, f"--summary_file={summary_file}"
+        rc = score(
+            trained_model.data_dir,
+            tmp_path,
+            *JOB,
+            f"--summary_file={summary_file}",
+            model=trained_model,
         )
         assert rc == 0
         again = read_json(summary_file)
@@ -208,8 +198,12 @@ class TestDriftAndChecks:
             target.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, target)
 
-        rc = _score(
-            trained_model, shifted, tmp_path / "warn", f"--summary_file={tmp_path / 'w.json'}"
+        rc = score(
+            shifted,
+            tmp_path / "warn",
+            *JOB,
+            f"--summary_file={tmp_path / 'w.json'}",
+            model=trained_model,
         )
         assert rc == 0
         drift = _only_run(tmp_path / "warn").manifest()["drift"]
@@ -221,13 +215,14 @@ class TestDriftAndChecks:
         assert read_json(tmp_path / "w.json")["status"] == "warn"
 
         with pushgateway() as received:
-            rc = _score(
-                trained_model,
+            rc = score(
                 shifted,
                 tmp_path / "fail",
+                *JOB,
                 "--on_drift=fail",
                 f"--summary_file={tmp_path / 'f.json'}",
                 f"--pushgateway=http://127.0.0.1:{received.port}",
+                model=trained_model,
             )
         assert rc == 2
         assert list_committed_runs(tmp_path / "fail") == []
@@ -246,12 +241,13 @@ class TestDriftAndChecks:
     def test_error_budget_failure_writes_a_fail_summary(
         self, trained_model: TrainedModel, tmp_path: Path
     ) -> None:
-        rc = _score(
-            trained_model,
+        rc = score(
             trained_model.data_dir,
             tmp_path / "out",
+            *JOB,
             "--max_error_rate=0.0001",
             f"--summary_file={tmp_path / 's.json'}",
+            model=trained_model,
         )
         assert rc == 2
         summary = read_json(tmp_path / "s.json")
@@ -264,12 +260,13 @@ class TestDriftAndChecks:
         self, trained_model: TrainedModel, tmp_path: Path
     ) -> None:
         missing = tmp_path / "no-such-input"
-        rc = _score(
-            trained_model,
+        rc = score(
             missing,
             tmp_path / "out",
+            *JOB,
             f"--summary_file={tmp_path / 's.json'}",
             f"--metrics_textfile={tmp_path / 'm.prom'}",
+            model=trained_model,
         )
         assert rc == 2
         summary = read_json(tmp_path / "s.json")
@@ -283,7 +280,9 @@ class TestDriftAndChecks:
     def test_drift_off_skips_the_comparison(
         self, trained_model: TrainedModel, tmp_path: Path
     ) -> None:
-        assert _score(trained_model, trained_model.data_dir, tmp_path, "--drift=off") == 0
+        assert (
+            score(trained_model.data_dir, tmp_path, *JOB, "--drift=off", model=trained_model) == 0
+        )
         drift = _only_run(tmp_path).manifest()["drift"]
         assert drift["features"] == [] and drift["baseline"] is None
         assert "--drift=off" in drift["note"]
@@ -309,14 +308,12 @@ def test_a_changed_baseline_fails_verification(
     baseline = read_json(path)
     baseline["features"][0]["fractions"] = list(reversed(baseline["features"][0]["fractions"]))
     path.write_text(json.dumps(baseline))
-    rc = score_main(
-        [
-            f"--input={trained_model.data_dir}",
-            f"--model={trained_model.model.name}@{trained_model.model.version}",
-            f"--model_repo={repo}",
-            f"--output={tmp_path / 'out'}",
-            BUDGET,
-        ]
+    rc = score(
+        trained_model.data_dir,
+        tmp_path / "out",
+        f"--model_repo={repo}",
+        BUDGET,
+        model=trained_model.spec,
     )
     assert rc == 2
     assert "assets.extra/batchscore_baseline.json" in capsys.readouterr().err
@@ -327,13 +324,14 @@ def test_a_changed_baseline_fails_verification(
 def test_spark_parity_of_metrics_and_drift(
     trained_model: TrainedModel, beam_run: BeamRun, tmp_path: Path, mode: str
 ) -> None:
-    rc = _score(
-        trained_model,
+    rc = score(
         trained_model.data_dir,
         tmp_path,
+        *JOB,
         "--runner=PySparkRunner",
         "--spark_master=local[2]",
         f"--spark_conf=batchscore.input={mode}",
+        model=trained_model,
     )
     assert rc == 0
     manifest = _only_run(tmp_path).manifest()

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +18,6 @@ import pytest
 
 from batch.core import errors
 from batch.output.commit import CommittedRun, list_committed_runs
-from jobs.score import main as score_main
 from runners.pyspark import (
     BATCH_SIZE_CONF,
     INPUT_OPTION,
@@ -29,22 +27,16 @@ from runners.pyspark import (
     conform_batch,
     translate_spark_error,
 )
-from tests.plain_model import (
-    POISON_ABOVE,
-    build_plain_model,
-    plain_model_expected,
-    write_plain_data,
-)
+from tests.conftest import TrainedModel, score, score_args
+from tests.plain_model import POISON_ABOVE, plain_model_expected, write_plain_data
 from tests.spark_cluster import SparkCluster, spark_submit_command
 
 PROJECT = Path(__file__).resolve().parent.parent
 LOCAL = "local[2]"
 SCORE_COLUMNS = ("score", "pair")
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plain_model(tmp_path_factory.mktemp("plain") / "model")
+DIRECT = "--runner=DirectRunner"
+# The data holds dirty rows and poison rows on purpose.
+BUDGET = "--max_error_rate=1"
 
 
 def _dirty_rows(folder: Path) -> None:
@@ -69,12 +61,12 @@ def plain_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table
     return folder, table
 
 
-def _score(runner: str, *args: str) -> int:
-    return score_main([f"--runner={runner}", "--max_error_rate=1", *args])
-
-
-def _spark(*args: str, master: str = LOCAL) -> int:
-    return _score("PySparkRunner", f"--spark_master={master}", *args)
+def _spark(
+    data: Path, output: Path, *options: str, model: Path | TrainedModel, master: str = LOCAL
+) -> int:
+    """``score`` on the native Spark runner with ``master``."""
+    spark = ("--runner=PySparkRunner", f"--spark_master={master}", BUDGET)
+    return score(data, output, *spark, *options, model=model)
 
 
 def _only_run(output: Path) -> CommittedRun:
@@ -160,15 +152,10 @@ def test_plain_model_on_local_spark_matches_beam(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path, mode: str
 ) -> None:
     data_dir, _ = plain_data
-    common = (
-        f"--input={data_dir}",
-        f"--model={plain_model}",
-        "--key_columns=id",
-        "--batch_size=1000",
-        "--split_rows=2000",
-    )
-    assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
-    assert _spark(*common, *_input_mode(mode), f"--output={tmp_path / 'spark'}") == 0
+    common = ("--key_columns=id", "--batch_size=1000", "--split_rows=2000")
+    assert score(data_dir, tmp_path / "beam", DIRECT, BUDGET, *common, model=plain_model) == 0
+    spark_args = (*common, *_input_mode(mode))
+    assert _spark(data_dir, tmp_path / "spark", *spark_args, model=plain_model) == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "id")
     reasons = spark.manifest()["counts"]["rejected_by_reason"]
@@ -187,19 +174,14 @@ def test_plain_model_on_local_spark_matches_beam(
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS])
 def test_demo_model_on_the_standalone_cluster_matches_beam(
-    trained_model: Any, spark_cluster: SparkCluster, tmp_path: Path, mode: str
+    trained_model: TrainedModel, spark_cluster: SparkCluster, tmp_path: Path, mode: str
 ) -> None:
     """The tf.Transform + Keras model, scored by two executors of a real cluster."""
-    common = (
-        f"--input={trained_model.data_dir}",
-        f"--model={trained_model.model.name}@{trained_model.model.version}",
-        f"--model_repo={trained_model.repo}",
-        "--batch_size=2000",
-        "--split_rows=3000",
-    )
-    assert _score("DirectRunner", *common, f"--output={tmp_path / 'beam'}") == 0
-    spark_args = (*common, *_input_mode(mode), f"--output={tmp_path / 'spark'}")
-    assert _spark(*spark_args, master=spark_cluster.master_url) == 0
+    data, common = trained_model.data_dir, ("--batch_size=2000", "--split_rows=3000")
+    assert score(data, tmp_path / "beam", DIRECT, BUDGET, *common, model=trained_model) == 0
+    spark_args = (*common, *_input_mode(mode))
+    master = spark_cluster.master_url
+    assert _spark(data, tmp_path / "spark", *spark_args, model=trained_model, master=master) == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "loan_id")
     assert spark.manifest()["counts"]["rows_rejected"] > 0, "the fixture's dirty rows"
@@ -280,8 +262,8 @@ def _score_edge(
 ) -> CommittedRun:
     """Score on local Spark; ``options`` are KEY=VALUE Spark settings or --flags."""
     flags = [o if o.startswith("--") else f"--spark_conf={o}" for o in options]
-    args = (f"--input={data}", f"--model={plain_model}", f"--output={output}")
-    assert _spark(*args, "--key_columns=id", f"--batch_size={batch_size}", *flags) == 0
+    options = ("--key_columns=id", f"--batch_size={batch_size}", *flags)
+    assert _spark(data, output, *options, model=plain_model) == 0
     return _only_run(output)
 
 
@@ -383,15 +365,16 @@ def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: 
     table = _plain_table(np.arange(3000))
     pq.write_table(table, data / "rows.parquet", row_group_size=500)
     output = tmp_path / "out"
-    args = (f"--input={data}", f"--model={plain_model}", f"--output={output}")
     assert (
         _spark(
-            *args,
+            data,
+            output,
             "--key_columns=id,s",
             "--batch_size=400",
             "--spark_conf",
             "spark.sql.execution.arrow.useLargeVarTypes=true",
             "spark.sql.files.maxPartitionBytes=16384",
+            model=plain_model,
         )
         == 0
     )
@@ -450,15 +433,7 @@ def test_bad_spark_options_fail_in_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rc = score_main(
-        [
-            f"--input={plain_data[0]}",
-            f"--model={plain_model}",
-            f"--output={tmp_path}",
-            "--key_columns=id",
-            *args,
-        ]
-    )
+    rc = score(plain_data[0], tmp_path, "--key_columns=id", *args, model=plain_model)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and message in err[0], err
@@ -517,13 +492,15 @@ def test_the_jvm_class_cache_is_built_once_then_used(
                 sys.executable,
                 "-m",
                 "jobs.score",
-                "--runner=PySparkRunner",
-                f"--spark_master={LOCAL}",
-                f"--input={data_dir}",
-                f"--model={plain_model}",
-                f"--output={output}",
-                "--key_columns=id",
-                "--max_error_rate=1",
+                *score_args(
+                    data_dir,
+                    output,
+                    "--runner=PySparkRunner",
+                    f"--spark_master={LOCAL}",
+                    "--key_columns=id",
+                    BUDGET,
+                    model=plain_model,
+                ),
             ],
             cwd=PROJECT,
             env=env,

@@ -28,7 +28,7 @@ from batch.report.render import (
     worst_status,
 )
 from jobs.report import main as report_main
-from jobs.score import main as score_main
+from tests.conftest import TrainedModel, score
 from tests.report_fixtures import with_observability_fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,31 +39,21 @@ RUN_ID = "20260101T000000.000000Z-abc123"
 # --------------------------------------------------------------------------- helpers
 
 
-def _score(trained_model: Any, output: Path, data: Path) -> Path:
-    before = {r.run_dir for r in list_committed_runs(output)}
-    rc = score_main(
-        [
-            "--runner=DirectRunner",
-            f"--input={data}",
-            f"--model={trained_model.model.name}@{trained_model.model.version}",
-            f"--model_repo={trained_model.repo}",
-            f"--output={output}",
-            "--batch_size=3000",
-            # The fixture's data is 0.5% dirty, five times the default budget.
-            "--max_error_rate=0.01",
-        ]
-    )
-    assert rc == 0
-    (run_dir,) = {r.run_dir for r in list_committed_runs(output)} - before
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def scored_runs(trained_model: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def scored_runs(
+    trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """(this run: both days, baseline run: the first day only), both committed."""
     output = tmp_path_factory.mktemp("report_scores")
-    baseline = _score(trained_model, output, trained_model.data_dir / "dt=2026-01-01")
-    current = _score(trained_model, output, trained_model.data_dir)
+    run_dirs = []
+    for data in (trained_model.data_dir / "dt=2026-01-01", trained_model.data_dir):
+        before = {r.run_dir for r in list_committed_runs(output)}
+        # The fixture's data is 0.5% dirty, five times the default budget.
+        options = ("--runner=DirectRunner", "--batch_size=3000", "--max_error_rate=0.01")
+        assert score(data, output, *options, model=trained_model) == 0
+        (run_dir,) = {r.run_dir for r in list_committed_runs(output)} - before
+        run_dirs.append(run_dir)
+    baseline, current = run_dirs
     return current, baseline
 
 

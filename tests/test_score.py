@@ -16,15 +16,11 @@ from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.fsutil import file_sha256
 from batch.engine.validate import NULL_VALUE
 from batch.output.commit import LATEST, MANIFEST, SUCCESS, list_committed_runs
-from jobs.score import main as score_main
-from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
+from tests.conftest import score, score_args
+from tests.plain_model import plain_model_expected, write_plain_data
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plain_model(tmp_path_factory.mktemp("plain") / "model")
+DIRECT = "--runner=DirectRunner"
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +28,6 @@ def plain_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table
     folder = tmp_path_factory.mktemp("data")
     # Row groups of 700 with splits of 2,000 rows: splits cut files by row groups.
     return folder, write_plain_data(folder, files=3, rows_per_file=5000, row_group_rows=700)
-
-
-def _score(*args: str) -> int:
-    return score_main(["--runner=DirectRunner", *args])
 
 
 def _read_run(run_dir: Path, kind: str = "predictions") -> pa.Table:
@@ -46,13 +38,14 @@ def test_plain_savedmodel_scores_like_numpy(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
 ) -> None:
     data_dir, table = plain_data
-    rc = _score(
-        f"--input={data_dir}",
-        f"--model={plain_model}",
-        f"--output={tmp_path}",
+    rc = score(
+        data_dir,
+        tmp_path,
+        DIRECT,
         "--key_columns=id",
         "--batch_size=1000",
         "--split_rows=2000",
+        model=plain_model,
     )
     assert rc == 0
     (run,) = list_committed_runs(tmp_path)
@@ -73,15 +66,7 @@ def test_manifest_counts_match_the_files(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
 ) -> None:
     data_dir, table = plain_data
-    assert (
-        _score(
-            f"--input={data_dir}",
-            f"--model={plain_model}",
-            f"--output={tmp_path}",
-            "--key_columns=id",
-        )
-        == 0
-    )
+    assert score(data_dir, tmp_path, DIRECT, "--key_columns=id", model=plain_model) == 0
     (run,) = list_committed_runs(tmp_path)
     manifest = json.loads((run.run_dir / MANIFEST).read_text())
     assert manifest["counts"]["rows_in"] == table.num_rows
@@ -105,16 +90,13 @@ def test_rerun_creates_a_new_run_and_leaves_the_first_intact(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
 ) -> None:
     data_dir, _ = plain_data
-    args = (
-        f"--input={data_dir}",
-        f"--model={plain_model}",
-        f"--output={tmp_path}",
-        "--key_columns=id",
-    )
-    assert _score(*args) == 0
+    args = (data_dir, tmp_path, DIRECT, "--key_columns=id")
+    assert score(*args, model=plain_model) == 0
     (first,) = list_committed_runs(tmp_path)
     before = {p: file_sha256(p) for p in first.run_dir.rglob("*") if p.is_file()}
-    assert _score(*args, "--force") == 0  # without it, an up-to-date rerun is a no-op
+    assert (
+        score(*args, "--force", model=plain_model) == 0
+    )  # without it, an up-to-date rerun is a no-op
     runs = list_committed_runs(tmp_path)
     assert len(runs) == 2 and runs[0].run_id == first.run_id
     assert {p: file_sha256(p) for p in first.run_dir.rglob("*") if p.is_file()} == before
@@ -138,12 +120,13 @@ def test_null_inputs_go_to_the_dead_letter_output(plain_model: Path, tmp_path: P
     )
     pq.write_table(table, data / "rows.parquet")
     assert (
-        _score(
-            f"--input={data}",
-            f"--model={plain_model}",
-            f"--output={tmp_path / 'out'}",
+        score(
+            data,
+            tmp_path / "out",
+            DIRECT,
             "--key_columns=id",
             "--max_error_rate=1",
+            model=plain_model,
         )
         == 0
     )
@@ -164,15 +147,7 @@ def test_empty_input_file_commits_an_empty_run(plain_model: Path, tmp_path: Path
         [("id", pa.int64()), ("x", pa.float64()), ("n", pa.int64()), ("s", pa.string())]
     )
     pq.write_table(schema.empty_table(), data / "empty.parquet")
-    assert (
-        _score(
-            f"--input={data}",
-            f"--model={plain_model}",
-            f"--output={tmp_path / 'out'}",
-            "--key_columns=id",
-        )
-        == 0
-    )
+    assert score(data, tmp_path / "out", DIRECT, "--key_columns=id", model=plain_model) == 0
     (run,) = list_committed_runs(tmp_path / "out")
     assert run.manifest()["counts"]["rows_in"] == 0
 
@@ -187,12 +162,14 @@ def test_a_run_prints_no_tensorflow_notices(
             sys.executable,
             "-m",
             "jobs.score",
-            "--runner=DirectRunner",
-            f"--input={plain_data[0]}",
-            f"--model={plain_model}",
-            f"--output={tmp_path / 'out'}",
-            "--key_columns=id",
-            "--progress=off",
+            *score_args(
+                plain_data[0],
+                tmp_path / "out",
+                DIRECT,
+                "--key_columns=id",
+                "--progress=off",
+                model=plain_model,
+            ),
         ],
         cwd=PROJECT,
         capture_output=True,

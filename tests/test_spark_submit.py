@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.output.commit import list_committed_runs
-from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
+from tests.plain_model import plain_model_expected, write_plain_data
 from tests.spark_cluster import SparkCluster, spark_submit_command
 from tests.venvs import packed_dependencies, zip_batchscore
 
@@ -23,13 +23,13 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_spark_submit_ships_a_packed_venv_to_the_cluster(
-    spark_cluster: SparkCluster, tmp_path: Path
+    spark_cluster: SparkCluster, plain_model: Path, tmp_path: Path
 ) -> None:
     archive, built = packed_dependencies()
     if built:
         print(f"packed batchscore's dependencies in {built:.0f}s")
     code = zip_batchscore(tmp_path / "batchscore.zip")
-    model = build_plain_model(tmp_path / "model")
+    model = plain_model
     data = tmp_path / "data"
     table = write_plain_data(data, files=2, rows_per_file=3000, row_group_rows=1000)
     output = tmp_path / "out"

@@ -20,7 +20,7 @@ from batch.engine.validate import RowValidator
 from batch.model.repository import ModelRepository, resolve_model
 from batch.model.signing import TrustPolicy
 from batch.output.commit import PREDICTIONS, REJECTED, RunLayout
-from tests.plain_model import POISON_ABOVE, build_plain_model
+from tests.plain_model import POISON_ABOVE
 from tests.signing_keys import KeyPair
 
 AGE = ColumnRule("age", "int", required=True, minimum=18, maximum=100)
@@ -104,9 +104,11 @@ def test_the_loans_contract_reads_rules_beside_the_schema() -> None:
 
 
 @pytest.fixture(scope="module")
-def plain_model_job(tmp_path_factory: pytest.TempPathFactory, signing_keys: KeyPair) -> ScoringJob:
+def plain_model_job(
+    tmp_path_factory: pytest.TempPathFactory, signing_keys: KeyPair, plain_model: Path
+) -> ScoringJob:
     root = tmp_path_factory.mktemp("validate")
-    model = resolve_model(str(build_plain_model(root / "model")), ModelRepository(root / "repo"))
+    model = resolve_model(str(plain_model), ModelRepository(root / "repo"))
     layout = RunLayout(root / "out", model.name, model.version, "property")
     trust = TrustPolicy.from_key_file(signing_keys.public)
     return ScoringJob(model, layout, ("id",), ("id", "x", "n", "s"), batch_size=7, trust=trust)
@@ -166,13 +168,16 @@ def test_random_rows_always_reconcile(
         Path(path).unlink(missing_ok=True)
 
 
-def test_validation_of_a_large_batch_is_vectorized() -> None:
-    """A smoke check on scale: 200k rows validate without per-row Python."""
+def test_a_large_batch_rejects_exactly_the_bad_rows_each_with_its_value() -> None:
+    """At the scale of the fast paths (200k rows): exactly the out-of-range rows are
+    rejected, each message names that row's own value, and valid rows keep their order."""
     n = 200_000
+    bad = np.arange(0, n, 1000)
     ages = np.full(n, 30)
-    ages[::1000] = 500
+    ages[bad] = 101 + (bad // 1000) % 50
     batch = pa.RecordBatch.from_pydict(
         {
+            "id": np.arange(n),
             "age": ages,
             "income": np.ones(n),
             "home": pa.array(["OWN"] * n),
@@ -181,7 +186,12 @@ def test_validation_of_a_large_batch_is_vectorized() -> None:
         }
     )
     result = RowValidator({}, RULES).partition(batch)
-    assert result.rejected.num_rows == 200
+    assert result.rejected.column("id").to_pylist() == bad.tolist()
+    assert set(result.rejected.column(REASON_COLUMN).to_pylist()) == {"out_of_range"}
+    assert result.rejected.column(MESSAGE_COLUMN).to_pylist() == [
+        f"column 'age' = {age}; expected [18, 100]" for age in ages[bad]
+    ]
+    assert result.valid.column("id").to_pylist() == np.delete(np.arange(n), bad).tolist()
 
 
 def test_large_batches_give_the_per_row_reasons() -> None:
