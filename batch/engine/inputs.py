@@ -384,3 +384,40 @@ def ignored_manifest(spec: str) -> list[dict[str, str]]:
             + ("; ..." if len(ignored) > 10 else ""),
         )
     return [{"path": i.path, "reason": i.reason} for i in ignored]
+
+
+def _input_root(spec: str) -> Path:
+    """The folder (or file) ``--input`` reads from: a glob's part before its first wildcard."""
+    expanded = os.path.expanduser(spec)
+    if glob.has_magic(expanded):
+        static: list[str] = []
+        for part in Path(expanded).parts:
+            if glob.has_magic(part):
+                break
+            static.append(part)
+        return Path(*static) if static else Path(".")
+    return Path(expanded)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_input_output_disjoint(input_spec: str, output_root: Path) -> None:
+    """Refuse an output root inside the input (the next run would read its own predictions)
+    and an input inside an output root (it would read runs this output commits). Compared by
+    real paths, so symbolic links do not hide an overlap. Raises :class:`UsageError`."""
+    source = os.path.realpath(_input_root(input_spec))
+    target = os.path.realpath(output_root)
+    if _within(target, source):
+        raise UsageError(
+            f"--output={output_root} is inside --input={input_spec} (both reach {target}): a "
+            "later run would read these predictions as input. Choose an output folder outside "
+            "the input"
+        )
+    if _within(source, target):
+        raise UsageError(
+            f"--input={input_spec} is inside --output={output_root} (both reach {source}): "
+            "batchscore would read the runs it commits there as input. Copy the data out of "
+            "the output folder, or choose another --output"
+        )
