@@ -6,6 +6,10 @@ and a human message (with the offending value), and goes to the run's
 dead-letter output. The first failing check, in the order below, names the
 reason:
 
+    invalid_utf8      a string column (any column read, keys included) holds bytes that
+                      are not UTF-8; in the dead-letter such values are written escaped
+                      (Python's "backslashreplace": the bytes 61 62 ff become the text
+                      ab\\xff)
     null_value        a required column (or a model input) is null
     not_finite        a float is NaN or infinite
     out_of_range      a number is outside the contract's int/float domain
@@ -16,7 +20,7 @@ reason:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,13 +31,22 @@ import pyarrow.compute as pc
 from batch.contract.contract import ColumnRule
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 
+INVALID_UTF8 = "invalid_utf8"
 NULL_VALUE = "null_value"
 NOT_FINITE = "not_finite"
 OUT_OF_RANGE = "out_of_range"
 UNSEEN_CATEGORY = "unseen_category"
 BAD_CHARACTERS = "bad_characters"
 MODEL_ERROR = "model_error"
-REASONS = (NULL_VALUE, NOT_FINITE, OUT_OF_RANGE, UNSEEN_CATEGORY, BAD_CHARACTERS, MODEL_ERROR)
+REASONS = (
+    INVALID_UTF8,
+    NULL_VALUE,
+    NOT_FINITE,
+    OUT_OF_RANGE,
+    UNSEEN_CATEGORY,
+    BAD_CHARACTERS,
+    MODEL_ERROR,
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,8 @@ class RowValidator:
     rules: tuple[ColumnRule, ...] = ()
 
     def problems(self, batch: pa.RecordBatch) -> list[_Problem]:
-        found: list[_Problem] = []
+        # First: no other check may turn a value that is not UTF-8 into text.
+        found = [p for p in map(_invalid_utf8, batch.columns, batch.schema.names) if p]
         rules = {r.name: r for r in self.rules if batch.schema.get_field_index(r.name) >= 0}
         names = list(dict.fromkeys([*self.input_types, *rules]))
         checks = (self._nulls, self._not_finite, self._range, self._categories, self._pattern)
@@ -222,14 +236,78 @@ class RowValidator:
                     zero_copy_only=False
                 )
         keep = pa.array(~bad)
+        rejected = batch.take(pa.array(bad_rows))
+        if any(p.reason == INVALID_UTF8 for p in problems):
+            rejected = escape_invalid_utf8(rejected)
         return Partitioned(
             batch.filter(keep),
             with_reasons(
-                batch.take(pa.array(bad_rows)),
+                rejected,
                 pa.array(reasons, pa.string()),
                 pa.array(messages, pa.string()),
             ),
         )
+
+
+def _is_text(column: pa.Array) -> bool:
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+
+
+def _utf8_ok(column: pa.Array) -> bool:
+    # Parquet readers hand over a string column's bytes unchecked; full validation is one
+    # vectorized pass over them.
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _raw_values(column: pa.Array) -> list[bytes | None]:
+    binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+    return column.view(binary).to_pylist()
+
+
+def _decodes(value: bytes | None) -> bool:
+    if value is None:
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _invalid_utf8(column: pa.Array, name: str) -> _Problem | None:
+    if not _is_text(column) or _utf8_ok(column):
+        return None
+    # Only a batch that holds such bytes gets here: finding the rows may take Python.
+    raw = _raw_values(column)
+    mask = np.array([not _decodes(v) for v in raw], dtype=bool)
+    messages = [
+        f"column '{name}' = '{v.decode('utf-8', 'backslashreplace')}' is not valid UTF-8 "
+        "(the bytes that are not are shown as \\xNN); fix the writer's encoding"
+        for v, bad in zip(raw, mask, strict=True)
+        if bad and v is not None
+    ]
+    return _Problem(mask, INVALID_UTF8, pa.array(messages, pa.string()))
+
+
+def escape_invalid_utf8(rows: pa.RecordBatch) -> pa.RecordBatch:
+    """``rows`` with every string value that is not UTF-8 written escaped (backslashreplace),
+    so that the dead-letter file is readable; valid values are unchanged."""
+    columns = []
+    for column in rows.columns:
+        if _is_text(column) and not _utf8_ok(column):
+            column = pa.array(
+                [
+                    None if v is None else v.decode("utf-8", "backslashreplace")
+                    for v in _raw_values(column)
+                ],
+                column.type,
+            )
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=rows.schema)
 
 
 def _number(value: float) -> str:
@@ -258,10 +336,3 @@ def with_reasons(
 
 def empty_rejects(schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=reject_schema(schema))
-
-
-def concat_rejects(parts: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
-    batches = [p for p in parts if p.num_rows]
-    if not batches:
-        return empty_rejects(schema)
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
