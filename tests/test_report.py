@@ -25,6 +25,7 @@ from batch.report.render import (
     prediction_columns,
     render_report,
     sample_predictions,
+    template_environment,
     worst_status,
 )
 from jobs.report import main as report_main
@@ -473,6 +474,20 @@ def test_strings_from_the_manifest_are_escaped(tmp_path: Path) -> None:
     html_text = render_report(RunData(tmp_path, manifest, reject_examples={evil: [evil]}))
     assert evil not in html_text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+
+
+def test_every_template_compiles_and_the_page_inlines_its_css(tmp_path: Path) -> None:
+    """Each template parses (branches a test manifest does not reach included), and the page
+    carries report.css inside its <style>, so it needs no other file."""
+    environment = template_environment()
+    names = environment.list_templates()
+    assert {"report.html.j2", "report.css", "sections/counts.html.j2"} <= set(names)
+    for name in names:
+        environment.get_template(name)
+    assert environment.loader is not None
+    css = environment.loader.get_source(environment, "report.css")[0]
+    page = render_report(RunData(tmp_path, {"run_id": RUN_ID}))
+    assert f"<style>\n{css}" in page
 
 
 def test_sample_predictions_keeps_every_kth_row_across_parts_and_batches(tmp_path: Path) -> None:

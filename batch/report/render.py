@@ -6,6 +6,11 @@ rejected rows as examples). Plots are drawn with matplotlib's Agg backend and
 embedded as base64 PNG, the CSS is inline, and nothing refers to a URL, so the
 file can be mailed, attached to a ticket or archived as it is.
 
+This module prepares the data: each section is a plain dataclass. The HTML is in
+Jinja2 templates shipped with the package (``batch/report/templates/``: the page,
+one partial per section, the CSS), rendered with autoescape, so every string from
+the manifest is escaped by the template engine.
+
 Every section renders from the manifest fields when they are there and says so
 in the page when they are not: manifests written before run metrics and drift
 were recorded have no ``metrics``, ``drift`` or ``checks``, and a model
@@ -20,15 +25,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
+import functools
 import io
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +45,8 @@ from matplotlib.ticker import MaxNLocator
 
 from batch.core.columns import CONSTANT_COLUMNS, MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.errors import UsageError
+from batch.observe.checks import STATUS_RANK as STATUS_ORDER
+from batch.observe.checks import worst as worst_status
 from batch.output.commit import (
     LATEST,
     MANIFEST,
@@ -61,7 +69,6 @@ MIN_SECONDS_FOR_ESTIMATE = 10
 WORST_FEATURES_MIN = 3
 WORST_FEATURES_MAX = 5
 
-STATUS_ORDER = {"ok": 0, "warn": 1, "fail": 2}
 # Colours shared by the page and its plots.
 CURRENT_COLOR = "#2563eb"
 BASELINE_COLOR = "#9ca3af"
@@ -253,10 +260,8 @@ def reject_examples(
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+# Number formats of the page: the figure tables are formatted here, and the templates
+# use the same functions as filters (count, number, percent, thousands, status_class).
 
 
 def _int(value: object) -> str:
@@ -283,59 +288,25 @@ def _seconds(value: object) -> str:
     return f"{value:,.2f} s"
 
 
+def _thousands(value: object) -> str:
+    """A count with thousands separators; anything else (a missing count) as it is."""
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def _status_class(status: object) -> str:
     return str(status) if status in STATUS_ORDER else "unknown"
 
 
-def _pill(status: object) -> str:
-    return f'<span class="pill {_status_class(status)}">{_esc(status)}</span>'
-
-
-def worst_status(statuses: Iterable[object]) -> str | None:
-    """The most severe of ``ok``/``warn``/``fail``; ``None`` when there is none."""
-    known = [s for s in statuses if s in STATUS_ORDER]
-    return max(known, key=lambda s: STATUS_ORDER[str(s)]) if known else None
-
-
-def _table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    *,
-    align: str = "",
-    cls: str = "",
-    row_status: Sequence[object] = (),
-) -> str:
-    """An HTML table; cells are already escaped HTML. ``align`` has one letter per column,
-    ``l`` or ``r`` (numbers); by default the first column is text and the others numbers.
-    Rows whose ``row_status`` is warn or fail are tinted."""
-    align = align or "l" + "r" * (len(headers) - 1)
-
-    def cls_of(i: int) -> str:
-        return "num" if i < len(align) and align[i] == "r" else ""
-
-    def tint(i: int) -> str:
-        status = row_status[i] if i < len(row_status) else None
-        return f' class="row-{status}"' if status in ("warn", "fail") else ""
-
-    head = "".join(f'<th class="{cls_of(i)}">{_esc(h)}</th>' for i, h in enumerate(headers))
-    body = "".join(
-        f"<tr{tint(r)}>"
-        + "".join(f'<td class="{cls_of(i)}">{cell}</td>' for i, cell in enumerate(row))
-        + "</tr>"
-        for r, row in enumerate(rows)
-    )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _absent(text: str) -> str:
-    return f'<p class="absent">{_esc(text)}</p>'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
 # --------------------------------------------------------------------------- plots
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure as a base64 PNG, which the page embeds as a data: URL (base64 needs no
+    escaping in an HTML attribute)."""
+
+    alt: str
+    png_base64: str
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -355,14 +326,13 @@ def _share_tick(value: float, _: object) -> str:
     return f"{value:.0%}" if abs(value * 100 - round(value * 100)) < 1e-9 else f"{value:.1%}"
 
 
-def _embed(figure: Figure, alt: str) -> str:
+def _embed(figure: Figure, alt: str) -> Plot:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", facecolor="white")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img class="plot" alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
+    return Plot(alt, base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
-def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
+def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> Plot:
     points = sorted((float(p["t"]), float(p["rows"])) for p in timeline)
     if points[0][0] > 0:  # no row is done at the start; a short run has one sample only
         points.insert(0, (0.0, 0.0))
@@ -399,7 +369,7 @@ def _bucket_label(bound: object) -> str:
     return f"≤{seconds * 1000:g} ms" if seconds < 1 else f"≤{seconds:g} s"
 
 
-def _latency_plot(latency: Mapping[str, Any]) -> str:
+def _latency_plot(latency: Mapping[str, Any]) -> Plot:
     bounds = list(latency.get("le") or [])
     counts = list(latency.get("counts") or [])
     labels = [_bucket_label(b) for b in bounds]
@@ -422,7 +392,7 @@ def _latency_plot(latency: Mapping[str, Any]) -> str:
     return _embed(figure, "histogram of batch latencies")
 
 
-def _reasons_plot(by_reason: Mapping[str, int]) -> str:
+def _reasons_plot(by_reason: Mapping[str, int]) -> Plot:
     ordered = sorted(by_reason.items(), key=lambda item: item[1])
     figure = _new_figure(9, 0.5 + 0.32 * len(ordered))
     axes = figure.subplots()
@@ -437,7 +407,7 @@ def _reasons_plot(by_reason: Mapping[str, int]) -> str:
 
 def _binned_plot(
     title: str, bins: Sequence[str], series: Sequence[tuple[str, Sequence[float], str]]
-) -> str:
+) -> Plot:
     """Grouped bars of pre-binned fractions (a drift histogram): one group per bin."""
     figure = _new_figure(5.6, 2.7)
     axes = figure.subplots()
@@ -470,7 +440,7 @@ def _binned_plot(
     return _embed(figure, f"histogram of {title}: baseline against this run")
 
 
-def _distribution_plot(title: str, series: Sequence[tuple[str, np.ndarray, str]]) -> str:
+def _distribution_plot(title: str, series: Sequence[tuple[str, np.ndarray, str]]) -> Plot:
     """Overlaid histograms (share of rows per bin) of raw samples on shared bins."""
     finite = [values[np.isfinite(values)] for _, values, _ in series]
     combined = np.concatenate(finite) if finite else np.empty(0)
@@ -510,14 +480,171 @@ def _distribution_plot(title: str, series: Sequence[tuple[str, np.ndarray, str]]
 
 
 # --------------------------------------------------------------------------- sections
+# Each section is a plain dataclass of what its template (templates/sections/) shows;
+# the template lays it out. Strings from the manifest are escaped by the templates.
+
+
+@dataclass(frozen=True)
+class Message:
+    """A section that is one paragraph: what the manifest lacks (``absent``) or a remark
+    (``note``)."""
+
+    text: str
+    kind: Literal["absent", "note"] = "absent"
+    template: ClassVar[str] = "sections/message.html.j2"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row of a figures table: this run's value and, with a baseline run, its value
+    and the change; formatted already."""
+
+    label: str
+    value: str
+    previous: str = "—"
+    change: str = "—"
+
+
+@dataclass(frozen=True)
+class CountsView:
+    figures: list[Comparison]
+    compared: bool
+    reconciliation: list[Reconciliation]
+    status: str
+    outputs: list[str]
+    template: ClassVar[str] = "sections/counts.html.j2"
+
+
+@dataclass(frozen=True)
+class ThroughputView:
+    figures: list[Comparison]
+    compared: bool
+    baseline_has_metrics: bool
+    timeline: Plot | None
+    latency: Plot | None
+    template: ClassVar[str] = "sections/throughput.html.j2"
+
+
+@dataclass(frozen=True)
+class RejectReason:
+    reason: str
+    rows: int
+    share: float
+    examples: list[str]
+
+
+@dataclass(frozen=True)
+class RejectsView:
+    plot: Plot
+    reasons: list[RejectReason]
+    rejected_dir: Path
+    template: ClassVar[str] = "sections/rejects.html.j2"
+
+
+@dataclass(frozen=True)
+class TrainingComparison:
+    """The prediction's drift entry: its status and PSI against the training baseline."""
+
+    status: object
+    psi: object
+    source: object
+    plot: Plot
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    label: str
+    rows: int
+    mean: float | None
+    p05: float | None
+    p50: float | None
+    p95: float | None
+
+
+@dataclass(frozen=True)
+class Distribution:
+    column: str
+    plot: Plot
+    samples: list[SampleStats]
+    missing_in_baseline: bool
+
+
+@dataclass(frozen=True)
+class PredictionsView:
+    training: TrainingComparison | None
+    drift_recorded: bool
+    compared: bool
+    distributions: list[Distribution]
+    template: ClassVar[str] = "sections/predictions.html.j2"
+
+
+@dataclass(frozen=True)
+class DriftFeature:
+    """A feature's drift entry as the manifest has it; values may be missing (``None``)."""
+
+    name: object
+    kind: object
+    psi: object
+    null_rate: object
+    baseline_null_rate: object
+    unseen_share: object
+    status: object
+
+
+@dataclass(frozen=True)
+class FeaturePlot:
+    name: object
+    plot: Plot | None
+
+
+@dataclass(frozen=True)
+class DriftView:
+    status: object
+    source: object
+    rows: object
+    max_psi: object
+    max_unseen_share: object
+    action: object
+    features: list[DriftFeature]
+    plots: list[FeaturePlot]
+    template: ClassVar[str] = "sections/drift.html.j2"
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    name: object
+    value: object
+    threshold: object
+    status: object
+    message: object
+
+
+@dataclass(frozen=True)
+class ChecksView:
+    checks: list[CheckRow]
+    template: ClassVar[str] = "sections/checks.html.j2"
+
+
+SectionBody = (
+    Message | CountsView | ThroughputView | RejectsView | PredictionsView | DriftView | ChecksView
+)
 
 
 @dataclass(frozen=True)
 class Section:
     anchor: str
     title: str
-    body: str
+    body: SectionBody
     status: str | None = None
+
+
+@dataclass(frozen=True)
+class Header:
+    model_label: str
+    status: str
+    badge: str
+    why: str
+    facts: list[tuple[str, str]]
 
 
 def _counts(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -606,7 +733,7 @@ def overall_status(manifest: Mapping[str, Any]) -> tuple[str, str]:
     return worst, f"{worst}: {', '.join(failing)}"
 
 
-def _header(run: RunData, baseline: RunData | None) -> str:
+def _header(run: RunData, baseline: RunData | None) -> Header:
     manifest = run.manifest
     model = manifest.get("model") or {}
     signature = model.get("signature") or {}
@@ -641,15 +768,7 @@ def _header(run: RunData, baseline: RunData | None) -> str:
     ]
     if baseline is not None:
         facts.append(("Compared with", f"run {baseline.run_id} ({baseline.model_label})"))
-    grid = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts)
-    return (
-        '<header class="top">'
-        f'<div class="title"><h1>Run report <span class="model">{_esc(run.model_label)}</span></h1>'
-        f'<div class="badge {_status_class(status)}" id="status-badge">{_esc(label.upper())}</div></div>'
-        f'<p class="why">{_esc(why)}</p>'
-        f'<dl class="facts">{grid}</dl>'
-        "</header>"
-    )
+    return Header(run.model_label, status, label.upper(), why, facts)
 
 
 def _change(current: object, previous: object) -> str:
@@ -662,12 +781,22 @@ def _change(current: object, previous: object) -> str:
     return f"{(current - previous) / abs(previous):+.1%}"
 
 
+def _comparisons(
+    figures: Iterable[tuple[str, object, object, Callable[[object], str]]], compared: bool
+) -> list[Comparison]:
+    return [
+        Comparison(label, fmt(value), fmt(previous), _change(value, previous))
+        if compared
+        else Comparison(label, fmt(value))
+        for label, value, previous, fmt in figures
+    ]
+
+
 def _counts_section(run: RunData, baseline: RunData | None) -> Section:
+    title = "Counts and reconciliation"
     counts = _counts(run.manifest)
     if not counts:
-        return Section(
-            "counts", "Counts and reconciliation", _absent("This manifest has no counts.")
-        )
+        return Section("counts", title, Message("This manifest has no counts."))
     other = _counts(baseline.manifest) if baseline else {}
     figures: list[tuple[str, object, object, Callable[[object], str]]] = [
         (label, counts.get(key), other.get(key), fmt)
@@ -686,48 +815,22 @@ def _counts_section(run: RunData, baseline: RunData | None) -> Section:
             figures.append(
                 (f"rejected: {reason}", reasons.get(reason, 0), other_reasons.get(reason, 0), _int)
             )
-    headers = ["", "this run"] + (["baseline run", "change"] if baseline else [])
-    table_rows = []
-    for label, value, previous, fmt in figures:
-        cells = [_esc(label), fmt(value)]
-        if baseline:
-            cells += [fmt(previous), _change(value, previous)]
-        table_rows.append(cells)
     checks = reconcile(run.manifest)
     status = "ok" if all(r.ok for r in checks) else "fail"
-    recon = _table(
-        ["reconciliation", "expected", "found", "status"],
-        [
-            [
-                _esc(r.name),
-                _esc(f"{r.expected:,}" if isinstance(r.expected, int) else r.expected),
-                _esc(f"{r.found:,}" if isinstance(r.found, int) else r.found),
-                _pill("ok" if r.ok else "fail"),
-            ]
-            for r in checks
-        ],
-    )
     outputs = run.manifest.get("outputs") or {}
     parts = []
     for kind in (PREDICTIONS, REJECTED):
         listed = outputs.get(kind) or []
         size = sum(int(p.get("bytes", 0)) for p in listed)
         parts.append(f"{kind}/: {len(listed):,} files, {size / 1e6:,.2f} MB")
-    verdict = (
-        "Every input row is either scored or rejected, and the files hold exactly the rows the manifest counts."
-        if status == "ok"
-        else "The counts do NOT reconcile: rows were lost or counted twice. Check the run with python -m jobs.verify."
+    view = CountsView(
+        figures=_comparisons(figures, compared=baseline is not None),
+        compared=baseline is not None,
+        reconciliation=checks,
+        status=status,
+        outputs=parts,
     )
-    body = (
-        f'<div class="two">{_table(headers, table_rows)}{recon}</div>'
-        f"<p>{_pill(status)} {_esc(verdict)}</p>"
-        + _note(
-            "Output files: "
-            + "; ".join(parts)
-            + ". File checksums are checked by python -m jobs.verify, not here."
-        )
-    )
-    return Section("counts", "Counts and reconciliation", body, status)
+    return Section("counts", title, view, status)
 
 
 def _timestamp(value: object) -> dt.datetime | None:
@@ -761,55 +864,49 @@ def _throughput_section(run: RunData, baseline: RunData | None) -> Section:
         return Section(
             "throughput",
             title,
-            _absent(
+            Message(
                 "No run metrics in this manifest (it was written before batchscore recorded "
                 "metrics): no timeline and no batch latencies." + estimate
             ),
         )
     latency = metrics.get("batch_latency_seconds") or {}
     other = _metrics(baseline.manifest) if baseline else None
-    other_latency = (other or {}).get("batch_latency_seconds") or {}
-    figures = [
+    previous = other or {}
+    other_latency = previous.get("batch_latency_seconds") or {}
+    figures: list[tuple[str, object, object, Callable[[object], str]]] = [
         (
             "wall time (start-up included)",
             metrics.get("wall_seconds"),
-            (other or {}).get("wall_seconds"),
+            previous.get("wall_seconds"),
             _seconds,
         ),
         (
             "predictions per second",
             metrics.get("predictions_per_second"),
-            (other or {}).get("predictions_per_second"),
+            previous.get("predictions_per_second"),
             lambda v: _num(v, 0),
         ),
         (
             "model load",
             metrics.get("model_load_seconds"),
-            (other or {}).get("model_load_seconds"),
+            previous.get("model_load_seconds"),
             _seconds,
         ),
-        ("batches", metrics.get("batches"), (other or {}).get("batches"), _int),
+        ("batches", metrics.get("batches"), previous.get("batches"), _int),
         ("batch latency p50", latency.get("p50"), other_latency.get("p50"), _seconds),
         ("batch latency p95", latency.get("p95"), other_latency.get("p95"), _seconds),
         ("batch latency p99", latency.get("p99"), other_latency.get("p99"), _seconds),
     ]
-    headers = ["", "this run"] + (["baseline run", "change"] if baseline else [])
-    rows = []
-    for name, value, previous, fmt in figures:
-        cells = [_esc(name), fmt(value)]
-        if baseline:
-            cells += [fmt(previous) if other else "—", _change(value, previous) if other else "—"]
-        rows.append(cells)
     timeline = metrics.get("timeline") or []
-    parts = [_table(headers, rows)]
-    if baseline and other is None:
-        parts.append(_note("The baseline run's manifest has no metrics to compare with."))
-    parts.append(_timeline_plot(timeline) if timeline else _absent("No timeline recorded."))
-    if latency.get("counts"):
-        parts.append(_latency_plot(latency))
-    else:
-        parts.append(_absent("No batch latency histogram recorded."))
-    return Section("throughput", title, "".join(parts))
+    view = ThroughputView(
+        # Without the baseline run's metrics the baseline columns show "—" throughout.
+        figures=_comparisons(figures, compared=other is not None),
+        compared=baseline is not None,
+        baseline_has_metrics=other is not None,
+        timeline=_timeline_plot(timeline) if timeline else None,
+        latency=_latency_plot(latency) if latency.get("counts") else None,
+    )
+    return Section("throughput", title, view)
 
 
 def _rejects_section(run: RunData) -> Section:
@@ -818,30 +915,20 @@ def _rejects_section(run: RunData) -> Section:
     title = "Reject reasons"
     if not by_reason:
         if counts.get("rows_rejected") == 0:
-            return Section("rejects", title, _note("No rows were rejected."), "ok")
-        return Section("rejects", title, _absent("This manifest has no rejects by reason."))
+            return Section("rejects", title, Message("No rows were rejected.", "note"), "ok")
+        return Section("rejects", title, Message("This manifest has no rejects by reason."))
     total = sum(by_reason.values())
-    rows = []
-    for reason, n in sorted(by_reason.items(), key=lambda item: -item[1]):
-        examples = run.reject_examples.get(reason) or []
-        listing = "".join(f"<li><code>{_esc(e)}</code></li>" for e in examples) or "—"
-        rows.append(
-            [
-                _esc(reason),
-                _int(n),
-                _pct(n / total if total else 0, 1),
-                f'<ul class="examples">{listing}</ul>',
-            ]
+    reasons = [
+        RejectReason(
+            reason=reason,
+            rows=n,
+            share=n / total if total else 0,
+            examples=list(run.reject_examples.get(reason) or []),
         )
-    table = _table(
-        ["reason", "rows", "share", "examples (keys: message)"], rows, align="lrrl", cls="rejects"
-    )
-    body = (
-        _reasons_plot(by_reason)
-        + table
-        + _note(f"The rejected rows, with every input column, are in {run.run_dir / REJECTED}.")
-    )
-    return Section("rejects", title, body)
+        for reason, n in sorted(by_reason.items(), key=lambda item: -item[1])
+    ]
+    view = RejectsView(_reasons_plot(by_reason), reasons, run.run_dir / REJECTED)
+    return Section("rejects", title, view)
 
 
 def _histogram_of(
@@ -854,86 +941,55 @@ def _histogram_of(
     return [str(b) for b in bins], list(base), list(current)
 
 
+def _sample_stats(label: str, values: np.ndarray) -> SampleStats:
+    if not values.size:
+        return SampleStats(label, 0, None, None, None, None)
+    p05, p50, p95 = (float(q) for q in np.quantile(values, [0.05, 0.5, 0.95]))
+    return SampleStats(label, int(values.size), float(np.mean(values)), p05, p50, p95)
+
+
 def _predictions_section(run: RunData, baseline: RunData | None) -> Section:
-    title = "Predictions"
-    parts: list[str] = []
     drift = _drift(run.manifest)
     prediction = (drift or {}).get("prediction")
     histogram = _histogram_of(prediction)
     status = None
-    parts.append("<h3>Against the training baseline</h3>")
+    training = None
     if histogram is not None and prediction is not None:
         status = _status_class(prediction.get("status"))
         bins, base, current = histogram
-        source = ((drift or {}).get("baseline") or {}).get("source", "training data")
-        parts.append(
-            f"<p>{_pill(prediction.get('status'))} PSI {_num(prediction.get('psi'))} "
-            f"against {_esc(source)}.</p>"
-        )
-        parts.append(
-            _binned_plot(
+        training = TrainingComparison(
+            status=prediction.get("status"),
+            psi=prediction.get("psi"),
+            source=((drift or {}).get("baseline") or {}).get("source", "training data"),
+            plot=_binned_plot(
                 "prediction",
                 bins,
                 [("training baseline", base, BASELINE_COLOR), ("this run", current, CURRENT_COLOR)],
-            )
+            ),
         )
-    elif drift is None:
-        parts.append(
-            _absent(
-                "No drift data in this manifest (written before batchscore recorded drift): no training baseline to compare with."
-            )
-        )
-    else:
-        parts.append(
-            _absent(
-                "The model has no training baseline for its predictions (drift.prediction is empty)."
-            )
-        )
-    parts.append(
-        "<h3>Distribution in this run" + (" and in the baseline run" if baseline else "") + "</h3>"
-    )
-    if not run.prediction_sample:
-        parts.append(
-            _absent(
-                "No predictions to plot (the run scored no rows, or its output has no numeric prediction column)."
-            )
-        )
+    distributions = []
     for column, values in run.prediction_sample.items():
         series = [("this run", values, CURRENT_COLOR)]
         if baseline is not None:
             other = baseline.prediction_sample.get(column)
             if other is not None:
                 series.append((f"baseline run {baseline.run_id}", other, OTHER_RUN_COLOR))
-        parts.append(_distribution_plot(column, series))
-        parts.append(
-            _table(
-                ["", "rows sampled", "mean", "p05", "p50", "p95"],
-                [
-                    [
-                        _esc(label),
-                        _int(int(v.size)),
-                        *(
-                            [
-                                _num(float(np.mean(v)), 4),
-                                *(_num(float(q), 4) for q in np.quantile(v, [0.05, 0.5, 0.95])),
-                            ]
-                            if v.size
-                            else ["—"] * 4
-                        ),
-                    ]
-                    for label, v, _ in series
-                ],
+        distributions.append(
+            Distribution(
+                column=column,
+                plot=_distribution_plot(column, series),
+                samples=[_sample_stats(label, v) for label, v, _ in series],
+                missing_in_baseline=baseline is not None
+                and column not in baseline.prediction_sample,
             )
         )
-        if baseline is not None and column not in baseline.prediction_sample:
-            parts.append(_absent(f"The baseline run has no prediction column {column!r}."))
-    if baseline is None:
-        parts.append(
-            _note(
-                "Pass --baseline RUN_DIR to overlay another run's predictions (last week's, say)."
-            )
-        )
-    return Section("predictions", title, "".join(parts), status)
+    view = PredictionsView(
+        training=training,
+        drift_recorded=drift is not None,
+        compared=baseline is not None,
+        distributions=distributions,
+    )
+    return Section("predictions", "Predictions", view, status)
 
 
 def _drift_section(run: RunData) -> Section:
@@ -943,7 +999,7 @@ def _drift_section(run: RunData) -> Section:
         return Section(
             "drift",
             title,
-            _absent(
+            Message(
                 "No drift data in this manifest (it was written before batchscore recorded drift)."
             ),
         )
@@ -951,7 +1007,7 @@ def _drift_section(run: RunData) -> Section:
         return Section(
             "drift",
             title,
-            _absent(
+            Message(
                 "The model was registered without a training baseline, so drift was not measured. Register the model with its baseline to get this section."
             ),
         )
@@ -959,38 +1015,6 @@ def _drift_section(run: RunData) -> Section:
     thresholds = drift.get("thresholds") or {}
     features = [f for f in drift.get("features") or [] if isinstance(f, Mapping)]
     features.sort(key=lambda f: -float(f.get("psi") or 0.0))
-    parts = [
-        f"<p>{_pill(drift.get('status'))} Baseline: {_esc(base.get('source', '—'))}, "
-        f"{_int(base.get('rows'))} rows. Thresholds: PSI ≤ {_num(thresholds.get('max_psi'), 2)}, "
-        f"unseen categories ≤ {_pct(thresholds.get('max_unseen_share'), 1)}, action "
-        f"<b>{_esc(thresholds.get('action', '—'))}</b>.</p>"
-    ]
-    if not features:
-        parts.append(_absent("No features were measured."))
-        return Section("drift", title, "".join(parts), _status_class(drift.get("status")))
-    rows = []
-    for f in features:
-        unseen = f.get("unseen_share")
-        rows.append(
-            [
-                _esc(f.get("name")),
-                _esc(f.get("kind", "—")),
-                f'<span class="psi">{_num(f.get("psi"))}</span>',
-                _pct(f.get("null_rate"), 2),
-                _pct(f.get("baseline_null_rate"), 2),
-                _pct(unseen, 2) if unseen is not None else "—",
-                _pill(f.get("status")),
-            ]
-        )
-    parts.append(
-        _table(
-            ["feature", "kind", "PSI", "null rate", "baseline null rate", "unseen", "status"],
-            rows,
-            align="llrrrrl",
-            cls="drift",
-            row_status=[f.get("status") for f in features],
-        )
-    )
     flagged = sum(1 for f in features if f.get("status") in ("warn", "fail"))
     worst = features[
         : min(len(features), max(WORST_FEATURES_MIN, min(flagged, WORST_FEATURES_MAX)))
@@ -999,22 +1023,40 @@ def _drift_section(run: RunData) -> Section:
     for f in worst:
         histogram = _histogram_of(f)
         if histogram is None:
-            plots.append(_absent(f"{f.get('name')}: no histogram recorded."))
+            plots.append(FeaturePlot(f.get("name"), None))
             continue
         bins, base_fractions, current = histogram
-        plots.append(
-            _binned_plot(
-                f"{f.get('name')} (PSI {_num(f.get('psi'))})",
-                bins,
-                [
-                    ("training baseline", base_fractions, BASELINE_COLOR),
-                    ("this run", current, CURRENT_COLOR),
-                ],
-            )
+        plot = _binned_plot(
+            f"{f.get('name')} (PSI {_num(f.get('psi'))})",
+            bins,
+            [
+                ("training baseline", base_fractions, BASELINE_COLOR),
+                ("this run", current, CURRENT_COLOR),
+            ],
         )
-    parts.append(f"<h3>The {len(worst)} features with the highest PSI</h3>")
-    parts.append(f'<div class="grid">{"".join(plots)}</div>')
-    return Section("drift", title, "".join(parts), _status_class(drift.get("status")))
+        plots.append(FeaturePlot(f.get("name"), plot))
+    view = DriftView(
+        status=drift.get("status"),
+        source=base.get("source", "—"),
+        rows=base.get("rows"),
+        max_psi=thresholds.get("max_psi"),
+        max_unseen_share=thresholds.get("max_unseen_share"),
+        action=thresholds.get("action", "—"),
+        features=[
+            DriftFeature(
+                name=f.get("name"),
+                kind=f.get("kind", "—"),
+                psi=f.get("psi"),
+                null_rate=f.get("null_rate"),
+                baseline_null_rate=f.get("baseline_null_rate"),
+                unseen_share=f.get("unseen_share"),
+                status=f.get("status"),
+            )
+            for f in features
+        ],
+        plots=plots,
+    )
+    return Section("drift", title, view, _status_class(drift.get("status")))
 
 
 def _checks_section(run: RunData) -> Section:
@@ -1024,110 +1066,54 @@ def _checks_section(run: RunData) -> Section:
         return Section(
             "checks",
             title,
-            _absent(
+            Message(
                 "No checks in this manifest (it was written before batchscore recorded checks)."
             ),
         )
     if not checks:
-        return Section("checks", title, _note("No checks were configured for this run."))
+        return Section("checks", title, Message("No checks were configured for this run.", "note"))
     order = sorted(checks, key=lambda c: -STATUS_ORDER.get(str(c.get("status")), 1))
     rows = [
-        [
-            _esc(c.get("name")),
-            _num(c.get("value"), 4),
-            _num(c.get("threshold"), 4),
-            _pill(c.get("status")),
-            _esc(c.get("message", "")),
-        ]
+        CheckRow(
+            name=c.get("name"),
+            value=c.get("value"),
+            threshold=c.get("threshold"),
+            status=c.get("status"),
+            message=c.get("message", ""),
+        )
         for c in order
     ]
-    status = worst_status(c.get("status") for c in checks)
-    return Section(
-        "checks",
-        title,
-        _table(
-            ["check", "value", "threshold", "status", "message"],
-            rows,
-            align="lrrll",
-            cls="checks",
-            row_status=[c.get("status") for c in order],
-        ),
-        status,
-    )
+    return Section("checks", title, ChecksView(rows), worst_status(c.get("status") for c in checks))
 
 
 # --------------------------------------------------------------------------- page
 
-_CSS = """
-:root { --ok:#15803d; --ok-bg:#dcfce7; --warn:#a16207; --warn-bg:#fef9c3; --fail:#b91c1c;
-  --fail-bg:#fee2e2; --unknown:#475569; --unknown-bg:#e2e8f0; --line:#e5e7eb; --muted:#6b7280; }
-* { box-sizing: border-box; }
-body { margin:0; background:#f8fafc; color:#111827;
-  font: 14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 48px; }
-header.top { background:#fff; border:1px solid var(--line); border-radius:10px; padding:20px 24px; }
-.title { display:flex; align-items:center; justify-content:space-between; gap:16px; }
-h1 { font-size:22px; margin:0; font-weight:600; }
-h1 .model { color:#1d4ed8; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:20px; }
-h2 { font-size:17px; margin:0 0 12px; font-weight:600; display:flex; align-items:center; gap:10px; }
-h3 { font-size:14px; margin:18px 0 8px; color:#374151; font-weight:600; }
-.badge { font-weight:700; letter-spacing:.06em; padding:6px 16px; border-radius:999px; font-size:14px; }
-.why { margin:6px 0 14px; color:var(--muted); }
-dl.facts { display:grid; grid-template-columns: max-content 1fr max-content 1fr; gap:4px 16px; margin:0; }
-dl.facts dt { color:var(--muted); }
-dl.facts dd { margin:0; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12.5px;
-  overflow-wrap:anywhere; }
-nav { margin:16px 0; display:flex; flex-wrap:wrap; gap:8px; }
-nav a { text-decoration:none; color:#1f2937; background:#fff; border:1px solid var(--line);
-  border-radius:999px; padding:3px 12px; font-size:13px; }
-section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:18px 24px;
-  margin-top:16px; }
-table { border-collapse:collapse; margin:8px 0; font-size:13px; }
-th { text-align:left; font-weight:600; color:#374151; border-bottom:2px solid var(--line);
-  padding:6px 12px 6px 0; }
-td { border-bottom:1px solid var(--line); padding:5px 12px 5px 0; vertical-align:top; }
-.num { text-align:right; font-variant-numeric: tabular-nums; }
-table.rejects, table.drift, table.checks { width:100%; }
-ul.examples { margin:0; padding-left:16px; }
-code { font-size:12px; overflow-wrap:anywhere; }
-.two { display:flex; flex-wrap:wrap; gap:32px; align-items:flex-start; }
-.grid { display:grid; grid-template-columns: 1fr 1fr; gap:12px; }
-img.plot { max-width:100%; height:auto; display:block; margin:8px 0; }
-.grid img.plot { margin:0; }
-.pill { display:inline-block; padding:1px 10px; border-radius:999px; font-size:12px; font-weight:600; }
-.ok { color:var(--ok); background:var(--ok-bg); } .warn { color:var(--warn); background:var(--warn-bg); }
-.fail { color:var(--fail); background:var(--fail-bg); }
-.unknown { color:var(--unknown); background:var(--unknown-bg); }
-.absent { color:var(--unknown); background:#f1f5f9; border-left:4px solid #cbd5e1;
-  padding:8px 12px; margin:8px 0; border-radius:4px; }
-.note { color:var(--muted); font-size:13px; }
-tr.row-warn td { background:#fffbeb; } tr.row-fail td { background:#fef2f2; }
-footer { color:var(--muted); font-size:12px; margin-top:24px; text-align:center; }
-"""
+TEMPLATE_PACKAGE = "batch.report"
+PAGE_TEMPLATE = "report.html.j2"
 
-# The first script records errors from anything after it (a broken image fires an
-# error event that reaches window in the capture phase); the last one, on load,
-# writes the verdict into #page-check, where a headless browser's DOM dump shows it.
-_ERROR_WATCH = """<script>
-window.__reportErrors = [];
-window.addEventListener("error", function (e) {
-  window.__reportErrors.push(String(e.message || (e.target && e.target.tagName) || e.type));
-}, true);
-</script>"""
 
-_PAGE_CHECK = """<script>
-window.addEventListener("load", function () {
-  var images = document.images, broken = 0;
-  for (var i = 0; i < images.length; i++) {
-    if (!images[i].complete || images[i].naturalWidth === 0) { broken++; }
-  }
-  var check = document.getElementById("page-check");
-  check.setAttribute("data-images", String(images.length));
-  check.setAttribute("data-broken-images", String(broken));
-  check.setAttribute("data-errors", String(window.__reportErrors.length));
-  check.setAttribute("data-status", broken === 0 && window.__reportErrors.length === 0 ? "ok" : "fail");
-});
-</script>"""
+@functools.cache
+def template_environment() -> jinja2.Environment:
+    """The templates in batch/report/templates, read through the package's loader (so they
+    are found in a wheel or a zip as well as in a checkout). Every template is HTML, so
+    every value is escaped unless a template marks it otherwise (none does)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters.update(
+        count=_int,
+        number=_num,
+        percent=_pct,
+        thousands=_thousands,
+        status_class=_status_class,
+    )
+    environment.tests["known_status"] = lambda status: status in STATUS_ORDER
+    return environment
 
 
 def _guarded(anchor: str, title: str, build: Callable[[], Section]) -> Section:
@@ -1140,7 +1126,7 @@ def _guarded(anchor: str, title: str, build: Callable[[], Section]) -> Section:
         return Section(
             anchor,
             title,
-            _absent(
+            Message(
                 f"This section could not be drawn from the manifest ({detail}); the manifest "
                 "fields it reads have an unexpected shape. The other sections are unaffected."
             ),
@@ -1160,31 +1146,12 @@ def render_report(
         _guarded("drift", "Drift", lambda: _drift_section(run)),
         _guarded("checks", "Checks", lambda: _checks_section(run)),
     ]
-    nav = "".join(
-        f'<a href="#{s.anchor}">{_esc(s.title)}'
-        + (
-            f' <span class="pill {s.status}">{_esc(s.status)}</span>'
-            if s.status in STATUS_ORDER
-            else ""
-        )
-        + "</a>"
-        for s in sections
-    )
-    body = "".join(
-        f'<section id="{s.anchor}"><h2>{_esc(s.title)}'
-        + (_pill(s.status) if s.status in STATUS_ORDER else "")
-        + f"</h2>{s.body}</section>"
-        for s in sections
-    )
     when = (generated_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    title = f"Run report {run.model_label} {run.run_id}"
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style>{_ERROR_WATCH}</head>"
-        f"<body><main>{_header(run, baseline)}<nav>{nav}</nav>{body}"
-        f"<footer>Generated by batchscore from {_esc(run.run_dir / MANIFEST)} at {_esc(when)}.</footer>"
-        '<div id="page-check" hidden data-status="pending"></div>'
-        f"</main>{_PAGE_CHECK}</body></html>\n"
+    page = template_environment().get_template(PAGE_TEMPLATE)
+    return page.render(
+        title=f"Run report {run.model_label} {run.run_id}",
+        header=_header(run, baseline),
+        sections=sections,
+        manifest_path=run.run_dir / MANIFEST,
+        generated_at=when,
     )
