@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
 from batch.core.errors import InputDataError
-from batch.engine.validate import MODEL_ERROR, with_reasons
+from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
 from batch.model.signature import ARROW_TYPE_FOR_DTYPE
 
@@ -51,8 +51,17 @@ def constant_string(value: str, length: int) -> pa.Array:
 class BatchScorer:
     """Scores record batches with one loaded model; cheap to build, safe to share."""
 
-    def __init__(self, loaded: LoadedModel, key_columns: Sequence[str], run_id: str) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        key_columns: Sequence[str],
+        run_id: str,
+        keep_non_finite: bool = False,
+    ) -> None:
         self.loaded = loaded
+        # Whether rows with a NaN or infinite prediction are written (True) or go to the
+        # dead-letter with reason non_finite_prediction (False, the default).
+        self.keep_non_finite = keep_non_finite
         self.key_columns = tuple(key_columns)
         self.run_id = run_id
         self._input_types = {
@@ -101,10 +110,12 @@ class BatchScorer:
 
         Returns (prediction batches, dead-letter batches). The rows on which the
         model itself fails (poison rows) are rejected with reason ``model_error``
-        and TensorFlow's message; every other row of the batch is scored.
+        and TensorFlow's message; every other row of the batch is scored. Unless
+        ``keep_non_finite``, rows with a NaN or infinite prediction are rejected with
+        reason ``non_finite_prediction``.
         """
         try:
-            return [self.score(batch)], []
+            scored = self.score(batch)
         except self._tf.errors.OpError as exc:
             if batch.num_rows == 1:
                 message = (
@@ -112,10 +123,47 @@ class BatchScorer:
                     f"{tf_error_summary(exc.message or str(exc))}"
                 )
                 return [], [with_reasons(batch, MODEL_ERROR, message)]
+        else:
+            if self.keep_non_finite:
+                return [scored], []
+            return self._rejecting_non_finite(batch, scored)
         middle = batch.num_rows // 2
         scored_left, rejected_left = self.score_isolating(batch.slice(0, middle))
         scored_right, rejected_right = self.score_isolating(batch.slice(middle))
         return scored_left + scored_right, rejected_left + rejected_right
+
+    def _rejecting_non_finite(
+        self, batch: pa.RecordBatch, scored: pa.RecordBatch
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+        """``scored`` without its rows that hold a NaN or infinite prediction; those rows
+        of ``batch`` as dead-letter rows naming the output and the value."""
+        bad = np.zeros(batch.num_rows, dtype=bool)
+        messages = np.empty(batch.num_rows, dtype=object)
+        for field in reversed(self._output_fields):  # the first output's message wins
+            values = _float_values(scored.column(field.name))
+            if values is None:
+                continue
+            failing = ~np.isfinite(values)
+            if not failing.any():
+                continue
+            rows = failing.any(axis=1) if values.ndim == 2 else failing
+            bad |= rows
+            for row in np.flatnonzero(rows):
+                value = (
+                    values[row][~np.isfinite(values[row])][0] if values.ndim == 2 else values[row]
+                )
+                messages[row] = (
+                    f"model {self.loaded.model.label} predicted {value} for output "
+                    f"'{field.name}'; expected a finite number"
+                )
+        if not bad.any():
+            return [scored], []
+        rejected = with_reasons(
+            batch.filter(pa.array(bad)),
+            NON_FINITE_PREDICTION,
+            pa.array(messages[bad].tolist(), pa.string()),
+        )
+        return [scored.filter(pa.array(~bad))], [rejected]
 
     def _feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
         feeds: dict[str, Feed] = {}
@@ -136,6 +184,19 @@ class BatchScorer:
             else:
                 feeds[name] = column.to_numpy(zero_copy_only=False)
         return feeds
+
+
+def _float_values(column: pa.Array) -> np.ndarray | None:
+    """A float output as numpy (rows, or rows x size for a fixed-size list); None if the
+    output is not floating point."""
+    if pa.types.is_fixed_size_list(column.type):
+        if not pa.types.is_floating(column.type.value_type):
+            return None
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(column), column.type.list_size)
+    if not pa.types.is_floating(column.type):
+        return None
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _to_arrow(values: np.ndarray, arrow_type: pa.DataType, rows: int) -> pa.Array:

@@ -16,6 +16,8 @@ reason:
     unseen_category   a string outside the contract's string_domain (policy "reject")
     bad_characters    a string does not match the contract's allowed-characters pattern
     model_error       the model itself raised on the row (found by bisecting a batch)
+    non_finite_prediction  the model predicted NaN or an infinity for the row (unless the
+                      job keeps such predictions: keep_non_finite)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ OUT_OF_RANGE = "out_of_range"
 UNSEEN_CATEGORY = "unseen_category"
 BAD_CHARACTERS = "bad_characters"
 MODEL_ERROR = "model_error"
+NON_FINITE_PREDICTION = "non_finite_prediction"
 REASONS = (
     INVALID_UTF8,
     NULL_VALUE,
@@ -46,6 +49,7 @@ REASONS = (
     UNSEEN_CATEGORY,
     BAD_CHARACTERS,
     MODEL_ERROR,
+    NON_FINITE_PREDICTION,
 )
 
 
