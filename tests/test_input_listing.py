@@ -87,7 +87,10 @@ def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_run_reads_each_row_once_and_records_what_it_did_not_read(
-    plain_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    plain_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     root = tmp_path / "in"
     write_plain_data(root / "dt=2026-01-01", files=2, rows_per_file=100, row_group_rows=50)
@@ -103,7 +106,7 @@ def test_a_run_reads_each_row_once_and_records_what_it_did_not_read(
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     (run,) = list_committed_runs(out)
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_scored"] == 200
     assert [f["path"] for f in manifest["input"]["files"]] == [
         str(root / "dt=2026-01-01" / "part-000.parquet"),
@@ -111,5 +114,6 @@ def test_a_run_reads_each_row_once_and_records_what_it_did_not_read(
     ]
     (ignored,) = manifest["input"]["ignored"]
     assert ignored["path"] == str(root / "dt=2026-01-01" / "P.PARQUET")
-    assert "not read     1 path(s) that look like data" in captured.out
-    assert "P.PARQUET: its extension .PARQUET is not one of" in captured.out
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "1 path(s) under --input=" in warning and "look like data but are not read" in warning
+    assert "P.PARQUET: its extension .PARQUET is not one of" in warning

@@ -57,6 +57,9 @@ class Split:
     path: str
     row_groups: tuple[int, ...]
     num_rows: int
+    # The file as planned: reading checks it is still that file (None: not checked).
+    size: int | None = None
+    mtime_ns: int | None = None
 
 
 DATA_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -350,12 +353,16 @@ def plan_splits(files: Sequence[InputFile], split_rows: int = DEFAULT_SPLIT_ROWS
             if group_rows == 0:
                 continue
             if group and rows + group_rows > split_rows:
-                splits.append(Split(len(splits), file.path, tuple(group), rows))
+                splits.append(
+                    Split(len(splits), file.path, tuple(group), rows, file.size, file.mtime_ns)
+                )
                 group, rows = [], 0
             group.append(index)
             rows += group_rows
         if group:
-            splits.append(Split(len(splits), file.path, tuple(group), rows))
+            splits.append(
+                Split(len(splits), file.path, tuple(group), rows, file.size, file.mtime_ns)
+            )
     return splits
 
 
@@ -421,3 +428,62 @@ def check_input_output_disjoint(input_spec: str, output_root: Path) -> None:
             "batchscore would read the runs it commits there as input. Copy the data out of "
             "the output folder, or choose another --output"
         )
+
+
+def check_split_unchanged(split: Split) -> None:
+    """Fail naming the file if it is no longer the file the run planned (another size or
+    modification time): rows rewritten mid-run would be scored from two versions."""
+    if split.size is None and split.mtime_ns is None:
+        return
+    try:
+        stat = os.stat(split.path)
+    except OSError as exc:
+        raise InputDataError(
+            f"{split.path}: it was removed or became unreadable while the run was scoring "
+            f"({exc.strerror or exc}); rerun once the input is complete"
+        ) from exc
+    if (stat.st_size, stat.st_mtime_ns) != (split.size, split.mtime_ns):
+        raise InputDataError(
+            f"{split.path}: the file changed while the run was scoring (planned with "
+            f"{split.size} bytes, modified at {split.mtime_ns} ns; now {stat.st_size} bytes, "
+            f"{stat.st_mtime_ns} ns); nothing is committed from a run whose input changes. "
+            "Rerun once the writer has finished"
+        )
+
+
+def open_split(split: Split) -> pq.ParquetFile:
+    """The split's file, opened after checking it is the file that was planned."""
+    check_split_unchanged(split)
+    return pq.ParquetFile(split.path)
+
+
+def null_counts_from_data(file: InputFile, columns: Sequence[str]) -> dict[str, int | None]:
+    """Nulls per column: the footer's count where the writer recorded statistics, else
+    counted by reading just that column (None: it could not be read, so not checked)."""
+    counts: dict[str, int | None] = {}
+    for name in columns:
+        if name in file.null_counts:
+            counts[name] = file.null_counts[name]
+        elif file.schema.get_field_index(name) >= 0:
+            try:
+                column = pq.ParquetFile(file.path).read(columns=[name]).column(name)
+                counts[name] = column.null_count
+            except (OSError, pa.ArrowException) as exc:
+                log.warning(
+                    "%s: column '%s' has no null count in its footer statistics and cannot "
+                    "be read to count them (%s); whether it is entirely null was not checked",
+                    file.path,
+                    name,
+                    " ".join(str(exc).split()),
+                )
+                counts[name] = None
+    return counts
+
+
+def complete_null_counts(file: InputFile, columns: Sequence[str]) -> dict[str, int]:
+    """``file.null_counts`` completed for ``columns`` (see :func:`null_counts_from_data`)."""
+    counted = null_counts_from_data(file, columns)
+    return {
+        **file.null_counts,
+        **{name: count for name, count in counted.items() if count is not None},
+    }
