@@ -19,11 +19,12 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/python -m jobs.score --runner=DirectRunner
 
-## lint: ruff (lint + format check) and mypy
+## lint: ruff (lint + format check), mypy, and the import contracts of docs/architecture.md (import-linter)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## test: lint, then the whole test suite (slow end-to-end tests included)
 test: lint

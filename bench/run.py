@@ -44,9 +44,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch.demo import paths as demo_paths
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
-from jobs import demo_paths
 
 PROJECT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, found {args.repeat}")
 
-    from jobs.make_demo import ensure_demo_data
+    from batch.demo.data import ensure_demo_data
 
     repo = ModelRepository(demo_paths.demo_model_repo())
     if not repo.versions(demo_paths.DEMO_MODEL_NAME):

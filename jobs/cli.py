@@ -1,4 +1,6 @@
-"""What every batchscore command line shares: logging set-up and error reporting."""
+"""What the batchscore command lines share: argument types, logging set-up, error
+reporting (one line, exit 2), ``--summary_file``, and the options of ``jobs.score``
+(which ``jobs.backfill`` forwards). Not a command line itself."""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from batch.core.errors import BatchScoreError
+from batch.demo import paths as demo_paths
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS
+from batch.engine.job import DEFAULT_MAX_ERROR_RATE
+from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
+from batch.observe.progress import LOG_EVERY_S
 
 EXIT_ERROR = 2
 
@@ -66,6 +73,17 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def add_summary_file(parser: argparse.ArgumentParser) -> None:
+    """``--summary_file``: every job can write its outcome as JSON for a scheduler."""
+    parser.add_argument(
+        "--summary_file",
+        default=None,
+        metavar="PATH",
+        help="also write the job's outcome as JSON to PATH (status ok/warn/fail, what was "
+        "done, why it failed), for schedulers such as Airflow; written on failure too",
+    )
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -96,3 +114,223 @@ def exit_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentParser:
+    """The options of ``jobs.score``; ``jobs.backfill`` forwards them to each day's run
+    and reads the same ones to check which days are up to date."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Score Parquet data with a TensorFlow SavedModel (its tf.Transform preprocessing "
+            "included) and write the predictions as a new, committed, versioned run: "
+            "OUTPUT/<model>/<version>/run=<run id>/ with predictions/, rejected/ (dead-letter "
+            "rows with a reason), _MANIFEST.json and _SUCCESS. With no arguments it scores the "
+            "demo data with the demo model, creating both if they are missing."
+        ),
+        epilog=(
+            "Any other --option is passed to Apache Beam as a pipeline option, e.g. "
+            "--direct_num_workers=2 --direct_running_mode=multi_processing, or "
+            "--runner=DataflowRunner --project=P --region=R --temp_location=gs://... "
+            "See README.md for Dataflow and Spark."
+        ),
+    )
+    parser.add_argument(
+        "--input",
+        help="Parquet file, directory (searched recursively, hive partitions such as "
+        "dt=2026-01-01/ included) or glob. Default: the demo data in "
+        f"{demo_paths.demo_data_dir()} (generated if missing).",
+    )
+    parser.add_argument(
+        "--model",
+        help="NAME, NAME@VERSION, NAME@latest or NAME@ALIAS (e.g. NAME@production, see "
+        "`python -m jobs.models promote`) registered in --model_repo, or the path of "
+        "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
+        f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
+    )
+    parser.add_argument(
+        "--canary",
+        help="Gray release: a second model (any form --model takes, e.g. NAME@canary) that "
+        "scores --canary_fraction of the keys in the same run; --model scores the rest. Each "
+        "prediction row's model_name and model_version say which scored it; the manifest "
+        "records both models, the fraction and the rows each scored. The canary must have "
+        "the same serving signature as --model and is verified the same way. Which keys go "
+        "to it is a stable hash of --key_columns (README: Model versions), the same on every "
+        "runner and rerun. Output goes under --model's name and version.",
+    )
+    parser.add_argument(
+        "--canary_fraction",
+        type=open_fraction,
+        help="With --canary: the share of keys it scores, strictly between 0 and 1 (e.g. 0.1).",
+    )
+    parser.add_argument(
+        "--model_repo",
+        default=str(demo_paths.demo_model_repo()),
+        help="Model repository folder for registered names (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--output",
+        help="Output root; each run goes to OUTPUT/<model>/<version>/run=<run id>/. "
+        f"Default: {demo_paths.demo_output_dir()}.",
+    )
+    parser.add_argument(
+        "--runner",
+        default="DirectRunner",
+        help="PySparkRunner (batchscore's native Spark runner) or a Beam runner: DirectRunner "
+        "(default), DataflowRunner, FlinkRunner, SparkRunner (Beam's portable runner) ...",
+    )
+    parser.add_argument(
+        "--spark_master",
+        help="With --runner=PySparkRunner: local[*], local[N] or spark://HOST:PORT. Default: "
+        "the master spark-submit gives, else local[*].",
+    )
+    parser.add_argument(
+        "--spark_conf",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="With --runner=PySparkRunner: Spark settings for the session, e.g. "
+        "--spark_conf spark.executor.memory=4g (repeatable).",
+    )
+    parser.add_argument(
+        "--key_columns",
+        help="Comma-separated input columns copied to every output row to identify it. "
+        "Default: the registered model's key columns; required for other models.",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Rows per model call (default: %(default)s). Larger batches amortise the call "
+        "overhead; smaller ones use less memory.",
+    )
+    parser.add_argument(
+        "--split_rows",
+        type=positive_int,
+        default=DEFAULT_SPLIT_ROWS,
+        help="About this many rows (whole row groups) per unit of parallel work "
+        "(default: %(default)s).",
+    )
+    parser.add_argument(
+        "--contract",
+        help="Data contract the input must meet: a name under schemas/ (e.g. loans) or a "
+        "folder holding schema.pbtxt and rules.toml. Rows that break it go to the "
+        "dead-letter output. Default: the contract the registered model was trained with; "
+        "none for other models (then only nulls and NaN/inf in model inputs are rejected).",
+    )
+    parser.add_argument(
+        "--max_error_rate",
+        type=fraction,
+        default=DEFAULT_MAX_ERROR_RATE,
+        help="Largest share of rejected rows a run may have and still commit (default: "
+        "%(default)s, i.e. 0.1%%). Above it the run fails, commits nothing and shows counts "
+        "by reason with example keys.",
+    )
+    parser.add_argument(
+        "--keep_non_finite_predictions",
+        action="store_true",
+        help="Write rows whose prediction is NaN or infinite to predictions/ (default: they "
+        "go to rejected/ with reason non_finite_prediction and count against "
+        "--max_error_rate).",
+    )
+    parser.add_argument(
+        "--on_bad_file",
+        choices=("fail", "skip"),
+        default="fail",
+        help="What to do with an input file that is not readable Parquet (empty, truncated, "
+        "another format) or whose schema differs from its siblings: fail the job naming it "
+        "(default), or skip it and record it and the reason in the manifest.",
+    )
+    parser.add_argument(
+        "--public_key",
+        help="PEM EC public key the model's signature must verify with, on the driver and on "
+        "every worker before TensorFlow loads the model. Default: $"
+        f"{demo_paths.PUBLIC_KEY_ENV}, else the demo's key {demo_paths.demo_public_key()}. "
+        "A registered model's signature is <version>/saved_model.sig; a SavedModel directory "
+        "DIR's is DIR.sig beside it.",
+    )
+    parser.add_argument(
+        "--allow_unsigned",
+        action="store_true",
+        help="Load a model that has no signature file (or check none when no public key is "
+        "available), with a loud WARNING; recorded in the manifest as model.signature."
+        "allow_unsigned. A model whose signature does not verify (changed, added or removed "
+        "files, another key) is refused even so. A SavedModel can run arbitrary code: use "
+        "only with models you trust.",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="Score even if a committed run of the same model version already holds this "
+        "input's predictions. Without it, a job whose input files (paths, sizes, mtimes, "
+        "rows), model content, contract and key columns match a committed run under --output "
+        "(whose error rate is within --max_error_rate) prints 'up to date: RUN_DIR' and exits "
+        "0 without scoring.",
+    )
+    observe = parser.add_argument_group(
+        "observability", "progress, drift, run-level checks and metrics (README: Observability)"
+    )
+    observe.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log", "off"),
+        default="auto",
+        help="Progress while scoring: a live bar (rows of the total, rate, ETA) on a terminal, "
+        "else a log line on stderr every --progress_every seconds (auto, the default); or "
+        "force bar, log, off.",
+    )
+    observe.add_argument(
+        "--progress_every",
+        type=positive_float,
+        default=LOG_EVERY_S,
+        metavar="SECONDS",
+        help="Seconds between progress log lines when not on a terminal (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--drift",
+        choices=("on", "off"),
+        default="on",
+        help="Compare every raw feature and the predictions with the model's training baseline "
+        "(PSI; unseen-category share) and report it in the manifest (default: on; models "
+        "without a baseline are reported as such).",
+    )
+    observe.add_argument(
+        "--max_drift",
+        metavar="PSI",
+        type=non_negative_float,
+        default=DEFAULT_MAX_PSI,
+        help="Largest PSI a feature (or the predictions) may have (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--max_unseen_share",
+        metavar="SHARE",
+        type=fraction,
+        default=DEFAULT_MAX_UNSEEN_SHARE,
+        help="Largest share of a categorical's values unseen in training (default: %(default)s).",
+    )
+    observe.add_argument(
+        "--on_drift",
+        choices=("warn", "fail"),
+        default="warn",
+        help="Beyond --max_drift or --max_unseen_share: warn (commit, status warn; default) or "
+        "fail (commit nothing, exit 2, like the error budget).",
+    )
+    observe.add_argument(
+        "--summary_file",
+        metavar="PATH",
+        help="Also write the run summary as JSON here (status ok|warn|fail, run_dir, checks, "
+        "counts, error_rate, drift_status, reason), whether the run committed or failed.",
+    )
+    observe.add_argument(
+        "--metrics_textfile",
+        metavar="PATH",
+        help="Write the run's metrics in Prometheus text format to this file (for "
+        "node_exporter's textfile collector; end the name in .prom).",
+    )
+    observe.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="Push the run's metrics to this Prometheus Pushgateway URL (job batchscore, "
+        "grouped by model), e.g. http://pushgateway:9091.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
+    return parser

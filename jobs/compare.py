@@ -16,28 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.core.errors import UsageError
+from batch.api import CompareRequest, compare, write_summary_file
+from batch.demo import paths as demo_paths
+from batch.demo.data import input_or_demo
 from batch.engine.inputs import DEFAULT_BATCH_SIZE
-from batch.model.repository import ModelRepository, resolve_model, who
-from batch.model.signing import verify_once
-from batch.output.commit import new_run_id
+from batch.model.loading import quiet_tensorflow
 from batch.release.evaluation import Thresholds
-from jobs import demo_paths
 from jobs.cli import (
+    add_summary_file,
     exit_process,
     fraction,
     non_negative_float,
     positive_int,
     run_main,
     setup_logging,
-)
-from jobs.score import (
-    check_local_path,
-    input_or_demo,
-    job_contract,
-    job_key_columns,
-    resolve_inputs,
-    trust_policy,
 )
 
 PROG = "python -m jobs.compare"
@@ -190,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Report the verdict only; do not write a blessing even on a pass.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
+    add_summary_file(parser)
     return parser
 
 
@@ -204,59 +197,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from batch.model.loading import quiet_tensorflow
-
     quiet_tensorflow()
 
-    def compare() -> int:
-        input_spec = input_or_demo(args.input)
-        for option, value in (
-            ("--input", input_spec),
-            ("--output", args.output),
-            ("--baseline", args.baseline),
-            ("--candidate", args.candidate),
-        ):
-            check_local_path(option, value)
-        files, bad_files = resolve_inputs(input_spec, args.on_bad_file)
-        repo = ModelRepository(args.model_repo)
-        baseline = resolve_model(args.baseline, repo)
-        candidate = resolve_model(args.candidate, repo)
-        trust = trust_policy(args.public_key, args.allow_unsigned)
-        for model in (baseline, candidate):
-            verify_once(model, trust)  # refuse an untrusted model before TensorFlow starts
-        contract = job_contract(args.contract, baseline)
-        key_columns = tuple(job_key_columns(args.key_columns, baseline, contract))
-        output_root = Path(args.output) if args.output else demo_paths.demo_dir() / "comparisons"
-        folder = output_root / f"compare={new_run_id()}"
-        try:
-            output_root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"--output={output_root}: cannot create it ({exc.strerror or exc}); choose a "
-                "folder you can write to"
-            ) from exc
-
-        from batch.release.compare import (
-            ComparisonRequest,
-            blessing,
-            compare_models,
-            write_comparison,
-        )
-
-        comparison = compare_models(
-            ComparisonRequest(
-                input_spec=input_spec,
-                files=files,
-                skipped_files=bad_files,
-                baseline=baseline,
-                candidate=candidate,
-                key_columns=key_columns,
+    def run() -> int:
+        outcome = compare(
+            CompareRequest(
+                input=input_or_demo(args.input),
+                baseline=args.baseline,
+                candidate=args.candidate,
+                output_root=args.output or demo_paths.demo_dir() / "comparisons",
+                model_repo=args.model_repo,
+                public_key=args.public_key,
+                allow_unsigned=args.allow_unsigned,
+                contract=args.contract,
+                key_columns=args.key_columns,
                 sample=args.sample,
-                trust=trust,
-                contract=contract,
+                on_bad_file=args.on_bad_file,
                 score_output=args.score_output,
                 batch_size=args.batch_size,
                 top_n=args.top_n,
+                bless=not args.no_bless,
                 thresholds=Thresholds(
                     agreement_threshold=args.agreement_threshold,
                     min_agreement=args.min_agreement,
@@ -267,20 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
         )
-        write_comparison(comparison, folder)
-        if not comparison.passed:
-            blessed = "not blessed (the candidate failed)"
-        elif args.no_bless:
-            blessed = "not blessed (--no_bless)"
-        elif not candidate.registered:
-            blessed = "not blessed (the candidate is a SavedModel path, not a registered version)"
-        else:
-            record = blessing(comparison.report, folder, who())
-            blessed = f"blessed: {repo.add_blessing(candidate, record)}"
-        print(format_report(comparison.report, folder, blessed, time.perf_counter() - started))
-        return 0 if comparison.passed else EXIT_FAILED
+        if args.summary_file:
+            write_summary_file(args.summary_file, outcome.summary_json(), PROG)
+        seconds = time.perf_counter() - started
+        print(format_report(outcome.comparison.report, outcome.folder, outcome.blessed, seconds))
+        return 0 if outcome.passed else EXIT_FAILED
 
-    return run_main(compare, PROG)
+    return run_main(run, PROG)
 
 
 def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: float) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from batch.core.errors import ModelError, UsageError
+from batch.demo import paths as demo_paths
+from batch.engine.prepare import trust_policy
 from batch.model.repository import ModelRepository, is_saved_model_dir, resolve_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import (
@@ -32,9 +34,7 @@ from batch.model.signing import (
     verify_model,
 )
 from batch.observe.drift import Baseline, baseline_path
-from jobs import demo_paths
 from jobs.cli import exit_process, run_main, setup_logging
-from jobs.score import trust_policy
 
 PROG = "python -m jobs.models"
 

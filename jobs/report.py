@@ -18,14 +18,13 @@ python -m jobs.verify.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch.report.render import DEFAULT_SAMPLE_ROWS, ReportError, load_run, render_report
-from jobs.cli import run_main
+from batch.api import report, write_summary_file
+from batch.report.render import DEFAULT_SAMPLE_ROWS
+from jobs.cli import add_summary_file, run_main
 
 PROG = "python -m jobs.report"
 
@@ -65,20 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prediction values read per run for the distribution plots, evenly spread "
         "over the run (default: %(default)s); memory stays flat however large the run",
     )
+    add_summary_file(parser)
     return parser
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,25 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample_rows < 1:
         parser.error(f"--sample_rows must be at least 1, got {args.sample_rows}")
 
-    def report() -> int:
-        run = load_run(args.run_dir, sample_rows=args.sample_rows)
-        baseline = load_run(args.baseline, sample_rows=args.sample_rows) if args.baseline else None
-        out: Path = args.out or Path(f"report-{run.run_id}.html")
-        if out.resolve().is_relative_to(args.run_dir.resolve()):
-            raise ReportError(
-                f"--out {out} is inside the run folder {args.run_dir}, which is immutable "
-                "(python -m jobs.verify would flag it); write the report elsewhere"
-            )
-        try:
-            _write_atomic(out, render_report(run, baseline))
-        except OSError as exc:
-            raise ReportError(
-                f"{out}: cannot write the report ({exc.strerror}); pass a writable --out PATH"
-            ) from exc
-        print(out)
+    def render() -> int:
+        outcome = report(args.run_dir, args.out, args.baseline, args.sample_rows)
+        if args.summary_file:
+            write_summary_file(args.summary_file, outcome.summary_json(), PROG)
+        print(outcome.path)
         return 0
 
-    return run_main(report, PROG)
+    return run_main(render, PROG)
 
 
 if __name__ == "__main__":

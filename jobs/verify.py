@@ -16,13 +16,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch.output.commit import verify_run
-from jobs.cli import run_main
+from batch.api import verify, write_summary_file
+from batch.observe.checks import SUMMARY_FORMAT
+from jobs.cli import add_summary_file, run_main
+
+PROG = "python -m jobs.verify"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.verify",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -33,22 +36,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RUN_DIR",
         help="OUTPUT/<model>/<version>/run=<run id>",
     )
+    add_summary_file(parser)
     args = parser.parse_args(argv)
 
-    def verify() -> int:
-        failed = 0
-        for run_dir in args.run_dirs:
-            problems = verify_run(run_dir)
-            if problems:
-                failed += 1
-                print(f"{run_dir}: {len(problems)} difference(s) from its manifest")
-                for problem in problems:
-                    print(f"  {problem}")
+    def check() -> int:
+        outcomes = [verify(run_dir) for run_dir in args.run_dirs]
+        for outcome in outcomes:
+            if outcome.ok:
+                print(f"{outcome.run_dir}: OK, matches its manifest")
             else:
-                print(f"{run_dir}: OK, matches its manifest")
-        return 1 if failed else 0
+                print(f"{outcome.run_dir}: {len(outcome.problems)} difference(s) from its manifest")
+                for problem in outcome.problems:
+                    print(f"  {problem}")
+        if args.summary_file:
+            runs = [o.summary_json() for o in outcomes]
+            status = "ok" if all(o.ok for o in outcomes) else "fail"
+            summary = {"format_version": SUMMARY_FORMAT, "job": "verify", "status": status}
+            write_summary_file(args.summary_file, {**summary, "runs": runs}, PROG)
+        return 0 if all(o.ok for o in outcomes) else 1
 
-    return run_main(verify, "python -m jobs.verify")
+    return run_main(check, PROG)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ from apache_beam.options.pipeline_options import (
 
 from batch.core.errors import UsageError
 from batch.engine.inputs import Split
-from batch.engine.job import ScoringJob, SplitResult, score_split
-from batch.model.loading import load_model
+from batch.engine.job import ScoringJob, SplitResult, job_scorer, score_split
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +69,7 @@ class ScoreSplitFn(beam.DoFn):
         self._model_load = Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_MS)
 
     def setup(self) -> None:
-        load_model(self._job.model, self._job.trust)
-        if self._job.canary is not None:
-            load_model(self._job.canary.model, self._job.trust)
+        job_scorer(self._job)  # loads (and verifies) every model the job scores with
 
     def display_data(self) -> dict[str, Any]:
         job = self._job
@@ -83,11 +80,7 @@ class ScoreSplitFn(beam.DoFn):
             "model's input types; failures go to rejected/ with a reason",
             "score": f"model {job.model.label} ({job.model.saved_model_dir}), "
             f"{job.scoring_threads} concurrent calls"
-            + (
-                f"; canary {job.canary.model.label} on {job.canary.fraction:.1%} of keys"
-                if job.canary
-                else ""
-            ),
+            + (f"; {job.variant.describe()}" if job.variant else ""),
             "write": f"predictions/ and rejected/ parts under {job.layout.staging_dir}",
         }
 

@@ -46,8 +46,8 @@ def build_plain_model(path: Path, sign: bool = True, weight: float = 0.75) -> Pa
     module = Plain()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     if sign:
+        from batch.demo.paths import ensure_signing_key
         from batch.model.signing import sign_model
-        from jobs.demo_paths import ensure_signing_key
 
         sign_model(path, ensure_signing_key())
     return path

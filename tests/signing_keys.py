@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from batch.demo.paths import PUBLIC_KEY_ENV, SIGNING_KEY_ENV
 from batch.model.signing import generate_key_pair
-from jobs.demo_paths import PUBLIC_KEY_ENV, SIGNING_KEY_ENV
 
 
 @dataclass(frozen=True)

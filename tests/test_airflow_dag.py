@@ -112,11 +112,11 @@ def test_the_dag_scores_the_days_partition(
         trained_model.model.name,
         str(trained_model.model.version),
     )
-    counts = run.manifest()["counts"]
+    counts = run.manifest().to_json()["counts"]
     day = trained_model.data_dir / "dt=2026-01-01"
     assert counts["rows_in"] == sum(pq.read_metadata(p).num_rows for p in day.glob("*.parquet"))
     assert counts["rows_scored"] + counts["rows_rejected"] == counts["rows_in"]
-    assert run.manifest()["input"]["spec"] == str(day)
+    assert run.manifest().to_json()["input"]["spec"] == str(day)
     # Nothing from the other day.
     assert not (output / "dt=2026-01-02").exists()
 

@@ -67,14 +67,14 @@ def test_backfill_scores_each_day_skips_on_rerun_and_rescores_with_force(
     assert len(error) == 1 and "0 partition(s) failed and 1 had no input: dt=2026-01-03" in error[0]
     runs = {day: _only_run(output, day) for day in DAYS}
     for day, run in runs.items():
-        counts = run.manifest()["counts"]
+        counts = run.manifest().to_json()["counts"]
         assert counts["rows_in"] == _input_rows(data, day) > 0
         assert counts["rows_rejected"] > 0, "the fixture's dirty rows"
         assert run.model_version == str(trained_model.model.version)
         row = _rows(first.stdout, f"dt={day}")
         assert row[1] == "scored" and row[2] == f"{counts['rows_in']:,}"
         assert row[-1] == str(run.run_dir)
-        assert run.manifest()["input"]["spec"] == str(data / f"dt={day}")
+        assert run.manifest().to_json()["input"]["spec"] == str(data / f"dt={day}")
     missing = _rows(first.stdout, "dt=2026-01-03")
     assert missing[1:3] == ["missing", "input"]
     assert "3 partition(s): 2 scored, 0 skipped, 1 missing input, 0 failed" in first.stdout
@@ -98,7 +98,10 @@ def test_backfill_scores_each_day_skips_on_rerun_and_rescores_with_force(
     for day, run in runs.items():
         later = list_committed_runs(output / f"dt={day}")
         assert later[0].run_id == run.run_id and len(later) == 2
-        assert later[1].manifest()["counts"]["rows_in"] == run.manifest()["counts"]["rows_in"]
+        assert (
+            later[1].manifest().to_json()["counts"]["rows_in"]
+            == run.manifest().to_json()["counts"]["rows_in"]
+        )
 
 
 @pytest.mark.slow
@@ -115,7 +118,7 @@ def test_a_corrupt_file_fails_only_its_partition(trained_model: Any, tmp_path: P
     error = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and "1 partition(s) failed and 0 had no input: dt=2026-01-02" in error[0]
     good = _only_run(output, "2026-01-01")
-    assert good.manifest()["counts"]["rows_in"] == _input_rows(data, "2026-01-01")
+    assert good.manifest().to_json()["counts"]["rows_in"] == _input_rows(data, "2026-01-01")
     assert list_committed_runs(output / "dt=2026-01-02") == []
     row = " ".join(_rows(result.stdout, "dt=2026-01-02"))
     assert "failed" in row and str(corrupt) in row, row

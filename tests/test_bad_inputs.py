@@ -169,7 +169,7 @@ class TestCorruptFiles:
         err = capsys.readouterr().err
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path / "out")
-        manifest = run.manifest()
+        manifest = run.manifest().to_json()
         assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_scored"] == 800
         (skipped,) = manifest["input"]["skipped_files"]
         assert skipped["path"] == str(victim)
@@ -227,7 +227,7 @@ class TestErrorBudget:
         err = capsys.readouterr().err
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path / "out")
-        counts = run.manifest()["counts"]
+        counts = run.manifest().to_json()["counts"]
         assert counts["rows_rejected"] == 12 and counts["max_error_rate"] == 0.01
 
 

@@ -14,25 +14,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batch.demo.paths import ensure_signing_key
 from batch.model.repository import ModelRepository
 from batch.output.commit import CommittedRun, list_committed_runs
 from batch.release.routing import ROUTING_HASH, in_share
-from jobs.demo_paths import ensure_signing_key
-from jobs.score import main as score_main
-from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
+from tests.conftest import PlainModels, score
+from tests.plain_model import plain_model_expected, write_plain_data
 
 PRODUCTION_WEIGHT, CANARY_WEIGHT = 0.75, 2.0
 FRACTION = 0.1
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+def repo(tmp_path_factory: pytest.TempPathFactory, plain_models: PlainModels) -> ModelRepository:
     """plain@1 (production) and plain@2 (canary), both signed; other@1 has another signature."""
     root = tmp_path_factory.mktemp("canary")
     models = ModelRepository(root / "repo")
     key = ensure_signing_key()
-    for version, weight in ((1, PRODUCTION_WEIGHT), (2, CANARY_WEIGHT)):
-        export = build_plain_model(root / f"export{version}", sign=False, weight=weight)
+    for weight in (PRODUCTION_WEIGHT, CANARY_WEIGHT):  # plain@1, then plain@2
+        export = plain_models(weight=weight, sign=False)
         models.register("plain", export, {"key_columns": ["id"]}, signing_key=key)
     models.register("other", _one_input_model(root / "other"), {}, signing_key=key)
     models.promote("plain@1", "production")
@@ -57,10 +57,6 @@ def _one_input_model(path: Path) -> Path:
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
     folder = tmp_path_factory.mktemp("data")
     return folder, write_plain_data(folder, files=3, rows_per_file=4000, row_group_rows=700)
-
-
-def _score(repo: ModelRepository, data: Path, output: Path, *args: str) -> int:
-    return score_main([f"--input={data}", f"--model_repo={repo.root}", f"--output={output}", *args])
 
 
 def _canary_args(fraction: float = FRACTION) -> tuple[str, ...]:
@@ -91,7 +87,10 @@ def test_canary_run_routes_by_key_and_records_both_models(
 ) -> None:
     folder, table = data
     output = tmp_path / "out"
-    assert _score(repo, folder, output, "--runner=DirectRunner", *_canary_args()) == 0
+    assert (
+        score(folder, output, f"--model_repo={repo.root}", "--runner=DirectRunner", *_canary_args())
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"canary\s+plain@2 \(as @canary\), signature verified", out), out
     assert "10.0% of keys to the canary; scored by plain@1: " in out
@@ -113,7 +112,7 @@ def test_canary_run_routes_by_key_and_records_both_models(
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert abs(to_canary.mean() - FRACTION) < 0.02
 
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     canary = manifest["canary"]
     assert canary["model"]["name"] == "plain" and canary["model"]["version"] == "2"
     assert canary["model"]["alias"] == "canary"
@@ -137,24 +136,24 @@ def test_a_canary_run_and_a_plain_run_are_never_taken_for_each_other(
 ) -> None:
     folder, _ = data
     output = tmp_path / "out"
-    assert _score(repo, folder, output, "--model=plain@production") == 0
+    assert score(folder, output, f"--model_repo={repo.root}", "--model=plain@production") == 0
     assert len(_runs(output)) == 1
     # Same input and production model, plus a canary: not up to date, scores.
-    assert _score(repo, folder, output, *_canary_args()) == 0
+    assert score(folder, output, f"--model_repo={repo.root}", *_canary_args()) == 0
     assert len(_runs(output)) == 2
     capsys.readouterr()
     # The same canary again: up to date (the canary run), nothing scored.
-    assert _score(repo, folder, output, *_canary_args()) == 0
+    assert score(folder, output, f"--model_repo={repo.root}", *_canary_args()) == 0
     out = capsys.readouterr().out
     assert out.startswith("up to date: ") and "with canary plain@2 on 10.0% of keys" in out
-    assert "canary" in _runs(output)[1].manifest()
+    assert "canary" in _runs(output)[1].manifest().to_json()
     assert f"run={_runs(output)[1].run_id}" in out
     # Another fraction is another run.
-    assert _score(repo, folder, output, *_canary_args(0.2)) == 0
+    assert score(folder, output, f"--model_repo={repo.root}", *_canary_args(0.2)) == 0
     assert len(_runs(output)) == 3
     capsys.readouterr()
     # Plain again: up to date with the plain run, not a canary run.
-    assert _score(repo, folder, output, "--model=plain@production") == 0
+    assert score(folder, output, f"--model_repo={repo.root}", "--model=plain@production") == 0
     out = capsys.readouterr().out
     assert f"run={_runs(output)[0].run_id}" in out and "with canary" not in out
 
@@ -187,7 +186,9 @@ def test_bad_canary_options_are_one_line_errors(
     args: tuple[str, ...],
     message: str,
 ) -> None:
-    rc = _score(repo, data[0], tmp_path / "out", "--model=plain@production", *args)
+    rc = score(
+        data[0], tmp_path / "out", f"--model_repo={repo.root}", "--model=plain@production", *args
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     (line,) = err.strip().splitlines()
@@ -204,7 +205,13 @@ def test_canary_fraction_must_be_strictly_between_0_and_1(
     fraction: str,
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        _score(repo, data[0], tmp_path, "--canary=plain@canary", f"--canary_fraction={fraction}")
+        score(
+            data[0],
+            tmp_path,
+            f"--model_repo={repo.root}",
+            "--canary=plain@canary",
+            f"--canary_fraction={fraction}",
+        )
     assert exit_info.value.code == 2
     assert "--canary_fraction: " in capsys.readouterr().err
 
@@ -215,12 +222,17 @@ def test_beam_and_spark_route_every_key_to_the_same_model(
 ) -> None:
     folder, _ = data
     common = ("--batch_size=1000", "--split_rows=2000", *_canary_args(0.3))
-    assert _score(repo, folder, tmp_path / "beam", "--runner=DirectRunner", *common) == 0
     assert (
-        _score(
-            repo,
+        score(
+            folder, tmp_path / "beam", f"--model_repo={repo.root}", "--runner=DirectRunner", *common
+        )
+        == 0
+    )
+    assert (
+        score(
             folder,
             tmp_path / "spark",
+            f"--model_repo={repo.root}",
             "--runner=PySparkRunner",
             "--spark_master=local[2]",
             "--batch_size=777",  # other batch boundaries than Beam's
@@ -231,8 +243,11 @@ def test_beam_and_spark_route_every_key_to_the_same_model(
     (beam,), (spark,) = _runs(tmp_path / "beam"), _runs(tmp_path / "spark")
     beam_map, spark_map = _version_by_key(beam), _version_by_key(spark)
     assert len(beam_map) == 12_000 and beam_map == spark_map
-    assert beam.manifest()["canary"]["rows_scored"] == spark.manifest()["canary"]["rows_scored"]
-    assert spark.manifest()["runner"]["name"] == "pyspark"
+    assert (
+        beam.manifest().to_json()["canary"]["rows_scored"]
+        == spark.manifest().to_json()["canary"]["rows_scored"]
+    )
+    assert spark.manifest().to_json()["runner"]["name"] == "pyspark"
     # Same model per key; scores equal up to float32 rounding (other batch sizes vectorize
     # differently).
     np.testing.assert_allclose(

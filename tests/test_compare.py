@@ -7,6 +7,7 @@ every row; with another weight they disagree.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batch.demo.paths import ensure_signing_key
 from batch.model.repository import BLESSINGS, ModelRepository, PromotionRefused
 from batch.release.routing import in_share
 from jobs.compare import EXIT_FAILED
 from jobs.compare import main as compare_main
-from jobs.demo_paths import ensure_signing_key
 from jobs.models import main as models_main
-from tests.plain_model import build_plain_model, plain_model_expected, write_plain_data
+from tests.conftest import PlainModels
+from tests.plain_model import plain_model_expected, write_plain_data
 
 WEIGHTS = {"1": 0.75, "2": 0.75, "3": 2.0, "4": -0.75}
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("exports")
+def exports(plain_models: PlainModels) -> dict[str, Path]:
+    # One build per version: @1 and @2 have the same weight but are saved apart.
     return {
-        version: build_plain_model(root / f"w{version}", sign=False, weight=weight)
+        version: plain_models(weight=weight, sign=False, build=int(version))
         for version, weight in WEIGHTS.items()
     }
 
@@ -291,16 +293,28 @@ def test_help_explains_the_exit_status(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_the_metrics_on_known_distributions() -> None:
-    from batch.release.evaluation import Thresholds, auc, labelled_metrics, psi, verdict
+    from batch.release.evaluation import Thresholds, auc, labelled_metrics, score_psi, verdict
 
     rng = np.random.default_rng(0)
     base = rng.random(20_000)
-    assert psi(base, base) == 0.0
-    assert psi(base, rng.random(20_000)) < 0.01  # same distribution, other draw
-    assert psi(base, base**3) > 0.25  # a large shift
+    assert score_psi(base, base) == 0.0
+    assert score_psi(base, rng.random(20_000)) < 0.01  # same distribution, other draw
+    assert score_psi(base, base**3) > 0.25  # a large shift
     assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     one_class = labelled_metrics(np.ones(5), base[:5], base[:5])
     checks = verdict({"rows_compared": 5, **one_class}, Thresholds(min_rows=1))
     (auc_check,) = [c for c in checks if c.name == "auc_drop"]
     assert auc_check.passed and auc_check.note == "skipped: one label class"
     assert not next(c for c in checks if c.name == "agreement").passed  # no pairwise metrics
+
+
+def test_score_psi_is_the_drift_psi_of_the_expected_scores_quantile_bins() -> None:
+    from batch.observe.drift import psi
+    from batch.release.evaluation import score_psi
+
+    expected = np.arange(100, dtype=np.float64)  # quartile edges 24.75, 49.5, 74.25
+    actual = np.array([10.0] * 50 + [60.0] * 50)  # half in the first bin, half in the third
+    assert score_psi(expected, actual, bins=4) == pytest.approx(
+        psi([0.25, 0.25, 0.25, 0.25], [0.5, 0.0, 0.5, 0.0])
+    )
+    assert math.isnan(score_psi(expected, np.array([])))

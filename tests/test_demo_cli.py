@@ -32,7 +32,7 @@ def test_score_with_no_arguments_makes_data_trains_and_scores_the_demo(tmp_path:
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = list_committed_runs(tmp_path / "output")
     assert run.model_name == "loan_default" and run.model_version == "1"
-    counts = run.manifest()["counts"]
+    counts = run.manifest().to_json()["counts"]
     assert counts["rows_in"] == 1_000_000
     assert counts["rows_scored"] + counts["rows_rejected"] == 1_000_000
     assert f"output       {run.run_dir}" in result.stdout

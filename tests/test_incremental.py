@@ -159,7 +159,7 @@ def test_a_changed_contract_scores_again(
     assert "up to date" not in capsys.readouterr().out
     runs = list_committed_runs(tmp_path / "out")
     assert len(runs) == 2
-    shas = {r.manifest()["contract"]["sha256"] for r in runs}
+    shas = {r.manifest().to_json()["contract"]["sha256"] for r in runs}
     assert len(shas) == 2
 
 

@@ -72,7 +72,7 @@ def test_a_run_dead_letters_invalid_utf8_and_writes_only_readable_files(
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     (run,) = list_committed_runs(out)
-    assert run.manifest()["counts"]["rejected_by_reason"] == {INVALID_UTF8: 2}
+    assert run.manifest().to_json()["counts"]["rejected_by_reason"] == {INVALID_UTF8: 2}
     predictions = pq.read_table(run.run_dir / "predictions")
     predictions.validate(full=True)
     assert predictions.num_rows == 198

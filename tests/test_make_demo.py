@@ -16,8 +16,9 @@ import pytest
 from batch.contract.contract import feature_columns, load_schema
 from batch.core.errors import UsageError
 from batch.core.fsutil import read_json
+from batch.demo import data as demo_data
+from batch.demo.data import MARKER_FILE, arrow_schema, ensure_demo_data, generate
 from jobs import make_demo
-from jobs.make_demo import MARKER_FILE, arrow_schema, ensure_demo_data, generate
 
 SMALL: dict[str, Any] = {
     "rows": 6_000,
@@ -95,9 +96,9 @@ def test_dirty_share_is_exact(rows: int, fraction: float) -> None:
 
 def test_chunks_add_up_to_the_exact_dirty_count() -> None:
     total = sum(
-        make_demo.dirty_count(count, 0.0007, start)
-        for _, start, count in make_demo.partition_files(
-            make_demo.DemoArgs(rows=100_003, days=3, files_per_day=3, dirty_fraction=0.0007)
+        demo_data.dirty_count(count, 0.0007, start)
+        for _, start, count in demo_data.partition_files(
+            demo_data.DemoArgs(rows=100_003, days=3, files_per_day=3, dirty_fraction=0.0007)
         )
     )
     assert total == math.floor(100_003 * 0.0007)
@@ -201,7 +202,7 @@ def test_a_failed_run_leaves_nothing_half_written(
             raise OSError("disk full")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(make_demo.pq, "write_table", failing)
+    monkeypatch.setattr(demo_data.pq, "write_table", failing)
     with pytest.raises(OSError, match="disk full"):
         ensure_demo_data(tmp_path / "data", log=None, **SMALL)
     assert list(tmp_path.iterdir()) == []

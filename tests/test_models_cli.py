@@ -300,7 +300,7 @@ def test_scoring_resolves_an_alias_and_records_it(
         "  model        plain@1 (as @canary), signature verified (key " in capsys.readouterr().out
     )
     (run,) = list_committed_runs(output)
-    model = run.manifest()["model"]
+    model = run.manifest().to_json()["model"]
     assert (model["name"], model["version"], model["alias"]) == ("plain", "1", "canary")
     assert model["signature"]["verified"] is True
 

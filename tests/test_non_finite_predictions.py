@@ -100,7 +100,7 @@ def test_a_run_with_nan_predictions_is_not_ok(
     rc = score_main([*args, f"--output={tmp_path / 'out'}", "--max_error_rate=0.05"])
     assert rc == 0, capsys.readouterr().err
     (run,) = list_committed_runs(tmp_path / "out")
-    assert run.manifest()["counts"]["rejected_by_reason"] == {NON_FINITE_PREDICTION: 2}
+    assert run.manifest().to_json()["counts"]["rejected_by_reason"] == {NON_FINITE_PREDICTION: 2}
     predictions = pq.read_table(run.run_dir / "predictions")
     assert predictions.num_rows == 98
     assert np.isfinite(predictions.column("score").to_numpy()).all()

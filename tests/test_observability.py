@@ -67,7 +67,7 @@ def beam_run(
     assert rc == 0, stderr_file.read_text()
     run = _only_run(folder / "out")
     yield BeamRun(
-        manifest=run.manifest(),
+        manifest=run.manifest().to_json(),
         run_dir=run.run_dir,
         summary=read_json(folder / "summary.json"),
         textfile=(folder / "metrics" / "batchscore.prom").read_text(),
@@ -119,7 +119,7 @@ class TestMetrics:
         )
         assert rc == 0
         run = _only_run(tmp_path)
-        metrics = run.manifest()["metrics"]
+        metrics = run.manifest().to_json()["metrics"]
         for name in (*DETERMINISTIC, "batches"):
             assert metrics[name] == beam_run.manifest["metrics"][name], name
         # Beam's own counters, same names, are what the runner reports (live values).
@@ -206,7 +206,7 @@ class TestDriftAndChecks:
             model=trained_model,
         )
         assert rc == 0
-        drift = _only_run(tmp_path / "warn").manifest()["drift"]
+        drift = _only_run(tmp_path / "warn").manifest().to_json()["drift"]
         assert drift["status"] == "warn"
         by_name = {f["name"]: f for f in drift["features"]}
         assert by_name["annual_income"]["psi"] > 1 and by_name["annual_income"]["status"] == "warn"
@@ -283,7 +283,7 @@ class TestDriftAndChecks:
         assert (
             score(trained_model.data_dir, tmp_path, *JOB, "--drift=off", model=trained_model) == 0
         )
-        drift = _only_run(tmp_path).manifest()["drift"]
+        drift = _only_run(tmp_path).manifest().to_json()["drift"]
         assert drift["features"] == [] and drift["baseline"] is None
         assert "--drift=off" in drift["note"]
 
@@ -334,7 +334,7 @@ def test_spark_parity_of_metrics_and_drift(
         model=trained_model,
     )
     assert rc == 0
-    manifest = _only_run(tmp_path).manifest()
+    manifest = _only_run(tmp_path).manifest().to_json()
     beam = beam_run.manifest
     for name in DETERMINISTIC:
         assert manifest["metrics"][name] == beam["metrics"][name], name

@@ -116,8 +116,8 @@ def assert_same_results(beam: CommittedRun, spark: CommittedRun, key: str) -> No
         assert spark_rejects.num_rows == 0
     for schemas in (_part_schemas(spark, "predictions"), _part_schemas(spark, "rejected")):
         assert all(s == schemas[0] for s in schemas), "every part has the same schema"
-    beam_counts = {k: v for k, v in beam.manifest()["counts"].items()}
-    assert spark.manifest()["counts"] == beam_counts
+    beam_counts = {k: v for k, v in beam.manifest().to_json()["counts"].items()}
+    assert spark.manifest().to_json()["counts"] == beam_counts
 
 
 def _check_plain_scores(run: CommittedRun, table: pa.Table) -> None:
@@ -142,7 +142,7 @@ def _input_mode(mode: str) -> tuple[str, ...]:
 
 
 def _part_names(run: CommittedRun) -> list[str]:
-    outputs = run.manifest()["outputs"]
+    outputs = run.manifest().to_json()["outputs"]
     return sorted(p["path"] for kind in ("predictions", "rejected") for p in outputs[kind])
 
 
@@ -158,9 +158,9 @@ def test_plain_model_on_local_spark_matches_beam(
     assert _spark(data_dir, tmp_path / "spark", *spark_args, model=plain_model) == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "id")
-    reasons = spark.manifest()["counts"]["rejected_by_reason"]
+    reasons = spark.manifest().to_json()["counts"]["rejected_by_reason"]
     assert sum(reasons.values()) == 4 and "model_error" in reasons, reasons
-    manifest = spark.manifest()
+    manifest = spark.manifest().to_json()
     assert manifest["runner"]["name"] == "pyspark"
     assert manifest["runner"]["options"]["master"] == LOCAL
     assert manifest["runner"]["options"]["input"] == mode
@@ -184,8 +184,8 @@ def test_demo_model_on_the_standalone_cluster_matches_beam(
     assert _spark(data, tmp_path / "spark", *spark_args, model=trained_model, master=master) == 0
     beam, spark = _only_run(tmp_path / "beam"), _only_run(tmp_path / "spark")
     assert_same_results(beam, spark, "loan_id")
-    assert spark.manifest()["counts"]["rows_rejected"] > 0, "the fixture's dirty rows"
-    assert spark.manifest()["runner"]["options"]["master"] == spark_cluster.master_url
+    assert spark.manifest().to_json()["counts"]["rows_rejected"] > 0, "the fixture's dirty rows"
+    assert spark.manifest().to_json()["runner"]["options"]["master"] == spark_cluster.master_url
     apps = spark_cluster.status()["completedapps"]
     assert apps and apps[-1]["state"] == "FINISHED"
     # Both workers ran executors of the job.
@@ -211,7 +211,7 @@ def test_plain_model_on_the_standalone_cluster_via_spark_submit(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = _only_run(tmp_path)
-    assert run.manifest()["runner"]["options"]["master"] == spark_cluster.master_url
+    assert run.manifest().to_json()["runner"]["options"]["master"] == spark_cluster.master_url
     _check_plain_scores(run, pa.concat_tables([table, pq.read_table(data_dir / "dirty.parquet")]))
 
 
@@ -231,7 +231,7 @@ def test_spark_submit_on_local_takes_its_master(
     args = (f"--input={data_dir}", f"--model={plain_model}", "--key_columns=id")
     result = _spark_submit("local[1]", *args, f"--output={tmp_path}", "--max_error_rate=1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _only_run(tmp_path).manifest()["runner"]["options"]["master"] == "local[1]"
+    assert _only_run(tmp_path).manifest().to_json()["runner"]["options"]["master"] == "local[1]"
     conflict = _spark_submit(
         "local[1]", *args, f"--output={tmp_path / 'x'}", "--spark_master=local[2]"
     )
@@ -276,7 +276,7 @@ def test_empty_input_commits_an_empty_run(plain_model: Path, tmp_path: Path) -> 
     data.mkdir()
     pq.write_table(_plain_table(np.arange(0)), data / "empty.parquet")
     run = _score_edge(plain_model, data, tmp_path / "out", 100)
-    counts = run.manifest()["counts"]
+    counts = run.manifest().to_json()["counts"]
     assert (counts["rows_in"], counts["rows_scored"], counts["rows_rejected"]) == (0, 0, 0)
 
 
@@ -292,7 +292,7 @@ def test_empty_files_and_empty_spark_partitions(plain_model: Path, tmp_path: Pat
     run = _score_edge(
         plain_model, data, tmp_path / "out", 1000, "spark.sql.files.maxPartitionBytes=16384"
     )
-    assert len(run.manifest()["outputs"]["predictions"]) == 1
+    assert len(run.manifest().to_json()["outputs"]["predictions"]) == 1
     _check_plain_scores(run, table)
 
 
@@ -313,7 +313,7 @@ def test_single_row_and_a_last_batch_of_one_row(
     table = _plain_table(np.arange(rows))
     pq.write_table(table, data / "rows.parquet")
     run = _score_edge(plain_model, data, tmp_path / "out", batch_size, *_input_mode(mode))
-    assert run.manifest()["counts"]["rows_scored"] == rows
+    assert run.manifest().to_json()["counts"]["rows_scored"] == rows
     _check_plain_scores(run, table)
 
 
@@ -329,7 +329,7 @@ def test_many_small_files(plain_model: Path, tmp_path: Path, mode: str) -> None:
         pq.write_table(table, folder / f"part-{index:03d}.parquet")
         tables.append(table)
     run = _score_edge(plain_model, data, tmp_path / "out", 64, *_input_mode(mode))
-    assert len(run.manifest()["input"]["files"]) == 50
+    assert len(run.manifest().to_json()["input"]["files"]) == 50
     _check_plain_scores(run, pa.concat_tables(tables))
 
 
@@ -352,7 +352,7 @@ def test_one_large_file_with_many_row_groups(plain_model: Path, tmp_path: Path, 
         "--split_rows=20000",
         *_input_mode(mode),
     )
-    parts = run.manifest()["outputs"]["predictions"]
+    parts = run.manifest().to_json()["outputs"]["predictions"]
     assert len(parts) > 4, "the file was scored as several parts"
     _check_plain_scores(run, table)
 

@@ -136,7 +136,7 @@ def test_null_inputs_go_to_the_dead_letter_output(plain_model: Path, tmp_path: P
     assert rejected.column("id").to_pylist() == [2, 3, 4]
     assert rejected.column(REASON_COLUMN).to_pylist() == [NULL_VALUE, "not_finite", NULL_VALUE]
     assert "column 'x' is null" in rejected.column(MESSAGE_COLUMN)[0].as_py()
-    counts = run.manifest()["counts"]
+    counts = run.manifest().to_json()["counts"]
     assert counts["rejected_by_reason"] == {NULL_VALUE: 2, "not_finite": 1}
 
 
@@ -149,7 +149,7 @@ def test_empty_input_file_commits_an_empty_run(plain_model: Path, tmp_path: Path
     pq.write_table(schema.empty_table(), data / "empty.parquet")
     assert score(data, tmp_path / "out", DIRECT, "--key_columns=id", model=plain_model) == 0
     (run,) = list_committed_runs(tmp_path / "out")
-    assert run.manifest()["counts"]["rows_in"] == 0
+    assert run.manifest().to_json()["counts"]["rows_in"] == 0
 
 
 def test_a_run_prints_no_tensorflow_notices(

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.core.columns import REASON_COLUMN
+from batch.demo.data import DEFECTS
 from batch.model.loading import import_tensorflow
 from batch.output.commit import list_committed_runs
-from jobs.make_demo import DEFECTS
 from jobs.score import main as score_main
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from batch.demo import paths as demo_paths
 from batch.engine.job import ScoringJob, score_batches
 from batch.model.loading import load_model
 from batch.model.repository import ModelRepository, resolve_model
@@ -38,10 +39,9 @@ from batch.model.signing import (
     verify_model,
 )
 from batch.output.commit import MANIFEST, RunLayout, list_committed_runs
-from jobs import demo_paths
 from jobs.score import main as score_main
-from tests.conftest import TrainedModel
-from tests.plain_model import build_plain_model, write_plain_data
+from tests.conftest import PlainModels, TrainedModel
+from tests.plain_model import write_plain_data
 from tests.signing_keys import KeyPair, make_key_pair
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -54,9 +54,9 @@ def other_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(plain_model: Path) -> Path:
     """A plain SavedModel signed with the session key (its signature: model.sig beside it)."""
-    return build_plain_model(tmp_path_factory.mktemp("template") / "model")
+    return plain_model
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +189,10 @@ def test_allow_unsigned_does_not_override_a_failed_signature(
 # -- unsigned models ---------------------------------------------------------------------
 
 
-def test_an_unsigned_model_is_refused(data: Path, tmp_path: Path) -> None:
-    unsigned = build_plain_model(tmp_path / "unsigned", sign=False)
+def test_an_unsigned_model_is_refused(
+    data: Path, tmp_path: Path, plain_models: PlainModels
+) -> None:
+    unsigned = plain_models(sign=False)
     result = _run(
         "jobs.score",
         f"--input={data}",
@@ -207,9 +209,9 @@ def test_an_unsigned_model_is_refused(data: Path, tmp_path: Path) -> None:
 
 
 def test_allow_unsigned_scores_warns_and_is_recorded(
-    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, plain_models: PlainModels
 ) -> None:
-    unsigned = build_plain_model(tmp_path / "unsigned", sign=False)
+    unsigned = plain_models(sign=False)
     output = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         rc = score_main(
@@ -244,7 +246,7 @@ def test_a_verified_run_records_the_key(
     # The default --public_key ($BATCHSCORE_PUBLIC_KEY here, the demo key otherwise).
     assert score_main(["--runner=DirectRunner", *args]) == 0
     (run,) = list_committed_runs(output)
-    signature = run.manifest()["model"]["signature"]
+    signature = run.manifest().to_json()["model"]["signature"]
     assert signature == {
         "verified": True,
         "signature_file": str(signature_path(model)),

@@ -66,7 +66,7 @@ def test_spark_submit_ships_a_packed_venv_to_the_cluster(
     assert result.returncode == 0, "\n".join(errors[-30:]) + spark_cluster.logs()[-3000:]
 
     (run,) = list_committed_runs(output)
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["runner"]["options"]["master"] == spark_cluster.master_url
     assert manifest["counts"]["rows_in"] == table.num_rows == manifest["counts"]["rows_scored"]
     scores = pq.read_table(run.run_dir / "predictions", columns=["id", "score"]).sort_by("id")

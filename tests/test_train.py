@@ -13,9 +13,9 @@ import pytest
 from batch.contract.contract import TENSOR_DTYPES, feature_columns
 from batch.core.errors import InputDataError, UsageError
 from batch.core.fsutil import read_json
+from batch.demo.data import generate
 from batch.model.repository import ModelRepository
 from batch.model.signature import SignatureInfo
-from jobs.make_demo import generate
 from tests.conftest import TRAINED_ROWS, TrainedModel
 
 pytestmark = pytest.mark.slow
@@ -34,14 +34,14 @@ def _load(model: TrainedModel) -> Any:
 
 
 def _rows(model: TrainedModel, count: int) -> pa.Table:
-    from jobs import train
+    from training import trainer as train
 
     table = train.read_rows(model.data_dir, count)
     return train.clean_training_rows(table).table
 
 
 def test_registered_with_metadata(trained_model: TrainedModel) -> None:
-    from jobs import train
+    from training import trainer as train
 
     model = trained_model.model
     assert model.label == "loan_default@1"
@@ -94,7 +94,7 @@ def test_signature_takes_raw_1d_columns_named_like_parquet(trained_model: Traine
 
 
 def test_saved_model_scores_rows(trained_model: TrainedModel) -> None:
-    from jobs import train
+    from training import trainer as train
 
     rows = _rows(trained_model, 3_000)
     loaded = _load(trained_model)
@@ -107,7 +107,7 @@ def test_saved_model_scores_rows(trained_model: TrainedModel) -> None:
 
 
 def test_dirty_values_do_not_crash_the_served_transform(trained_model: TrainedModel) -> None:
-    from jobs import train
+    from training import trainer as train
 
     clean = generate(4, seed=1).to_pylist()
     clean[0].update(applicant_age=240, credit_score=9999, annual_income=-52000.0)
@@ -124,7 +124,7 @@ def test_dirty_values_do_not_crash_the_served_transform(trained_model: TrainedMo
 
 def test_transform_parity_training_vs_serving(trained_model: TrainedModel) -> None:
     """tf.Transform's Beam output at training equals the exported graph at serving."""
-    from jobs import train
+    from training import trainer as train
 
     rows = _rows(trained_model, 2_000)
     expected = train.tft_transform_rows(rows, trained_model.transform_output_dir)
@@ -140,7 +140,7 @@ def test_transform_parity_training_vs_serving(trained_model: TrainedModel) -> No
 
 
 def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
-    from jobs import train
+    from training import trainer as train
 
     table = generate(6, seed=3).to_pylist()
     table[1]["applicant_age"] = None
@@ -161,7 +161,7 @@ def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
 
 
 def test_input_errors_name_file_column_and_fix(tmp_path: Path) -> None:
-    from jobs import train
+    from training import trainer as train
 
     with pytest.raises(UsageError, match="make_demo"):
         train.read_rows(tmp_path / "missing")

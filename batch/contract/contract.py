@@ -11,7 +11,6 @@ ships it to its workers instead of every worker reading files.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import tomllib
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from batch.core.errors import UsageError
-from batch.core.fsutil import file_sha256
+from batch.core.fsutil import file_sha256, records_sha256
 
 # The contracts that ship with batchscore: package data of ``schemas`` (also inside a zip
 # or wheel, where there is no folder beside this file).
@@ -45,11 +44,28 @@ _KINDS: dict[int, Kind] = {
 # The tensor dtype a column of each kind becomes in a model (TFT's raw feature spec).
 TENSOR_DTYPES: dict[Kind, str] = {"int": "int64", "float": "float32", "string": "string"}
 
-_KIND_CHECKS = {
-    "int": pa.types.is_integer,
-    "float": pa.types.is_floating,
-    "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+# TensorFlow dtype name -> the Arrow type a column is cast to before it becomes a tensor
+# (and the type of a prediction column of that dtype).
+ARROW_TYPE_FOR_DTYPE: dict[str, pa.DataType] = {
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
 }
+
+
+def arrow_kind(arrow_type: pa.DataType) -> Kind | None:
+    """The contract kind of an Arrow type: any integer is ``int``, any float ``float``,
+    string and large_string ``string``; None for anything else."""
+    if pa.types.is_integer(arrow_type):
+        return "int"
+    if pa.types.is_floating(arrow_type):
+        return "float"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    return None
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,7 @@ class Contract:
             if index < 0:
                 continue
             found = schema.field(index).type
-            if not _KIND_CHECKS[rule.kind](found):
+            if arrow_kind(found) != rule.kind:
                 problems.append(
                     f"{where}: column '{rule.name}' is {found}; contract '{self.name}' declares "
                     f"it {rule.kind.upper()} ({self.source}/{SCHEMA_FILE})"
@@ -160,11 +176,10 @@ def feature_columns(spec: str) -> dict[str, Kind]:
 
 def contract_sha256(contract: Contract) -> str:
     """Content hash of a contract's files (schema.pbtxt and rules.toml)."""
-    digest = hashlib.sha256()
-    for name in (SCHEMA_FILE, RULES_FILE):
-        path = Path(contract.source) / name
-        digest.update(f"{name}\0{file_sha256(path) if path.is_file() else '-'}\n".encode())
-    return digest.hexdigest()
+    files = ((name, Path(contract.source) / name) for name in (SCHEMA_FILE, RULES_FILE))
+    return records_sha256(
+        (name, file_sha256(path) if path.is_file() else "-") for name, path in files
+    )
 
 
 def load_contract(spec: str) -> Contract:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,42 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def records_sha256(records: Iterable[Iterable[object]]) -> str:
+    """sha256 over ``records`` in the order given, each written as its fields (``str``)
+    joined by NUL and ended by a newline.
+
+    The one way batchscore fingerprints a list of things: input files, training data,
+    directories, contract files. Callers choose the fields and sort the records.
+    """
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(("\0".join(str(item) for item in record) + "\n").encode())
+    return digest.hexdigest()
+
+
 def directory_sha256(root: Path) -> str:
     """Content hash of a directory: relative paths and bytes of every file.
 
     A changed byte, an added, removed or renamed file all change the hash.
     """
-    digest = hashlib.sha256()
-    for path in iter_files(root):
-        rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0")
-        digest.update(file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
+    return records_sha256(
+        (path.relative_to(root).as_posix(), file_sha256(path)) for path in iter_files(root)
+    )
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created, with its folder, if missing) for the
+    block; it waits for the holder, and the kernel drops it if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Read-only is enough for flock, so anyone who can read a lock file another user
+    # created may take it; the mode is left to the umask, as for every other file.
+    fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -62,3 +89,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path) as handle:
         return json.load(handle)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all: a temporary file beside
+    it, renamed into place (readable by all, as a report is meant to be shared)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -7,7 +7,6 @@ to a worker. Planning reads Parquet footers (a few KB per file), never data.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.core.errors import InputDataError, UsageError
+from batch.core.fsutil import records_sha256
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +371,10 @@ def fingerprint(files: Sequence[InputFile]) -> str:
 
     Cheap (footers only) and changes whenever a file is rewritten, added or removed.
     """
-    digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.path):
-        digest.update(f"{file.path}\0{file.size}\0{file.mtime_ns}\0{file.num_rows}\n".encode())
-    return digest.hexdigest()
+    return records_sha256(
+        (file.path, file.size, file.mtime_ns, file.num_rows)
+        for file in sorted(files, key=lambda f: f.path)
+    )
 
 
 def ignored_manifest(spec: str) -> list[dict[str, str]]:

@@ -19,22 +19,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from batch.contract.contract import ColumnRule, Contract, contract_sha256
 from batch.core.columns import (
     CONSTANT_COLUMNS,
-    MODEL_NAME_COLUMN,
-    MODEL_VERSION_COLUMN,
-    REASON_COLUMN,
 )
 from batch.core.errors import (
     DriftExceeded,
     ErrorBudgetExceeded,
     InputDataError,
     ModelError,
-    UsageError,
 )
 from batch.core.faults import SCORING, fault_point
 from batch.engine.inputs import (
@@ -43,15 +37,20 @@ from batch.engine.inputs import (
     BadFile,
     InputFile,
     Split,
+    check_input_output_disjoint,
+    check_split_unchanged,
+    complete_null_counts,
     fingerprint,
+    ignored_manifest,
+    open_split,
     plan_splits,
 )
 from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.engine.scorer import BatchScorer
 from batch.engine.validate import RowValidator, reject_schema
-from batch.model.loading import load_model
+from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureInfo, schema_problems, signature_differences
+from batch.model.signature import SignatureInfo, schema_problems
 from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
 from batch.observe.checks import RunOutcome, run_checks, run_summary
 from batch.observe.drift import (
@@ -80,9 +79,9 @@ from batch.output.commit import (
     RunLock,
     clean_stale_runs,
     commit_run,
+    count_reasons,
 )
-from batch.release.canary import CanaryScorer
-from batch.release.routing import ROUTING_HASH, Canary
+from batch.output.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,14 @@ class ScoringJob:
     # What a worker accepts as loadable (public key bytes, --allow_unsigned); every
     # worker verifies the model itself before loading it (default: batch.model.signing.STRICT).
     trust: TrustPolicy = STRICT
-    # A gray release: the share of keys the canary model scores instead of ``model``.
-    canary: Canary | None = None
+    # Scores part of the rows another way (e.g. a canary model: batch.release.canary).
+    variant: ScoringVariant | None = None
     # The model's training statistics; scoring counts the same bins (None: no drift).
     baseline: Baseline | None = None
     # How often a part writes its rows done for the driver's progress display.
     progress_interval_s: float = 1.0
+    # Write rows whose prediction is NaN or infinite instead of dead-lettering them.
+    keep_non_finite: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,57 @@ class _ScoredBatch:
     drift: DriftCounts | None
 
 
+class Scorer(Protocol):
+    """What a worker scores batches with: a :class:`BatchScorer`, or one that wraps it."""
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model the run is named after."""
+        ...
+
+    @property
+    def input_types(self) -> dict[str, pa.DataType]: ...
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema: ...
+
+    def score_isolating(
+        self, batch: pa.RecordBatch
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]: ...
+
+
+class ScoringVariant(Protocol):
+    """Changes how part of a run is scored without the engine knowing how: it is checked
+    on the driver, wraps each worker's scorer, and adds one section to the manifest.
+
+    Features are added by wrapping: the canary release (batch.release.canary.Canary) is
+    one. A variant must be small and picklable: it travels to the workers in the job.
+    """
+
+    manifest_key: str
+
+    def prepare(
+        self,
+        model: ResolvedModel,
+        signature: SignatureInfo,
+        key_columns: Sequence[str],
+        trust: TrustPolicy,
+    ) -> dict[str, Any]:
+        """Check the variant against the run's model before any work; its manifest section."""
+        ...
+
+    def wrap(self, scorer: BatchScorer, job: ScoringJob) -> Scorer:
+        """The scorer a worker uses instead of ``scorer``."""
+        ...
+
+    def finish(self, staging_dir: Path, section: dict[str, Any]) -> None:
+        """Complete the manifest section from the staged parts, before the commit."""
+        ...
+
+    def describe(self) -> str:
+        """One phrase for job descriptions (e.g. Beam's display data)."""
+        ...
+
+
 class Runner(Protocol):
     """An engine that executes :func:`score_split` for every split."""
 
@@ -155,15 +207,15 @@ def read_columns(job: ScoringJob) -> list[str]:
     return list(job.columns)
 
 
-def job_scorer(job: ScoringJob) -> BatchScorer | CanaryScorer:
-    """The job's model as this process's scorer; with a canary, both, routed by key."""
-    scorer = BatchScorer(load_model(job.model, job.trust), job.key_columns, job.layout.run_id)
-    if job.canary is None:
-        return scorer
-    canary = BatchScorer(
-        load_model(job.canary.model, job.trust), job.key_columns, job.layout.run_id
+def job_scorer(job: ScoringJob) -> Scorer:
+    """The job's model as this process's scorer, wrapped by the job's variant if any."""
+    scorer = BatchScorer(
+        load_model(job.model, job.trust),
+        job.key_columns,
+        job.layout.run_id,
+        keep_non_finite=job.keep_non_finite,
     )
-    return CanaryScorer(scorer, canary, job.key_columns, job.canary.fraction)
+    return scorer if job.variant is None else job.variant.wrap(scorer, job)
 
 
 BatchObserver = Callable[[int, float], None]
@@ -211,19 +263,7 @@ def score_batches(
             predictions, poisoned = scorer.score_isolating(part.valid)
             seconds = time.perf_counter() - begin
             rejected = [part.rejected, *poisoned]
-            reasons: Counter[str] = Counter()
-            for dead in rejected:
-                if dead.num_rows:
-                    counted = pc.value_counts(dead.column(REASON_COLUMN))
-                    reasons.update(
-                        dict(
-                            zip(
-                                counted.field("values").to_pylist(),
-                                counted.field("counts").to_pylist(),
-                                strict=True,
-                            )
-                        )
-                    )
+            reasons = count_reasons(rejected)
             drift = None
             if baseline is not None:
                 drift = count_features(baseline, batch)
@@ -277,7 +317,7 @@ def read_split(
     split: Split, columns: Sequence[str], batch_size: int
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed."""
-    parquet = pq.ParquetFile(split.path)
+    parquet = open_split(split)
     schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
     batches = parquet.iter_batches(
         batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)
@@ -295,6 +335,7 @@ def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa
             f"({' '.join(str(exc).split())}); the footer was readable, so the file is "
             "damaged inside. Replace it"
         ) from exc
+    check_split_unchanged(split)
 
 
 def model_signature(model: ResolvedModel, trust: TrustPolicy) -> SignatureInfo:
@@ -323,8 +364,9 @@ def check_inputs(
     for file in files:
         problems += schema_problems(file.schema, signature, key_columns, file.path)
         if contract is not None:
+            required = [rule.name for rule in contract.columns.values() if rule.required]
             problems += contract.schema_problems(
-                file.schema, file.null_counts, file.num_rows, file.path
+                file.schema, complete_null_counts(file, required), file.num_rows, file.path
             )
     if problems:
         shown = problems[:20]
@@ -364,12 +406,12 @@ def model_manifest(model: ResolvedModel, verification: VerificationResult) -> di
 @dataclass(frozen=True)
 class RunSummary:
     run: CommittedRun
-    manifest: dict[str, Any]
+    manifest: Manifest
     wall_seconds: float
 
     @property
     def predictions_per_second(self) -> float:
-        return self.manifest["counts"]["rows_scored"] / max(self.wall_seconds, 1e-9)
+        return self.manifest.counts.rows_scored / max(self.wall_seconds, 1e-9)
 
 
 class DryRunComplete(Exception):
@@ -393,35 +435,33 @@ def run_scoring(
     split_rows: int = DEFAULT_SPLIT_ROWS,
     started: float | None = None,
     trust: TrustPolicy = STRICT,
-    canary: Canary | None = None,
+    variant: ScoringVariant | None = None,
     drift: bool = True,
     drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS,
     progress: ProgressMode = "off",
     progress_every_s: float = LOG_EVERY_S,
     on_outcome: Callable[[RunOutcome], None] | None = None,
+    keep_non_finite: bool = False,
 ) -> RunSummary:
     """Check, score with ``runner``, reconcile, run the checks and commit one run.
 
-    ``canary``: a gray release of ``canary.model`` on ``canary.fraction`` of the
-    keys. ``drift``: count the model's baseline bins while scoring (when it has a
+    ``variant``: scores part of the rows another way (a canary release:
+    batch.release.canary.Canary); its manifest section is named by it. ``drift``: count the model's baseline bins while scoring (when it has a
     baseline). ``progress``: how the driver shows progress (batch.observe.progress).
     ``on_outcome`` is told the run summary, metrics and drift once the run is
     committed or refused by a check (error budget, drift with action fail).
+    ``keep_non_finite``: write rows whose prediction is NaN or infinite (by default they go
+    to the dead-letter as non_finite_prediction and count against the error budget).
     """
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
+    check_input_output_disjoint(input_spec, output_root)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
     verification = verify_once(model, trust)
     signature = model_signature(model, trust)
-    canary_manifest = None
-    if canary is not None:
-        canary_manifest = {
-            "model": model_manifest(canary.model, verify_once(canary.model, trust)),
-            "fraction": canary.fraction,
-            "routing": ROUTING_HASH,
-            "key_columns": list(key_columns),
-        }
-        check_canary_signature(model, signature, canary, model_signature(canary.model, trust))
+    variant_manifest = (
+        None if variant is None else variant.prepare(model, signature, key_columns, trust)
+    )
     check_inputs(files, signature, key_columns, contract)
     splits = plan_splits(files, split_rows)
     layout = RunLayout(output_root, model.name, model.version, run_id)
@@ -435,8 +475,9 @@ def run_scoring(
         rules=tuple(contract.columns.values()) if contract else (),
         batch_size=batch_size,
         trust=trust,
-        canary=canary,
+        variant=variant,
         baseline=baseline,
+        keep_non_finite=keep_non_finite,
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
@@ -446,6 +487,7 @@ def run_scoring(
             "fingerprint": fingerprint(files),
             "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
             "skipped_files": [{"path": b.path, "reason": b.reason} for b in skipped_files],
+            "ignored": ignored_manifest(input_spec),
         },
         "contract": (
             {"name": contract.name, "source": contract.source, "sha256": contract_sha256(contract)}
@@ -457,8 +499,8 @@ def run_scoring(
         "batch_size": batch_size,
         "started": started_at.isoformat(timespec="seconds"),
     }
-    if canary_manifest is not None:
-        manifest["canary"] = canary_manifest
+    if variant is not None and variant_manifest is not None:
+        manifest[variant.manifest_key] = variant_manifest
     if getattr(runner, "dry_run", False):
         # The runner builds its job (e.g. a Dataflow job description) and submits nothing:
         # the output is not touched, nothing is staged or committed.
@@ -478,8 +520,8 @@ def run_scoring(
             layout.staging_dir, rows_in, progress, log_every_s=progress_every_s
         ) as monitor:
             runner.execute(job, splits)
-        if canary_manifest is not None:
-            canary_manifest["rows_scored"] = rows_by_model(layout.staging_dir)
+        if variant is not None and variant_manifest is not None:
+            variant.finish(layout.staging_dir, variant_manifest)
         stats = merge_part_stats(layout.staging_dir)
         if stats.rows_read != rows_in:
             log.warning(
@@ -544,41 +586,3 @@ def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:
         "for inspection). Check the input against the model's training data, or score with "
         "--on_drift=warn"
     )
-
-
-def check_canary_signature(
-    model: ResolvedModel, signature: SignatureInfo, canary: Canary, canary_signature: SignatureInfo
-) -> None:
-    """A canary writes into the same predictions output: it must take and give the same tensors."""
-    if not 0.0 < canary.fraction < 1.0:
-        raise UsageError(
-            f"--canary_fraction={canary.fraction}: expected a share strictly between 0 and 1 "
-            "(e.g. 0.1 for 10% of keys); to score everything with one model use --model alone"
-        )
-    if canary.model.content_hash == model.content_hash:
-        raise UsageError(
-            f"--canary={canary.model.label} has the same files as --model={model.label}; a "
-            "canary must be another model. Promote the candidate to the canary alias first"
-        )
-    differences = signature_differences(signature, canary_signature)
-    if differences:
-        raise ModelError(
-            f"--canary={canary.model.label}: its serving signature differs from --model="
-            f"{model.label}'s ({'; '.join(differences)}); a canary writes into the same "
-            "predictions output, so it must take and give the same tensors. Choose a candidate "
-            "with the same signature, or compare the two with `python -m jobs.compare`"
-        )
-
-
-def rows_by_model(run_dir: Path) -> dict[str, int]:
-    """Prediction rows of a (staged) run by the model that scored them: {"NAME@VERSION": rows}."""
-    counts: Counter[str] = Counter()
-    for path in sorted((run_dir / PREDICTIONS).glob("part-*.parquet")):
-        table = pq.read_table(path, columns=[MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN])
-        for row in (
-            table.group_by([MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN])
-            .aggregate([([], "count_all")])
-            .to_pylist()
-        ):
-            counts[f"{row[MODEL_NAME_COLUMN]}@{row[MODEL_VERSION_COLUMN]}"] += row["count_all"]
-    return dict(sorted(counts.items()))

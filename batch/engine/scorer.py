@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
 from batch.core.errors import InputDataError
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
-from batch.model.signature import ARROW_TYPE_FOR_DTYPE
 
 
 def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:

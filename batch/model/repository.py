@@ -31,21 +31,20 @@ reject a bad ``--model`` argument before any heavy start-up.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import getpass
 import os
 import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from batch.core.errors import ModelError, UsageError
-from batch.core.fsutil import directory_sha256, read_json, write_json_atomic
+from batch.core.fsutil import directory_sha256, locked, read_json, write_json_atomic
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import SIGN_COMMAND, sign_model
 
@@ -397,27 +396,14 @@ class ModelRepository:
                 "`python -m jobs.models register` and compare again"
             )
         path = model.saved_model_dir.parent / METADATA_FILE
-        with _locked(model.saved_model_dir.parent.parent / ".metadata.lock"):
+        with locked(model.saved_model_dir.parent.parent / ".metadata.lock"):
             meta: dict[str, Any] = read_json(path)
             meta[BLESSINGS] = [*(meta.get(BLESSINGS) or []), blessing]
             write_json_atomic(path, meta)
         return path
 
-    @contextmanager
-    def _aliases_lock(self, name: str) -> Iterator[None]:
-        with _locked(self.root / name / ".aliases.lock"):
-            yield
-
-
-@contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    """An exclusive flock on ``lock`` (created if missing) for the block."""
-    with open(lock, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    def _aliases_lock(self, name: str) -> AbstractContextManager[None]:
+        return locked(self.root / name / ".aliases.lock")
 
 
 def who() -> str:

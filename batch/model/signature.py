@@ -12,15 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-# TensorFlow dtype name -> the Arrow type a column is cast to before it becomes a tensor.
-ARROW_TYPE_FOR_DTYPE: dict[str, pa.DataType] = {
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "string": pa.string(),
-    "bool": pa.bool_(),
-}
+from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 
 
 @dataclass(frozen=True)

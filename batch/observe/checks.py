@@ -16,13 +16,16 @@ alerting system reads: ``{"status": "ok"|"warn"|"fail", "run_id", "run_dir"
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from batch.observe.drift import FAIL, OK, WARN
-
 SUMMARY_FORMAT = 1
+
+# The statuses of checks, drift entries and runs, least severe first. Prometheus
+# exports a status as its rank; reports sort and badge by it.
+OK, WARN, FAIL = "ok", "warn", "fail"
+STATUS_RANK: dict[str, int] = {OK: 0, WARN: 1, FAIL: 2}
 
 
 def check(name: str, value: float, threshold: float, status: str, message: str) -> dict[str, Any]:
@@ -96,8 +99,11 @@ def run_checks(
     return checks
 
 
-def worst(statuses: Sequence[str]) -> str:
-    return FAIL if FAIL in statuses else WARN if WARN in statuses else OK
+def worst(statuses: Iterable[object]) -> str | None:
+    """The most severe of ``ok``/``warn``/``fail`` in ``statuses`` (anything else is
+    ignored); ``None`` when there is none."""
+    known = [str(s) for s in statuses if s in STATUS_RANK]
+    return max(known, key=STATUS_RANK.__getitem__, default=None)
 
 
 def run_summary(
@@ -111,9 +117,7 @@ def run_summary(
     model: str | None = None,
 ) -> dict[str, Any]:
     """The machine-readable outcome of a run; ``fail`` whenever nothing was committed."""
-    status = worst([c["status"] for c in checks])
-    if run_dir is None:
-        status = FAIL
+    status = FAIL if run_dir is None else worst(c["status"] for c in checks) or OK
     rows_read = (counts or {}).get("rows_read", 0)
     rows_rejected = (counts or {}).get("rows_rejected", 0)
     return {

@@ -32,8 +32,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch.contract.contract import Kind as ContractKind
+from batch.contract.contract import arrow_kind
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256, read_json
+from batch.observe.checks import OK, worst
 
 Kind = Literal["numeric", "categorical"]
 NUMERIC: Kind = "numeric"
@@ -51,7 +54,12 @@ BASELINE_FILE = "batchscore_baseline.json"
 BASELINE_FORMAT = 1
 OTHER_LABEL = "(other)"
 NULL_LABEL = "(null)"
-OK, WARN, FAIL = "ok", "warn", "fail"
+# How a column of each contract kind is binned.
+_DRIFT_KINDS: dict[ContractKind | None, Kind] = {
+    "int": NUMERIC,
+    "float": NUMERIC,
+    "string": CATEGORICAL,
+}
 
 
 def baseline_path(saved_model_dir: Path | str) -> Path:
@@ -60,11 +68,7 @@ def baseline_path(saved_model_dir: Path | str) -> Path:
 
 def kind_of(arrow_type: pa.DataType) -> Kind | None:
     """numeric for integers and floats, categorical for strings, None for anything else."""
-    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        return NUMERIC
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return CATEGORICAL
-    return None
+    return _DRIFT_KINDS.get(arrow_kind(arrow_type))
 
 
 @dataclass(frozen=True)
@@ -427,8 +431,7 @@ def drift_report(
     if baseline.prediction is not None:
         report["prediction"] = _feature_report(baseline.prediction, counts.prediction, thresholds)
     entries = [*report["features"], *([report["prediction"]] if report["prediction"] else [])]
-    statuses = {entry["status"] for entry in entries}
-    report["status"] = FAIL if FAIL in statuses else WARN if WARN in statuses else OK
+    report["status"] = worst(entry["status"] for entry in entries) or OK
     return report
 
 

@@ -64,20 +64,6 @@ LATENCY_BUCKETS_S = (
     10.0,
     30.0,
 )
-METRIC_NAMES = (
-    "rows_read",
-    "rows_scored",
-    "rows_rejected",
-    "rejected_by_reason",
-    "batches",
-    "batch_latency_seconds",
-    "model_load_seconds",
-    "model_loads",
-    "scoring_seconds",
-    "wall_seconds",
-    "predictions_per_second",
-    "timeline",
-)
 
 
 def process_id() -> str:

@@ -39,9 +39,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from batch.core.errors import UsageError
+from batch.observe.checks import STATUS_RANK
 
 PUSH_JOB = "batchscore"
-STATUS_VALUES = {"ok": 0.0, "warn": 1.0, "fail": 2.0}
 PUSH_TIMEOUT_S = 10.0
 
 
@@ -148,7 +148,7 @@ class RunCollector(Collector):
                 ("check",),
             )
             for item in checks:
-                family.add_metric([*base, item["name"]], STATUS_VALUES[item["status"]])
+                family.add_metric([*base, item["name"]], float(STATUS_RANK[item["status"]]))
             yield family
         success = self._family(
             GaugeMetricFamily, "batchscore_run_success", "1 if the run was committed, else 0"
@@ -161,7 +161,7 @@ class RunCollector(Collector):
             "1 for the run's status (ok, warn, fail)",
             ("status",),
         )
-        for value in STATUS_VALUES:
+        for value in STATUS_RANK:
             status.add_metric([*base, value], 1.0 if self.summary.get("status") == value else 0.0)
         yield status
         finished = self._family(

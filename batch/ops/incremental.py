@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from batch.contract.contract import Contract, contract_sha256
+from batch.core.errors import CommitError
 from batch.engine.inputs import BadFile, InputFile, fingerprint
 from batch.model.resolved import ResolvedModel
 from batch.observe.checks import over_error_budget
 from batch.output.commit import CommittedRun, list_committed_runs
-from batch.release.routing import Canary
+from batch.release.canary import Canary
 
 
 @dataclass(frozen=True)
@@ -126,25 +127,11 @@ def find_up_to_date_run(
     for run in reversed(candidates):  # newest first: run ids sort by start time
         try:
             manifest = run.manifest()
-        except (OSError, ValueError):
+        except CommitError:
             continue
-        if RunIdentity.from_manifest(manifest) != identity:
+        if RunIdentity.from_manifest(manifest.to_json()) != identity:
             continue
-        rate = manifest.get("counts", {}).get("error_rate")
-        if not isinstance(rate, int | float) or over_error_budget(rate, max_error_rate):
+        if over_error_budget(manifest.counts.error_rate, max_error_rate):
             continue
         return run
     return None
-
-
-def describe(run: CommittedRun) -> dict[str, Any]:
-    """Counts of a committed run, for summaries: rows in, scored, rejected."""
-    try:
-        counts = run.manifest().get("counts", {})
-    except (OSError, ValueError):
-        counts = {}
-    return {
-        "rows_in": counts.get("rows_in"),
-        "rows_scored": counts.get("rows_scored"),
-        "rows_rejected": counts.get("rows_rejected"),
-    }

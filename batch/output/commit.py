@@ -26,25 +26,26 @@ import secrets
 import shutil
 import socket
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.errors import CommitError, ErrorBudgetExceeded
 from batch.core.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
-from batch.core.fsutil import file_sha256, read_json, write_json_atomic
+from batch.core.fsutil import file_sha256, locked, read_json, write_json_atomic
 from batch.observe.checks import error_rate, over_error_budget
 from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
+from batch.output.manifest import MANIFEST, Manifest, read_manifest
 
 PREDICTIONS = "predictions"
 REJECTED = "rejected"
-MANIFEST = "_MANIFEST.json"
 SUCCESS = "_SUCCESS"
 LATEST = "_LATEST"
 STAGING = "_staging"
@@ -148,9 +149,8 @@ class CommittedRun:
     model_name: str
     model_version: str
 
-    def manifest(self) -> dict[str, Any]:
-        payload: dict[str, Any] = read_json(self.run_dir / MANIFEST)
-        return payload
+    def manifest(self) -> Manifest:
+        return read_manifest(self.run_dir)
 
 
 def _describe_parts(run_dir: Path, kind: str) -> list[dict[str, Any]]:
@@ -167,11 +167,28 @@ def _describe_parts(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _reject_reasons(run_dir: Path, parts: list[dict[str, Any]]) -> dict[str, int]:
+def count_reasons(rejected: Iterable[pa.RecordBatch | pa.Table]) -> Counter[str]:
+    """Rows of ``rejected`` (batches or tables with a reason column) by reject reason."""
     counts: Counter[str] = Counter()
-    for part in parts:
-        reasons = pq.read_table(run_dir / part["path"], columns=[REASON_COLUMN]).column(0)
-        counts.update(reasons.to_pylist())
+    for rows in rejected:
+        if rows.num_rows:
+            counted = pc.value_counts(rows.column(REASON_COLUMN))
+            counts.update(
+                dict(
+                    zip(
+                        counted.field("values").to_pylist(),
+                        counted.field("counts").to_pylist(),
+                        strict=True,
+                    )
+                )
+            )
+    return counts
+
+
+def _reject_reasons(run_dir: Path, parts: list[dict[str, Any]]) -> dict[str, int]:
+    counts = count_reasons(
+        pq.read_table(run_dir / part["path"], columns=[REASON_COLUMN]) for part in parts
+    )
     return dict(sorted(counts.items()))
 
 
@@ -240,14 +257,15 @@ def commit_run(
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)
     fault_point(COMMIT_MOVED)
-    full_manifest = {
-        **manifest,
-        "run_id": layout.run_id,
-        "counts": counts,
-        "outputs": {PREDICTIONS: predictions, REJECTED: rejected},
-        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(final / MANIFEST, full_manifest)
+    Manifest.from_json(
+        {
+            **manifest,
+            "run_id": layout.run_id,
+            "counts": counts,
+            "outputs": {PREDICTIONS: predictions, REJECTED: rejected},
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    ).write(final)
     fault_point(COMMIT_MANIFEST)
     (final / SUCCESS).touch()
     _advance_latest(layout)
@@ -257,21 +275,10 @@ def commit_run(
 def _advance_latest(layout: RunLayout) -> None:
     """Point ``_LATEST`` at this run if it is the newest; serialized across processes."""
     pointer = layout.version_dir / LATEST
-    with _locked(layout.version_dir / f"{LATEST}.lock"):
+    with locked(layout.version_dir / f"{LATEST}.lock"):
         current = read_json(pointer).get("run_id", "") if pointer.is_file() else ""
         if layout.run_id > current:
             write_json_atomic(pointer, {"run_id": layout.run_id, "run_dir": layout.run_dir.name})
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class RunLock:
@@ -386,11 +393,14 @@ def verify_run(run_dir: Path) -> list[str]:
     problems = []
     if not (run_dir / SUCCESS).is_file():
         problems.append(f"no {SUCCESS}: the run was never committed")
-    manifest = read_json(run_dir / MANIFEST)
+    try:
+        manifest = read_manifest(run_dir)
+    except CommitError as exc:
+        return [*problems, str(exc)]
     listed = {}
     for kind in (PREDICTIONS, REJECTED):
-        for part in manifest.get("outputs", {}).get(kind, []):
-            listed[part["path"]] = part
+        for part in manifest.outputs.get(kind, []):
+            listed[part.path] = part
     present = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.parquet")}
     for extra in sorted(present - listed.keys()):
         problems.append(f"{extra}: present but not in the manifest")
@@ -399,22 +409,22 @@ def verify_run(run_dir: Path) -> list[str]:
         if not path.is_file():
             problems.append(f"{rel}: listed in the manifest but missing")
             continue
-        if path.stat().st_size != part["bytes"]:
-            problems.append(f"{rel}: {path.stat().st_size} bytes, manifest says {part['bytes']}")
+        if path.stat().st_size != part.bytes:
+            problems.append(f"{rel}: {path.stat().st_size} bytes, manifest says {part.bytes}")
         digest = file_sha256(path)
-        if digest != part["sha256"]:
-            problems.append(
-                f"{rel}: sha256 {digest[:16]}..., manifest says {part['sha256'][:16]}..."
-            )
+        if digest != part.sha256:
+            problems.append(f"{rel}: sha256 {digest[:16]}..., manifest says {part.sha256[:16]}...")
             continue
         rows = pq.read_metadata(path).num_rows
-        if rows != part["rows"]:
-            problems.append(f"{rel}: {rows} rows, manifest says {part['rows']}")
-    counts = manifest.get("counts", {})
+        if rows != part.rows:
+            problems.append(f"{rel}: {rows} rows, manifest says {part.rows}")
+    counts = manifest.counts
     for kind, key in ((PREDICTIONS, "rows_scored"), (REJECTED, "rows_rejected")):
-        total = sum(p["rows"] for p in manifest.get("outputs", {}).get(kind, []))
-        if total != counts.get(key):
-            problems.append(f"counts.{key} = {counts.get(key)}, but its files hold {total} rows")
-    if counts.get("rows_in") != counts.get("rows_scored", 0) + counts.get("rows_rejected", 0):
+        total = sum(p.rows for p in manifest.outputs.get(kind, []))
+        if total != getattr(counts, key):
+            problems.append(
+                f"counts.{key} = {getattr(counts, key)}, but its files hold {total} rows"
+            )
+    if counts.rows_in != counts.rows_scored + counts.rows_rejected:
         problems.append("counts do not reconcile: rows_in != rows_scored + rows_rejected")
     return problems

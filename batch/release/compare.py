@@ -34,7 +34,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.contract.contract import Contract, contract_sha256
-from batch.core.columns import REASON_COLUMN
 from batch.core.errors import ModelError
 from batch.core.fsutil import write_json_atomic
 from batch.engine.inputs import (
@@ -58,6 +57,7 @@ from batch.model.loading import load_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import SignatureInfo, output_width
 from batch.model.signing import TrustPolicy, verify_once
+from batch.output.commit import count_reasons
 from batch.release.evaluation import Check, Thresholds, labelled_metrics, pairwise_metrics, verdict
 from batch.release.routing import ROUTING_HASH, in_share
 
@@ -173,7 +173,7 @@ def compare_models(request: ComparisonRequest) -> Comparison:
             sampled = batch.filter(pa.array(in_share(batch, req.key_columns, req.sample)))
             tally.rows_sampled += sampled.num_rows
             part = validator.partition(sampled)
-            tally.rejected.update(_reasons(part.rejected))
+            tally.rejected.update(count_reasons([part.rejected]))
             valid = _with_row_numbers(part.valid)
             tally.add(valid, _scored_rows(baseline, valid), _scored_rows(candidate, valid), label)
     metrics = tally.metrics(req.thresholds.agreement_threshold)
@@ -240,13 +240,6 @@ def _scored_rows(scorer: BatchScorer, batch: pa.RecordBatch) -> pa.Table:
     """The predictions of the rows the model does not raise on, in row order."""
     predictions, _poisoned = scorer.score_isolating(batch)
     return pa.Table.from_batches(predictions, scorer.output_schema(batch.schema))
-
-
-def _reasons(rejected: pa.RecordBatch) -> Counter[str]:
-    if rejected.num_rows == 0:
-        return Counter()
-    counts = pc.value_counts(rejected.column(REASON_COLUMN))
-    return Counter({str(v["values"]): int(v["counts"]) for v in counts.to_pylist()})
 
 
 class _Tally:

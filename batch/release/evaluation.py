@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-# Floors probabilities and bin shares, so one empty bin or a 0/1 score stays finite.
+from batch.observe.drift import psi
+
+# Floors probabilities, so a 0/1 score keeps the log-loss finite.
 EPSILON = 1e-7
 PSI_BINS = 10
 
@@ -43,25 +45,22 @@ def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
-    """Population stability index of ``actual`` against ``expected``.
+def score_psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
+    """Population stability index (:func:`batch.observe.drift.psi`) of the scores
+    ``actual`` against the scores ``expected``; NaN when either is empty.
 
     Bins are ``expected``'s quantiles (deciles by default; repeated edges merged),
-    so each bin holds about the same share of the expected scores;
-    PSI = sum over bins of (actual% - expected%) * ln(actual% / expected%).
-    Below 0.1 is usually read as no shift, 0.1-0.25 as moderate, above 0.25 as large.
+    so each bin holds about the same share of the expected scores.
     """
     if len(expected) == 0 or len(actual) == 0:
         return float("nan")
     edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)[1:-1]))
-    expected_share = _shares(expected, edges)
-    actual_share = _shares(actual, edges)
-    return float(np.sum((actual_share - expected_share) * np.log(actual_share / expected_share)))
+    return psi(_shares(expected, edges), _shares(actual, edges))
 
 
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-    return np.maximum(counts / len(values), EPSILON)
+    return counts / len(values)
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def pairwise_metrics(
         "agreement": float(agree.mean()),
         "mean_abs_diff": float(diff.mean()),
         "max_abs_diff": float(diff.max()),
-        "psi": psi(baseline, candidate),
+        "psi": score_psi(baseline, candidate),
         "baseline_mean": float(baseline.mean()),
         "candidate_mean": float(candidate.mean()),
     }

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,7 +49,7 @@ import pyarrow.compute as pc
 from batch.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from batch.model.resolved import ResolvedModel
+    pass
 
 ROUTING_HASH = "batchscore-key-hash-v1"
 
@@ -67,15 +66,6 @@ _BYTES_TYPES = (
     pa.types.is_binary,
     pa.types.is_large_binary,
 )
-
-
-@dataclass(frozen=True)
-class Canary:
-    """A gray release: ``model`` scores the rows whose keys fall in ``fraction``; the run's
-    main model scores the others, in the same run."""
-
-    model: ResolvedModel
-    fraction: float
 
 
 def share_threshold(fraction: float) -> int:

@@ -48,11 +48,12 @@ BATCHSCORE_RETRY_DELAY_MINUTES (default 5), BATCHSCORE_MAX_ACTIVE_RUNS
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
+import json
 import os
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,35 +129,36 @@ def score_daily() -> None:
         if not input_dir.is_dir():
             # The day's data may still be on its way: fail and let retries try again.
             raise AirflowException(f"{input_dir}: no input for {ds} yet")
-        print("batchscore: running " + shlex.join(command), flush=True)
-        # Stream jobs.score's output into the task log as it comes; keep the tail.
-        tail: collections.deque[str] = collections.deque(maxlen=200)
-        with subprocess.Popen(
-            command,
-            cwd=PROJECT if (PROJECT / "jobs" / "score.py").is_file() else None,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        ) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                print(line, end="", flush=True)
-                tail.append(line.rstrip("\n"))
-            returncode = process.wait()
+        with tempfile.TemporaryDirectory(prefix="batchscore-airflow-") as scratch:
+            summary_file = Path(scratch) / "summary.json"
+            command.append(f"--summary_file={summary_file}")
+            print("batchscore: running " + shlex.join(command), flush=True)
+            # Stream jobs.score's output into the task log as it comes; the outcome is
+            # read from its summary file, never from that output.
+            with subprocess.Popen(
+                command,
+                cwd=PROJECT if (PROJECT / "jobs" / "score.py").is_file() else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            ) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    print(line, end="", flush=True)
+                returncode = process.wait()
+            try:
+                summary = json.loads(summary_file.read_text())
+            except (OSError, ValueError):
+                summary = {}
+        reason = summary.get("reason") or "no summary written; see the log above"
         if returncode == EXIT_REFUSED:
-            errors = [line for line in tail if "error:" in line]
             raise AirflowFailException(
-                f"jobs.score refused the run for {ds} (not retried): "
-                + (errors[-1] if errors else " ".join(list(tail)[-5:]))
+                f"jobs.score refused the run for {ds} (not retried): {reason}"
             )
         if returncode != 0:
-            raise AirflowException(f"jobs.score exited {returncode} for {ds}; see the log above")
-        for line in tail:
-            for prefix in ("up to date: ", "  output       "):
-                if line.startswith(prefix):
-                    return line.removeprefix(prefix).strip()
-        return ""
+            raise AirflowException(f"jobs.score exited {returncode} for {ds}: {reason}")
+        return str(summary.get("run_dir") or "")
 
     score_partition()
 

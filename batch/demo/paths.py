@@ -10,7 +10,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_NAME = "loan_default"
 
 
