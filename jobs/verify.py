@@ -23,7 +23,7 @@ from jobs.cli import add_summary_file, run_main
 PROG = "python -m jobs.verify"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__,
@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="OUTPUT/<model>/<version>/run=<run id>",
     )
     add_summary_file(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def check() -> int:
         outcomes = [verify(run_dir) for run_dir in args.run_dirs]
