@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.observe.checks import run_checks, run_summary
+from batch.observe.checks import FAIL, OK, STATUS_RANK, WARN, run_checks, run_summary, worst
 from batch.observe.drift import (
     CATEGORICAL,
     NULL_LABEL,
@@ -160,6 +160,27 @@ class TestDriftReport:
         report = drift_report(None, None, DriftThresholds())
         assert report["status"] == "ok" and report["baseline"] is None
         assert "no drift baseline" in report["note"]
+
+
+class TestWorst:
+    @pytest.mark.parametrize(
+        ("statuses", "expected"),
+        [
+            (["ok", "warn", "ok"], "warn"),
+            (["warn", "fail", "ok"], "fail"),
+            (["ok"], "ok"),
+            (["skipped", None, "ok"], "ok"),  # anything else is not a status
+            ([], None),
+            (["unknown"], None),
+        ],
+    )
+    def test_the_most_severe_known_status(
+        self, statuses: list[object], expected: str | None
+    ) -> None:
+        assert worst(statuses) == expected
+
+    def test_the_rank_orders_ok_warn_fail(self) -> None:
+        assert sorted(STATUS_RANK, key=STATUS_RANK.__getitem__) == [OK, WARN, FAIL]
 
 
 class TestRunSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -78,3 +79,15 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path: Path) -> None:
     assert fingerprint([read_input_file(path)]) == before
     _write(path, 11)
     assert fingerprint([read_input_file(path)]) != before
+
+
+def test_fingerprint_value_is_path_size_mtime_and_rows_of_each_file_by_path(
+    tmp_path: Path,
+) -> None:
+    # Committed runs record this value and incremental runs compare it: it must not change.
+    files = [read_input_file(_write(tmp_path / name, 5)) for name in ("b.parquet", "a.parquet")]
+    lines = "".join(
+        f"{f.path}\0{f.size}\0{f.mtime_ns}\0{f.num_rows}\n"
+        for f in sorted(files, key=lambda f: f.path)
+    )
+    assert fingerprint(files) == hashlib.sha256(lines.encode()).hexdigest()

@@ -19,7 +19,7 @@ from batch.engine.job import ScoringJob, score_batches
 from batch.engine.validate import RowValidator
 from batch.model.repository import ModelRepository, resolve_model
 from batch.model.signing import TrustPolicy
-from batch.output.commit import PREDICTIONS, REJECTED, RunLayout
+from batch.output.commit import PREDICTIONS, REJECTED, RunLayout, count_reasons
 from tests.plain_model import POISON_ABOVE
 from tests.signing_keys import KeyPair
 
@@ -75,6 +75,20 @@ def test_each_reason_and_its_message(change: dict[str, object], reason: str, mes
     assert result.rejected.column(REASON_COLUMN).to_pylist() == [reason]
     assert result.rejected.column(MESSAGE_COLUMN)[0].as_py().startswith(message)
     assert result.rejected.column("age").to_pylist() == [change.get("age", 30)]
+
+
+def test_the_rejects_of_batches_counted_by_reason() -> None:
+    validator = RowValidator({}, RULES)
+    rejected = [
+        validator.partition(_batch(age=None)).rejected,
+        validator.partition(_batch(age=240)).rejected,
+        validator.partition(_batch()).rejected,  # nothing rejected
+        validator.partition(_batch(home="BOAT")).rejected,
+    ]
+    assert count_reasons(rejected) == {"null_value": 1, "out_of_range": 1, "unseen_category": 1}
+    table = pa.Table.from_batches(rejected[:2] + rejected[:1])
+    assert count_reasons([table]) == {"null_value": 2, "out_of_range": 1}
+    assert count_reasons([]) == {}
 
 
 @pytest.mark.parametrize(
