@@ -3,25 +3,9 @@
     python -m jobs.make_demo [--rows=1000000] [--days=7] [--files_per_day=2]
                              [--output=DIR] [--seed=7] [--dirty_fraction=0.0005] [--force]
 
-The data follows ``schemas/loans/schema.pbtxt``: a unique key ``loan_id``, 18 raw
-features (int64, float64 and string columns) and the label ``defaulted`` (0/1),
-drawn from a logistic function of the features plus noise, so a model can learn
-it (about 12% positives). Files are hive-partitioned by day::
-
-    DIR/dt=2026-01-01/part-00000.parquet
-    DIR/dt=2026-01-01/part-00001.parquet
-    DIR/dt=2026-01-02/part-00000.parquet  ...
-    DIR/_DEMO.json                        the arguments, written last
-
-Exactly ``floor(rows * dirty_fraction)`` rows are dirty, with one defect each: a
-null in a feature column, an out-of-range number (age -3 or 240, credit score
-9999, negative income, ...) or a string with characters outside
-``^[\\w\\-\\s]+$`` (``RENT;DROP``, ``web<script>``, ``PL-GOLD 07€``, ...).
-
-Deterministic (the same arguments give byte-identical files) and idempotent (a
-folder that already holds the data for the same arguments is left alone unless
-``--force``). Files are written into a temporary sibling folder that is renamed
-into place, so a killed run leaves no half-written dataset behind.
+What the data holds (schema, partitions, the exact share of dirty rows) and how it is
+written (deterministic, idempotent, renamed into place) is described in
+:mod:`batch.demo.data`, which does the work.
 """
 
 from __future__ import annotations

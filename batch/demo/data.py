@@ -1,7 +1,5 @@
-"""Write the demo dataset: synthetic loan applications and whether each loan defaulted.
-
-    python -m jobs.make_demo [--rows=1000000] [--days=7] [--files_per_day=2]
-                             [--output=DIR] [--seed=7] [--dirty_fraction=0.0005] [--force]
+"""The demo dataset: synthetic loan applications and whether each loan defaulted
+(written by ``python -m jobs.make_demo``, and on first use by the demo's jobs).
 
 The data follows ``schemas/loans/schema.pbtxt``: a unique key ``loan_id``, 18 raw
 features (int64, float64 and string columns) and the label ``defaulted`` (0/1),
