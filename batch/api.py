@@ -196,8 +196,10 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     ):
         check_local_path(option, value)
     output = Path(request.output)
+    # Before the input is listed: an output inside it would be read as input.
     check_input_output_disjoint(request.input, output)
-    files, bad_files = resolve_inputs(request.input, request.on_bad_file)
+    inputs = resolve_inputs(request.input, request.on_bad_file)
+    files, bad_files = inputs.files, inputs.bad
     repo = ModelRepository(request.model_repo)
     model = (
         request.model
@@ -250,6 +252,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
             max_error_rate=request.max_error_rate,
             keep_non_finite=request.keep_non_finite,
             skipped_files=bad_files,
+            ignored_files=inputs.ignored,
             batch_size=request.batch_size,
             split_rows=request.split_rows,
             started=started,
@@ -417,7 +420,8 @@ def compare(request: CompareRequest) -> CompareOutcome:
     ):
         check_local_path(option, value)
     output_root = Path(request.output_root)
-    files, bad_files = resolve_inputs(request.input, request.on_bad_file)
+    inputs = resolve_inputs(request.input, request.on_bad_file)
+    files, bad_files = inputs.files, inputs.bad
     repo = ModelRepository(request.model_repo)
     baseline = resolve_model(request.baseline, repo)
     candidate = resolve_model(request.candidate, repo)

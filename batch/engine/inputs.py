@@ -252,15 +252,6 @@ def find_input_files(spec: str) -> list[Path]:
     return scan_inputs(spec).files
 
 
-def ignored_inputs(spec: str) -> list[IgnoredFile]:
-    """What looks like data under ``--input`` but is not read (for the manifest); empty
-    when the input cannot be listed any more."""
-    try:
-        return scan_inputs(spec).ignored
-    except (UsageError, OSError):
-        return []
-
-
 def read_input_file(path: Path) -> InputFile:
     """Footer facts of one file; a file that is not readable Parquet fails naming it."""
     stat = path.stat()
@@ -375,22 +366,6 @@ def fingerprint(files: Sequence[InputFile]) -> str:
         (file.path, file.size, file.mtime_ns, file.num_rows)
         for file in sorted(files, key=lambda f: f.path)
     )
-
-
-def ignored_manifest(spec: str) -> list[dict[str, str]]:
-    """The manifest's ``input.ignored``: what looks like data under ``--input`` but is not
-    read, each with its reason; logged as a warning, so it is never silent."""
-    ignored = ignored_inputs(spec)
-    if ignored:
-        log.warning(
-            "%d path(s) under --input=%s look like data but are not read (listed in the "
-            "manifest as input.ignored): %s",
-            len(ignored),
-            spec,
-            "; ".join(f"{i.path}: {i.reason}" for i in ignored[:10])
-            + ("; ..." if len(ignored) > 10 else ""),
-        )
-    return [{"path": i.path, "reason": i.reason} for i in ignored]
 
 
 def _input_root(spec: str) -> Path:

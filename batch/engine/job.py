@@ -35,13 +35,12 @@ from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
     BadFile,
+    IgnoredFile,
     InputFile,
     Split,
-    check_input_output_disjoint,
     check_split_unchanged,
     complete_null_counts,
     fingerprint,
-    ignored_manifest,
     open_split,
     plan_splits,
 )
@@ -431,6 +430,7 @@ def run_scoring(
     contract: Contract | None = None,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     skipped_files: Sequence[BadFile] = (),
+    ignored_files: Sequence[IgnoredFile] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     split_rows: int = DEFAULT_SPLIT_ROWS,
     started: float | None = None,
@@ -455,7 +455,6 @@ def run_scoring(
     """
     started = time.perf_counter() if started is None else started
     started_at = dt.datetime.now(dt.UTC)
-    check_input_output_disjoint(input_spec, output_root)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
     verification = verify_once(model, trust)
     signature = model_signature(model, trust)
@@ -487,7 +486,7 @@ def run_scoring(
             "fingerprint": fingerprint(files),
             "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
             "skipped_files": [{"path": b.path, "reason": b.reason} for b in skipped_files],
-            "ignored": ignored_manifest(input_spec),
+            "ignored": [{"path": i.path, "reason": i.reason} for i in ignored_files],
         },
         "contract": (
             {"name": contract.name, "source": contract.source, "sha256": contract_sha256(contract)}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from batch.contract.contract import Contract, load_contract
 from batch.core.errors import InputDataError, UsageError
 from batch.demo.paths import default_public_key
-from batch.engine.inputs import BadFile, InputFile, find_input_files, inspect_inputs
+from batch.engine.inputs import BadFile, IgnoredFile, InputFile, inspect_inputs, scan_inputs
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import TrustPolicy
 
@@ -59,21 +60,43 @@ def check_output_writable(output: Path, option: str = "--output") -> None:
         ) from exc
 
 
-def resolve_inputs(spec: str, on_bad_file: OnBadFile) -> tuple[list[InputFile], list[BadFile]]:
-    """The readable Parquet files of ``spec`` and the bad ones, by ``on_bad_file``."""
-    files, bad = inspect_inputs(find_input_files(spec))
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """What ``--input`` gives a job, from one listing of it."""
+
+    files: list[InputFile]
+    # Unreadable files skipped by --on_bad_file=skip (the manifest's input.skipped_files).
+    bad: list[BadFile]
+    # What looks like data but is not read (the manifest's input.ignored).
+    ignored: list[IgnoredFile]
+
+
+def resolve_inputs(spec: str, on_bad_file: OnBadFile) -> ResolvedInputs:
+    """The readable Parquet files of ``spec``, the bad ones (by ``on_bad_file``) and what
+    is not read; listed once, each non-read path logged as a warning so it is never silent."""
+    listing = scan_inputs(spec)
+    if listing.ignored:
+        log.warning(
+            "%d path(s) under --input=%s look like data but are not read (listed in the "
+            "manifest as input.ignored): %s",
+            len(listing.ignored),
+            spec,
+            "; ".join(f"{i.path}: {i.reason}" for i in listing.ignored[:10])
+            + ("; ..." if len(listing.ignored) > 10 else ""),
+        )
+    files, bad = inspect_inputs(listing.files)
     if bad and on_bad_file == "fail":
-        listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad)
+        bad_listed = "\n  ".join(f"{b.path}: {b.reason}" for b in bad)
         raise InputDataError(
             f"{len(bad)} bad input file(s); remove or replace them, or pass "
             f"--on_bad_file=skip to score the others and record these in the manifest:\n  "
-            + listing
+            + bad_listed
         )
     for b in bad:
         log.warning("skipping %s: %s", b.path, b.reason)
     if not files:
         raise InputDataError(f"--input={spec}: every input file is bad; nothing to score")
-    return files, bad
+    return ResolvedInputs(files, bad, listing.ignored)
 
 
 def job_contract(option: str | None, model: ResolvedModel) -> Contract | None:

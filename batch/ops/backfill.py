@@ -177,7 +177,7 @@ def check_up_to_date(
     """The committed run that already holds this partition's predictions, if any. A
     partition whose input cannot even be read is not up to date: jobs.score will say why."""
     try:
-        files, bad_files = resolve_inputs(str(partition.input_dir), request.on_bad_file)
+        inputs = resolve_inputs(str(partition.input_dir), request.on_bad_file)
         contract = job_contract(request.contract, model)
         key_columns = job_key_columns(request.key_columns, model, contract)
     except BatchScoreError:
@@ -185,8 +185,8 @@ def check_up_to_date(
     return find_up_to_date_run(
         partition.output_root,
         model=model,
-        files=files,
-        skipped_files=bad_files,
+        files=inputs.files,
+        skipped_files=inputs.bad,
         contract=contract,
         key_columns=key_columns,
         max_error_rate=request.max_error_rate,
