@@ -58,7 +58,7 @@ from batch.engine.prepare import (
 from batch.model.repository import ModelRepository, resolve_model, who
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import TrustPolicy, verify_once
-from batch.observe.checks import SUMMARY_FORMAT, RunOutcome, run_summary
+from batch.observe.checks import FAIL, OK, RunOutcome, job_summary, run_summary
 from batch.observe.drift import DriftThresholds
 from batch.observe.progress import LOG_EVERY_S, ProgressMode
 from batch.ops.incremental import find_up_to_date_run
@@ -398,15 +398,14 @@ class CompareOutcome:
 
     def summary_json(self) -> dict[str, Any]:
         """The outcome for schedulers (``--summary_file``)."""
-        return {
-            "format_version": SUMMARY_FORMAT,
-            "job": "compare",
-            "status": "ok" if self.passed else "fail",
-            "verdict": self.comparison.report["verdict"],
-            "folder": str(self.folder),
-            "blessed": self.blessed,
-            "checks": self.comparison.report["checks"],
-        }
+        return job_summary(
+            "compare",
+            OK if self.passed else FAIL,
+            verdict=self.comparison.report["verdict"],
+            folder=str(self.folder),
+            blessed=self.blessed,
+            checks=self.comparison.report["checks"],
+        )
 
 
 def compare(request: CompareRequest) -> CompareOutcome:
@@ -481,13 +480,12 @@ class VerifyOutcome:
         return not self.problems
 
     def summary_json(self) -> dict[str, Any]:
-        return {
-            "format_version": SUMMARY_FORMAT,
-            "job": "verify",
-            "status": "ok" if self.ok else "fail",
-            "run_dir": str(self.run_dir),
-            "problems": self.problems,
-        }
+        return job_summary(
+            "verify",
+            OK if self.ok else FAIL,
+            run_dir=str(self.run_dir),
+            problems=self.problems,
+        )
 
 
 def verify(run_dir: str | Path) -> VerifyOutcome:
@@ -502,13 +500,12 @@ class ReportOutcome:
     run_id: str
 
     def summary_json(self) -> dict[str, Any]:
-        return {
-            "format_version": SUMMARY_FORMAT,
-            "job": "report",
-            "status": "ok",
-            "run_id": self.run_id,
-            "report": str(self.path),
-        }
+        return job_summary(
+            "report",
+            OK,
+            run_id=self.run_id,
+            report=str(self.path),
+        )
 
 
 def report(

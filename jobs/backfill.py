@@ -25,6 +25,7 @@ from typing import Any
 
 from batch.api import write_summary_file
 from batch.core.errors import UsageError
+from batch.observe.checks import FAIL, job_summary
 from batch.ops.backfill import (
     BackfillFailed,
     BackfillOutcome,
@@ -190,11 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outcome is not None:
             write_summary_file(args.summary_file, outcome.summary_json(error), PROG)
         else:
-            write_summary_file(
-                args.summary_file,
-                {"job": "backfill", "status": "fail", "reason": error, "partitions": []},
-                PROG,
-            )
+            failed = job_summary("backfill", FAIL, reason=error, partitions=[])
+            write_summary_file(args.summary_file, failed, PROG)
     return code
 
 

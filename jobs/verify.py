@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batch.api import verify, write_summary_file
-from batch.observe.checks import SUMMARY_FORMAT
+from batch.observe.checks import FAIL, OK, job_summary
 from jobs.cli import add_summary_file, run_main
 
 PROG = "python -m jobs.verify"
@@ -54,9 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {problem}")
         if args.summary_file:
             runs = [o.summary_json() for o in outcomes]
-            status = "ok" if all(o.ok for o in outcomes) else "fail"
-            summary = {"format_version": SUMMARY_FORMAT, "job": "verify", "status": status}
-            write_summary_file(args.summary_file, {**summary, "runs": runs}, PROG)
+            status = OK if all(o.ok for o in outcomes) else FAIL
+            write_summary_file(args.summary_file, job_summary("verify", status, runs=runs), PROG)
         return 0 if all(o.ok for o in outcomes) else 1
 
     return run_main(check, PROG)

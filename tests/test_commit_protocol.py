@@ -3,6 +3,7 @@ bundles, concurrent jobs, stale staging cleanup, and verification against the ma
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -217,15 +218,24 @@ class TestVerify:
         rc, err = _finish(_start_job(data, model, tmp_path))
         assert rc == 0, err
         (run,) = list_committed_runs(tmp_path)
-        assert verify_main([str(run.run_dir)]) == 0
+        summary_file = tmp_path / "verify.json"
+        assert verify_main([str(run.run_dir), f"--summary_file={summary_file}"]) == 0
         assert "OK, matches its manifest" in capsys.readouterr().out
+        summary = json.loads(summary_file.read_text())
+        assert (summary["job"], summary["status"]) == ("verify", "ok")
+        assert summary["runs"] == [
+            {**summary["runs"][0], "run_dir": str(run.run_dir), "status": "ok", "problems": []}
+        ]
 
         part = run.run_dir / "predictions" / "part-00000.parquet"
         part.write_bytes(part.read_bytes() + b"x")
         (run.run_dir / "predictions" / "part-00001.parquet").unlink()
         pq.write_table(pa.table({"id": [1]}), run.run_dir / "predictions" / "part-99999.parquet")
-        assert verify_main([str(run.run_dir)]) == 1
+        assert verify_main([str(run.run_dir), f"--summary_file={summary_file}"]) == 1
         out = capsys.readouterr().out
+        summary = json.loads(summary_file.read_text())
+        assert summary["status"] == "fail"
+        assert summary["runs"][0]["problems"] == [line.strip() for line in out.splitlines()[1:]]
         assert "predictions/part-00000.parquet: sha256" in out
         assert "predictions/part-00001.parquet: listed in the manifest but missing" in out
         assert "predictions/part-99999.parquet: present but not in the manifest" in out

@@ -132,9 +132,21 @@ def test_models_that_disagree_fail_with_their_exit_code_and_no_blessing(
     capsys: pytest.CaptureFixture[str], repo: ModelRepository, data: tuple[Path, pa.Table]
 ) -> None:
     folder, _ = data
-    rc, out, _ = _compare(capsys, repo, folder, "--baseline=plain@1", "--candidate=plain@3")
+    summary_file = repo.root.parent / "compare.json"
+    rc, out, _ = _compare(
+        capsys,
+        repo,
+        folder,
+        "--baseline=plain@1",
+        "--candidate=plain@3",
+        f"--summary_file={summary_file}",
+    )
     assert rc == EXIT_FAILED == 3
     assert out.startswith("comparison FAIL"), out
+    summary = json.loads(summary_file.read_text())
+    assert (summary["job"], summary["status"], summary["verdict"]) == ("compare", "fail", "fail")
+    assert summary["folder"] == str(_folder(out))
+    assert summary["blessed"] == "not blessed (the candidate failed)"
     assert re.search(r"mean_abs_diff\s+\S+\s+<= 0.02\s+FAIL", out), out
     assert "not blessed (the candidate failed)" in out
     report = _report(out)

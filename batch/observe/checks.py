@@ -134,6 +134,13 @@ def run_summary(
     }
 
 
+def job_summary(job: str, status: str, **fields: Any) -> dict[str, Any]:
+    """The ``--summary_file`` JSON of a job other than scoring (compare, verify, report,
+    backfill): the same ``format`` and ``status`` keys as :func:`run_summary`, the job's
+    name, and its own fields."""
+    return {"format": SUMMARY_FORMAT, "job": job, "status": status, **fields}
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """What a finished (committed or refused) run reports to its observers."""

@@ -43,7 +43,7 @@ from batch.engine.prepare import (
 from batch.model.repository import ModelRepository, resolve_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import verify_once
-from batch.observe.checks import SUMMARY_FORMAT
+from batch.observe.checks import FAIL, OK, job_summary
 from batch.ops.incremental import find_up_to_date_run
 from batch.output.commit import CommittedRun, list_committed_runs
 
@@ -125,15 +125,14 @@ class BackfillOutcome:
         return {s: sum(1 for p in self.partitions if p.status == s) for s in STATUSES}
 
     def summary_json(self, error: str | None = None) -> dict[str, Any]:
-        return {
-            "format_version": SUMMARY_FORMAT,
-            "job": "backfill",
-            "status": "fail" if error else "ok",
-            "model": self.model.label,
-            "reason": error,
-            "tally": self.tally(),
-            "partitions": [p.to_json() for p in self.partitions],
-        }
+        return job_summary(
+            "backfill",
+            FAIL if error else OK,
+            model=self.model.label,
+            reason=error,
+            tally=self.tally(),
+            partitions=[p.to_json() for p in self.partitions],
+        )
 
 
 def plan_partitions(
