@@ -21,7 +21,6 @@ written as JSON for a scheduler (:func:`write_summary_file`).
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -74,8 +73,6 @@ from batch.release.compare import (
 )
 from batch.release.evaluation import Thresholds
 from batch.report.render import DEFAULT_SAMPLE_ROWS, ReportError, load_run, render_report
-
-log = logging.getLogger(__name__)
 
 
 def write_summary_file(path: str | Path, summary: dict[str, Any], prog: str) -> None:

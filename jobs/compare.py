@@ -10,7 +10,6 @@ Exit status: 0 the candidate passed (and was blessed), 3 it failed a check,
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,6 @@ from jobs.cli import (
 PROG = "python -m jobs.compare"
 EXIT_FAILED = 3
 DEFAULT_SAMPLE = 0.1
-log = logging.getLogger(PROG)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ output folder), so a mistake fails in seconds, before Beam or TensorFlow start.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +34,6 @@ from jobs.cli import (
 from runners import is_dry_run, make_runner
 
 PROG = "python -m jobs.score"
-log = logging.getLogger(PROG)
 
 
 def build_parser() -> argparse.ArgumentParser:
