@@ -40,6 +40,7 @@ from jobs.cli import (
     positive_int,
     run_main,
     setup_logging,
+    text_table,
 )
 
 PROG = "python -m jobs.backfill"
@@ -106,7 +107,7 @@ def _date(text: str) -> dt.date:
 
 def format_table(partitions: Sequence[Partition]) -> str:
     header = ("partition", "status", "rows in", "scored", "rejected", "run / error")
-    rows = [header]
+    rows = []
     for p in partitions:
         counts = p.counts
 
@@ -127,15 +128,7 @@ def format_table(partitions: Sequence[Partition]) -> str:
                 where,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = []
-    for row in rows:
-        cells = [
-            row[i].rjust(widths[i]) if 2 <= i <= 4 else row[i].ljust(widths[i])
-            for i in range(len(widths))
-        ]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
+    return text_table(header, rows, right={2, 3, 4})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,11 +5,15 @@ reporting (one line, exit 2), ``--summary_file``, and the options of ``jobs.scor
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import NoReturn
+
+from rich.console import Console
+from rich.table import Table
 
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
@@ -19,6 +23,22 @@ from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
 from batch.observe.progress import LOG_EVERY_S
 
 EXIT_ERROR = 2
+
+
+def text_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
+) -> str:
+    """Rows as a plain-text table (rich, no borders, no colour, never wrapped): columns
+    two spaces apart, the columns numbered in ``right`` aligned right, the last one
+    free-width."""
+    table = Table(box=None, pad_edge=False, padding=(0, 1), show_edge=False)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    buffer = io.StringIO()
+    Console(file=buffer, width=100_000, color_system=None, highlight=False).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 # Argument types shared by the command lines: the message says what was expected and found.

@@ -29,6 +29,7 @@ from jobs.cli import (
     positive_int,
     run_main,
     setup_logging,
+    text_table,
 )
 
 PROG = "python -m jobs.compare"
@@ -250,8 +251,8 @@ def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: f
         f"  sample     {sample['fraction']:.1%} of keys: {counts['rows_sampled']:,} of "
         f"{counts['rows_read']:,} rows; {counts['rows_rejected']:,} rejected"
         f"{f' ({reasons})' if reasons else ''}; {counts['rows_compared']:,} compared",
-        f"  {'check':<15}{'value':>12}  {'limit':<12}result",
     ]
+    check_rows = []
     for check in report["checks"]:
         value = "-" if check["value"] is None else f"{check['value']:.4f}"
         if check["name"] == "rows_compared" and check["value"] is not None:
@@ -259,9 +260,9 @@ def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: f
         bound = ">=" if check["bound"] == "min" else "<="
         result = "ok" if check["passed"] else "FAIL"
         note = f" ({check['note']})" if check.get("note") else ""
-        lines.append(
-            f"  {check['name']:<15}{value:>12}  {bound} {check['limit']:<9g}{result}{note}"
-        )
+        check_rows.append((check["name"], value, f"{bound} {check['limit']:g}", result + note))
+    table = text_table(("check", "value", "limit", "result"), check_rows, right={1})
+    lines.extend(f"  {line}" for line in table.splitlines())
     if "baseline_auc" in metrics:
         lines.append(
             f"  labels     {metrics['labelled_rows']:,} rows: AUC {_num(metrics['baseline_auc'])} -> "

@@ -34,7 +34,7 @@ from batch.model.signing import (
     verify_model,
 )
 from batch.observe.drift import Baseline, baseline_path
-from jobs.cli import exit_process, run_main, setup_logging
+from jobs.cli import exit_process, run_main, setup_logging, text_table
 
 PROG = "python -m jobs.models"
 
@@ -187,12 +187,7 @@ def cmd_list(repo: ModelRepository, args: argparse.Namespace) -> int:
     if not rows:
         print(f"no registered models in {repo.root}")
         return 0
-    header = ("NAME", "VERSION", "CREATED", "SIGNED", "ALIASES")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print(text_table(("NAME", "VERSION", "CREATED", "SIGNED", "ALIASES"), rows))
     return 0
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.output.commit import MANIFEST, SUCCESS, list_committed_runs
+from batch.output.manifest import Counts, Manifest
 from batch.report.render import (
     RunData,
     prediction_columns,
@@ -324,20 +325,26 @@ def _minimal_run(root: Path) -> Path:
     """A committed run folder with a manifest of an empty run, nothing else."""
     run_dir = root / "out" / "m" / "1" / f"run={RUN_ID}"
     run_dir.mkdir(parents=True)
-    payload = {
-        "run_id": RUN_ID,
-        "model": {"name": "m", "version": "1"},
-        "counts": {
-            "rows_in": 0,
-            "rows_scored": 0,
-            "rows_rejected": 0,
-            "rejected_by_reason": {},
-            "error_rate": 0.0,
-            "max_error_rate": 0.001,
-        },
-        "outputs": {"predictions": [], "rejected": []},
-    }
-    (run_dir / MANIFEST).write_text(json.dumps(payload))
+    Manifest(
+        run_id=RUN_ID,
+        batchscore_version="0",
+        model={"name": "m", "version": "1"},
+        input={"spec": "in", "files": [], "skipped_files": [], "ignored": []},
+        key_columns=[],
+        runner={"name": "DirectRunner", "options": {}},
+        batch_size=1,
+        started="2026-01-01T00:00:00+00:00",
+        finished="2026-01-01T00:00:01+00:00",
+        counts=Counts(
+            rows_in=0,
+            rows_scored=0,
+            rows_rejected=0,
+            rejected_by_reason={},
+            error_rate=0.0,
+            max_error_rate=0.001,
+        ),
+        outputs={"predictions": [], "rejected": []},
+    ).write(run_dir)
     (run_dir / SUCCESS).touch()
     return run_dir
 
@@ -421,7 +428,12 @@ class TestCommandLine:
 
     @pytest.mark.parametrize(
         ("content", "found"),
-        [("{not json", "cannot be read as JSON"), ("[1, 2]", "expected a JSON object, found list")],
+        [
+            ("{not json", "cannot be read as JSON"),
+            ("[1, 2]", "expected a JSON object, found list"),
+            ('{"run_id": "x"}', "not a batchscore run manifest"),
+            ('{"format_version": 99}', "manifest format_version 99 is newer than"),
+        ],
     )
     def test_unreadable_manifest(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str, found: str

@@ -418,42 +418,58 @@ class DryRunComplete(Exception):
     was staged, scored or committed. The message says what was built."""
 
 
-def run_scoring(
-    *,
-    input_spec: str,
-    files: Sequence[InputFile],
-    model: ResolvedModel,
-    output_root: Path,
-    key_columns: Sequence[str],
-    runner: Runner,
-    run_id: str,
-    contract: Contract | None = None,
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
-    skipped_files: Sequence[BadFile] = (),
-    ignored_files: Sequence[IgnoredFile] = (),
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    split_rows: int = DEFAULT_SPLIT_ROWS,
-    started: float | None = None,
-    trust: TrustPolicy = STRICT,
-    variant: ScoringVariant | None = None,
-    drift: bool = True,
-    drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS,
-    progress: ProgressMode = "off",
-    progress_every_s: float = LOG_EVERY_S,
-    on_outcome: Callable[[RunOutcome], None] | None = None,
-    keep_non_finite: bool = False,
-) -> RunSummary:
-    """Check, score with ``runner``, reconcile, run the checks and commit one run.
+@dataclass(frozen=True, kw_only=True)
+class ScoringRun:
+    """One scoring run as values: the resolved inputs, model and output, and the
+    options of the run. :func:`run_scoring` executes it with a :class:`Runner`.
 
     ``variant``: scores part of the rows another way (a canary release:
-    batch.release.canary.Canary); its manifest section is named by it. ``drift``: count the model's baseline bins while scoring (when it has a
-    baseline). ``progress``: how the driver shows progress (batch.observe.progress).
+    batch.release.canary.Canary); its manifest section is named by it. ``drift``: count
+    the model's baseline bins while scoring (when it has a baseline). ``progress``: how
+    the driver shows progress (batch.observe.progress). ``keep_non_finite``: write rows
+    whose prediction is NaN or infinite (by default they go to the dead-letter as
+    non_finite_prediction and count against the error budget). ``started``: the
+    ``time.perf_counter()`` the job's wall time counts from (default: when run_scoring
+    starts).
+    """
+
+    input_spec: str
+    files: Sequence[InputFile]
+    model: ResolvedModel
+    output_root: Path
+    key_columns: Sequence[str]
+    run_id: str
+    contract: Contract | None = None
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    skipped_files: Sequence[BadFile] = ()
+    ignored_files: Sequence[IgnoredFile] = ()
+    batch_size: int = DEFAULT_BATCH_SIZE
+    split_rows: int = DEFAULT_SPLIT_ROWS
+    started: float | None = None
+    trust: TrustPolicy = STRICT
+    variant: ScoringVariant | None = None
+    drift: bool = True
+    drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS
+    progress: ProgressMode = "off"
+    progress_every_s: float = LOG_EVERY_S
+    keep_non_finite: bool = False
+
+
+def run_scoring(
+    run: ScoringRun,
+    runner: Runner,
+    *,
+    on_outcome: Callable[[RunOutcome], None] | None = None,
+) -> RunSummary:
+    """Check, score ``run`` with ``runner``, reconcile, run the checks and commit it.
+
     ``on_outcome`` is told the run summary, metrics and drift once the run is
     committed or refused by a check (error budget, drift with action fail).
-    ``keep_non_finite``: write rows whose prediction is NaN or infinite (by default they go
-    to the dead-letter as non_finite_prediction and count against the error budget).
     """
-    started = time.perf_counter() if started is None else started
+    model, files, key_columns, contract = run.model, run.files, run.key_columns, run.contract
+    trust, variant, drift, run_id = run.trust, run.variant, run.drift, run.run_id
+    max_error_rate = run.max_error_rate
+    started = time.perf_counter() if run.started is None else run.started
     started_at = dt.datetime.now(dt.UTC)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
     verification = verify_once(model, trust)
@@ -462,8 +478,8 @@ def run_scoring(
         None if variant is None else variant.prepare(model, signature, key_columns, trust)
     )
     check_inputs(files, signature, key_columns, contract)
-    splits = plan_splits(files, split_rows)
-    layout = RunLayout(output_root, model.name, model.version, run_id)
+    splits = plan_splits(files, run.split_rows)
+    layout = RunLayout(run.output_root, model.name, model.version, run_id)
     columns = columns_to_read(files[0].schema, signature, key_columns, contract) if files else ()
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
@@ -472,21 +488,21 @@ def run_scoring(
         key_columns=tuple(key_columns),
         columns=columns,
         rules=tuple(contract.columns.values()) if contract else (),
-        batch_size=batch_size,
+        batch_size=run.batch_size,
         trust=trust,
         variant=variant,
         baseline=baseline,
-        keep_non_finite=keep_non_finite,
+        keep_non_finite=run.keep_non_finite,
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
         "model": model_manifest(model, verification),
         "input": {
-            "spec": input_spec,
+            "spec": run.input_spec,
             "fingerprint": fingerprint(files),
             "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
-            "skipped_files": [{"path": b.path, "reason": b.reason} for b in skipped_files],
-            "ignored": [{"path": i.path, "reason": i.reason} for i in ignored_files],
+            "skipped_files": [{"path": b.path, "reason": b.reason} for b in run.skipped_files],
+            "ignored": [{"path": i.path, "reason": i.reason} for i in run.ignored_files],
         },
         "contract": (
             {"name": contract.name, "source": contract.source, "sha256": contract_sha256(contract)}
@@ -495,7 +511,7 @@ def run_scoring(
         ),
         "key_columns": list(key_columns),
         "runner": {"name": runner.name, "options": runner.options()},
-        "batch_size": batch_size,
+        "batch_size": run.batch_size,
         "started": started_at.isoformat(timespec="seconds"),
     }
     if variant is not None and variant_manifest is not None:
@@ -516,7 +532,7 @@ def run_scoring(
     with RunLock(layout):
         layout.staging_dir.mkdir(parents=True)
         with ProgressMonitor(
-            layout.staging_dir, rows_in, progress, log_every_s=progress_every_s
+            layout.staging_dir, rows_in, run.progress, log_every_s=run.progress_every_s
         ) as monitor:
             runner.execute(job, splits)
         if variant is not None and variant_manifest is not None:
@@ -529,7 +545,9 @@ def run_scoring(
                 stats.rows_read,
                 rows_in,
             )
-        drift_section = drift_report(baseline, stats.drift, drift_thresholds, disabled=not drift)
+        drift_section = drift_report(
+            baseline, stats.drift, run.drift_thresholds, disabled=not drift
+        )
         checks = run_checks(stats.rows_read, stats.rows_rejected, max_error_rate, drift_section)
         counts = {
             "rows_read": stats.rows_read,
@@ -560,12 +578,12 @@ def run_scoring(
         try:
             if drift_section["status"] == "fail":
                 raise DriftExceeded(_drift_failure(run_id, drift_section, layout.staging_dir))
-            run = commit_run(layout, manifest, rows_in, max_error_rate)
+            committed = commit_run(layout, manifest, rows_in, max_error_rate)
         except (ErrorBudgetExceeded, DriftExceeded) as exc:
             tell(summary_for(None, str(exc)))
             raise
     tell(manifest["summary"])
-    return RunSummary(run, run.manifest(), time.perf_counter() - started)
+    return RunSummary(committed, committed.manifest(), time.perf_counter() - started)
 
 
 def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:

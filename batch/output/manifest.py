@@ -121,10 +121,13 @@ def read_manifest(run_dir: Path | str) -> Manifest:
     path = Path(run_dir) / MANIFEST
     try:
         payload = read_json(path)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise CommitError(
-            f"{path}: cannot read the run manifest ({exc}); a committed run holds one"
+            f"{path}: cannot read the run manifest ({exc.strerror or exc}); a committed run "
+            "holds one"
         ) from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CommitError(f"{path}: cannot be read as JSON ({exc})") from exc
     if not isinstance(payload, Mapping):
         raise CommitError(f"{path}: expected a JSON object, found {type(payload).__name__}")
     return Manifest.from_json(payload, str(path))

@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from batch.core.columns import CONSTANT_COLUMNS, MESSAGE_COLUMN, REASON_COLUMN
-from batch.core.errors import UsageError
+from batch.core.errors import CommitError, UsageError
 from batch.observe.checks import STATUS_RANK as STATUS_ORDER
 from batch.observe.checks import worst as worst_status
 from batch.output.commit import (
@@ -56,6 +56,7 @@ from batch.output.commit import (
     STAGING,
     SUCCESS,
 )
+from batch.output.manifest import read_manifest
 
 # Enough for a smooth histogram; a 20M-row run is read one column at a time and
 # only every k-th value is kept, so memory stays flat whatever the run's size.
@@ -102,8 +103,9 @@ class RunData:
 
 
 def read_committed_manifest(run_dir: Path) -> dict[str, Any]:
-    """The manifest of the committed run in ``run_dir``; a :class:`ReportError` that says
-    what to pass instead when ``run_dir`` is not one."""
+    """The manifest of the committed run in ``run_dir`` (read by
+    :func:`batch.output.manifest.read_manifest`, as JSON for the templates); a
+    :class:`ReportError` that says what to pass instead when ``run_dir`` is not one."""
     hint = "pass the run folder that python -m jobs.score printed: OUTPUT/<model>/<version>/run=<run id>"
     if not run_dir.exists():
         raise ReportError(f"{run_dir}: no such folder; {hint}")
@@ -136,18 +138,13 @@ def read_committed_manifest(run_dir: Path) -> dict[str, Any]:
             "damaged after its commit: check it with python -m jobs.verify and rerun the job"
         )
     try:
-        payload = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        manifest = read_manifest(run_dir)
+    except CommitError as exc:
         raise ReportError(
-            f"{manifest_path}: cannot be read as JSON ({exc}); the run folder was damaged "
-            "after its commit: check it with python -m jobs.verify and rerun the job"
+            f"{exc}; the run folder was damaged after its commit: check it with "
+            "python -m jobs.verify and rerun the job"
         ) from exc
-    if not isinstance(payload, dict):
-        raise ReportError(
-            f"{manifest_path}: expected a JSON object, found {type(payload).__name__}; "
-            "check the run with python -m jobs.verify and rerun the job"
-        )
-    return payload
+    return manifest.to_json()
 
 
 def _latest_run_dir(version_dir: Path) -> Path | None:
