@@ -15,10 +15,12 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from batch.api import write_summary_file
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS
 from batch.engine.job import DEFAULT_MAX_ERROR_RATE
+from batch.observe.checks import FAIL, job_summary
 from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
 from batch.observe.progress import LOG_EVERY_S
 
@@ -111,15 +113,33 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def run_main(main: Callable[[], int], prog: str) -> int:
-    """Run ``main``; a :class:`BatchScoreError` becomes one line on stderr and exit code 2."""
+def run_main(
+    main: Callable[[], int],
+    prog: str,
+    *,
+    job: str | None = None,
+    summary_file: str | None = None,
+) -> int:
+    """Run ``main``; a :class:`BatchScoreError` becomes one line on stderr and exit code 2.
+
+    With ``summary_file``, that failure is also written there as the ``job``'s summary
+    (status fail, the same line as ``reason``); ``main`` writes its own summary when it
+    succeeds.
+    """
+
+    def failed(reason: str) -> None:
+        if summary_file:
+            write_summary_file(summary_file, job_summary(job or prog, FAIL, reason=reason), prog)
+
     try:
         return main()
     except BatchScoreError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        failed(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was committed by the interrupted run", file=sys.stderr)
+        failed("interrupted")
         return 130
 
 

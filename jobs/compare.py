@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(outcome.comparison.report, outcome.folder, outcome.blessed, seconds))
         return 0 if outcome.passed else EXIT_FAILED
 
-    return run_main(run, PROG)
+    return run_main(run, PROG, job="compare", summary_file=args.summary_file)
 
 
 def format_report(report: dict[str, Any], folder: Path, blessed: str, seconds: float) -> str:

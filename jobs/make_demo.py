@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from batch.api import write_summary_file
 from batch.demo.data import (
     DEFAULT_DAYS,
     DEFAULT_DIRTY_FRACTION,
@@ -24,7 +25,8 @@ from batch.demo.data import (
     ensure_demo_data,
 )
 from batch.demo.paths import demo_data_dir
-from jobs.cli import run_main
+from batch.observe.checks import OK, job_summary
+from jobs.cli import add_summary_file, run_main
 
 # -- command line --------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite even if the folder already holds data for the same arguments",
     )
+    add_summary_file(parser)
     return parser
 
 
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def make() -> int:
-        ensure_demo_data(
+        folder = ensure_demo_data(
             args.output,
             rows=args.rows,
             days=args.days,
@@ -97,9 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             dirty_fraction=args.dirty_fraction,
             force=args.force,
         )
+        if args.summary_file:
+            done = job_summary("make_demo", OK, output=str(folder), rows=args.rows)
+            write_summary_file(args.summary_file, done, "make_demo")
         return 0
 
-    return run_main(make, "make_demo")
+    return run_main(make, "make_demo", job="make_demo", summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

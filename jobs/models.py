@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from batch.api import write_summary_file
 from batch.core.errors import ModelError, UsageError
 from batch.demo import paths as demo_paths
 from batch.engine.prepare import trust_policy
@@ -33,8 +34,9 @@ from batch.model.signing import (
     sign_model,
     verify_model,
 )
+from batch.observe.checks import OK, job_summary
 from batch.observe.drift import Baseline, baseline_path
-from jobs.cli import exit_process, run_main, setup_logging, text_table
+from jobs.cli import add_summary_file, exit_process, run_main, setup_logging, text_table
 
 PROG = "python -m jobs.models"
 
@@ -46,6 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="Model repository folder (default: %(default)s).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
+    add_summary_file(parser)
 
 
 def _key_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -311,7 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     repo = ModelRepository(args.model_repo)
-    return run_main(lambda: COMMANDS[args.command](repo, args), f"{PROG} {args.command}")
+    job = f"models {args.command}"
+
+    def run() -> int:
+        code = COMMANDS[args.command](repo, args)
+        if args.summary_file:
+            done = job_summary(job, OK, model=getattr(args, "model", None), repo=str(repo.root))
+            write_summary_file(args.summary_file, done, f"{PROG} {args.command}")
+        return code
+
+    return run_main(run, f"{PROG} {args.command}", job=job, summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

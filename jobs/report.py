@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(outcome.path)
         return 0
 
-    return run_main(render, PROG)
+    return run_main(render, PROG, job="report", summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from batch.api import write_summary_file
+from batch.core.errors import UsageError
 from batch.demo.paths import (
     DEMO_MODEL_NAME,
     SIGNING_KEY_ENV,
@@ -23,7 +24,8 @@ from batch.demo.paths import (
     demo_data_dir,
     demo_model_repo,
 )
-from jobs.cli import exit_process, run_main
+from batch.observe.checks import OK, job_summary
+from jobs.cli import add_summary_file, exit_process, run_main
 
 # training.trainer imports TensorFlow quietly first, before its own imports.
 from training.trainer import (
@@ -101,24 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         help="seed of the weight initialisation and the shuffling (default: %(default)s)",
     )
+    add_summary_file(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        print(
-            f"train: error: unexpected argument(s) {' '.join(unknown)}; options are "
-            "--name=value (see --help)",
-            file=sys.stderr,
-        )
-        return 2
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     started = time.perf_counter()
 
     def train() -> int:
+        unknown = [a for a in beam_args if not a.startswith("--")]
+        if unknown:
+            raise UsageError(
+                f"unexpected argument(s) {' '.join(unknown)}; options are --name=value (see --help)"
+            )
         model = train_and_register(
             args.input,
             args.model_repo,
@@ -137,10 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timings.items(), key=lambda item: TRAINING_STEPS.index(item[0])
             )
         )
-        print(f"train: done in {time.perf_counter() - started:.1f}s ({steps})")
+        seconds = time.perf_counter() - started
+        print(f"train: done in {seconds:.1f}s ({steps})")
+        if args.summary_file:
+            done = job_summary(
+                "train", OK, model=model.label, path=str(model.saved_model_dir), seconds=seconds
+            )
+            write_summary_file(args.summary_file, done, "train")
         return 0
 
-    return run_main(train, "train")
+    return run_main(train, "train", job="train", summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

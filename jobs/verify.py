@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_summary_file(args.summary_file, job_summary("verify", status, runs=runs), PROG)
         return 0 if all(o.ok for o in outcomes) else 1
 
-    return run_main(check, PROG)
+    return run_main(check, PROG, job="verify", summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_help_documents_every_option(command: str) -> None:
             assert "default" in action.help.lower() or "%(default)" in action.help, (
                 action.option_strings
             )
-    if command in ("score", "compare", "backfill", "report", "verify"):
+    if command != "models":  # its subcommands' help: tests/test_models_cli.py
         assert "--summary_file" in text
     result = subprocess.run(
         [sys.executable, "-m", f"jobs.{command}", "--help"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_a_failed_run_leaves_nothing_half_written(
         real(*args, **kwargs)
 
     monkeypatch.setattr(demo_data.pq, "write_table", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UsageError, match=r"cannot write the demo data there \(disk full\)"):
         ensure_demo_data(tmp_path / "data", log=None, **SMALL)
     assert list(tmp_path.iterdir()) == []
 
@@ -237,3 +238,18 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out.count("\n") == 1  # a one-line summary
     assert make_demo.main([f"--output={tmp_path / 'x'}", "--rows=1", "--days=2"]) == 2
     assert "expected at least" in capsys.readouterr().err
+
+
+def test_summary_file_names_the_folder_and_a_failure(tmp_path: Path) -> None:
+    from jobs.make_demo import main as make_demo_main
+
+    summary = tmp_path / "summary.json"
+    out = tmp_path / "data"
+    assert make_demo_main([f"--output={out}", "--rows=1000", f"--summary_file={summary}"]) == 0
+    done = json.loads(summary.read_text())
+    assert (done["job"], done["status"], done["output"]) == ("make_demo", "ok", str(out))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = make_demo_main([f"--output={blocker / 'x'}", "--rows=1000", f"--summary_file={summary}"])
+    failed = json.loads(summary.read_text())
+    assert code == 2 and failed["status"] == "fail" and str(blocker) in failed["reason"]

@@ -225,6 +225,27 @@ def test_bad_aliases_and_specs_are_one_line_errors(
     assert rc == 2 and "name the version to promote" in err
 
 
+def test_summary_file_of_a_success_and_of_a_failure(
+    capsys: pytest.CaptureFixture[str], repo: Path, saved_model: Path, tmp_path: Path
+) -> None:
+    """--summary_file tells a scheduler how a models command ended, failure included."""
+    _register(capsys, repo, saved_model)
+    summary = tmp_path / "summary.json"
+    assert (
+        _models(
+            capsys, repo, "promote", "plain@1", "--to", "production", f"--summary_file={summary}"
+        )[0]
+        == 0
+    )
+    done = json.loads(summary.read_text())
+    assert (done["job"], done["status"], done["model"]) == ("models promote", "ok", "plain@1")
+    rc, _, err = _models(capsys, repo, "show", "nothing@1", f"--summary_file={summary}")
+    assert rc == 2
+    failed = json.loads(summary.read_text())
+    assert (failed["job"], failed["status"]) == ("models show", "fail")
+    assert failed["reason"] in err and "no registered model named 'nothing'" in failed["reason"]
+
+
 def test_an_alias_to_a_missing_version_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], repo: Path, saved_model: Path
 ) -> None:

@@ -476,7 +476,14 @@ def ensure_demo_data(
             "--output or pass --force to replace it"
         )
     started = time.perf_counter()
-    dirty = _write(target, args)
+    try:
+        dirty = _write(target, args)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise UsageError(
+            f"--output={target}: cannot write the demo data there ({exc.strerror or exc}"
+            f"{where}); nothing was left half-written. Choose a folder you can write"
+        ) from exc
     if log:
         files = args.days * args.files_per_day
         log(
