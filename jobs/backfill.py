@@ -34,6 +34,7 @@ from batch.ops.backfill import (
     backfill,
 )
 from jobs.cli import (
+    JobParser,
     add_summary_file,
     build_score_parser,
     exit_process,
@@ -47,7 +48,7 @@ PROG = "python -m jobs.backfill"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=PROG,
         allow_abbrev=False,
         description=(

@@ -18,7 +18,7 @@ from rich.table import Table
 from batch.api import write_summary_file
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
-from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
 from batch.engine.job import DEFAULT_MAX_ERROR_RATE
 from batch.observe.checks import FAIL, job_summary
 from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
@@ -51,6 +51,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def row_count(text: str) -> int:
+    """A positive number of rows, at most MAX_BATCH_ROWS."""
+    value = positive_int(text)
+    if value > MAX_BATCH_ROWS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_BATCH_ROWS:,} rows, found {value:,}"
+        )
     return value
 
 
@@ -92,6 +102,38 @@ def open_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a share strictly between 0 and 1 (e.g. 0.1), found {value}"
         )
+    return value
+
+
+class JobParser(argparse.ArgumentParser):
+    """The argument parser of every batchscore command: a usage error is one line
+    (``PROG: error: ...``, exit 2) and, when ``--summary_file`` was given, also written
+    there as the job's failure, like any other error."""
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        summary_file = _option_value(self._argv, "--summary_file")
+        if summary_file:
+            failed = job_summary(self.prog, FAIL, reason=message)
+            write_summary_file(summary_file, failed, self.prog)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _option_value(argv: Sequence[str], option: str) -> str | None:
+    """The value of ``--option=VALUE`` or ``--option VALUE`` in ``argv`` (the last one)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == option and i + 1 < len(argv):
+            value = argv[i + 1]
     return value
 
 
@@ -159,7 +201,7 @@ def exit_process(code: int) -> NoReturn:
 def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentParser:
     """The options of ``jobs.score``; ``jobs.backfill`` forwards them to each day's run
     and reads the same ones to check which days are up to date."""
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=prog,
         description=(
             "Score Parquet data with a TensorFlow SavedModel (its tf.Transform preprocessing "
@@ -239,14 +281,14 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     )
     parser.add_argument(
         "--batch_size",
-        type=positive_int,
+        type=row_count,
         default=DEFAULT_BATCH_SIZE,
         help="Rows per model call (default: %(default)s). Larger batches amortise the call "
         "overhead; smaller ones use less memory.",
     )
     parser.add_argument(
         "--split_rows",
-        type=positive_int,
+        type=row_count,
         default=DEFAULT_SPLIT_ROWS,
         help="About this many rows (whole row groups) per unit of parallel work "
         "(default: %(default)s).",

@@ -22,11 +22,13 @@ from batch.engine.inputs import DEFAULT_BATCH_SIZE
 from batch.model.loading import quiet_tensorflow
 from batch.release.evaluation import Thresholds
 from jobs.cli import (
+    JobParser,
     add_summary_file,
     exit_process,
     fraction,
     non_negative_float,
     positive_int,
+    row_count,
     run_main,
     setup_logging,
     text_table,
@@ -39,7 +41,7 @@ DEFAULT_SAMPLE = 0.1
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Thresholds()
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=PROG,
         description=(
             "Score a deterministic sample of the input with a baseline and a candidate model "
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch_size",
-        type=positive_int,
+        type=row_count,
         default=DEFAULT_BATCH_SIZE,
         help="Rows per read and model call.",
     )

@@ -26,13 +26,13 @@ from batch.demo.data import (
 )
 from batch.demo.paths import demo_data_dir
 from batch.observe.checks import OK, job_summary
-from jobs.cli import add_summary_file, run_main
+from jobs.cli import JobParser, add_summary_file, run_main
 
 # -- command line --------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m jobs.make_demo",
         description=(
             "Write a deterministic synthetic loan-default dataset (schemas/loans) as "

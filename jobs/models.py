@@ -23,7 +23,7 @@ from typing import Any
 from batch.api import write_summary_file
 from batch.core.errors import ModelError, UsageError
 from batch.demo import paths as demo_paths
-from batch.engine.prepare import trust_policy
+from batch.engine.prepare import parse_key_columns, trust_policy
 from batch.model.repository import ModelRepository, is_saved_model_dir, resolve_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import (
@@ -36,7 +36,7 @@ from batch.model.signing import (
 )
 from batch.observe.checks import OK, job_summary
 from batch.observe.drift import Baseline, baseline_path
-from jobs.cli import add_summary_file, exit_process, run_main, setup_logging, text_table
+from jobs.cli import JobParser, add_summary_file, exit_process, run_main, setup_logging, text_table
 
 PROG = "python -m jobs.models"
 
@@ -63,7 +63,7 @@ def _key_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=PROG,
         description=(
             "Manage the model repository: <repo>/<name>/<version>/{saved_model/, "
@@ -239,7 +239,7 @@ def cmd_register(repo: ModelRepository, args: argparse.Namespace) -> int:
     fingerprint = key_fingerprint(public_key_of(key))
     metadata: dict[str, Any] = {"source": str(source.resolve())}
     if args.key_columns:
-        metadata["key_columns"] = [c.strip() for c in args.key_columns.split(",") if c.strip()]
+        metadata["key_columns"] = parse_key_columns(args.key_columns)
     if args.contract:
         metadata["contract"] = args.contract
     model = repo.register(args.name, source, metadata, args.transform_output, signing_key=key)

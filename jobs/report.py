@@ -24,13 +24,13 @@ from pathlib import Path
 
 from batch.api import report, write_summary_file
 from batch.report.render import DEFAULT_SAMPLE_ROWS
-from jobs.cli import add_summary_file, run_main
+from jobs.cli import JobParser, add_summary_file, run_main
 
 PROG = "python -m jobs.report"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

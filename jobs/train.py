@@ -25,7 +25,7 @@ from batch.demo.paths import (
     demo_model_repo,
 )
 from batch.observe.checks import OK, job_summary
-from jobs.cli import add_summary_file, exit_process, run_main
+from jobs.cli import JobParser, add_summary_file, exit_process, run_main
 
 # training.trainer imports TensorFlow quietly first, before its own imports.
 from training.trainer import (
@@ -41,7 +41,7 @@ from training.trainer import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m jobs.train",
         allow_abbrev=False,
         description=(

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from batch.api import verify, write_summary_file
 from batch.observe.checks import FAIL, OK, job_summary
-from jobs.cli import add_summary_file, run_main
+from jobs.cli import JobParser, add_summary_file, run_main
 
 PROG = "python -m jobs.verify"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

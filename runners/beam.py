@@ -138,6 +138,23 @@ def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     return beam.Pipeline(options=options)
 
 
+def _check_runner_name(runner: str | Any) -> None:
+    """Refuse a runner Beam does not know now, in one line, rather than as a traceback
+    when the pipeline is built."""
+    if not isinstance(runner, str):
+        return  # a runner object given by a library caller
+    known = [path.rsplit(".", 1)[-1] for path in StandardOptions.ALL_KNOWN_RUNNERS]
+    lowered = {name.lower() for name in known}
+    if "." in runner or runner.lower() in lowered or f"{runner.lower()}runner" in lowered:
+        return
+    listed = ", ".join(sorted(known))
+    raise UsageError(
+        f"--runner={runner}: not a runner Beam knows; expected PySparkRunner (batchscore's "
+        f"native Spark runner) or one of {listed}, or the dotted name of a PipelineRunner "
+        "class"
+    )
+
+
 class BeamRunner:
     """Runs a scoring job as a Beam pipeline on whatever runner the options name."""
 
@@ -158,6 +175,7 @@ class BeamRunner:
             from runners.dataflow import check_dry_run_options
 
             check_dry_run_options(self.pipeline_options)
+        _check_runner_name(runner)
         if standard.no_wait_until_finish:
             raise UsageError(
                 "--no_wait_until_finish: batchscore commits the run when the pipeline has "

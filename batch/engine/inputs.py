@@ -27,6 +27,9 @@ DEFAULT_SPLIT_ROWS = 1 << 18
 # signature call, one validation pass per column) are paid per batch: 65536 rows
 # ran the demo model 10-15% faster than 16384 at 10M rows, for ~0.1 GB more memory.
 DEFAULT_BATCH_SIZE = 1 << 16
+# The most rows one model call or one split may hold (16,777,216): beyond it Arrow's and
+# TensorFlow's row counts stop fitting the types they use, and no worker has the memory.
+MAX_BATCH_ROWS = 1 << 24
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ from batch.core.errors import (
     ErrorBudgetExceeded,
     InputDataError,
     ModelError,
+    UsageError,
 )
 from batch.core.faults import SCORING, fault_point
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
+    MAX_BATCH_ROWS,
     BadFile,
     IgnoredFile,
     InputFile,
@@ -453,6 +455,13 @@ class ScoringRun:
     progress: ProgressMode = "off"
     progress_every_s: float = LOG_EVERY_S
     keep_non_finite: bool = False
+
+    def __post_init__(self) -> None:
+        for option, value in (("batch_size", self.batch_size), ("split_rows", self.split_rows)):
+            if not 1 <= value <= MAX_BATCH_ROWS:
+                raise UsageError(
+                    f"--{option}={value}: expected a number of rows from 1 to {MAX_BATCH_ROWS:,}"
+                )
 
 
 def run_scoring(

@@ -105,14 +105,28 @@ def job_contract(option: str | None, model: ResolvedModel) -> Contract | None:
     return load_contract(str(name)) if name else None
 
 
+def parse_key_columns(option: str | Sequence[str], what: str = "--key_columns") -> list[str]:
+    """Key column names from a comma-separated string or a list: blanks stripped, a name
+    given twice kept once (in first-seen order); none at all is a :class:`UsageError`
+    (a run without a key cannot be checked or joined)."""
+    names = option.split(",") if isinstance(option, str) else list(option)
+    keys = list(dict.fromkeys(c.strip() for c in names if c.strip()))
+    if not keys:
+        raise UsageError(
+            f"{what}={option if isinstance(option, str) else ','.join(option)!r}: expected "
+            "one or more column names that identify a row, found none; e.g. "
+            f"{what}=customer_id,dt"
+        )
+    return keys
+
+
 def job_key_columns(
     option: str | Sequence[str] | None, model: ResolvedModel, contract: Contract | None
 ) -> list[str]:
     """The key columns named (a comma-separated string or a list), else the model's
     recorded keys, else the contract's."""
     if option is not None:
-        names = option.split(",") if isinstance(option, str) else option
-        return [c.strip() for c in names if c.strip()]
+        return parse_key_columns(option)
     recorded = model.metadata.get("key_columns") or (contract.key_columns if contract else ())
     if recorded:
         return [str(c) for c in recorded]

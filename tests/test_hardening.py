@@ -1,0 +1,65 @@
+"""Failures a careless user or an attacker causes: each ends as one line on stderr,
+exit code 2 and a summary file that says fail, never a traceback (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import score
+from tests.plain_model import write_plain_data
+
+
+def _one_line_failure(
+    capsys: pytest.CaptureFixture[str], code: int, summary_file: Path, expected: str
+) -> str:
+    _, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert lines and expected in lines[-1], err
+    summary = json.loads(summary_file.read_text())
+    assert summary["status"] == "fail", summary
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (("--key_columns=",), "--key_columns='': expected one or more column names"),
+        (("--key_columns=,,",), "--key_columns=',,': expected one or more column names"),
+        ((f"--batch_size={2**63}", "--key_columns=id"), "--batch_size"),
+        (("--runner=Nonsense", "--key_columns=id"), "Nonsense"),
+    ],
+)
+def test_bad_options_are_one_line_with_a_summary(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    plain_model: Path,
+    options: tuple[str, ...],
+    expected: str,
+) -> None:
+    data = tmp_path / "in"
+    write_plain_data(data, files=1, rows_per_file=50, row_group_rows=50)
+    summary_file = tmp_path / "summary.json"
+    try:
+        code = score(
+            data, tmp_path / "out", *options, f"--summary_file={summary_file}", model=plain_model
+        )
+    except SystemExit as exc:  # a usage error found by the argument parser
+        code = int(exc.code or 0)
+    _one_line_failure(capsys, code, summary_file, expected)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("_SUCCESS"))
+
+
+def test_a_key_named_twice_is_one_column(tmp_path: Path, plain_model: Path) -> None:
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "in"
+    write_plain_data(data, files=1, rows_per_file=50, row_group_rows=50)
+    assert score(data, tmp_path / "out", "--key_columns=id,id, id", model=plain_model) == 0
+    (part,) = (tmp_path / "out").rglob("predictions/*.parquet")
+    names = pq.read_schema(part).names
+    assert names.count("id") == 1, names
