@@ -272,7 +272,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
         canary,
         run=summary.run,
         summary=summary,
-        summary_json=dict(summary.manifest.summary or {}),
+        summary_json=dict(summary.summary),
     )
 
 

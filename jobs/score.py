@@ -67,12 +67,13 @@ def format_summary(summary: RunSummary) -> str:
             "manifest (input.ignored)"
         )
     lines.append(f"  drift        {_drift_note(manifest.drift or {})}")
-    status = (manifest.summary or {}).get("status", "ok")
+    status = summary.summary.get("status", "ok")
     problems = [c for c in manifest.checks if c["status"] != "ok"]
     lines.append(
         f"  status       {status}" + (f" ({len(problems)} check(s) not ok)" if problems else "")
     )
     lines += [f"    {c['status'].upper()}: {c['message']}" for c in problems[:10]]
+    lines += [f"    WARN: {warning}" for warning in summary.run.warnings]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from batch.core.faults import FAULT_ENV, FAULT_ONCE_ENV, PART_WRITTEN, POINTS, SCORING
 from batch.core.fsutil import read_json
-from batch.output.commit import LATEST, STAGING, SUCCESS, list_committed_runs, verify_run
+from batch.output.commit import LATEST, MANIFEST, STAGING, SUCCESS, list_committed_runs, verify_run
 from jobs.verify import main as verify_main
 from tests.conftest import score_args
 from tests.plain_model import write_plain_data
@@ -239,3 +239,21 @@ class TestVerify:
         assert "predictions/part-00000.parquet: sha256" in out
         assert "predictions/part-00001.parquet: listed in the manifest but missing" in out
         assert "predictions/part-99999.parquet: present but not in the manifest" in out
+
+    def test_a_deleted_part_hidden_by_an_edited_manifest_is_found(
+        self, setup: tuple[Path, Path, pa.Table], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Deleting a part and editing the manifest's outputs and counts to match still
+        leaves the input files it lists: verify reconciles them with rows_in."""
+        data, model, _ = setup
+        rc, err = _finish(_start_job(data, model, tmp_path))
+        assert rc == 0, err
+        (run,) = list_committed_runs(tmp_path)
+        manifest = json.loads((run.run_dir / MANIFEST).read_text())
+        gone = manifest["outputs"]["predictions"].pop()
+        (run.run_dir / gone["path"]).unlink()
+        manifest["counts"]["rows_scored"] -= gone["rows"]
+        manifest["counts"]["rows_in"] -= gone["rows"]
+        (run.run_dir / MANIFEST).write_text(json.dumps(manifest))
+        assert verify_main([str(run.run_dir)]) == 1
+        assert "but the input files the manifest lists hold" in capsys.readouterr().out

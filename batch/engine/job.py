@@ -53,7 +53,7 @@ from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import SignatureInfo, schema_problems
 from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
-from batch.observe.checks import RunOutcome, run_checks, run_summary
+from batch.observe.checks import WARN, RunOutcome, run_checks, run_summary, worst
 from batch.observe.drift import (
     Baseline,
     DriftCounts,
@@ -409,6 +409,8 @@ class RunSummary:
     run: CommittedRun
     manifest: Manifest
     wall_seconds: float
+    # The summary for schedulers: the manifest's, plus what happened after the commit.
+    summary: dict[str, Any]
 
     @property
     def predictions_per_second(self) -> float:
@@ -591,8 +593,12 @@ def run_scoring(
         except (ErrorBudgetExceeded, DriftExceeded) as exc:
             tell(summary_for(None, str(exc)))
             raise
-    tell(manifest["summary"])
-    return RunSummary(committed, committed.manifest(), time.perf_counter() - started)
+    summary = manifest["summary"]
+    if committed.warnings:  # after the commit point: the run stands, the summary says so
+        summary = {**summary, "status": worst([summary["status"], WARN]) or WARN}
+        summary["warnings"] = list(committed.warnings)
+    tell(summary)
+    return RunSummary(committed, committed.manifest(), time.perf_counter() - started, summary)
 
 
 def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -44,10 +45,14 @@ from batch.observe.checks import error_rate, over_error_budget
 from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
 from batch.output.manifest import MANIFEST, Manifest, read_manifest
 
+log = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions"
 REJECTED = "rejected"
 SUCCESS = "_SUCCESS"
 LATEST = "_LATEST"
+# Beside the manifest (which is final once written): what went wrong after the commit.
+COMMIT_WARNINGS = "_WARNINGS.json"
 STAGING = "_staging"
 RUN_PREFIX = "run="
 
@@ -148,6 +153,8 @@ class CommittedRun:
     run_id: str
     model_name: str
     model_version: str
+    # What went wrong after the commit point (e.g. _LATEST not advanced); the run stands.
+    warnings: tuple[str, ...] = ()
 
     def manifest(self) -> Manifest:
         return read_manifest(self.run_dir)
@@ -268,17 +275,67 @@ def commit_run(
     ).write(final)
     fault_point(COMMIT_MANIFEST)
     (final / SUCCESS).touch()
-    _advance_latest(layout)
-    return CommittedRun(final, layout.run_id, layout.model_name, layout.model_version)
+    # The commit point is behind us: nothing may turn the run into a failure now.
+    warnings = tuple(w for w in [_advance_latest(layout)] if w)
+    if warnings:
+        with contextlib.suppress(OSError):
+            write_json_atomic(final / COMMIT_WARNINGS, {"warnings": list(warnings)})
+    return CommittedRun(final, layout.run_id, layout.model_name, layout.model_version, warnings)
 
 
-def _advance_latest(layout: RunLayout) -> None:
-    """Point ``_LATEST`` at this run if it is the newest; serialized across processes."""
+def _advance_latest(layout: RunLayout) -> str | None:
+    """Point ``_LATEST`` at this run if it is the newest; serialized across processes.
+
+    A pointer that cannot be read (garbage, a folder) is rebuilt from the committed runs.
+    Runs after the commit point, so it never raises: a pointer that cannot be written is
+    returned as a warning (the run stays committed; readers can list the runs).
+    """
     pointer = layout.version_dir / LATEST
-    with locked(layout.version_dir / f"{LATEST}.lock"):
-        current = read_json(pointer).get("run_id", "") if pointer.is_file() else ""
-        if layout.run_id > current:
-            write_json_atomic(pointer, {"run_id": layout.run_id, "run_dir": layout.run_dir.name})
+    lock = layout.version_dir / f"{LATEST}.lock"
+    try:
+        with locked(lock):
+            current = _pointer_run_id(pointer)
+            if current is None:  # missing or unreadable: the newest committed run wins
+                log.warning("%s: unreadable; rebuilding it from the committed runs", pointer)
+                current = ""
+                newest = _newest_committed(layout.version_dir)
+                if newest is not None and newest.run_id > layout.run_id:
+                    write_json_atomic(pointer, _pointer(newest.run_dir))
+                    return None
+            if layout.run_id > current:
+                write_json_atomic(pointer, _pointer(layout.run_dir))
+    except OSError as exc:
+        warning = (
+            f"run {layout.run_id} is committed, but {pointer} could not be advanced to it "
+            f"({exc.strerror or exc}: {exc.filename or pointer}); readers that follow "
+            f"{LATEST} see an older run. Fix the permissions or remove {pointer} (and "
+            f"{lock}); the next run rebuilds it"
+        )
+        log.warning("%s", warning)
+        return warning
+    return None
+
+
+def _pointer(run_dir: Path) -> dict[str, str]:
+    return {"run_id": run_dir.name.removeprefix(RUN_PREFIX), "run_dir": run_dir.name}
+
+
+def _pointer_run_id(pointer: Path) -> str | None:
+    """The run id ``_LATEST`` names; "" when there is none yet, None when unreadable."""
+    if not pointer.exists() and not pointer.is_symlink():
+        return ""
+    try:
+        value = read_json(pointer).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _newest_committed(version_dir: Path) -> CommittedRun | None:
+    runs = [
+        r for r in list_committed_runs(version_dir.parent.parent) if r.run_dir.parent == version_dir
+    ]
+    return max(runs, key=lambda r: r.run_id, default=None)
 
 
 class RunLock:
@@ -427,4 +484,12 @@ def verify_run(run_dir: Path) -> list[str]:
             )
     if counts.rows_in != counts.rows_scored + counts.rows_rejected:
         problems.append("counts do not reconcile: rows_in != rows_scored + rows_rejected")
+    files = manifest.input.get("files")
+    if isinstance(files, list):
+        read = sum(int(f.get("rows", 0)) for f in files if isinstance(f, dict))
+        if read != counts.rows_in:
+            problems.append(
+                f"counts.rows_in = {counts.rows_in}, but the input files the manifest lists "
+                f"hold {read} rows"
+            )
     return problems
