@@ -1,7 +1,12 @@
-"""Train the loan default model and register it (tf.Transform on Beam, then tf-keras).
+"""Train a model on a dataset with a contract and register it (tf.Transform on Beam, then
+tf-keras); with no --contract, the loans demo.
 
-    python -m jobs.train [--input=DIR] [--model_repo=DIR] [--name=loan_default] [--key=PEM]
-                         [--train_rows=200000] [--epochs=3] [--seed=7]
+    python -m jobs.train --input=DATA --contract=schemas/NAME|DIR
+                         --preprocessing_fn=MODULE:FUNCTION [--model_fn=MODULE:FUNCTION]
+                         [--label=COLUMN] [--key_columns=A,B] --name=MODEL
+                         [--model_repo=DIR] [--key=PEM] [--task=auto] [--output_name=NAME]
+                         [--hyperparameters=JSON] [--train_rows=200000] [--epochs=3]
+                         [--batch_size=512] [--seed=7]
                          [Beam pipeline options, e.g. --direct_num_workers=2]
 
 The steps are described in :mod:`training.trainer`, which does the work.
@@ -10,46 +15,54 @@ The steps are described in :mod:`training.trainer`, which does the work.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from batch.api import write_summary_file
 from batch.core.errors import UsageError
 from batch.demo.paths import (
-    DEMO_MODEL_NAME,
     SIGNING_KEY_ENV,
     default_signing_key,
     demo_data_dir,
     demo_model_repo,
 )
 from batch.observe.checks import OK, job_summary
-from jobs.cli import JobParser, add_summary_file, exit_process, run_main
+from jobs.cli import add_summary_file, exit_process, run_main
 
 # training.trainer imports TensorFlow quietly first, before its own imports.
+from training.model_fn import TASKS
 from training.trainer import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_MODEL_FN,
     DEFAULT_SEED,
     DEFAULT_TRAIN_ROWS,
+    DEMO,
     TRAINING_STEPS,
-    train_and_register,
+    TrainingRequest,
+    train,
 )
 
 # -- command line --------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = JobParser(
+    parser = argparse.ArgumentParser(
         prog="python -m jobs.train",
         allow_abbrev=False,
         description=(
-            "Train the loan default model: read and clean the input Parquet, analyze "
-            "transforms/loans.py with tf.Transform on Apache Beam, fit a tf-keras MLP, "
-            "export one SavedModel (raw columns in, default_probability out) and register "
-            "it as the next version of --name. Unrecognized --options are passed to Beam "
-            "as pipeline options (e.g. --direct_num_workers=2)."
+            "Train a model on your dataset: read the input Parquet and drop the rows that "
+            "break the contract, analyze and transform them with your preprocessing_fn "
+            "(tf.Transform on Apache Beam), build the Keras model with the model_fn, fit it, "
+            "export one SavedModel (signatures serving_default: raw columns in; "
+            "serving_tf_example: serialized tf.Examples in; transform_features) and register "
+            "it, signed, as the next version of --name. With no --contract it trains the "
+            "loans demo (transforms/loans.py, schemas/loans). Unrecognized --options are "
+            "passed to Beam as pipeline options (e.g. --direct_num_workers=2)."
         ),
     )
     parser.add_argument(
@@ -57,7 +70,48 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of Parquet files (searched recursively, e.g. dt=... partitions); "
-        f"default: the demo data, {demo_data_dir()}, written by jobs.make_demo if missing",
+        f"default (demo only): the demo data, {demo_data_dir()}, written if missing",
+    )
+    parser.add_argument(
+        "--contract",
+        default=None,
+        help="the data contract: a name under schemas/ or a folder holding schema.pbtxt "
+        "(and rules.toml); its schema gives the raw feature spec (required features "
+        "FixedLenFeature, optional ones VarLenFeature). Default: the demo's, "
+        f"{DEMO.contract}, with the demo's other defaults",
+    )
+    parser.add_argument(
+        "--preprocessing_fn",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="the tf.Transform preprocessing_fn, imported from the Python path (PYTHONPATH "
+        "included); required with --contract. It must output the label. Default (demo "
+        f"only): {DEMO.preprocessing_fn}",
+    )
+    parser.add_argument(
+        "--model_fn",
+        default=DEFAULT_MODEL_FN,
+        metavar="MODULE:FUNCTION",
+        help="model_fn(tft_output, hyperparameters) returning a compiled tf_keras.Model "
+        "whose inputs are named like transformed features (default: %(default)s, an MLP "
+        "for tabular data)",
+    )
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="label column (default: `label` in the contract's rules.toml)",
+    )
+    parser.add_argument(
+        "--key_columns",
+        default=None,
+        help="comma-separated columns that identify a row; the held-out split hashes them "
+        "(default: `key_columns` in the contract's rules.toml)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="registered model name; each run adds the next version; required with "
+        f"--contract (demo: {DEMO.name})",
     )
     parser.add_argument(
         "--model_repo",
@@ -66,17 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model repository to register into (default: {demo_model_repo()})",
     )
     parser.add_argument(
-        "--name",
-        default=DEMO_MODEL_NAME,
-        help="registered model name; each run adds the next version (default: %(default)s)",
-    )
-    parser.add_argument(
         "--key",
         type=Path,
         default=None,
         help="PEM EC private key the registered SavedModel is signed with (default: "
         f"${SIGNING_KEY_ENV}, else the demo's key {default_signing_key()}, created if "
         "missing); scoring verifies it with the matching --public_key",
+    )
+    parser.add_argument(
+        "--task",
+        default="auto",
+        choices=TASKS,
+        help="binary, multiclass or regression; auto (default) reads it from the "
+        "transformed label: float is regression, an int with a vocabulary of more than 2 "
+        "classes multiclass, any other int binary",
+    )
+    parser.add_argument(
+        "--output_name",
+        default=None,
+        help="name of the model's output, the prediction column (default: probability, "
+        "probabilities or prediction by task; demo: default_probability)",
+    )
+    parser.add_argument(
+        "--hyperparameters",
+        default=None,
+        metavar="JSON",
+        help='a JSON object passed to the model_fn, e.g. \'{"hidden_units": [64, 32], '
+        '"learning_rate": 0.002}\' (the default model_fn also reads max_embedding_dim and '
+        "features); label, key_columns, task, num_classes, output_name and seed are added",
     )
     parser.add_argument(
         "--train_rows",
@@ -107,29 +178,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def training_request(args: argparse.Namespace, beam_args: Sequence[str]) -> TrainingRequest:
+    """The request the options describe (the demo's defaults without --contract)."""
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        raise UsageError(
+            f"unexpected argument(s) {' '.join(unknown)}; options are --name=value (see --help)"
+        )
+    if args.contract is None:
+        base = DEMO
+    else:
+        for option, value in (("--preprocessing_fn", args.preprocessing_fn), ("--name", args.name)):
+            if not value:
+                raise UsageError(f"--contract={args.contract}: {option} is required with it")
+        if args.input is None:
+            raise UsageError(f"--contract={args.contract}: --input=DATA is required with it")
+        base = TrainingRequest(args.contract, args.preprocessing_fn, args.name)
+    hyperparameters: dict[str, Any] = {}
+    if args.hyperparameters:
+        try:
+            hyperparameters = json.loads(args.hyperparameters)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--hyperparameters: expected a JSON object; {exc}") from exc
+        if not isinstance(hyperparameters, dict):
+            raise UsageError(
+                f"--hyperparameters: expected a JSON object; found {type(hyperparameters).__name__}"
+            )
+    keys = tuple(c.strip() for c in (args.key_columns or "").split(",") if c.strip())
+    return TrainingRequest(
+        contract=base.contract,
+        preprocessing_fn=args.preprocessing_fn or base.preprocessing_fn,
+        name=args.name or base.name,
+        input=args.input,
+        model_fn=args.model_fn,
+        label=args.label,
+        key_columns=keys,
+        task=args.task,
+        output_name=args.output_name or base.output_name,
+        hyperparameters=hyperparameters,
+        model_repo=args.model_repo,
+        train_rows=args.train_rows,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        beam_args=tuple(beam_args),
+        signing_key=args.key,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     started = time.perf_counter()
 
-    def train() -> int:
-        unknown = [a for a in beam_args if not a.startswith("--")]
-        if unknown:
-            raise UsageError(
-                f"unexpected argument(s) {' '.join(unknown)}; options are --name=value (see --help)"
-            )
-        model = train_and_register(
-            args.input,
-            args.model_repo,
-            args.name,
-            args.train_rows,
-            args.epochs,
-            args.seed,
-            beam_args,
-            args.batch_size,
-            signing_key=args.key,
-        )
+    def run() -> int:
+        model = train(training_request(args, beam_args))
         timings: dict[str, float] = model.metadata["training"]["timings_s"]
         steps = ", ".join(
             f"{step} {seconds:.1f}s"
@@ -146,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_summary_file(args.summary_file, done, "train")
         return 0
 
-    return run_main(train, "train", job="train", summary_file=args.summary_file)
+    return run_main(run, "train", job="train", summary_file=args.summary_file)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,24 @@ def _load(model: TrainedModel) -> Any:
     return tf.saved_model.load(str(model.model.saved_model_dir))
 
 
-def _rows(model: TrainedModel, count: int) -> pa.Table:
-    from training import trainer as train
+def _spec() -> dict[str, Any]:
+    from batch.contract.contract import load_contract
+    from training.dataset import feature_spec
 
-    table = train.read_rows(model.data_dir, count)
-    return train.clean_training_rows(table).table
+    return feature_spec(load_contract("loans"))
+
+
+def _raw_spec() -> dict[str, Any]:
+    return {k: v for k, v in _spec().items() if k not in ("loan_id", "defaulted")}
+
+
+def _rows(model: TrainedModel, count: int) -> pa.Table:
+    from batch.contract.contract import load_contract
+    from training import dataset
+
+    files = dataset.parquet_files(model.data_dir)
+    table = dataset.read_rows(files, _spec(), count)
+    return dataset.clean_rows(table, load_contract("loans")).table
 
 
 def test_registered_with_metadata(trained_model: TrainedModel) -> None:
@@ -77,7 +90,11 @@ def test_signature_takes_raw_1d_columns_named_like_parquet(trained_model: Traine
     import tensorflow as tf
 
     loaded = _load(trained_model)
-    assert set(loaded.signatures) == {"serving_default", "transform_features"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "serving_tf_example",
+        "transform_features",
+    }
     dtypes = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
     for signature in ("serving_default", "transform_features"):
         args, kwargs = loaded.signatures[signature].structured_input_signature
@@ -98,7 +115,7 @@ def test_saved_model_scores_rows(trained_model: TrainedModel) -> None:
 
     rows = _rows(trained_model, 3_000)
     loaded = _load(trained_model)
-    scores = loaded.signatures["serving_default"](**train.raw_inputs(rows))
+    scores = loaded.signatures["serving_default"](**train.raw_inputs(rows, _raw_spec()))
     probability = scores["default_probability"].numpy()
     assert probability.shape == (rows.num_rows,)
     assert np.all((probability >= 0) & (probability <= 1))
@@ -116,7 +133,7 @@ def test_dirty_values_do_not_crash_the_served_transform(trained_model: TrainedMo
     clean[3].update(product_code="", employer_id="never-seen", debt_to_income=1e30)
     table = pa.Table.from_pylist(clean, schema=generate(1, seed=1).schema)
     loaded = _load(trained_model)
-    probability = loaded.signatures["serving_default"](**train.raw_inputs(table))
+    probability = loaded.signatures["serving_default"](**train.raw_inputs(table, _raw_spec()))
     values = probability["default_probability"].numpy()
     assert values.shape == (4,)
     assert np.all(np.isfinite(values))
@@ -127,9 +144,11 @@ def test_transform_parity_training_vs_serving(trained_model: TrainedModel) -> No
     from training import trainer as train
 
     rows = _rows(trained_model, 2_000)
-    expected = train.tft_transform_rows(rows, trained_model.transform_output_dir)
+    expected = train.tft_transform_rows(
+        rows, trained_model.transform_output_dir, _spec(), "loan_id"
+    )
     loaded = _load(trained_model)
-    served = loaded.signatures["transform_features"](**train.raw_inputs(rows))
+    served = loaded.signatures["transform_features"](**train.raw_inputs(rows, _raw_spec()))
     assert set(served) <= set(expected)
     assert len(served) >= 20
     for name, tensor in served.items():
@@ -140,7 +159,8 @@ def test_transform_parity_training_vs_serving(trained_model: TrainedModel) -> No
 
 
 def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
-    from training import trainer as train
+    from batch.contract.contract import load_contract
+    from training import dataset
 
     table = generate(6, seed=3).to_pylist()
     table[1]["applicant_age"] = None
@@ -148,8 +168,8 @@ def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
     table[3]["home_ownership"] = "RENT;DROP"
     table[4]["product_code"] = "PL-GOLD 07€"
     raw = pa.Table.from_pylist(table, schema=generate(1, seed=3).schema)
-    spec_table = train._cast_to_spec(Path("x.parquet"), raw, train.loans.training_feature_spec())
-    result = train.clean_training_rows(spec_table)
+    spec_table = dataset.cast_to_spec(raw, _spec())
+    result = dataset.clean_rows(spec_table, load_contract("loans"))
     assert result.dropped == 4
     assert result.table.num_rows == 2
     assert result.reasons == {
@@ -161,10 +181,16 @@ def test_clean_training_rows_drops_each_kind_of_dirt() -> None:
 
 
 def test_input_errors_name_file_column_and_fix(tmp_path: Path) -> None:
-    from training import trainer as train
+    from batch.contract.contract import load_contract
+    from training import dataset
+
+    contract = load_contract("loans")
+
+    def check(folder: Path) -> None:
+        dataset.check_files(dataset.parquet_files(folder), contract, _spec(), "defaulted")
 
     with pytest.raises(UsageError, match="make_demo"):
-        train.read_rows(tmp_path / "missing")
+        check(tmp_path / "missing")
     table = generate(10, seed=1)
     bad = table.set_column(
         table.schema.get_field_index("credit_score"),
@@ -175,10 +201,13 @@ def test_input_errors_name_file_column_and_fix(tmp_path: Path) -> None:
     with pytest.raises(
         InputDataError, match=r"part\.parquet: column 'credit_score' expected int64"
     ):
-        train.read_rows(tmp_path)
+        check(tmp_path)
     pq.write_table(table.drop_columns(["state"]), tmp_path / "part.parquet")
     with pytest.raises(InputDataError, match="missing state"):
-        train.read_rows(tmp_path)
+        check(tmp_path)
+    pq.write_table(table.drop_columns(["defaulted"]), tmp_path / "part.parquet")
+    with pytest.raises(InputDataError, match="label column 'defaulted'"):
+        check(tmp_path)
 
 
 def test_command_line_help(capsys: pytest.CaptureFixture[str]) -> None:

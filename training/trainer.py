@@ -1,38 +1,42 @@
-"""Train the loan default model and register it: tf.Transform on Beam, then tf-keras.
+"""Train a model on any dataset with a contract and register it: tf.Transform on Beam,
+then a tf-keras model, one signed SavedModel.
 
 The library behind
 
-    python -m jobs.train [--input=DIR] [--model_repo=DIR] [--name=loan_default] [--key=PEM]
-                         [--train_rows=200000] [--epochs=3] [--seed=7]
+    python -m jobs.train --input=DATA --contract=schemas/NAME|DIR
+                         --preprocessing_fn=MODULE:FUNCTION [--model_fn=MODULE:FUNCTION]
+                         [--label=COLUMN] [--key_columns=A,B] --name=MODEL [training options]
                          [Beam pipeline options, e.g. --direct_num_workers=2]
 
-Steps:
+(with no ``--contract``, the loans demo: :data:`DEMO`). Steps:
 
-1. read the first ``--train_rows`` rows of the input Parquet (all ``*.parquet``
-   files under DIR, in sorted path order; day partitions ``dt=...`` included);
-2. drop the rows that are dirty for training: a null, a number outside the
-   schema's domain, a categorical outside its ``string_domain``, or a string with
-   characters outside ``^[\\w\\-\\s]+$`` (``schemas/loans/schema.pbtxt``);
-3. split train / held-out (90/10) by a hash of ``loan_id``;
-4. analyze and transform the training rows with ``transforms.loans.preprocessing_fn``
-   on Apache Beam (tf.Transform), and write the transform output;
-5. train a small tf-keras MLP on the transformed features to predict ``defaulted``;
-6. export ONE SavedModel whose ``serving_default`` signature takes the raw 1-D
-   columns (named like the Parquet columns), applies the transform graph and the
-   model, and returns ``default_probability`` (float32, shape [batch]); a second
-   signature ``transform_features`` returns the transformed features;
-7. evaluate that serving function on the held-out rows (AUC, log loss);
-8. describe every raw feature of the rows read and the held-out predictions as
-   the drift baseline (batch/observe/drift.py), saved inside the SavedModel as
-   ``assets.extra/batchscore_baseline.json`` so that the signature covers it;
-9. register the SavedModel with its transform output and metadata (the
-   baseline's sha256 included) in the model repository as the next version of
-   ``--name``, signed with ``--key`` (the demo's own key pair by default; see
-   batch/model/signing.py).
+1. before anything heavy: import the preprocessing_fn and the model_fn, read the contract
+   and its raw feature spec (:mod:`training.dataset`), check every input file against it
+   (the label included), and trace the preprocessing_fn once to see that it outputs the
+   label;
+2. read the first ``train_rows`` rows of the input Parquet, drop the rows that break the
+   contract (the row checks scoring uses), split train / held-out (90/10) by a hash of
+   the key;
+3. analyze and transform the training rows with the preprocessing_fn on Apache Beam
+   (tf.Transform), and write the transform output;
+4. ``model_fn(tft_output, hyperparameters)`` builds the Keras model
+   (:mod:`training.model_fn`); fit it on the transformed features and label;
+5. export ONE SavedModel (:mod:`training.export`): ``serving_default`` takes the raw 1-D
+   columns, ``serving_tf_example`` serialized tf.Examples, ``transform_features`` returns
+   the transformed features;
+6. evaluate ``serving_default`` on the held-out rows (per task: AUC and log loss;
+   accuracy; RMSE, MAE and R^2);
+7. describe every raw feature of the rows read and the held-out predictions as the drift
+   baseline, and copy the contract's files, both inside the SavedModel, so that the
+   signature covers them and the model scores from any folder;
+8. register the SavedModel with its transform output and metadata (lineage included:
+   data fingerprint, contract sha256, the functions and the sha256 of their source,
+   hyperparameters, library versions, git revision) as the next version of ``name``,
+   signed with ``signing_key``.
 
-Keras: tf.Transform 1.21 needs Keras 2. This module uses the ``tf_keras``
-package explicitly (never ``tf.keras``, which is Keras 3 on TF 2.21) and sets
-``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported so tf.Transform agrees.
+Keras: tf.Transform 1.21 needs Keras 2. This package uses ``tf_keras`` explicitly (never
+``tf.keras``, which is Keras 3 on TF 2.21) and sets ``TF_USE_LEGACY_KERAS=1`` before
+TensorFlow is imported so tf.Transform agrees.
 """
 
 from __future__ import annotations
@@ -47,13 +51,12 @@ from batch.model.loading import import_tensorflow
 
 import_tensorflow()  # first, so that TensorFlow's start-up chatter stays off the terminal
 
-import dataclasses
 import glob
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,35 +71,50 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 import tf_keras
 from apache_beam.options.pipeline_options import PipelineOptions
-from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx_bsl.tfxio import tensor_adapter
 
-from batch.contract.contract import ARROW_TYPE_FOR_DTYPE, load_contract
+from batch.contract.contract import Contract, contract_sha256, load_contract
 from batch.core.errors import InputDataError, UsageError
-from batch.core.fsutil import file_sha256, records_sha256, write_json_atomic
+from batch.core.fsutil import file_sha256, write_json_atomic
 from batch.demo.data import ensure_demo_data
-from batch.demo.paths import (
-    DEMO_MODEL_NAME,
-    demo_model_repo,
-    ensure_signing_key,
-)
-from batch.engine.validate import RowValidator
-from batch.model.loading import SERVING_SIGNATURE
+from batch.demo.paths import DEMO_MODEL_NAME, demo_model_repo, ensure_signing_key
 from batch.model.repository import SAVED_MODEL_DIR, ModelRepository
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureInfo, TensorInfo
 from batch.model.signing import key_fingerprint, public_key_of, short
 from batch.observe.drift import baseline_path, compute_baseline
-from batch.output.commit import count_reasons
 from batch.release.evaluation import auc, log_loss
 from runners.beam import create_pipeline
-from transforms import loans
+from training import dataset
+from training.dataset import (
+    RECORD_BATCH_ROWS,
+    CleanResult,
+    Feature,
+    clean_rows,
+    data_fingerprint,
+    feature_spec,
+    parquet_files,
+    raw_inputs,
+    split_heldout,
+    tensor_adapter_config,
+    to_record_batches,
+)
+from training.export import ServingModule
+from training.lineage import FunctionRef, lineage, load_function
+from training.model_fn import DEFAULT_OUTPUT_NAMES, TaskInfo, resolve_task
 
-TRANSFORM_SIGNATURE = "transform_features"
-OUTPUT_KEY = "default_probability"
-HELDOUT_BUCKETS = 10  # 1 of 10 hash buckets of loan_id is held out
-RECORD_BATCH_ROWS = 8192
+__all__ = [
+    "DEMO",
+    "TRAINING_STEPS",
+    "CleanResult",
+    "TrainingRequest",
+    "auc",
+    "data_fingerprint",
+    "parquet_files",
+    "raw_inputs",
+    "train",
+    "train_and_register",
+]
 
+DEFAULT_MODEL_FN = "training.model_fn:default_model_fn"
 DEFAULT_TRAIN_ROWS = 200_000
 DEFAULT_EPOCHS = 3
 DEFAULT_SEED = 7
@@ -115,158 +133,149 @@ log = logging.getLogger("batchscore.train")
 
 
 @dataclass(frozen=True)
-class CleanResult:
-    table: pa.Table
-    dropped: int
-    reasons: dict[str, int] = field(default_factory=dict)
+class TrainingRequest:
+    """One training job (the options of ``python -m jobs.train``)."""
+
+    contract: str
+    preprocessing_fn: str
+    name: str
+    input: Path | None = None  # None: the demo data (written if missing)
+    model_fn: str = DEFAULT_MODEL_FN
+    label: str | None = None  # None: the contract's rules.toml `label`
+    key_columns: tuple[str, ...] = ()  # (): the contract's rules.toml `key_columns`
+    task: str = "auto"
+    output_name: str | None = None  # None: probability / probabilities / prediction
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    model_repo: Path | None = None  # None: the demo repository
+    train_rows: int = DEFAULT_TRAIN_ROWS
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = DEFAULT_SEED
+    beam_args: tuple[str, ...] = ()
+    signing_key: Path | None = None
 
 
-# -- reading and cleaning ------------------------------------------------------------
+# The loans demo: what `python -m jobs.train` trains with no --contract.
+DEMO = TrainingRequest(
+    contract="loans",
+    preprocessing_fn="transforms.loans:preprocessing_fn",
+    name=DEMO_MODEL_NAME,
+    output_name="default_probability",
+)
 
 
-def parquet_files(input_dir: Path) -> list[Path]:
-    """The Parquet files under ``input_dir``, found as scoring finds them
-    (batch.engine.inputs.list_data_files: each real file once, symlinked folders followed)."""
-    from batch.engine.inputs import list_data_files
+@dataclass(frozen=True)
+class _Prepared:
+    """What the checks before Beam established."""
 
-    if not input_dir.is_dir():
+    source: Path
+    files: list[Path]
+    contract: Contract
+    spec: dict[str, Feature]  # every contract column
+    raw_spec: dict[str, Feature]  # what serving takes: no label, no keys
+    label: str
+    key_columns: tuple[str, ...]
+    preprocessing: FunctionRef
+    model_fn: FunctionRef
+
+
+# -- checks before Beam ----------------------------------------------------------------
+
+
+def prepare(request: TrainingRequest, report: Callable[[str], None] | None = None) -> _Prepared:
+    """Every check that needs no Beam and no training; each failure is one line."""
+    if request.train_rows < 10:
+        raise UsageError(f"--train_rows={request.train_rows}: expected at least 10 rows")
+    if request.epochs < 1:
+        raise UsageError(f"--epochs={request.epochs}: expected at least 1")
+    preprocessing = load_function(request.preprocessing_fn, "--preprocessing_fn")
+    model_fn = load_function(request.model_fn, "--model_fn")
+    contract = load_contract(request.contract)
+    spec = feature_spec(contract)
+    label = request.label or contract.label
+    if not label:
         raise UsageError(
-            f"--input={input_dir}: expected a folder of Parquet files; it does not exist. "
-            "Run `python -m jobs.make_demo` or pass --input=DIR"
+            f'no label: pass --label=COLUMN, or set `label = "COLUMN"` in '
+            f"{contract.source}/rules.toml"
         )
-    files = list_data_files(input_dir).files
-    if not files:
+    keys = tuple(request.key_columns) or contract.key_columns
+    if not keys:
         raise UsageError(
-            f"--input={input_dir}: expected *.parquet files under it; found none. "
-            "Run `python -m jobs.make_demo` or pass the folder that holds the data"
+            f"no key columns: pass --key_columns=A[,B], or set `key_columns = [...]` in "
+            f"{contract.source}/rules.toml (the held-out split hashes the key)"
         )
-    return files
-
-
-def data_fingerprint(input_dir: Path, files: Sequence[Path]) -> str:
-    """sha256 over the sorted (relative path, size, content sha256) of the input files."""
-    return records_sha256(
-        (path.relative_to(input_dir).as_posix(), path.stat().st_size, file_sha256(path))
-        for path in sorted(files)
+    for option, names in (("--label", (label,)), ("--key_columns", keys)):
+        for name in names:
+            if name not in spec:
+                raise UsageError(
+                    f"{option}: column '{name}' is not declared in {contract.source}/"
+                    f"schema.pbtxt (declared: {', '.join(spec)}); declare it there or pass "
+                    "another column"
+                )
+    source = request.input if request.input is not None else ensure_demo_data(log=report)
+    files = parquet_files(Path(source))
+    dataset.check_files(files, contract, spec, label)
+    _check_outputs_label(preprocessing, spec, label)
+    return _Prepared(
+        source=Path(source),
+        files=files,
+        contract=contract,
+        spec=spec,
+        raw_spec=dataset.raw_features(spec, (label, *keys)),
+        label=label,
+        key_columns=keys,
+        preprocessing=preprocessing,
+        model_fn=model_fn,
     )
 
 
-def read_rows(input_dir: Path, limit: int | None = None) -> pa.Table:
-    """The first ``limit`` rows of the input (files in sorted order), the schema's columns.
+def _check_outputs_label(
+    preprocessing: FunctionRef, spec: Mapping[str, Feature], label: str
+) -> None:
+    """Trace the preprocessing_fn (no Beam, no data) to see that it runs on the contract's
+    features and outputs the label."""
+    from tensorflow_transform import impl_helper
+    from tensorflow_transform.tf_metadata import schema_utils
 
-    Columns are cast to the schema's types (float64 -> float32); a missing column
-    or one of an incompatible type is an :class:`InputDataError` naming the file.
-    """
-    spec = loans.training_feature_spec()
-    tables: list[pa.Table] = []
-    rows = 0
-    for path in parquet_files(input_dir):
-        if limit is not None and rows >= limit:
-            break
-        parquet = pq.ParquetFile(path)
-        _check_columns(path, parquet.schema_arrow, spec)
-        table = parquet.read(columns=list(spec))
-        if limit is not None:
-            table = table.slice(0, limit - rows)
-        tables.append(_cast_to_spec(path, table, spec))
-        rows += table.num_rows
-    return pa.concat_tables(tables)
-
-
-def _check_columns(path: Path, schema: pa.Schema, spec: dict[str, tf.io.FixedLenFeature]) -> None:
-    missing = [name for name in spec if schema.get_field_index(name) < 0]
-    if missing:
-        raise InputDataError(
-            f"{path}: expected the columns of schemas/loans/schema.pbtxt; missing "
-            f"{', '.join(missing)} (found: {', '.join(schema.names)}). Pass an --input "
-            "written for this schema"
+    specs = schema_utils.schema_as_feature_spec(
+        schema_utils.schema_from_feature_spec(dict(spec))
+    ).feature_spec
+    type_specs = impl_helper.get_type_specs_from_feature_specs(specs)
+    temp = tempfile.mkdtemp(prefix="batchscore-trace-")
+    try:
+        _graph, _inputs, outputs = impl_helper.trace_preprocessing_function(
+            preprocessing.function, type_specs, use_tf_compat_v1=False, base_temp_dir=temp
+        )
+    except Exception as exc:  # the user's code: any error is theirs to fix
+        raise UsageError(
+            f"--preprocessing_fn={preprocessing.spec}: failed on the contract's features "
+            f"({type(exc).__name__}: {_first_line(str(exc))}); it receives "
+            f"{', '.join(spec)} (optional ones as SparseTensors)"
+        ) from exc
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    if label not in outputs:
+        raise UsageError(
+            f"--preprocessing_fn={preprocessing.spec}: expected the label '{label}' among its "
+            f"outputs (found: {', '.join(sorted(outputs))}); pass it through, e.g. "
+            f"outputs['{label}'] = inputs['{label}']"
         )
 
 
-def _cast_to_spec(path: Path, table: pa.Table, spec: dict[str, tf.io.FixedLenFeature]) -> pa.Table:
-    columns = []
-    for name, feature in spec.items():
-        column = table.column(name)
-        target = ARROW_TYPE_FOR_DTYPE[feature.dtype.name]
-        found = column.type
-        ok = (
-            (pa.types.is_integer(found) and feature.dtype == tf.int64)
-            or (
-                (pa.types.is_floating(found) or pa.types.is_integer(found))
-                and feature.dtype == tf.float32
-            )
-            or (
-                (pa.types.is_string(found) or pa.types.is_large_string(found))
-                and feature.dtype == tf.string
-            )
-        )
-        if not ok:
-            raise InputDataError(
-                f"{path}: column '{name}' expected {feature.dtype.name} "
-                f"(schemas/loans/schema.pbtxt); found {found}. Fix the data or the schema"
-            )
-        # float64 -> float32 may round; that is the model's input type.
-        columns.append(column.cast(target, safe=feature.dtype != tf.float32))
-    return pa.table(columns, names=list(spec))
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def clean_training_rows(table: pa.Table) -> CleanResult:
-    """Drop rows that are dirty for training: the contract's row checks, the same code
-    scoring uses (batch.engine.validate), except that an unseen category is always dirty here.
-    ``reasons`` counts the dropped rows by reason code."""
-    contract = load_contract(loans.SCHEMA_NAME)
-    validator = RowValidator(
-        {}, tuple(dataclasses.replace(rule, unseen="reject") for rule in contract.columns.values())
-    )
-    batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
-    if batch is None:
-        return CleanResult(table, 0, {})
-    part = validator.partition(batch)
-    reasons = count_reasons([part.rejected])
-    clean = pa.Table.from_batches([part.valid])
-    return CleanResult(clean, part.rejected.num_rows, dict(sorted(reasons.items())))
-
-
-def split_heldout(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(train, held-out): a row is held out when its key hashes to bucket 0 of 10."""
-    keys = tf.constant(table.column(loans.KEY).to_numpy(zero_copy_only=False).astype(object))
-    buckets = tf.strings.to_hash_bucket_fast(keys, HELDOUT_BUCKETS).numpy()
-    heldout = pa.array(buckets == 0)
-    return table.filter(pc.invert(heldout)), table.filter(heldout)
-
-
-# -- tf.Transform on Beam ------------------------------------------------------------
-
-
-def _tensor_adapter_config() -> tensor_adapter.TensorAdapterConfig:
-    spec = loans.training_feature_spec()
-    arrow_schema = pa.schema(
-        [pa.field(name, pa.list_(ARROW_TYPE_FOR_DTYPE[f.dtype.name])) for name, f in spec.items()]
-    )
-    representations = {
-        name: schema_pb2.TensorRepresentation(
-            dense_tensor=schema_pb2.TensorRepresentation.DenseTensor(
-                column_name=name, shape=schema_pb2.FixedShape()
-            )
-        )
-        for name in spec
-    }
-    return tensor_adapter.TensorAdapterConfig(arrow_schema, representations)
-
-
-def to_record_batches(table: pa.Table, rows: int = RECORD_BATCH_ROWS) -> list[pa.RecordBatch]:
-    """The TFXIO form of ``table``: every column a list<value> with one value per row."""
-    spec = loans.training_feature_spec()
-    batches = []
-    for batch in table.select(list(spec)).to_batches(max_chunksize=rows):
-        offsets = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
-        arrays = [pa.ListArray.from_arrays(offsets, batch.column(name)) for name in spec]
-        batches.append(pa.RecordBatch.from_arrays(arrays, names=list(spec)))
-    return batches
+# -- tf.Transform on Beam --------------------------------------------------------------
 
 
 def _record_batch_source(
-    pipeline: beam.Pipeline, table: pa.Table, folder: Path, label: str
+    pipeline: beam.Pipeline,
+    table: pa.Table,
+    spec: Mapping[str, Feature],
+    folder: Path,
+    label: str,
 ) -> beam.PCollection:
     """A PCollection of TFXIO record batches of ``table``.
 
@@ -278,17 +287,18 @@ def _record_batch_source(
     path = folder / "rows.parquet"
     pq.write_table(table, path, row_group_size=RECORD_BATCH_ROWS, compression="none")
     groups = pq.ParquetFile(path).num_row_groups
+    features = dict(spec)
     return (
         pipeline
         | f"{label}RowGroups" >> beam.Create([(str(path), g) for g in range(groups)])
-        | f"{label}Read" >> beam.FlatMap(_read_row_group)
+        | f"{label}Read" >> beam.FlatMap(_read_row_group, features)
     )
 
 
-def _read_row_group(source: tuple[str, int]) -> list[pa.RecordBatch]:
+def _read_row_group(source: tuple[str, int], spec: Mapping[str, Feature]) -> list[pa.RecordBatch]:
     path, group = source
     table = pq.ParquetFile(path).read_row_group(group)
-    return to_record_batches(table, max(table.num_rows, 1))
+    return to_record_batches(table, spec, max(table.num_rows, 1))
 
 
 def _serialize_batch(element: Any) -> bytes:
@@ -299,8 +309,9 @@ def _serialize_batch(element: Any) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _read_batches(prefix: str) -> dict[str, np.ndarray]:
-    """Read back what :func:`_serialize_batch` wrote, as flat numpy columns."""
+def _read_batches(prefix: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Read back what :func:`_serialize_batch` wrote: the dense columns (one value per
+    row; ``names``, else all of them) as flat numpy arrays."""
     files = sorted(glob.glob(prefix + "*"))
     batches: list[pa.RecordBatch] = []
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
@@ -310,10 +321,19 @@ def _read_batches(prefix: str) -> dict[str, np.ndarray]:
         return {}
     table = pa.Table.from_batches(batches)
     out: dict[str, np.ndarray] = {}
-    for name in table.column_names:
+    for name in names if names is not None else table.column_names:
         column = table.column(name).combine_chunks()
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            column = column.flatten()
+            if names is None and len(column.flatten()) != len(column):
+                continue  # not one value per row (a sparse output): not a model feature
+            values = column.flatten()
+            if len(values) != len(column):
+                raise InputDataError(
+                    f"transformed feature '{name}': expected one value per row; found "
+                    f"{len(values)} values for {len(column)} rows. Make it dense in the "
+                    "preprocessing_fn (e.g. tft.sparse_tensor_to_dense_with_shape)"
+                )
+            column = values
         out[name] = column.to_numpy(zero_copy_only=False)
     return out
 
@@ -327,23 +347,25 @@ def _pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
 
 def analyze_and_transform(
     train: pa.Table,
+    spec: Mapping[str, Feature],
+    preprocessing_fn: Callable[..., Any],
     transform_output_dir: Path,
     work_dir: Path,
     beam_args: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
+) -> str:
     """Analyze ``train`` with tf.Transform on Beam; write the transform output; return
-    the transformed training rows (the label and key columns included)."""
+    the prefix of the transformed training rows' files (read with :func:`_read_batches`)."""
     prefix = str(work_dir / "transformed_train" / "part")
     with (
         create_pipeline(_pipeline_options(beam_args)) as pipeline,
         tft_beam.Context(temp_dir=str(work_dir / "tft_tmp")),
     ):
-        raw = _record_batch_source(pipeline, train, work_dir / "train_rows", "Train")
+        raw = _record_batch_source(pipeline, train, spec, work_dir / "train_rows", "Train")
         (transformed, _metadata), transform_fn = (
             raw,
-            _tensor_adapter_config(),
+            tensor_adapter_config(spec),
         ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-            loans.preprocessing_fn, output_record_batches=True
+            preprocessing_fn, output_record_batches=True
         )
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
             str(transform_output_dir)
@@ -353,16 +375,20 @@ def analyze_and_transform(
             | "Serialize" >> beam.Map(_serialize_batch)
             | "Write" >> beam.io.WriteToTFRecord(prefix)
         )
-    return _in_order(_read_batches(prefix), train.column(loans.KEY))
+    return prefix
 
 
 def tft_transform_rows(
-    table: pa.Table, transform_output_dir: Path, beam_args: Sequence[str] | None = None
+    table: pa.Table,
+    transform_output_dir: Path,
+    spec: Mapping[str, Feature],
+    key: str,
+    beam_args: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """tf.Transform's training-time output (``TransformDataset`` on Beam) for ``table``.
 
-    ``table`` needs every schema column (label and key too). The result is in the
-    row order of ``table`` (rows are matched back by ``loan_id``).
+    ``table`` needs every column of ``spec``; the preprocessing_fn must pass ``key``
+    through. The result (its dense columns) is in the row order of ``table``.
     """
     work_dir = Path(tempfile.mkdtemp(prefix="batchscore-tft-"))
     try:
@@ -374,9 +400,9 @@ def tft_transform_rows(
             transform_fn = pipeline | "ReadTransformFn" >> tft_beam.ReadTransformFn(
                 str(transform_output_dir)
             )
-            raw = _record_batch_source(pipeline, table, work_dir / "rows", "Rows")
+            raw = _record_batch_source(pipeline, table, spec, work_dir / "rows", "Rows")
             transformed, _metadata = (
-                (raw, _tensor_adapter_config()),
+                (raw, tensor_adapter_config(spec)),
                 transform_fn,
             ) | "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
             _ = (
@@ -387,121 +413,279 @@ def tft_transform_rows(
         out = _read_batches(prefix)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return _in_order(out, table.column(loans.KEY))
+    return _in_order(out, table.column(key), key)
 
 
-def _in_order(columns: dict[str, np.ndarray], keys: pa.ChunkedArray) -> dict[str, np.ndarray]:
+def _in_order(
+    columns: dict[str, np.ndarray], keys: pa.ChunkedArray, key: str
+) -> dict[str, np.ndarray]:
     """``columns`` (which carry the key column) reordered to the order of ``keys``."""
-    got = pa.array(columns[loans.KEY].astype(object), pa.binary()).cast(pa.string())
-    positions = pc.index_in(keys, value_set=got)
+    got = columns[key]
+    if got.dtype.kind in "OSU":  # strings come back as bytes
+        values = pa.array(got.astype(object), pa.binary()).cast(pa.string())
+    else:
+        values = pa.array(got)
+    positions = pc.index_in(keys.cast(values.type), value_set=values)
     if positions.null_count:
         raise InputDataError(
-            f"tf.Transform output: expected one transformed row per input {loans.KEY}; "
+            f"tf.Transform output: expected one transformed row per input {key}; "
             f"{positions.null_count} of {len(keys)} keys are missing from it. Are the "
-            f"{loans.KEY} values unique?"
+            f"{key} values unique?"
         )
     order = positions.to_numpy()
-    return {name: values[order] for name, values in columns.items()}
+    return {name: values_[order] for name, values_ in columns.items()}
 
 
-# -- the model -----------------------------------------------------------------------
+# -- fit and evaluate ------------------------------------------------------------------
 
 
-def build_model(tft_output: tft.TFTransformOutput, seed: int) -> tf_keras.Model:
-    """A small MLP over z-scored numbers and embedded categorical ids."""
-    tf_keras.utils.set_random_seed(seed)
-    inputs: dict[str, Any] = {}
-    parts = []
-    numbers = []
-    for name in loans.dense_float_features():
-        inputs[name] = tf_keras.Input(shape=(), name=name, dtype=tf.float32)
-        numbers.append(tf_keras.layers.Reshape((1,))(inputs[name]))
-    parts.append(tf_keras.layers.Concatenate(name="numbers")(numbers))
-    hashed = loans.hashed_feature_buckets()
-    for name in loans.categorical_id_features():
-        inputs[name] = tf_keras.Input(shape=(), name=name, dtype=tf.int64)
-        buckets = hashed.get(name) or tft_output.num_buckets_for_transformed_feature(name)
-        dim = max(2, min(16, round(1.6 * buckets**0.25)))
-        embedded = tf_keras.layers.Embedding(buckets, dim, name=f"{name}_embedding")(inputs[name])
-        parts.append(embedded)
-    x = tf_keras.layers.Concatenate(name="features")(parts)
-    x = tf_keras.layers.Dense(64, activation="relu")(x)
-    x = tf_keras.layers.Dense(32, activation="relu")(x)
-    output = tf_keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
-    model = tf_keras.Model(inputs=inputs, outputs=output)
-    model.compile(
-        optimizer=tf_keras.optimizers.Adam(learning_rate=2e-3),
-        loss="binary_crossentropy",
-        metrics=[tf_keras.metrics.AUC(name="auc")],
-    )
-    return model
-
-
-def model_features(model: tf_keras.Model) -> list[str]:
-    return list(model.input_names)
-
-
-def serving_input_signature() -> dict[str, tf.TensorSpec]:
-    """One 1-D tensor per raw feature, named like its Parquet column."""
+def _hyperparameters(
+    request: TrainingRequest, prepared: _Prepared, task: TaskInfo
+) -> dict[str, Any]:
     return {
-        name: tf.TensorSpec([None], feature.dtype, name=name)
-        for name, feature in loans.raw_feature_spec().items()
+        **request.hyperparameters,
+        "label": prepared.label,
+        "key_columns": list(prepared.key_columns),
+        "task": task.task,
+        "num_classes": task.num_classes,
+        "output_name": request.output_name or DEFAULT_OUTPUT_NAMES[task.task],
+        "seed": request.seed,
     }
 
 
-class ServingModule(tf.Module):
-    """What the SavedModel holds: the transform layer, the Keras model, two signatures."""
-
-    def __init__(self, model: tf_keras.Model, tft_output: tft.TFTransformOutput) -> None:
-        super().__init__()
-        self.model = model
-        self.tft_layer = tft_output.transform_features_layer()
-        self._features = model_features(model)
-        signature = [serving_input_signature()]
-        self.serve = tf.function(self._serve, input_signature=signature)
-        self.transform = tf.function(self._transform, input_signature=signature)
-
-    def _transform(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        transformed = self.tft_layer(raw)
-        return {name: transformed[name] for name in self._features}
-
-    def _serve(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        transformed = self._transform(raw)
-        probability = self.model(transformed, training=False)
-        return {OUTPUT_KEY: tf.reshape(tf.cast(probability, tf.float32), [-1])}
-
-    def save(self, path: Path) -> None:
-        tf.saved_model.save(
-            self,
-            str(path),
-            signatures={
-                SERVING_SIGNATURE: self.serve.get_concrete_function(),
-                TRANSFORM_SIGNATURE: self.transform.get_concrete_function(),
-            },
-        )
+def _labels_for(task: TaskInfo, values: np.ndarray) -> np.ndarray:
+    if task.task == "multiclass":
+        return values.astype(np.int64)
+    return values.astype(np.float32)
 
 
-def raw_inputs(table: pa.Table) -> dict[str, tf.Tensor]:
-    """The serving signature's inputs for the rows of ``table``."""
-    out = {}
-    for name, feature in loans.raw_feature_spec().items():
-        column = table.column(name).cast(ARROW_TYPE_FOR_DTYPE[feature.dtype.name]).combine_chunks()
-        values = column.to_numpy(zero_copy_only=False)
-        if feature.dtype == tf.string:
-            values = values.astype(object)
-        out[name] = tf.constant(values, dtype=feature.dtype)
-    return out
+def transformed_labels(
+    tft_output: tft.TFTransformOutput, table: pa.Table, spec: Mapping[str, Feature], label: str
+) -> np.ndarray:
+    """The label of ``table``'s rows as the preprocessing_fn outputs it (in process, through
+    the exported transform graph; no Beam)."""
+    from training.export import tft_raw_form
+
+    transformed = tft_output.transform_raw_features(
+        tft_raw_form(raw_inputs(table, spec), spec), drop_unused_features=False
+    )
+    return np.asarray(transformed[label]).reshape(-1)
+
+
+def evaluate(
+    task: TaskInfo, labels: np.ndarray, predictions: np.ndarray, history: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Held-out metrics of the task (and the last epoch's training loss)."""
+    metrics: dict[str, Any] = {"heldout_rows": int(labels.size)}
+    if task.task == "binary":
+        metrics |= {
+            "heldout_auc": round(auc(labels, predictions), 6),
+            "heldout_log_loss": round(log_loss(labels, predictions), 6),
+            "heldout_positive_rate": round(float(labels.mean()), 6),
+            "heldout_mean_prediction": round(float(predictions.mean()), 6),
+        }
+    elif task.task == "multiclass":
+        chosen = predictions.argmax(axis=1)
+        picked = predictions[np.arange(labels.size), labels.astype(np.int64)]
+        metrics |= {
+            "heldout_accuracy": round(float((chosen == labels).mean()), 6),
+            "heldout_log_loss": round(float(-np.mean(np.log(np.clip(picked, 1e-7, 1)))), 6),
+            "classes": task.num_classes,
+        }
+    else:
+        error = predictions.astype(np.float64) - labels.astype(np.float64)
+        variance = float(np.var(labels.astype(np.float64)))
+        metrics |= {
+            "heldout_rmse": round(float(np.sqrt(np.mean(error**2))), 6),
+            "heldout_mae": round(float(np.mean(np.abs(error))), 6),
+            "heldout_r2": round(1 - float(np.mean(error**2)) / variance, 6) if variance else None,
+            "heldout_mean_label": round(float(labels.mean()), 6),
+            "heldout_mean_prediction": round(float(predictions.mean()), 6),
+        }
+    for name, values in history.items():
+        metrics[f"train_{name}"] = round(float(values[-1]), 6)
+    return metrics
 
 
 def predict(module: ServingModule, table: pa.Table, batch_rows: int = 65536) -> np.ndarray:
+    """The first output of ``serving_default`` for the rows of ``table``."""
+    spec = module.raw_spec
     scores = [
-        module.serve(raw_inputs(table.slice(start, batch_rows)))[OUTPUT_KEY].numpy()
+        next(iter(module.serve(raw_inputs(table.slice(start, batch_rows), spec)).values())).numpy()
         for start in range(0, table.num_rows, batch_rows)
     ]
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-# -- the whole job -------------------------------------------------------------------
+# -- the whole job ---------------------------------------------------------------------
+
+
+def train(request: TrainingRequest, report: Callable[[str], None] | None = print) -> ResolvedModel:
+    """Run the whole job (see the module docstring); return the registered model.
+
+    The registered SavedModel is signed with ``request.signing_key`` (PEM EC private key;
+    default: $BATCHSCORE_SIGNING_KEY, else the demo's key pair, made if missing). Its
+    metadata holds the signature, the training facts (``training.timings_s`` among them),
+    the held-out metrics and the lineage.
+    """
+    say = report or (lambda _message: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        assert step in TRAINING_STEPS, step
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 2)
+        clock = now
+
+    key = ensure_signing_key(request.signing_key)
+    public_key_of(key)  # a bad key fails now, not after training
+    prepared = prepare(request, report)
+    repo = ModelRepository(request.model_repo or demo_model_repo())
+    raw = dataset.read_rows(prepared.files, prepared.spec, request.train_rows)
+    cleaned = clean_rows(raw, prepared.contract)
+    train_rows, heldout = split_heldout(cleaned.table, prepared.key_columns)
+    if train_rows.num_rows == 0 or heldout.num_rows == 0:
+        raise InputDataError(
+            f"--input={prepared.source}: expected clean rows for both training and held-out "
+            f"evaluation; found {train_rows.num_rows} train and {heldout.num_rows} held-out "
+            f"rows of {raw.num_rows} read ({cleaned.dropped} dirty). Raise --train_rows"
+        )
+    fingerprint = data_fingerprint(prepared.source, prepared.files)
+    lap("read_clean_split")
+
+    work_dir = Path(tempfile.mkdtemp(prefix="batchscore-train-"))
+    try:
+        transform_output_dir = work_dir / "transform_output"
+        prefix = analyze_and_transform(
+            train_rows,
+            prepared.spec,
+            prepared.preprocessing.function,
+            transform_output_dir,
+            work_dir,
+            request.beam_args,
+        )
+        lap("tft_analyze_transform_beam")
+
+        tft_output = tft.TFTransformOutput(str(transform_output_dir))
+        task = resolve_task(tft_output, prepared.label, request.task)
+        hyperparameters = _hyperparameters(request, prepared, task)
+        model = prepared.model_fn.function(tft_output, hyperparameters)
+        if not isinstance(model, tf_keras.Model):
+            raise UsageError(
+                f"--model_fn={prepared.model_fn.spec}: expected a tf_keras.Model (Keras 2, "
+                f"as tf.Transform 1.21 needs); it returned {type(model).__name__}"
+            )
+        transformed = _read_batches(prefix, [*model.input_names, prepared.label])
+        features = {name: transformed[name] for name in model.input_names}
+        labels = _labels_for(task, transformed[prepared.label])
+        # Arrays, not an element-wise tf.data pipeline: Keras shuffles indices and
+        # gathers whole batches, several times faster on 2 cores.
+        history = model.fit(
+            features,
+            labels,
+            batch_size=request.batch_size,
+            epochs=request.epochs,
+            shuffle=True,
+            verbose=0,
+        )
+        lap("keras_fit")
+
+        module = ServingModule(model, tft_output, prepared.raw_spec, hyperparameters["output_name"])
+        saved_model_dir = work_dir / "saved_model"
+        module.save(saved_model_dir)
+        lap("export")
+
+        scores = predict(module, heldout)
+        heldout_labels = _labels_for(
+            task, transformed_labels(tft_output, heldout, prepared.spec, prepared.label)
+        )
+        metrics = evaluate(task, heldout_labels, scores, history.history)
+        lap("evaluate")
+
+        baseline = write_drift_baseline(
+            saved_model_dir,
+            raw,
+            list(prepared.raw_spec),
+            scores if scores.ndim == 1 else None,
+            hyperparameters["output_name"],
+            prepared.source,
+        )
+        lap("drift_baseline")
+
+        metadata = {
+            "signature": module.signature_metadata(),
+            "key_columns": list(prepared.key_columns),
+            "contract": prepared.contract.name,
+            "label": prepared.label,
+            "task": task.to_json(),
+            "training": {
+                "data_fingerprint": fingerprint,
+                "input": str(prepared.source.resolve()),
+                "input_files": len(prepared.files),
+                "rows_used": raw.num_rows,
+                "rows_dropped_dirty": cleaned.dropped,
+                "dirty_by_reason": cleaned.reasons,
+                "train_rows": train_rows.num_rows,
+                "heldout_rows": heldout.num_rows,
+                "epochs": request.epochs,
+                "batch_size": request.batch_size,
+                "seed": request.seed,
+                "schema": f"{prepared.contract.source}/schema.pbtxt",
+                "preprocessing_fn": prepared.preprocessing.spec,
+                "model_fn": prepared.model_fn.spec,
+                "timings_s": timings,
+            },
+            "metrics": metrics,
+            "drift_baseline": baseline,
+            "framework": framework_versions(),
+            "lineage": lineage(
+                data_fingerprint=fingerprint,
+                source=prepared.source,
+                contract_name=prepared.contract.name,
+                contract_sha256=contract_sha256(prepared.contract),
+                preprocessing=prepared.preprocessing,
+                model_fn=prepared.model_fn,
+                hyperparameters=hyperparameters,
+                frameworks=framework_versions(),
+            ),
+        }
+        resolved = repo.register(
+            request.name,
+            saved_model_dir,
+            metadata,
+            transform_output_dir,
+            signing_key=key,
+            contract_dir=Path(prepared.contract.source),
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    say(
+        f"train: registered {resolved.label} at {resolved.saved_model_dir.parent} "
+        f"(train {train_rows.num_rows:,} rows, held-out {heldout.num_rows:,}, dropped "
+        f"{cleaned.dropped:,} dirty; {describe_metrics(metrics)}); signed with {key} (key "
+        f"{short(key_fingerprint(public_key_of(key)))})"
+    )
+    return resolved
+
+
+def describe_metrics(metrics: Mapping[str, Any]) -> str:
+    """The held-out metrics in words: 'held-out AUC 0.8123, log loss 0.3012'."""
+    names = {
+        "heldout_auc": "AUC",
+        "heldout_accuracy": "accuracy",
+        "heldout_log_loss": "log loss",
+        "heldout_rmse": "RMSE",
+        "heldout_mae": "MAE",
+        "heldout_r2": "R^2",
+    }
+    parts = [
+        f"{label} {metrics[key]:.4f}"
+        for key, label in names.items()
+        if metrics.get(key) is not None
+    ]
+    return "held-out " + ", ".join(parts)
 
 
 def train_and_register(
@@ -516,136 +700,41 @@ def train_and_register(
     report: Callable[[str], None] | None = print,
     signing_key: Path | str | None = None,
 ) -> ResolvedModel:
-    """Run the whole job (see the module docstring); return the registered model.
-
-    The registered SavedModel is signed with ``signing_key`` (PEM EC private key;
-    default: $BATCHSCORE_SIGNING_KEY, else the demo's key pair, made if missing).
-
-    Its metadata holds the signature, the training facts (``training.timings_s``
-    among them) and the held-out metrics.
-    """
-    say = report or (lambda _message: None)
-    if train_rows < 10:
-        raise UsageError(f"--train_rows={train_rows}: expected at least 10 rows")
-    if epochs < 1:
-        raise UsageError(f"--epochs={epochs}: expected at least 1")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        assert step in TRAINING_STEPS, step
-        nonlocal clock
-        now = time.perf_counter()
-        timings[step] = round(now - clock, 2)
-        clock = now
-
-    key = ensure_signing_key(Path(signing_key) if signing_key is not None else None)
-    public_key_of(key)  # a bad key fails now, not after training
-    source = Path(input_dir) if input_dir is not None else ensure_demo_data(log=report)
-    repo = ModelRepository(Path(model_repo) if model_repo is not None else demo_model_repo())
-    files = parquet_files(source)
-    raw = read_rows(source, train_rows)
-    cleaned = clean_training_rows(raw)
-    train, heldout = split_heldout(cleaned.table)
-    if train.num_rows == 0 or heldout.num_rows == 0:
-        raise InputDataError(
-            f"--input={source}: expected clean rows for both training and held-out "
-            f"evaluation; found {train.num_rows} train and {heldout.num_rows} held-out rows "
-            f"of {raw.num_rows} read ({cleaned.dropped} dirty). Raise --train_rows"
-        )
-    fingerprint = data_fingerprint(source, files)
-    lap("read_clean_split")
-
-    work_dir = Path(tempfile.mkdtemp(prefix="batchscore-train-"))
-    try:
-        transform_output_dir = work_dir / "transform_output"
-        transformed = analyze_and_transform(train, transform_output_dir, work_dir, beam_args)
-        lap("tft_analyze_transform_beam")
-
-        tft_output = tft.TFTransformOutput(str(transform_output_dir))
-        model = build_model(tft_output, seed)
-        features = {name: transformed[name] for name in model_features(model)}
-        labels = transformed[loans.LABEL].astype(np.float32)
-        # Arrays, not an element-wise tf.data pipeline: Keras shuffles indices and
-        # gathers whole batches, several times faster on 2 cores.
-        history = model.fit(
-            features, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0
-        )
-        lap("keras_fit")
-
-        module = ServingModule(model, tft_output)
-        saved_model_dir = work_dir / "saved_model"
-        module.save(saved_model_dir)
-        lap("export")
-
-        scores = predict(module, heldout)
-        heldout_labels = heldout.column(loans.LABEL).to_numpy()
-        metrics = {
-            "heldout_auc": round(auc(heldout_labels, scores), 6),
-            "heldout_log_loss": round(log_loss(heldout_labels, scores), 6),
-            "heldout_rows": heldout.num_rows,
-            "heldout_positive_rate": round(float(heldout_labels.mean()), 6),
-            "heldout_mean_prediction": round(float(scores.mean()), 6),
-            "train_loss": round(float(history.history["loss"][-1]), 6),
-            "train_auc": round(float(history.history["auc"][-1]), 6),
-        }
-        lap("evaluate")
-
-        baseline = write_drift_baseline(saved_model_dir, raw, scores, source)
-        lap("drift_baseline")
-
-        metadata = {
-            "signature": signature_metadata(),
-            "key_columns": [loans.KEY],
-            "contract": loans.SCHEMA_NAME,
-            "label": loans.LABEL,
-            "training": {
-                "data_fingerprint": fingerprint,
-                "input": str(source),
-                "input_files": len(files),
-                "rows_used": raw.num_rows,
-                "rows_dropped_dirty": cleaned.dropped,
-                "dirty_by_reason": cleaned.reasons,
-                "train_rows": train.num_rows,
-                "heldout_rows": heldout.num_rows,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "seed": seed,
-                "schema": f"schemas/{loans.SCHEMA_NAME}/schema.pbtxt",
-                "preprocessing_fn": "transforms.loans.preprocessing_fn",
-                "timings_s": timings,
-            },
-            "metrics": metrics,
-            "drift_baseline": baseline,
-            "framework": framework_versions(),
-        }
-        resolved = repo.register(
-            name, saved_model_dir, metadata, transform_output_dir, signing_key=key
-        )
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    say(
-        f"train: registered {resolved.label} at {resolved.saved_model_dir.parent} "
-        f"(train {train.num_rows:,} rows, held-out {heldout.num_rows:,}, dropped "
-        f"{cleaned.dropped:,} dirty; held-out AUC {metrics['heldout_auc']:.4f}, "
-        f"log loss {metrics['heldout_log_loss']:.4f}); signed with {key} (key "
-        f"{short(key_fingerprint(public_key_of(key)))})"
+    """The loans demo model (:data:`DEMO`) trained on ``input_dir`` and registered."""
+    request = TrainingRequest(
+        contract=DEMO.contract,
+        preprocessing_fn=DEMO.preprocessing_fn,
+        name=name,
+        output_name=DEMO.output_name,
+        input=Path(input_dir) if input_dir is not None else None,
+        model_repo=Path(model_repo) if model_repo is not None else None,
+        train_rows=train_rows,
+        epochs=epochs,
+        seed=seed,
+        beam_args=tuple(beam_args or ()),
+        batch_size=batch_size,
+        signing_key=Path(signing_key) if signing_key is not None else None,
     )
-    return resolved
+    return train(request, report)
 
 
 def write_drift_baseline(
-    saved_model_dir: Path, raw: pa.Table, heldout_scores: np.ndarray, source: Path
+    saved_model_dir: Path,
+    raw: pa.Table,
+    features: Sequence[str],
+    heldout_scores: np.ndarray | None,
+    prediction_name: str,
+    source: Path,
 ) -> dict[str, Any]:
     """Statistics of every raw feature (all rows read, dirty ones included, as scoring sees
     them) and of the held-out predictions, saved inside the SavedModel before it is signed:
     the signature covers the baseline, and metadata.json records its sha256."""
     baseline = compute_baseline(
         raw,
-        list(loans.raw_feature_spec()),
+        list(features),
         source=f"{source} (first {raw.num_rows:,} rows; predictions on the held-out rows)",
         predictions=heldout_scores,
-        prediction_name=OUTPUT_KEY,
+        prediction_name=prediction_name,
     )
     path = baseline_path(saved_model_dir)
     write_json_atomic(path, baseline.to_json())
@@ -655,26 +744,6 @@ def write_drift_baseline(
         "rows": baseline.rows,
         "prediction_rows": baseline.prediction_rows,
         "features": len(baseline.features),
-    }
-
-
-def signature_metadata() -> dict[str, Any]:
-    """The serving signature in ``batch.model.signature.SignatureInfo`` JSON form (plus names).
-
-    ``{"inputs": {column: {"dtype": "int64", "shape": [None]}, ...},
-    "outputs": {"default_probability": {"dtype": "float32", "shape": [None]}}}``
-    """
-    info = SignatureInfo(
-        inputs={
-            name: TensorInfo(feature.dtype.name, (None,))
-            for name, feature in loans.raw_feature_spec().items()
-        },
-        outputs={OUTPUT_KEY: TensorInfo("float32", (None,))},
-    )
-    return {
-        **info.to_json(),
-        "name": SERVING_SIGNATURE,
-        "transform_signature": TRANSFORM_SIGNATURE,
     }
 
 

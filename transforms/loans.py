@@ -5,9 +5,12 @@ Training analyzes :func:`preprocessing_fn` over the training rows on Beam
 SavedModel; scoring runs that exported graph. There is no second implementation
 of this preprocessing anywhere.
 
+The training job is ``python -m jobs.train`` with no ``--contract`` (training.trainer.DEMO):
+this module is one user of the generic job.
+
 Inputs are dense 1-D tensors (shape ``[batch]``), one per raw feature of
 ``schemas/loans/schema.pbtxt``: int64 for INT, float32 for FLOAT, string for
-BYTES (see :func:`raw_feature_spec`). The graph is total over its inputs' types:
+BYTES (the raw feature spec training.dataset.feature_spec reads from the schema). The graph is total over its inputs' types:
 out-of-range numbers are clipped to the schema's domain before scaling,
 bucketization takes any number, and unseen strings land in out-of-vocabulary
 buckets. Which rows are *acceptable* is the cleaning rules' business, not this
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_transform as tft
-from tensorflow_transform.tf_metadata import schema_utils
+from tensorflow_transform import schema_inference
 
 from batch.contract.contract import load_schema
 
@@ -61,7 +64,8 @@ PRODUCT = "product_code"
 PRODUCT_HASH_BUCKETS = 64
 PRODUCT_OOV_BUCKETS = 2
 
-# Transformed feature names (what the Keras model consumes).
+# Transformed feature names (what the Keras model consumes; training.model_fn reads
+# which are numbers and which are ids from tft_output's transformed schema).
 Z_SUFFIX = "_z"
 BUCKET_SUFFIX = "_bucket"
 ID_SUFFIX = "_id"
@@ -70,29 +74,6 @@ HAS_DELINQUENCY = "has_delinquency"
 PRODUCT_FAMILY_ID = "product_family_id"
 PRODUCT_TIER_ID = "product_tier_id"
 PRODUCT_CODE_HASH = "product_code_hash"
-
-
-def raw_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
-    """The raw features the model takes (schema order), without the label and the key."""
-    spec = training_feature_spec()
-    return {name: feature for name, feature in spec.items() if name not in (LABEL, KEY)}
-
-
-def training_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
-    """Every column of the schema (raw features, label and key) as scalar FixedLenFeatures."""
-    schema = load_schema(SCHEMA_NAME)
-    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
-    out: dict[str, tf.io.FixedLenFeature] = {}
-    for feature in schema.feature:
-        parsed = spec[feature.name]
-        if not isinstance(parsed, tf.io.FixedLenFeature) or list(parsed.shape) != []:
-            raise ValueError(
-                f"schemas/{SCHEMA_NAME}/schema.pbtxt: feature '{feature.name}' must be a "
-                f"required scalar (presence min_fraction 1 and `shape {{}}`); found {parsed}. "
-                "Fix the schema"
-            )
-        out[feature.name] = parsed
-    return out
 
 
 def feature_domains() -> dict[str, tuple[float, float]]:
@@ -172,28 +153,10 @@ def product_code_parts(codes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tenso
     code = tf.strings.upper(tf.strings.strip(distinct))
     family = tf.strings.regex_replace(code, r"^([^-\s]*).*$", r"\1")
     tier = tf.strings.regex_replace(code, r"^[^-]*-?([^\s]*).*$", r"\1")
-    code_hash = tf.strings.to_hash_bucket_fast(code, PRODUCT_HASH_BUCKETS)
-    return tf.gather(family, row_of), tf.gather(tier, row_of), tf.gather(code_hash, row_of)
-
-
-def dense_float_features() -> list[str]:
-    """Transformed features that are float32 scalars (fed to the model as numbers)."""
-    names = [n + Z_SUFFIX for n in (*LOG_NUMERIC, *NUMERIC)]
-    return [*names, LOAN_TO_INCOME_Z, HAS_DELINQUENCY]
-
-
-def categorical_id_features() -> list[str]:
-    """Transformed features that are int64 ids in ``[0, num_buckets)`` (fed to embeddings)."""
-    return [
-        *(n + BUCKET_SUFFIX for n in BUCKETIZED),
-        *(n + ID_SUFFIX for n in CATEGORICAL),
-        EMPLOYER + ID_SUFFIX,
-        PRODUCT_FAMILY_ID,
-        PRODUCT_TIER_ID,
-        PRODUCT_CODE_HASH,
-    ]
-
-
-def hashed_feature_buckets() -> dict[str, int]:
-    """Bucket counts of the id features that no analyzer records (hash buckets)."""
-    return {PRODUCT_CODE_HASH: PRODUCT_HASH_BUCKETS}
+    code_hash = tf.gather(tft.hash_strings(code, PRODUCT_HASH_BUCKETS), row_of)
+    # Record the id range in the transformed schema, as vocabularies and buckets do, so
+    # that a model reads the bucket count from tft_output (num_buckets_for_transformed_feature).
+    schema_inference.set_tensor_schema_override(
+        code_hash, tf.constant(0, tf.int64), tf.constant(PRODUCT_HASH_BUCKETS - 1, tf.int64)
+    )
+    return tf.gather(family, row_of), tf.gather(tier, row_of), code_hash

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from batch.contract.contract import RULES_FILE, SCHEMA_FILE
 from batch.core.errors import ModelError, UsageError
 from batch.core.fsutil import directory_sha256, locked, read_json, write_json_atomic
 from batch.model.resolved import ResolvedModel
@@ -52,12 +53,45 @@ SAVED_MODEL_DIR = "saved_model"
 TRANSFORM_OUTPUT_DIR = "transform_output"
 METADATA_FILE = "metadata.json"
 ALIASES_FILE = "aliases.json"
+# Inside the SavedModel, where its signature covers it: <folder>/<contract name>/schema.pbtxt
+CONTRACT_FOLDER = "assets.extra/batchscore_contract"
 LATEST = "latest"
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 def is_saved_model_dir(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+
+
+def embed_contract(saved_model_dir: Path, contract_dir: Path) -> Path:
+    """Copy a contract's files into the SavedModel (``CONTRACT_FOLDER/<name>/``), so that the
+    model's signature covers them and scoring finds them from any folder and worker."""
+    if not (contract_dir / SCHEMA_FILE).is_file():
+        raise UsageError(f"contract {contract_dir}: expected {SCHEMA_FILE} in it; found none")
+    target = saved_model_dir / CONTRACT_FOLDER / contract_dir.name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in (SCHEMA_FILE, RULES_FILE):
+        if (contract_dir / name).is_file():
+            shutil.copyfile(contract_dir / name, target / name)
+    return target
+
+
+def embedded_contract(saved_model_dir: Path) -> Path | None:
+    """The contract folder a SavedModel carries (:func:`embed_contract`), or None."""
+    folder = saved_model_dir / CONTRACT_FOLDER
+    found = sorted(folder.glob(f"*/{SCHEMA_FILE}")) if folder.is_dir() else []
+    return found[0].parent if len(found) == 1 else None
+
+
+def _with_embedded_contract(meta: dict[str, Any], saved_model_dir: Path) -> dict[str, Any]:
+    """``meta`` whose ``contract`` is the absolute path of the contract the version carries
+    (when it carries one): what scoring loads, whatever the caller's working folder."""
+    embedded = embedded_contract(saved_model_dir)
+    if embedded is None:
+        return meta
+    return {**meta, "contract": str(embedded.resolve())}
 
 
 @dataclass(frozen=True)
@@ -270,13 +304,14 @@ class ModelRepository:
                 f"(versions: {', '.join(map(str, versions))}; aliases: {known}; or use @latest)"
             )
         meta = self.metadata(name, version)
+        saved_model_dir = self.version_dir(name, version) / SAVED_MODEL_DIR
         return ResolvedModel(
             name=name,
             version=str(version),
-            saved_model_dir=self.version_dir(name, version) / SAVED_MODEL_DIR,
+            saved_model_dir=saved_model_dir,
             content_hash=str(meta["content_hash"]),
             registered=True,
-            metadata=meta,
+            metadata=_with_embedded_contract(meta, saved_model_dir),
             alias=alias,
         )
 
@@ -288,9 +323,12 @@ class ModelRepository:
         metadata: dict[str, Any],
         transform_output_dir: Path | None = None,
         signing_key: Path | None = None,
+        contract_dir: Path | None = None,
     ) -> ResolvedModel:
         """Copy a SavedModel (and its transform output) in as the next version of ``name``,
-        signed with ``signing_key`` (a PEM EC private key) before it becomes visible."""
+        signed with ``signing_key`` (a PEM EC private key) before it becomes visible.
+        ``contract_dir``'s files are copied into the SavedModel first (:func:`embed_contract`),
+        so the signature covers them."""
         if not _is_name(name):
             raise ModelError(
                 f"model name '{name}': expected letters, digits, '_', '-' or '.', "
@@ -303,6 +341,8 @@ class ModelRepository:
         staging = folder / f".staging-{uuid.uuid4().hex}"
         try:
             shutil.copytree(saved_model_dir, staging / SAVED_MODEL_DIR)
+            if contract_dir is not None:
+                embed_contract(staging / SAVED_MODEL_DIR, contract_dir)
             if transform_output_dir is not None:
                 shutil.copytree(transform_output_dir, staging / TRANSFORM_OUTPUT_DIR)
             content_hash = directory_sha256(staging / SAVED_MODEL_DIR)
@@ -431,7 +471,7 @@ def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
                 saved_model_dir=path / SAVED_MODEL_DIR,
                 content_hash=str(meta["content_hash"]),
                 registered=True,
-                metadata=meta,
+                metadata=_with_embedded_contract(meta, path / SAVED_MODEL_DIR),
             )
         if is_saved_model_dir(path):
             content_hash = directory_sha256(path)
