@@ -2,6 +2,11 @@
 
     python -m jobs.make_demo [--rows=1000000] [--days=7] [--files_per_day=2]
                              [--output=DIR] [--seed=7] [--dirty_fraction=0.0005] [--force]
+    python -m jobs.make_demo --dataset=deliveries --output=DIR [--rows=N] [--seed=N]
+                             [--missing_fraction=1.0]
+
+``--dataset=deliveries`` writes the second example dataset instead (a regression with
+optional features; :mod:`batch.demo.deliveries`).
 
 What the data holds (schema, partitions, the exact share of dirty rows) and how it is
 written (deterministic, idempotent, renamed into place) is described in
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batch.api import write_summary_file
+from batch.demo import deliveries
 from batch.demo.data import (
     DEFAULT_DAYS,
     DEFAULT_DIRTY_FRACTION,
@@ -24,7 +30,7 @@ from batch.demo.data import (
     DEFAULT_SEED,
     ensure_demo_data,
 )
-from batch.demo.paths import demo_data_dir
+from batch.demo.paths import demo_data_dir, demo_dir
 from batch.observe.checks import OK, job_summary
 from jobs.cli import JobParser, add_summary_file, run_main
 
@@ -39,6 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
             "Parquet, hive-partitioned by day: DIR/dt=YYYY-MM-DD/part-NNNNN.parquet. "
             "Skips the work when DIR already holds the data for the same arguments."
         ),
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("loans", "deliveries"),
+        default="loans",
+        help="loans (default): the demo dataset; deliveries: the second example (a "
+        "regression with optional features, schemas/deliveries), written as --files_per_day "
+        "files into --output (default: "
+        f"{demo_dir() / deliveries.SCHEMA_NAME}); it uses --rows, --seed, --dirty_fraction "
+        "and --missing_fraction",
+    )
+    parser.add_argument(
+        "--missing_fraction",
+        type=float,
+        default=deliveries.DEFAULT_MISSING_FRACTION,
+        help="deliveries only: scale of the optional features' missing shares (1 = about "
+        "8%%, 15%% and 10%%; 0 = no missing value) (default: %(default)s)",
     )
     parser.add_argument(
         "--rows",
@@ -91,15 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def make() -> int:
-        folder = ensure_demo_data(
-            args.output,
-            rows=args.rows,
-            days=args.days,
-            files_per_day=args.files_per_day,
-            seed=args.seed,
-            dirty_fraction=args.dirty_fraction,
-            force=args.force,
-        )
+        if args.dataset == "deliveries":
+            folder = deliveries.write_deliveries(
+                args.output or demo_dir() / deliveries.SCHEMA_NAME,
+                rows=args.rows,
+                files=args.files_per_day,
+                seed=args.seed,
+                missing_fraction=args.missing_fraction,
+                dirty_fraction=args.dirty_fraction,
+            )
+            print(f"make_demo: wrote {args.rows:,} deliveries rows to {folder}")
+        else:
+            folder = ensure_demo_data(
+                args.output,
+                rows=args.rows,
+                days=args.days,
+                files_per_day=args.files_per_day,
+                seed=args.seed,
+                dirty_fraction=args.dirty_fraction,
+                force=args.force,
+            )
         if args.summary_file:
             done = job_summary("make_demo", OK, output=str(folder), rows=args.rows)
             write_summary_file(args.summary_file, done, "make_demo")
