@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from batch.core.errors import UsageError
+from batch.core.errors import BatchScoreError, UsageError
 from batch.engine.inputs import Split
 from batch.engine.job import ScoringJob, SplitResult, job_scorer, score_split
 
@@ -136,6 +136,20 @@ def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+class _QuietBatchScoreErrors(logging.Filter):
+    """Drops Beam's traceback for a batchscore error raised by a worker: the error is
+    re-raised to the driver and shown there as its one line (jobs.cli.run_main)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, BatchScoreError)
+
+
+_BEAM_STEP_LOGGER = logging.getLogger("apache_beam.runners.common")
+if not any(isinstance(f, _QuietBatchScoreErrors) for f in _BEAM_STEP_LOGGER.filters):
+    _BEAM_STEP_LOGGER.addFilter(_QuietBatchScoreErrors())
 
 
 def _check_runner_name(runner: str | Any) -> None:

@@ -4,6 +4,12 @@ exit code 2 and a summary file that says fail, never a traceback (issue 22)."""
 from __future__ import annotations
 
 import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,8 @@ import pytest
 from jobs.verify import main as verify_main
 from tests.conftest import score
 from tests.plain_model import write_plain_data
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _one_line_failure(
@@ -128,3 +136,74 @@ class TestAfterTheCommitPoint:
         code, _, summary = self._score_twice(tmp_path, plain_model, break_lock)
         assert code == 0 and summary["status"] == "warn", summary
         assert "_LATEST.lock" in summary["warnings"][0] or "_LATEST" in summary["warnings"][0]
+
+
+def _score_process(
+    data: Path, out: Path, model: Path, *extra: str, limit_file_bytes: int | None = None
+) -> tuple[int, str, dict[str, Any]]:
+    """jobs.score in a process of its own; its exit code, stderr and summary file."""
+
+    def limit() -> None:
+        if limit_file_bytes is not None:  # writes past it fail with EFBIG, as on a full disk
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+
+    summary_file = out.with_name(out.name + ".summary.json")
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "jobs.score", f"--input={data}", f"--output={out}",
+            f"--model={model}", "--key_columns=id", f"--summary_file={summary_file}", *extra,
+        ],
+        capture_output=True, text=True, preexec_fn=limit, cwd=PROJECT, timeout=600,
+    )  # fmt: skip
+    return done.returncode, done.stderr, json.loads(summary_file.read_text())
+
+
+class TestOutputThatCannotBeWritten:
+    def test_a_full_disk_is_one_line(self, tmp_path: Path, plain_model: Path) -> None:
+        data = tmp_path / "in"
+        write_plain_data(data, files=2, rows_per_file=20_000, row_group_rows=5_000)
+        code, err, summary = _score_process(
+            data, tmp_path / "out", plain_model, limit_file_bytes=200_000
+        )
+        assert code == 2 and "Traceback" not in err, err
+        assert "cannot write this output part" in err and "File too large" in err
+        assert summary["status"] == "fail" and "cannot write this output part" in summary["reason"]
+        assert not list((tmp_path / "out").rglob("_SUCCESS"))
+
+    def test_a_version_folder_that_is_not_a_folder(self, tmp_path: Path, plain_model: Path) -> None:
+        data = tmp_path / "in"
+        write_plain_data(data, files=1, rows_per_file=100, row_group_rows=100)
+        out = tmp_path / "out"
+        assert score(data, out, "--key_columns=id", model=plain_model) == 0
+        (version_dir,) = out.glob("*/*")
+        shutil.rmtree(version_dir)
+        version_dir.write_text("in the way")
+        code, err, summary = _score_process(data, out, plain_model, "--force")
+        assert code == 2 and "Traceback" not in err, err
+        assert f"{version_dir}: cannot stage a run there" in err
+        assert summary["status"] == "fail"
+
+
+def test_a_run_lock_that_cannot_be_checked_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's lock (mode 0600) cannot be opened: its run is neither removed nor
+    allowed to fail the cleaning (unit test: root opens every file, so os.open is made to
+    refuse as it would for another user)."""
+    from batch.output import commit
+
+    staged = tmp_path / "_staging" / "run=theirs"
+    staged.mkdir(parents=True)
+    lock = tmp_path / "_staging" / "run=theirs.lock"
+    lock.write_text("123@elsewhere\n")
+    real_open = os.open
+
+    def refuse(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == lock:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(commit.os, "open", refuse)
+    assert commit.clean_stale_runs(tmp_path) == []
+    assert staged.is_dir() and lock.is_file()

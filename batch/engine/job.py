@@ -541,7 +541,6 @@ def run_scoring(
         log.warning("removed %d stale run folder(s) left by dead jobs: %s", len(cleaned), cleaned)
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
     with RunLock(layout):
-        layout.staging_dir.mkdir(parents=True)
         with ProgressMonitor(
             layout.staging_dir, rows_in, run.progress, log_every_s=run.progress_every_s
         ) as monitor:

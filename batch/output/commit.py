@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -110,20 +110,36 @@ class PartWriter:
         self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         self._writer: pq.ParquetWriter | None = None
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An OS error while writing (disk full, no permission, a quota) as one line
+        naming the part, instead of an error from deep inside Arrow."""
+        try:
+            yield
+        except OSError as exc:
+            raise CommitError(
+                f"{self.path}: cannot write this output part ({exc.strerror or exc}); nothing "
+                f"was committed. Free space in, or fix the permissions of, {self.path.parent} "
+                "and rerun"
+            ) from exc
+
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(
-                self._tmp,
-                self.schema,
-                compression="snappy",
-                use_dictionary=self.dictionary_columns,
-            )
+            with self._writing():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(
+                    self._tmp,
+                    self.schema,
+                    compression="snappy",
+                    use_dictionary=self.dictionary_columns,
+                )
         return self._writer
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self._open().write_batch(batch)
+            writer = self._open()
+            with self._writing():
+                writer.write_batch(batch)
             self.rows += batch.num_rows
 
     def __enter__(self) -> PartWriter:
@@ -139,12 +155,19 @@ class PartWriter:
             self._open()
         if self._writer is None:
             return
-        self._writer.close()
-        if exc_type is None:
-            fault_point(PART_WRITTEN)
-            os.replace(self._tmp, self.path)
-        else:
+        if exc_type is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
             self._tmp.unlink(missing_ok=True)
+            return
+        try:
+            with self._writing():
+                self._writer.close()
+                fault_point(PART_WRITTEN)
+                os.replace(self._tmp, self.path)
+        except CommitError:
+            self._tmp.unlink(missing_ok=True)
+            raise
 
 
 @dataclass(frozen=True)
@@ -348,10 +371,26 @@ class RunLock:
     """
 
     def __init__(self, layout: RunLayout) -> None:
+        self.layout = layout
         self.path = _lock_path(layout.version_dir, layout.run_id)
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        """Take the lock, then make the run's staging folder."""
+        version_dir = self.layout.version_dir
+        try:
+            self._lock()
+            self.layout.staging_dir.mkdir(parents=True)
+        except OSError as exc:
+            self.__exit__(None, None, None)
+            raise CommitError(
+                f"{version_dir}: cannot stage a run there ({exc.strerror or exc}: "
+                f"{exc.filename or version_dir}); nothing was committed. Make it a folder "
+                "you can write (or choose another --output) and rerun"
+            ) from exc
+        return self
+
+    def _lock(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -364,7 +403,6 @@ class RunLock:
             os.close(fd)
         os.write(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode())
         self._fd = fd
-        return self
 
     def __exit__(
         self,
@@ -385,10 +423,16 @@ def _lock_path(version_dir: Path, run_id: str) -> Path:
 
 
 def _owner_alive(lock: Path) -> bool:
+    """Whether a live process holds ``lock``. A lock this user cannot open (another
+    user's, 0600) counts as held: what cannot be checked is never removed, and it blocks
+    nothing but itself."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        log.warning("%s: cannot check this run lock (%s); leaving its run alone", lock, exc)
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
