@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from jobs.verify import main as verify_main
-from tests.conftest import score
+from tests.conftest import PlainModels, score
 from tests.plain_model import write_plain_data
+from tests.signing_keys import make_key_pair
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -207,3 +208,21 @@ def test_a_run_lock_that_cannot_be_checked_is_left_alone(
     monkeypatch.setattr(commit.os, "open", refuse)
     assert commit.clean_stale_runs(tmp_path) == []
     assert staged.is_dir() and lock.is_file()
+
+
+def test_signing_a_model_that_holds_a_symlink_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, plain_models: PlainModels
+) -> None:
+    from jobs.models import main as models_main
+
+    model = tmp_path / "model"
+    shutil.copytree(plain_models(sign=False), model)
+    (tmp_path / "secret").write_text("outside the model")
+    (model / "assets.extra.link").symlink_to(tmp_path / "secret")
+    keys = make_key_pair(tmp_path)
+    for extra in ((), ("--force",)):
+        code = models_main(["sign", str(model), f"--key={keys.private}", *extra])
+        _, err = capsys.readouterr()
+        assert code == 2 and "Traceback" not in err, err
+        assert "assets.extra.link" in err and "is a symlink" in err
+        assert not (tmp_path / "model.sig").exists()

@@ -307,6 +307,20 @@ def sign_model(saved_model_dir: Path | str, private_key_path: Path | str) -> Pat
         raise ModelError(f"{model_dir}: expected a SavedModel directory to sign; found none")
     key_path = Path(private_key_path).expanduser()
     _load_private_key(key_path)
+    links = sorted(
+        path
+        for path in model_dir.rglob("*")
+        if path.is_symlink() or not (path.is_file() or path.is_dir())
+    )
+    if links:
+        link = links[0]
+        target = f" -> {os.readlink(link)}" if link.is_symlink() else ""
+        raise ModelError(
+            f"{model_dir}: cannot sign it: {link.relative_to(model_dir)}{target} is "
+            f"{'a symlink' if target else 'not a regular file'} ({len(links)} such path(s)); "
+            "a signed model holds regular files only, so that the signed bytes are the "
+            "loaded bytes. Replace links by copies (cp -rL) and sign again"
+        )
     sig = signature_path(model_dir)
     tmp = sig.with_name(f".{sig.name}.{uuid.uuid4().hex}.tmp")
     from model_signing import signing
@@ -314,6 +328,8 @@ def sign_model(saved_model_dir: Path | str, private_key_path: Path | str) -> Pat
     try:
         signing.Config().use_elliptic_key_signer(private_key=key_path).sign(model_dir, tmp)
         os.replace(tmp, sig)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: cannot sign it ({exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     log.info("signed %s with %s -> %s", model_dir, key_path, sig)
