@@ -57,6 +57,7 @@ from batch.engine.prepare import (
 )
 from batch.model.repository import ModelRepository, resolve_model, who
 from batch.model.resolved import ResolvedModel
+from batch.model.signature import DEFAULT_CHOICE, SignatureChoice
 from batch.model.signing import TrustPolicy, verify_once
 from batch.observe.checks import FAIL, OK, RunOutcome, job_summary, run_summary
 from batch.observe.drift import DriftThresholds
@@ -126,6 +127,8 @@ class ScoreRequest:
     progress_every_s: float = LOG_EVERY_S
     # When the job started (time.perf_counter()), so wall time includes start-up.
     started: float | None = None
+    # The signature (and MetaGraph tags) to score with, and how its input is fed.
+    signature: SignatureChoice = DEFAULT_CHOICE
     # Told the run's outcome (summary, metrics, drift) once committed or refused by a
     # check, e.g. to export metrics (batch.observe.prometheus).
     on_outcome: Callable[[RunOutcome], None] | None = None
@@ -249,6 +252,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 contract=contract,
                 max_error_rate=request.max_error_rate,
                 keep_non_finite=request.keep_non_finite,
+                signature=request.signature,
                 skipped_files=bad_files,
                 ignored_files=inputs.ignored,
                 batch_size=request.batch_size,

@@ -20,6 +20,7 @@ from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
 from batch.engine.job import DEFAULT_MAX_ERROR_RATE
+from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS
 from batch.observe.checks import FAIL, job_summary
 from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
 from batch.observe.progress import LOG_EVERY_S
@@ -62,6 +63,16 @@ def row_count(text: str) -> int:
             f"expected at most {MAX_BATCH_ROWS:,} rows, found {value:,}"
         )
     return value
+
+
+def signature_tags(text: str) -> tuple[str, ...]:
+    """``serve`` or ``serve,gpu``: the tags of a SavedModel's MetaGraph."""
+    tags = tuple(sorted({t.strip() for t in text.split(",") if t.strip()}))
+    if not tags:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated tags such as serve, found '{text}'"
+        )
+    return tags
 
 
 def non_negative_float(text: str) -> float:
@@ -229,6 +240,31 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "`python -m jobs.models promote`) registered in --model_repo, or the path of "
         "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
         f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
+    )
+    parser.add_argument(
+        "--signature",
+        default=DEFAULT_SIGNATURE,
+        metavar="NAME",
+        help="The model's signature to score with (default: %(default)s). A model without it "
+        "fails before anything is scored, listing the signatures it has (e.g. predict).",
+    )
+    parser.add_argument(
+        "--tag",
+        type=signature_tags,
+        default=DEFAULT_TAGS,
+        metavar="TAGS",
+        help="Tags of the SavedModel's MetaGraph to load, comma-separated (default: serve).",
+    )
+    parser.add_argument(
+        "--input_format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="How the signature's input is fed. auto (default): a signature whose one input "
+        "is a string tensor that the model parses as serialized tf.Examples (TFX's "
+        "serve_tf_examples_fn) gets tf.Examples built from the columns named like the "
+        "features it parses; any other signature gets one column per input tensor. columns: "
+        "always one column per input. tf_example: insist on tf.Examples (an error if the "
+        "graph parses none).",
     )
     parser.add_argument(
         "--canary",

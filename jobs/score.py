@@ -23,6 +23,7 @@ from batch.engine.job import RunSummary
 from batch.model.loading import quiet_tensorflow
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
+from batch.model.signature import SignatureChoice
 from batch.model.signing import short
 from batch.observe.drift import DriftThresholds
 from jobs.cli import (
@@ -139,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_bad_file=args.on_bad_file,
             max_error_rate=args.max_error_rate,
             keep_non_finite=args.keep_non_finite_predictions,
+            signature=SignatureChoice(args.signature, args.tag, args.input_format),
             batch_size=args.batch_size,
             split_rows=args.split_rows,
             drift=args.drift == "on",

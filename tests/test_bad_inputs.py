@@ -52,11 +52,12 @@ class TestSchemaIsCheckedBeforeAnyCompute:
                 "part-001.parquet: column 'n' is uint64; the model expects int64",
             ),
             (
-                {"x": pa.array(range(400), pa.int64())},
-                "part-001.parquet: column 'x' is int64; the model expects float32",
+                {"n": pa.array(range(400), pa.float64())},
+                "part-001.parquet: column 'n' is double; the model expects int64: a float column "
+                "never feeds an integer input",
             ),
         ],
-        ids=["missing column", "wrong type", "narrowing int", "int64 to float32 loses precision"],
+        ids=["missing column", "wrong type", "narrowing int", "float to int is refused"],
     )
     def test_every_file_that_cannot_feed_the_model_is_named(
         self,

@@ -120,15 +120,17 @@ def _save(path: Any, spec_shape: list[int | None], signature: str) -> Any:
 def test_a_model_without_serving_default_is_refused_naming_what_it_has(tmp_path: Any) -> None:
     tf = _save(tmp_path / "m", [None], "predict")
     with pytest.raises(
-        ModelError, match=r"expected a 'serving_default' signature, found \['predict'\]"
+        ModelError, match=r"it has no signature 'serving_default'; its signatures are predict\."
     ):
         ServingFunction(tf, tmp_path / "m", "m@1")
 
 
-def test_an_input_that_is_not_one_column_is_refused(tmp_path: Any) -> None:
-    tf = _save(tmp_path / "m", [None, 3], "serving_default")
+def test_an_input_of_rank_three_is_refused_naming_its_shape(tmp_path: Any) -> None:
+    tf = _save(tmp_path / "m", [None, 3, 2], "serving_default")
     with pytest.raises(
-        ModelError, match=r"input 'x' has shape \[None, 3\].*must have shape \[None\]"
+        ModelError,
+        match=r"input 'x' has shape \[None, 3, 2\]; batchscore feeds an input of shape \[None\] "
+        r"or \[None, 1\] from a plain column and \[None, k\] from a fixed-size list column",
     ):
         ServingFunction(tf, tmp_path / "m", "m@1")
 

@@ -51,7 +51,12 @@ from batch.engine.scorer import BatchScorer
 from batch.engine.validate import RowValidator, reject_schema
 from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureInfo, schema_problems
+from batch.model.signature import (
+    DEFAULT_CHOICE,
+    SignatureChoice,
+    SignatureInfo,
+    schema_problems,
+)
 from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
 from batch.observe.checks import WARN, RunOutcome, run_checks, run_summary, worst
 from batch.observe.drift import (
@@ -116,6 +121,8 @@ class ScoringJob:
     progress_interval_s: float = 1.0
     # Write rows whose prediction is NaN or infinite instead of dead-lettering them.
     keep_non_finite: bool = False
+    # Which signature (and MetaGraph) every worker loads, and how its input is fed.
+    signature: SignatureChoice = DEFAULT_CHOICE
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,7 @@ def read_columns(job: ScoringJob) -> list[str]:
 def job_scorer(job: ScoringJob) -> Scorer:
     """The job's model as this process's scorer, wrapped by the job's variant if any."""
     scorer = BatchScorer(
-        load_model(job.model, job.trust),
+        load_model(job.model, job.trust, job.signature),
         job.key_columns,
         job.layout.run_id,
         keep_non_finite=job.keep_non_finite,
@@ -239,7 +246,9 @@ def score_batches(
     """
     started = time.perf_counter()
     scorer = job_scorer(job)
-    validator = RowValidator(scorer.input_types, job.rules)
+    validator = RowValidator(
+        scorer.input_types, job.rules, scorer.loaded.signature.optional_columns()
+    )
     baseline = job.baseline
     stats = PartStats(model_loads={process_id(): scorer.loaded.load_seconds})
     staging = job.layout.staging_dir
@@ -339,18 +348,26 @@ def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa
     check_split_unchanged(split)
 
 
-def model_signature(model: ResolvedModel, trust: TrustPolicy) -> SignatureInfo:
-    """The serving signature: from registered metadata if present, else by loading the model
-    (verified against ``trust`` first)."""
+def model_signature(
+    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice = DEFAULT_CHOICE
+) -> SignatureInfo:
+    """The signature ``choice`` (serving_default by default): from registered metadata if
+    it records that one completely, else by loading the model (verified against ``trust``
+    first)."""
     recorded = model.metadata.get("signature")
-    if recorded:
+    if recorded and choice.is_default:
         try:
-            return SignatureInfo.from_json(recorded)
-        except (KeyError, TypeError) as exc:
+            signature = SignatureInfo.from_json(recorded)
+        except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(
                 f"model {model.label}: metadata.json has an unreadable 'signature' entry ({exc})"
             ) from exc
-    return load_model(model, trust).signature
+        lone = list(signature.inputs.values())
+        # Metadata written before tf.Example reading records no parsed features: one
+        # string input may be serialized tf.Examples, which only the graph tells.
+        if signature.examples is not None or not (len(lone) == 1 and lone[0].dtype == "string"):
+            return signature
+    return load_model(model, trust, choice).signature
 
 
 def check_inputs(
@@ -388,7 +405,7 @@ def columns_to_read(
     contract: Contract | None,
 ) -> tuple[str, ...]:
     extra = [name for name in (contract.columns if contract else ()) if name in schema.names]
-    return tuple(dict.fromkeys([*key_columns, *signature.inputs, *extra]))
+    return tuple(dict.fromkeys([*key_columns, *signature.input_columns(), *extra]))
 
 
 def model_manifest(model: ResolvedModel, verification: VerificationResult) -> dict[str, Any]:
@@ -457,6 +474,7 @@ class ScoringRun:
     progress: ProgressMode = "off"
     progress_every_s: float = LOG_EVERY_S
     keep_non_finite: bool = False
+    signature: SignatureChoice = DEFAULT_CHOICE
 
     def __post_init__(self) -> None:
         for option, value in (("batch_size", self.batch_size), ("split_rows", self.split_rows)):
@@ -484,7 +502,7 @@ def run_scoring(
     started_at = dt.datetime.now(dt.UTC)
     # Refuse an untrusted model here, before any work; workers verify again themselves.
     verification = verify_once(model, trust)
-    signature = model_signature(model, trust)
+    signature = model_signature(model, trust, run.signature)
     variant_manifest = (
         None if variant is None else variant.prepare(model, signature, key_columns, trust)
     )
@@ -504,10 +522,19 @@ def run_scoring(
         variant=variant,
         baseline=baseline,
         keep_non_finite=run.keep_non_finite,
+        signature=run.signature,
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
-        "model": model_manifest(model, verification),
+        "model": {
+            **model_manifest(model, verification),
+            "serving": {
+                "signature": run.signature.name,
+                "tags": list(run.signature.tags),
+                "input": "tf_example" if signature.examples is not None else "tensors",
+                "columns": {n: c.describe() for n, c in signature.input_columns().items()},
+            },
+        },
         "input": {
             "spec": run.input_spec,
             "fingerprint": fingerprint(files),

@@ -1,5 +1,6 @@
-"""Scoring Arrow record batches with a loaded model: feeds built from Arrow buffers,
-predictions returned as Arrow, poison rows isolated by bisection."""
+"""Scoring Arrow record batches with a loaded model: feeds built from Arrow buffers (or
+serialized tf.Examples built from the batch, for a model that takes them), predictions
+returned as Arrow, poison rows isolated by bisection."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_C
 from batch.core.errors import InputDataError
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
+from batch.model.signature import InputColumn
 
 
 def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:
-    """A string column (no nulls) as its values' bytes and int32 offsets from 0."""
+    """A string or binary column (no nulls) as its values' bytes and int32 offsets from 0."""
     _, offsets_buffer, data = column.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
         column.offset : column.offset + len(column) + 1
@@ -37,6 +39,63 @@ def tf_error_summary(message: str, limit: int = 300) -> str:
         if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
             return text[:limit]
     return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+
+
+# The value type of each tf.Example list (RecordBatchToExamplesEncoder takes these only).
+_EXAMPLE_VALUE_TYPES = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.binary()}
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def example_feature_column(column: pa.Array, name: str, need: InputColumn) -> pa.Array:
+    """``column`` as the list<value> column tfx-bsl encodes into feature ``name``: a plain
+    column gives one value a row, a list column its values; a null row gives an empty
+    list, which tf.io.parse_example reads as the feature being absent (a default applies,
+    a var-len feature gets no value)."""
+    value_type = _EXAMPLE_VALUE_TYPES[need.dtype]
+    if _is_list(column.type):
+        return _cast(column, pa.list_(value_type), name)
+    values = _cast(column, value_type, name)
+    if values.null_count == 0:
+        offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, values)
+    present = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(present, dtype=np.int32)]))
+    return pa.ListArray.from_arrays(offsets, values.drop_null(), mask=pa.array(present == 0))
+
+
+def serialized_examples(batch: pa.RecordBatch, columns: dict[str, InputColumn]) -> pa.Array:
+    """One serialized tf.Example per row of ``batch``: feature = column name, integers as
+    int64_list, floats as float_list, strings and binary as bytes_list, a null left out.
+    Encoded by tfx-bsl's C++ RecordBatchToExamplesEncoder; returned as one binary column,
+    which is fed to the model as its bytes and offsets."""
+    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
+
+    names = list(columns)
+    lists = [example_feature_column(batch.column(n), n, columns[n]) for n in names]
+    encoded = RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(lists, names))
+    return pa.array(encoded, pa.binary())
+
+
+def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
+    """``column`` as ``arrow_type``; the schema check allowed the conversion
+    (batch.model.signature.CONVERSIONS), so float64 -> float32 rounds and large integers
+    round to the nearest float, as documented."""
+    if column.type == arrow_type:
+        return column
+    try:
+        options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
+        return pc.cast(column, options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputDataError(
+            f"column '{name}': cannot convert {column.type} to {arrow_type} for the model: {exc}"
+        ) from exc
 
 
 def constant_string(value: str, length: int) -> pa.Array:
@@ -64,15 +123,20 @@ class BatchScorer:
         self.keep_non_finite = keep_non_finite
         self.key_columns = tuple(key_columns)
         self.run_id = run_id
+        signature = loaded.signature
+        self._columns = signature.input_columns()
+        self._example_input = signature.example_input
+        self._shapes = {name: info.shape for name, info in signature.inputs.items()}
         self._input_types = {
-            name: ARROW_TYPE_FOR_DTYPE[info.dtype] for name, info in loaded.signature.inputs.items()
+            name: ARROW_TYPE_FOR_DTYPE[need.dtype] for name, need in self._columns.items()
         }
-        self._output_fields = loaded.signature.output_fields()
+        self._output_fields = signature.output_fields()
         self._tf = import_tensorflow()
 
     @property
     def input_types(self) -> dict[str, pa.DataType]:
-        """Model input column -> the Arrow type it is cast to before it becomes a tensor."""
+        """Model input column -> the Arrow type its values are cast to before they become a
+        tensor (or a tf.Example feature)."""
         return dict(self._input_types)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
@@ -166,23 +230,20 @@ class BatchScorer:
         return [scored.filter(pa.array(~bad))], [rejected]
 
     def _feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
+        if self._example_input is not None:
+            return {self._example_input: string_feed(serialized_examples(batch, self._columns))}
         feeds: dict[str, Feed] = {}
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
-            try:
-                if column.type != arrow_type:
-                    # float64 -> float32 is the models' convention, not a lossless cast.
-                    options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
-                    column = pc.cast(column, options=options)
-            except pa.ArrowInvalid as exc:
-                raise InputDataError(
-                    f"column '{name}': cannot convert {batch.schema.field(name).type} to "
-                    f"{arrow_type} for the model: {exc}"
-                ) from exc
+            if pa.types.is_fixed_size_list(column.type):  # [None, k]: the rows' values, flat
+                column = column.flatten()
             if arrow_type == pa.string():
-                feeds[name] = string_feed(column)
+                text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                feeds[name] = string_feed(_cast(column, pa.string() if text else pa.binary(), name))
             else:
-                feeds[name] = column.to_numpy(zero_copy_only=False)
+                values = _cast(column, arrow_type, name).to_numpy(zero_copy_only=False)
+                shape = self._shapes[name]
+                feeds[name] = values.reshape(-1, *shape[1:]) if len(shape) > 1 else values
         return feeds
 
 

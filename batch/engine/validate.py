@@ -113,6 +113,10 @@ def _within(column: pa.Array, minimum: float, maximum: float) -> bool:
 class RowValidator:
     """The checks for one set of columns: model inputs and the contract's rules.
 
+    A model input is required (a null is rejected as null_value) unless it is in
+    ``optional``: a sparse or ragged input, or a tf.Example feature that may be absent,
+    whose null the model gets as no value.
+
     Every check first asks cheaply whether any row fails (null count, min/max,
     one vectorized pass) and builds messages for the failing rows only, so a
     clean batch costs a few passes over its columns and no string formatting.
@@ -120,6 +124,7 @@ class RowValidator:
 
     input_types: Mapping[str, pa.DataType]
     rules: tuple[ColumnRule, ...] = ()
+    optional: frozenset[str] = frozenset()
 
     def problems(self, batch: pa.RecordBatch) -> list[_Problem]:
         # First: no other check may turn a value that is not UTF-8 into text.
@@ -135,7 +140,9 @@ class RowValidator:
         return found
 
     def _nulls(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
-        required = name in self.input_types or (rule is not None and rule.required)
+        required = (name in self.input_types and name not in self.optional) or (
+            rule is not None and rule.required
+        )
         if not required or column.null_count == 0:
             return None
         return _Problem(

@@ -19,13 +19,21 @@ from typing import Any
 import numpy as np
 
 from batch.core.errors import ModelError
+from batch.model.examples import parsed_features
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureInfo, TensorInfo
+from batch.model.signature import (
+    DEFAULT_CHOICE,
+    DEFAULT_SIGNATURE,
+    SignatureChoice,
+    SignatureInfo,
+    TensorInfo,
+    input_width,
+)
 from batch.model.signing import TrustPolicy, VerificationResult, verify_once
 
 log = logging.getLogger(__name__)
 
-SERVING_SIGNATURE = "serving_default"
+SERVING_SIGNATURE = DEFAULT_SIGNATURE
 
 _STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
 
@@ -68,7 +76,8 @@ Feed = np.ndarray | tuple[bytes, np.ndarray]
 
 
 class ServingFunction:
-    """A SavedModel's serving signature, run in a session as TensorFlow Serving runs it.
+    """A SavedModel's serving signature (``choice``: by default ``serving_default`` of the
+    MetaGraph tagged ``serve``), run in a session as TensorFlow Serving runs it.
 
     The SavedModel's MetaGraph is imported into a graph of its own (the loader
     TF Serving uses, about 3x quicker to load than ``tf.saved_model.load``,
@@ -77,21 +86,29 @@ class ServingFunction:
     into values by ``tf.strings.substr`` inside the graph. Handing TensorFlow a
     string column as numpy builds a Python object per value with the GIL held
     (about 50 ns a value, once the largest cost of feeding a batch); the cut
-    runs in TensorFlow's kernels without the GIL (about 15 ns a value).
+    runs in TensorFlow's kernels without the GIL (about 15 ns a value). A string input of
+    shape [None, k] is cut from the flat values of its rows and reshaped in the graph.
 
     Calls are thread-safe; the graph is finalized once loaded.
     """
 
-    def __init__(self, tf: Any, saved_model_dir: Path, label: str) -> None:
-        meta_graph = _serving_meta_graph(tf, saved_model_dir, label)
-        if SERVING_SIGNATURE not in meta_graph.signature_def:
+    def __init__(
+        self,
+        tf: Any,
+        saved_model_dir: Path,
+        label: str,
+        choice: SignatureChoice = DEFAULT_CHOICE,
+    ) -> None:
+        meta_graph = _serving_meta_graph(tf, saved_model_dir, label, choice.tags)
+        if choice.name not in meta_graph.signature_def:
             raise ModelError(
-                f"model {label} ({saved_model_dir}): expected a '{SERVING_SIGNATURE}' "
-                f"signature, found {_public(meta_graph.signature_def) or 'none'}. Export the "
-                "model with tf.saved_model.save(obj, path, signatures={'serving_default': fn})"
+                f"model {label} ({saved_model_dir}): it has no signature '{choice.name}'; its "
+                f"signatures are {', '.join(_public(meta_graph.signature_def)) or 'none'}. "
+                "Choose one with --signature=NAME, or export the model with "
+                f"tf.saved_model.save(obj, path, signatures={{'{choice.name}': fn}})"
             )
-        signature_def = meta_graph.signature_def[SERVING_SIGNATURE]
-        self.signature = _signature_info(tf, signature_def, label)
+        signature_def = meta_graph.signature_def[choice.name]
+        self.signature = _signature_info(tf, meta_graph, signature_def, label, choice)
         self.graph = tf.Graph()
         with self.graph.as_default():
             placeholders: list[Any] = []
@@ -104,6 +121,8 @@ class ServingFunction:
                     data = tf.compat.v1.placeholder(tf.string, [], name=f"{name}_bytes")
                     offsets = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_offsets")
                     cut = tf.strings.substr(data, offsets[:-1], offsets[1:] - offsets[:-1])
+                    if len(info.shape) > 1:
+                        cut = tf.reshape(cut, [-1, *info.shape[1:]])
                     input_map[signature_def.inputs[name].name] = cut
                     placeholders += [data, offsets]
                     string_inputs.append(name)
@@ -116,7 +135,7 @@ class ServingFunction:
             try:
                 tf.compat.v1.saved_model.load(
                     self.session,
-                    [tf.saved_model.SERVING],
+                    list(choice.tags),
                     str(saved_model_dir),
                     input_map=input_map,
                 )
@@ -153,8 +172,11 @@ def _public(signatures: Any) -> list[str]:
     return sorted(name for name in signatures if not name.startswith("__"))
 
 
-def _serving_meta_graph(tf: Any, saved_model_dir: Path, label: str) -> Any:
-    """The MetaGraph tagged ``serve`` of the SavedModel in ``saved_model_dir``."""
+def _serving_meta_graph(
+    tf: Any, saved_model_dir: Path, label: str, tags: tuple[str, ...] = ("serve",)
+) -> Any:
+    """The MetaGraph tagged ``tags`` (exactly that set) of the SavedModel in
+    ``saved_model_dir``."""
     from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -173,38 +195,88 @@ def _serving_meta_graph(tf: Any, saved_model_dir: Path, label: str) -> Any:
             "SavedModel written by tf.saved_model.save"
         ) from exc
     for meta_graph in saved_model.meta_graphs:
-        if tf.saved_model.SERVING in meta_graph.meta_info_def.tags:
+        if set(meta_graph.meta_info_def.tags) == set(tags):
             return meta_graph
-    found = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    found = " or ".join(",".join(sorted(m.meta_info_def.tags)) for m in saved_model.meta_graphs)
     raise ModelError(
-        f"model {label} ({saved_model_dir}): no MetaGraph tagged '{tf.saved_model.SERVING}' "
-        f"(found {found}); export it with tf.saved_model.save, which tags it so"
+        f"model {label} ({saved_model_dir}): no MetaGraph tagged '{','.join(tags)}'; it has "
+        f"{found or 'none'}. Choose one with --tag=TAGS (comma-separated), or export it with "
+        "tf.saved_model.save, which tags it 'serve'"
     )
 
 
-def _signature_info(tf: Any, signature_def: Any, label: str) -> SignatureInfo:
+def _signature_info(
+    tf: Any, meta_graph: Any, signature_def: Any, label: str, choice: SignatureChoice
+) -> SignatureInfo:
     def describe(tensor: Any) -> TensorInfo:
         shape: tuple[int | None, ...] = ()
         if not tensor.tensor_shape.unknown_rank:
             shape = tuple(d.size if d.size >= 0 else None for d in tensor.tensor_shape.dim)
         return TensorInfo(tf.dtypes.as_dtype(tensor.dtype).name, shape)
 
-    inputs = {}
-    for name, tensor in sorted(signature_def.inputs.items()):
-        info = describe(tensor)
-        if len(info.shape) != 1:
-            raise ModelError(
-                f"model {label}: input '{name}' has shape {list(info.shape)}; batchscore feeds "
-                "one 1-D tensor per column, so every serving_default input must have shape [None]"
-            )
-        inputs[name] = info
+    where = f"model {label}, {choice.describe()}"
+    inputs = {name: describe(tensor) for name, tensor in sorted(signature_def.inputs.items())}
     outputs = {name: describe(tensor) for name, tensor in sorted(signature_def.outputs.items())}
-    signature = SignatureInfo(inputs, outputs)
+    for name, tensor in signature_def.inputs.items():
+        if tensor.WhichOneof("encoding") != "name":
+            raise ModelError(
+                f"{where}: input '{name}' is a composite tensor ({tensor.WhichOneof('encoding')}); "
+                "batchscore feeds dense tensors or serialized tf.Examples. Export a signature "
+                "that parses tf.Examples (tf.io.parse_example with VarLenFeature or "
+                "RaggedFeature for this input)"
+            )
+    examples = None
+    single = next(iter(inputs.values())) if len(inputs) == 1 else None
+    if choice.input_format != "columns" and single is not None and single.dtype == "string":
+        try:
+            examples = parsed_features(tf, meta_graph, signature_def) or None
+        except ValueError as exc:
+            raise ModelError(
+                f"{where}: its one input is a string tensor that the graph parses as "
+                f"tf.Examples, but {exc}. Pass --input_format=columns to feed the input "
+                "from a column of serialized tf.Examples instead"
+            ) from exc
+    if choice.input_format == "tf_example" and examples is None:
+        raise ModelError(
+            f"{where}: --input_format=tf_example, but the signature's inputs "
+            f"({', '.join(inputs) or 'none'}) are not one string tensor that the graph parses "
+            "with ParseExample; use --input_format=auto"
+        )
+    signature = SignatureInfo(inputs, outputs, examples)
+    if examples is None:
+        _check_composite_components(where, inputs)
     try:
+        signature.input_columns()
         signature.output_fields()
     except ValueError as exc:
-        raise ModelError(f"model {label}: {exc}") from exc
+        raise ModelError(f"{where}: {exc}") from exc
     return signature
+
+
+def _check_composite_components(where: str, inputs: dict[str, TensorInfo]) -> None:
+    """TensorFlow saves a SparseTensor input NAME as three tensors: NAME (indices, int64
+    [None, 2]), NAME_1 (values) and NAME_2 (dense shape, int64 [2]); say so, instead of
+    calling them three columns."""
+    for name, info in inputs.items():
+        shape = inputs.get(f"{name}_2")
+        if (
+            info.dtype == "int64"
+            and info.shape == (None, 2)
+            and f"{name}_1" in inputs
+            and shape is not None
+            and shape.shape == (2,)
+        ):
+            raise ModelError(
+                f"{where}: input '{name}' is a SparseTensor (saved as '{name}', '{name}_1', "
+                f"'{name}_2'); batchscore feeds sparse inputs through tf.Examples. Export a "
+                "signature that takes serialized tf.Examples and parses this input with "
+                "tf.io.VarLenFeature, or give the model a dense input"
+            )
+    for name, info in inputs.items():
+        try:
+            input_width(name, info)
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -218,12 +290,14 @@ class LoadedModel:
 
 
 _LOCK = threading.Lock()
-_LOADED: dict[str, LoadedModel] = {}
+_LOADED: dict[tuple[str, SignatureChoice], LoadedModel] = {}
 
 
-def load_model(model: ResolvedModel, trust: TrustPolicy) -> LoadedModel:
-    """The process-wide instance of ``model``: verified against ``trust`` and loaded on
-    first use, shared by all threads.
+def load_model(
+    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice = DEFAULT_CHOICE
+) -> LoadedModel:
+    """The process-wide instance of ``model`` (its signature ``choice``): verified against
+    ``trust`` and loaded on first use, shared by all threads.
 
     Verification comes first, in this process, before TensorFlow reads a byte of
     the model: every worker that loads a model has checked it itself. It runs
@@ -232,18 +306,21 @@ def load_model(model: ResolvedModel, trust: TrustPolicy) -> LoadedModel:
     """
     with _LOCK:
         verification = verify_once(model, trust)
-        cached = _LOADED.get(model.content_hash)
+        key = (model.content_hash, choice)
+        cached = _LOADED.get(key)
         if cached is None:
-            cached = _load(model, verification)
-            _LOADED[model.content_hash] = cached
+            cached = _load(model, verification, choice)
+            _LOADED[key] = cached
         return cached
 
 
-def _load(model: ResolvedModel, verification: VerificationResult) -> LoadedModel:
+def _load(
+    model: ResolvedModel, verification: VerificationResult, choice: SignatureChoice
+) -> LoadedModel:
     tf = import_tensorflow()
     start = time.perf_counter()
     try:
-        function = ServingFunction(tf, Path(model.saved_model_dir), model.label)
+        function = ServingFunction(tf, Path(model.saved_model_dir), model.label, choice)
     except ModelError:
         raise
     except Exception as exc:  # TF raises many types for a broken SavedModel.
