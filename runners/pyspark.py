@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -154,6 +155,46 @@ def _is_loopback_master(master: str) -> bool:
     return bool(match) and match is not None and match.group(1) in _LOOPBACK_HOSTS
 
 
+MASTER_CONNECT_TIMEOUT_S = 5.0
+_MASTER_FORMS = (
+    "local, local[N], local[*], spark://HOST:PORT[,HOST:PORT...], yarn (with "
+    "HADOOP_CONF_DIR or YARN_CONF_DIR set) or k8s://https://HOST:PORT"
+)
+
+
+def check_master(master: str) -> str:
+    """``master`` if Spark can use it from this process, else a one-line UsageError: an
+    unknown form, yarn without its configuration, or a standalone master none of whose
+    addresses accepts a connection within MASTER_CONNECT_TIMEOUT_S (instead of Spark's
+    own minute of retries)."""
+    if is_local_master(master) or master.startswith("k8s://"):
+        return master
+    if master == "yarn":
+        if not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+            raise UsageError(
+                "--spark_master=yarn: Spark finds the YARN cluster through HADOOP_CONF_DIR "
+                "or YARN_CONF_DIR, and neither is set; export one (the folder holding "
+                "yarn-site.xml), or submit with spark-submit --master yarn"
+            )
+        return master
+    match = re.fullmatch(r"spark://((?:[^,/:]+:\d+)(?:,[^,/:]+:\d+)*)/?", master)
+    if match is None:
+        raise UsageError(f"--spark_master={master}: expected {_MASTER_FORMS}")
+    failures = []
+    for address in match.group(1).split(","):
+        host, port = address.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), MASTER_CONNECT_TIMEOUT_S):
+                return master
+        except OSError as exc:
+            failures.append(f"{address}: {exc.strerror or exc}")
+    raise UsageError(
+        f"--spark_master={master}: no Spark master answers ({'; '.join(failures)}; waited "
+        f"up to {MASTER_CONNECT_TIMEOUT_S:g} s each). Start it (README: 'Spark standalone "
+        "cluster') or correct the host and port"
+    )
+
+
 class PySparkRunner:
     """Runs a scoring job as one Spark job, locally or on a cluster.
 
@@ -228,7 +269,7 @@ class PySparkRunner:
                     source = "spark-submit"
                 self._master = self._check_master(found, source)
             else:
-                self._master = self.requested_master or DEFAULT_MASTER
+                self._master = check_master(self.requested_master or DEFAULT_MASTER)
         return self._master
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
@@ -392,6 +433,7 @@ class PySparkRunner:
             return
         if _under_spark_submit():
             return
+        self.master()  # a master that cannot work is refused now, in this thread
 
         def launch() -> None:
             try:

@@ -8,8 +8,10 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,48 @@ def test_signing_a_model_that_holds_a_symlink_is_one_line(
         assert code == 2 and "Traceback" not in err, err
         assert "assets.extra.link" in err and "is a symlink" in err
         assert not (tmp_path / "model.sig").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
+
+
+@pytest.mark.parametrize(
+    ("master", "expected"),
+    [
+        ("bogus", "--spark_master=bogus: expected local, local[N]"),
+        ("yarn", "--spark_master=yarn: Spark finds the YARN cluster through HADOOP_CONF_DIR"),
+        (
+            "spark://127.0.0.1:{port}",
+            "no Spark master answers (127.0.0.1:{port}: Connection refused",
+        ),
+    ],
+)
+def test_a_spark_master_that_cannot_work_is_refused_at_once(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    plain_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    master: str,
+    expected: str,
+) -> None:
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    monkeypatch.delenv("YARN_CONF_DIR", raising=False)
+    port = _closed_port()
+    data = tmp_path / "in"
+    write_plain_data(data, files=1, rows_per_file=50, row_group_rows=50)
+    summary_file = tmp_path / "summary.json"
+    started = time.monotonic()
+    code = score(
+        data,
+        tmp_path / "out",
+        "--key_columns=id",
+        "--runner=PySparkRunner",
+        f"--spark_master={master.format(port=port)}",
+        f"--summary_file={summary_file}",
+        model=plain_model,
+    )
+    assert time.monotonic() - started < 30
+    _one_line_failure(capsys, code, summary_file, expected.format(port=port))
