@@ -1,4 +1,5 @@
-"""The model repository from the command line: list, show, register, sign, verify, promote.
+"""The model repository from the command line: list, show, register, sign, verify, promote,
+baseline.
 
     python -m jobs.models list
     python -m jobs.models show loan_default@production
@@ -6,8 +7,10 @@
     python -m jobs.models sign churn@3 --key=signing_key.pem
     python -m jobs.models verify churn@3 --public_key=public_key.pem
     python -m jobs.models promote churn@3 --to production
+    python -m jobs.models baseline churn@3 --input=TRAINING_DATA
 
-Nothing here imports TensorFlow: every subcommand answers in about a second.
+Nothing but ``baseline`` (which scores a sample) imports TensorFlow: the other subcommands
+answer in about a second.
 Every change is atomic: a version appears whole and signed, a signature file
 and ``aliases.json`` are replaced by rename.
 """
@@ -21,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from batch.api import write_summary_file
+from batch.contract.contract import contract_dir
 from batch.core.errors import ModelError, UsageError
 from batch.demo import paths as demo_paths
 from batch.engine.prepare import parse_key_columns, trust_policy
-from batch.model.repository import ModelRepository, is_saved_model_dir, resolve_model
+from batch.model.repository import (
+    ModelRepository,
+    find_saved_model,
+    find_transform_output,
+    resolve_model,
+)
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import (
     describe_signature,
@@ -98,12 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy a SavedModel in as the next version, signed",
         description="Copy SAVED_MODEL_DIR (and --transform_output) into the repository as "
         "the next version of --name, signed with --key before it becomes visible. The "
-        "version appears whole and signed, or not at all.",
+        "version appears whole and signed, or not at all. TFX layouts are taken as they "
+        "come: a Trainer's model artifact (Format-Serving/), a Pusher's or an export's "
+        "timestamped folders (the newest), a Transform component's transform_graph.",
     )
-    p.add_argument("saved_model_dir", type=Path, help="a SavedModel directory (saved_model.pb)")
+    p.add_argument(
+        "saved_model_dir",
+        type=Path,
+        help="a SavedModel directory (saved_model.pb), or a TFX Trainer/Pusher output holding one",
+    )
     p.add_argument("--name", required=True, help="registered model name, e.g. churn")
     p.add_argument(
-        "--transform_output", type=Path, help="tf.Transform output folder to keep beside it"
+        "--transform_output",
+        type=Path,
+        help="tf.Transform output folder (or TFX Transform's transform_graph) to keep beside it",
     )
     p.add_argument(
         "--key_columns",
@@ -111,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--key_columns for this model)",
     )
     p.add_argument(
-        "--contract", help="data contract (name under schemas/ or folder) scoring applies"
+        "--contract",
+        help="data contract (name under schemas/ or folder) scoring applies; its files are "
+        "copied into the SavedModel (covered by the signature), so the version scores with "
+        "it from any folder",
     )
     _key_option(p, "the registered SavedModel")
     _common(p)
@@ -168,6 +188,37 @@ def build_parser() -> argparse.ArgumentParser:
         "aliases.json as forced, with who, when and what was overridden",
     )
     p.add_argument("--reason", help="free text recorded with the promotion")
+    _common(p)
+
+    p = commands.add_parser(
+        "baseline",
+        help="compute a drift baseline from training data and attach it (re-signing)",
+        description="Verify and load the version, read the first --rows rows of --input (the "
+        "columns the model reads), score the valid ones, and write their statistics and the "
+        "predictions' as the version's drift baseline inside its SavedModel "
+        "(assets.extra/batchscore_baseline.json); the SavedModel is signed again with --key "
+        "and its content hash changes (blessings of the old bytes no longer apply). For a "
+        "model trained elsewhere; jobs.train attaches one itself.",
+    )
+    p.add_argument("model", help="NAME@VERSION (or NAME@ALIAS, NAME@latest)")
+    p.add_argument(
+        "--input", required=True, type=Path, help="the training data: Parquet file or folder"
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=200_000,
+        help="rows read from the start of --input (default: %(default)s)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a baseline the version already has"
+    )
+    p.add_argument(
+        "--public_key",
+        help="PEM EC public key the version's current signature must verify with before it "
+        f"is loaded. Default: ${demo_paths.PUBLIC_KEY_ENV}, else the demo's key",
+    )
+    _key_option(p, "the amended SavedModel")
     _common(p)
     return parser
 
@@ -227,22 +278,23 @@ def _baseline_summary(model: ResolvedModel) -> dict[str, Any] | None:
 
 
 def cmd_register(repo: ModelRepository, args: argparse.Namespace) -> int:
-    source: Path = args.saved_model_dir
-    if not is_saved_model_dir(source):
-        raise UsageError(
-            f"{source}: expected a SavedModel directory (holding saved_model.pb), found "
-            f"{'a folder without one' if source.is_dir() else 'no such directory'}"
-        )
-    if args.transform_output is not None and not args.transform_output.is_dir():
-        raise UsageError(f"--transform_output={args.transform_output}: no such directory")
+    source = find_saved_model(args.saved_model_dir)
+    transform_output = (
+        find_transform_output(args.transform_output) if args.transform_output else None
+    )
+    contract = contract_dir(args.contract) if args.contract else None
     key = demo_paths.ensure_signing_key(args.key)
     fingerprint = key_fingerprint(public_key_of(key))
     metadata: dict[str, Any] = {"source": str(source.resolve())}
+    if transform_output is not None:
+        metadata["transform_source"] = str(transform_output.resolve())
     if args.key_columns:
         metadata["key_columns"] = parse_key_columns(args.key_columns)
-    if args.contract:
-        metadata["contract"] = args.contract
-    model = repo.register(args.name, source, metadata, args.transform_output, signing_key=key)
+    if contract is not None:
+        metadata["contract"] = contract.name
+    model = repo.register(
+        args.name, source, metadata, transform_output, signing_key=key, contract_dir=contract
+    )
     print(
         f"registered {model.label} at {model.saved_model_dir.parent}, signed with {key} "
         f"(key {short(fingerprint)})"
@@ -290,6 +342,23 @@ def cmd_promote(repo: ModelRepository, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(repo: ModelRepository, args: argparse.Namespace) -> int:
+    from batch.ops.baseline import BaselineRequest, attach_baseline
+
+    key = demo_paths.ensure_signing_key(args.key)
+    public_key_of(key)  # a bad key fails before anything is read
+    request = BaselineRequest(
+        model=args.model,
+        input=args.input,
+        signing_key=key,
+        trust=trust_policy(args.public_key, allow_unsigned=False),
+        rows=args.rows,
+        force=args.force,
+    )
+    attach_baseline(repo, request, report=print)
+    return 0
+
+
 def _registered(repo: ModelRepository, spec: str) -> ResolvedModel:
     model = resolve_model(spec, repo)
     if not model.registered:
@@ -307,6 +376,7 @@ COMMANDS: dict[str, Callable[[ModelRepository, argparse.Namespace], int]] = {
     "sign": cmd_sign,
     "verify": cmd_verify,
     "promote": cmd_promote,
+    "baseline": cmd_baseline,
 }
 
 

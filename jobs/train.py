@@ -30,8 +30,9 @@ from batch.demo.paths import (
     demo_data_dir,
     demo_model_repo,
 )
+from batch.engine.prepare import parse_key_columns
 from batch.observe.checks import OK, job_summary
-from jobs.cli import add_summary_file, exit_process, run_main
+from jobs.cli import JobParser, add_summary_file, exit_process, run_main
 
 # training.trainer imports TensorFlow quietly first, before its own imports.
 from training.model_fn import TASKS
@@ -51,7 +52,7 @@ from training.trainer import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m jobs.train",
         allow_abbrev=False,
         description=(
@@ -204,7 +205,7 @@ def training_request(args: argparse.Namespace, beam_args: Sequence[str]) -> Trai
             raise UsageError(
                 f"--hyperparameters: expected a JSON object; found {type(hyperparameters).__name__}"
             )
-    keys = tuple(c.strip() for c in (args.key_columns or "").split(",") if c.strip())
+    keys = tuple(parse_key_columns(args.key_columns)) if args.key_columns is not None else ()
     return TrainingRequest(
         contract=base.contract,
         preprocessing_fn=args.preprocessing_fn or base.preprocessing_fn,

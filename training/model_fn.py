@@ -5,7 +5,8 @@ Trainer: it reads the transformed features from ``tft_output.transformed_feature
 and returns a compiled Keras 2 (tf-keras) model whose inputs are named like the
 transformed features it consumes. ``hyperparameters`` always holds the job's ``label``,
 ``key_columns``, ``task`` (``binary``, ``multiclass`` or ``regression``), ``num_classes``,
-``output_name`` and ``seed``, plus whatever ``--hyperparameters`` adds.
+``output_name`` and ``seed`` (for a regression also ``label_mean`` and ``label_std`` of the
+training labels), plus whatever ``--hyperparameters`` adds.
 
 :func:`default_model_fn` is a small MLP for tabular data: every float feature is a number,
 every int feature with a known bucket count (vocabularies, ``tft.bucketize``; read from
@@ -138,7 +139,14 @@ def default_model_fn(
         output = tf_keras.layers.Dense(classes, activation="softmax", name=output_name)(x)
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
-        output = tf_keras.layers.Dense(1, name=output_name)(x)
+        # Learn the label standardized and scale back: converges in a few epochs whatever
+        # the label's unit (label_mean / label_std: the training labels', from the job).
+        standardized = tf_keras.layers.Dense(1)(x)
+        output = tf_keras.layers.Rescaling(
+            scale=float(hp.get("label_std", 1.0)) or 1.0,
+            offset=float(hp.get("label_mean", 0.0)),
+            name=output_name,
+        )(standardized)
         loss, metrics = "mse", [tf_keras.metrics.RootMeanSquaredError(name="rmse")]
     model = tf_keras.Model(inputs=inputs, outputs=output)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)

@@ -440,9 +440,16 @@ def _in_order(
 
 
 def _hyperparameters(
-    request: TrainingRequest, prepared: _Prepared, task: TaskInfo
+    request: TrainingRequest, prepared: _Prepared, task: TaskInfo, labels: np.ndarray
 ) -> dict[str, Any]:
+    stats = {}
+    if task.task == "regression" and labels.size:
+        stats = {
+            "label_mean": round(float(labels.mean()), 6),
+            "label_std": round(float(labels.std()), 6),
+        }
     return {
+        **stats,
         **request.hyperparameters,
         "label": prepared.label,
         "key_columns": list(prepared.key_columns),
@@ -570,16 +577,28 @@ def train(request: TrainingRequest, report: Callable[[str], None] | None = print
 
         tft_output = tft.TFTransformOutput(str(transform_output_dir))
         task = resolve_task(tft_output, prepared.label, request.task)
-        hyperparameters = _hyperparameters(request, prepared, task)
+        transformed = _read_batches(prefix)
+        if prepared.label not in transformed:
+            raise UsageError(
+                f"--preprocessing_fn={prepared.preprocessing.spec}: its output '{prepared.label}' "
+                "(the label) is not one value per row; output it dense"
+            )
+        labels = _labels_for(task, transformed[prepared.label])
+        hyperparameters = _hyperparameters(request, prepared, task, labels)
         model = prepared.model_fn.function(tft_output, hyperparameters)
         if not isinstance(model, tf_keras.Model):
             raise UsageError(
                 f"--model_fn={prepared.model_fn.spec}: expected a tf_keras.Model (Keras 2, "
                 f"as tf.Transform 1.21 needs); it returned {type(model).__name__}"
             )
-        transformed = _read_batches(prefix, [*model.input_names, prepared.label])
+        missing = [name for name in model.input_names if name not in transformed]
+        if missing:
+            raise UsageError(
+                f"--model_fn={prepared.model_fn.spec}: the model's inputs {', '.join(missing)} "
+                "are not dense transformed features (one value per row) of the preprocessing_fn "
+                f"(it outputs: {', '.join(sorted(transformed))}); name inputs like them"
+            )
         features = {name: transformed[name] for name in model.input_names}
-        labels = _labels_for(task, transformed[prepared.label])
         # Arrays, not an element-wise tf.data pipeline: Keras shuffles indices and
         # gathers whole batches, several times faster on 2 cores.
         history = model.fit(

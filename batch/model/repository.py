@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from batch.contract.contract import RULES_FILE, SCHEMA_FILE
 from batch.core.errors import ModelError, UsageError
 from batch.core.fsutil import directory_sha256, locked, read_json, write_json_atomic
-from batch.model.resolved import ResolvedModel
+from batch.model.resolved import ResolvedModel, signature_path
 from batch.model.signing import SIGN_COMMAND, sign_model
 
 SAVED_MODEL_DIR = "saved_model"
@@ -61,6 +61,52 @@ _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 def is_saved_model_dir(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+
+
+# Where TFX puts the SavedModel inside a Trainer's model artifact (Format-Serving since TFX
+# 0.21, serving_model_dir before), tried before any other subfolder.
+TFX_SERVING_FOLDERS = ("Format-Serving", "serving_model_dir")
+
+
+def find_saved_model(path: Path) -> Path:
+    """The SavedModel at ``path``, or inside it as TFX lays it out: a Trainer's model
+    artifact (``Format-Serving/``), a Pusher's or an Estimator export's timestamped
+    versions (the highest number wins), or one subfolder holding a SavedModel."""
+    return _find(path, is_saved_model_dir, TFX_SERVING_FOLDERS, "a SavedModel (saved_model.pb)")
+
+
+def find_transform_output(path: Path) -> Path:
+    """The tf.Transform output at ``path`` (``transform_fn/`` and ``transformed_metadata/``),
+    or inside it as TFX's Transform component writes its ``transform_graph`` artifact."""
+
+    def is_transform_output(folder: Path) -> bool:
+        return (folder / "transform_fn").is_dir()
+
+    return _find(path, is_transform_output, (), "a tf.Transform output (transform_fn/)")
+
+
+def _find(path: Path, found: Any, preferred: Sequence[str], what: str) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{path}: expected a folder holding {what}; no such directory")
+    if found(path):
+        return path
+    for name in preferred:
+        if found(path / name):
+            return path / name
+    children = sorted(c for c in path.iterdir() if c.is_dir() and not c.name.startswith("."))
+    candidates = [c for c in children if found(c)]
+    candidates += [c / n for c in children for n in preferred if found(c / n)]
+    numbered = [c for c in candidates if c.name.isdigit() or c.parent.name.isdigit()]
+    if numbered:  # timestamped exports or run ids: the newest
+        return max(numbered, key=lambda c: int(c.name if c.name.isdigit() else c.parent.name))
+    if len(candidates) == 1:
+        return candidates[0]
+    listed = ", ".join(c.relative_to(path).as_posix() for c in candidates)
+    raise UsageError(
+        f"{path}: expected {what} in it, or in one subfolder as TFX writes it "
+        f"({'/'.join(preferred) or 'a version folder'}); found "
+        f"{'several: ' + listed if candidates else 'none'}. Pass the folder itself"
+    )
 
 
 def embed_contract(saved_model_dir: Path, contract_dir: Path) -> Path:
@@ -370,6 +416,60 @@ class ModelRepository:
             raise ModelError(f"could not allocate a version for '{name}' in {folder}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def amend(
+        self,
+        model: ResolvedModel,
+        files: dict[str, bytes],
+        metadata: dict[str, Any],
+        signing_key: Path,
+        note: str,
+    ) -> ResolvedModel:
+        """Add or replace ``files`` (paths relative to ``saved_model/``) in a registered
+        version and sign it again with ``signing_key``; merge ``metadata`` into its
+        ``metadata.json`` with the new content hash and an entry in ``amendments``.
+
+        The new SavedModel is assembled and signed in a staging folder beside the version,
+        then swapped in under the version's lock (two renames: a reader in between sees
+        no ``saved_model/`` and fails; it never loads a half-written one). Blessings of the
+        old bytes no longer match the new content hash, as they should not.
+        """
+        if not model.registered:
+            raise ModelError(
+                f"model {model.label} ({model.saved_model_dir}) is not a registered version; "
+                "register it first with `python -m jobs.models register`"
+            )
+        version_dir = model.saved_model_dir.parent
+        staging = version_dir.parent / f".amend-{model.version}-{uuid.uuid4().hex}"
+        try:
+            staged = staging / SAVED_MODEL_DIR
+            shutil.copytree(model.saved_model_dir, staged)
+            for relative, payload in files.items():
+                target = staged / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(payload)
+            content_hash = directory_sha256(staged)
+            sign_model(staged, signing_key)
+            with locked(version_dir.parent / ".metadata.lock"):
+                meta: dict[str, Any] = read_json(version_dir / METADATA_FILE)
+                amendment = {
+                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "by": who(),
+                    "note": note,
+                    "files": sorted(files),
+                    "previous_content_hash": meta["content_hash"],
+                }
+                meta.update(metadata)
+                meta["content_hash"] = content_hash
+                meta["amendments"] = [*(meta.get("amendments") or []), amendment]
+                old = staging / "old"
+                os.rename(model.saved_model_dir, old)
+                os.rename(staged, model.saved_model_dir)
+                os.replace(signature_path(staged), model.signature_file)
+                write_json_atomic(version_dir / METADATA_FILE, meta)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return resolve_model(str(version_dir), self)
 
     def promote(
         self,
