@@ -238,8 +238,9 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "--model",
         help="NAME, NAME@VERSION, NAME@latest or NAME@ALIAS (e.g. NAME@production, see "
         "`python -m jobs.models promote`) registered in --model_repo, or the path of "
-        "any SavedModel directory whose serving_default signature takes one 1-D tensor per "
-        f"input column. Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
+        "any SavedModel directory (inputs of shape [None], [None, 1] or [None, k], or "
+        "serialized tf.Examples; README: What models batchscore scores). "
+        f"Default: {demo_paths.DEMO_MODEL_NAME} (trained first if missing).",
     )
     parser.add_argument(
         "--signature",

@@ -263,13 +263,17 @@ def build_tf_keras_model(path: Path) -> Path:
     import tensorflow as tf
     import tf_keras
 
+    class AsFloat(tf_keras.layers.Layer):  # type: ignore[misc]
+        def call(self, values: tf.Tensor) -> tf.Tensor:
+            if values.dtype == tf.string:
+                return tf.cast(tf.strings.length(values), tf.float32)
+            return tf.cast(values, tf.float32)
+
     tf_keras.utils.set_random_seed(3)
     x = tf_keras.Input(shape=(1,), name="x")
     n = tf_keras.Input(shape=(1,), name="n", dtype="int64")
     s = tf_keras.Input(shape=(1,), name="s", dtype="string")
-    as_float = tf_keras.layers.Lambda(lambda t: tf.cast(t, tf.float32))(n)
-    length = tf_keras.layers.Lambda(lambda t: tf.cast(tf.strings.length(t), tf.float32))(s)
-    joined = tf_keras.layers.Concatenate()([x, as_float, length])
+    joined = tf_keras.layers.Concatenate()([x, AsFloat()(n), AsFloat()(s)])
     output = tf_keras.layers.Dense(2, activation="softmax", name="probs")(joined)
     model = tf_keras.Model({"x": x, "n": n, "s": s}, output)
     model.save(str(path), save_format="tf")

@@ -98,6 +98,21 @@ def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
         ) from exc
 
 
+def _fixed_width_values(column: pa.Array, name: str, width: int | None) -> pa.Array:
+    """The values of a list column whose every row holds ``width`` values, flat. A
+    fixed-size list is checked before compute; a variable-size list (an engine may hand a
+    fixed-size list over as one) is checked here."""
+    if not pa.types.is_fixed_size_list(column.type):
+        lengths = pc.list_value_length(column)
+        low, high = (v.as_py() for v in pc.min_max(lengths).values())
+        if len(column) and (low != width or high != width):
+            raise InputDataError(
+                f"column '{name}': rows hold {low} to {high} values; the model's input takes "
+                f"exactly {width} a row. Write the column as a fixed-size list of {width}"
+            )
+    return column.flatten()
+
+
 def constant_string(value: str, length: int) -> pa.Array:
     """A string column holding ``value`` ``length`` times, built from buffers (no per-row objects)."""
     encoded = value.encode()
@@ -235,8 +250,8 @@ class BatchScorer:
         feeds: dict[str, Feed] = {}
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
-            if pa.types.is_fixed_size_list(column.type):  # [None, k]: the rows' values, flat
-                column = column.flatten()
+            if _is_list(column.type):  # [None, k]: the rows' values, flat
+                column = _fixed_width_values(column, name, self._shapes[name][-1])
             if arrow_type == pa.string():
                 text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
                 feeds[name] = string_feed(_cast(column, pa.string() if text else pa.binary(), name))

@@ -262,25 +262,16 @@ _TEXT = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 # Anything else is refused before compute, naming file, column, found and expected.
 # README "Type conversions" is this table (tests/test_model_shapes.py compares them).
 CONVERSIONS: dict[str, tuple[tuple[pa.DataType, ...], str]] = {
-    "int64": (
-        (*_SIGNED, *_UNSIGNED[:3]),
-        "any signed integer, uint8/16/32: exact (widened)",
-    ),
-    "int32": (
-        (*_SIGNED[:3], *_UNSIGNED[:2]),
-        "int8/16/32, uint8/16: exact (widened)",
-    ),
+    "int64": ((*_SIGNED, *_UNSIGNED[:3]), "exact (widened)"),
+    "int32": ((*_SIGNED[:3], *_UNSIGNED[:2]), "exact (widened)"),
     "float32": (
         (*_FLOATS, *_SIGNED, *_UNSIGNED),
-        "any float (float64 rounded to the nearest float32) or integer (exact up to "
-        "2^24 = 16,777,216 in magnitude, rounded beyond)",
+        "float64 rounded to the nearest float32; integers exact up to 2^24 = 16,777,216 in "
+        "magnitude, rounded beyond",
     ),
-    "float64": (
-        (*_FLOATS, *_SIGNED, *_UNSIGNED),
-        "any float, or integer (exact up to 2^53 in magnitude, rounded beyond)",
-    ),
-    "string": (_TEXT, "string, large_string, binary, large_binary: as is"),
-    "bool": ((pa.bool_(),), "bool"),
+    "float64": ((*_FLOATS, *_SIGNED, *_UNSIGNED), "integers exact up to 2^53, rounded beyond"),
+    "string": (_TEXT, "as is (binary values are fed as their bytes)"),
+    "bool": ((pa.bool_(),), "as is"),
 }
 
 
@@ -301,17 +292,30 @@ def conversion_hint(found: pa.DataType, dtype: str) -> str:
     accepted = CONVERSIONS.get(dtype)
     if accepted is None:
         return f"batchscore cannot feed a {dtype} input; export the model with another dtype"
-    return f"a {dtype} input takes {accepted[1]}; cast the column to one of those"
+    names = ", ".join(str(t) for t in accepted[0])
+    return f"a {dtype} input takes {names}; cast the column to one of those"
+
+
+def type_text(arrow_type: pa.DataType) -> str:
+    """An Arrow type as messages show it: lists without their item field's name (Parquet
+    files call it ``element``, Arrow ``item``)."""
+    if pa.types.is_fixed_size_list(arrow_type):
+        return f"fixed_size_list<{type_text(arrow_type.value_type)}>[{arrow_type.list_size}]"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        kind = "large_list" if pa.types.is_large_list(arrow_type) else "list"
+        return f"{kind}<{type_text(arrow_type.value_type)}>"
+    return str(arrow_type)
 
 
 def column_problem(field: pa.Field, need: InputColumn) -> str | None:
     """Why a column of Arrow ``field`` cannot feed ``need``, in words; None if it can."""
     found = field.type
+    shown = type_text(found)
     values = found
     if pa.types.is_fixed_size_list(found):
         if need.width is not None and found.list_size != need.width:
             return (
-                f"is {found}, {found.list_size} values a row; the model expects "
+                f"is {shown}, {found.list_size} values a row; the model expects "
                 f"{need.describe()}. Give it a column of {need.width} value(s) a row"
             )
         values = found.value_type
@@ -319,17 +323,17 @@ def column_problem(field: pa.Field, need: InputColumn) -> str | None:
         if need.width is not None:
             expected = "a plain column" if need.width == 1 else f"a fixed-size list of {need.width}"
             return (
-                f"is {found} (a variable number of values a row); the model expects "
+                f"is {shown} (a variable number of values a row); the model expects "
                 f"{need.describe()}: {expected}. Write the column as such"
             )
         values = found.value_type
     elif need.width is not None and need.width != 1:
         return (
-            f"is {found}, one value a row; the model expects {need.describe()}: a fixed-size "
+            f"is {shown}, one value a row; the model expects {need.describe()}: a fixed-size "
             f"list column of {need.width} (pa.list_(type, {need.width}))"
         )
     if not castable(values, need.dtype):
-        return f"is {found}; the model expects {need.describe()}: {conversion_hint(values, need.dtype)}"
+        return f"is {shown}; the model expects {need.describe()}: {conversion_hint(values, need.dtype)}"
     return None
 
 

@@ -1,0 +1,279 @@
+"""Input shapes Keras writes, chosen signatures and the type conversion table, end to end.
+
+Every model here is exported the way its users export it (tests/model_zoo.py); every
+scored run must equal a direct call of the signature within 1e-6, every key once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch.core.errors import ModelError
+from batch.model.loading import ServingFunction, import_tensorflow
+from batch.model.signature import CONVERSIONS, InputColumn, castable, column_problem
+from batch.output.commit import CommittedRun, list_committed_runs
+from tests.conftest import score
+from tests.model_zoo import (
+    build_keras3_model,
+    build_predict_only_model,
+    build_sparse_signature_model,
+    build_tf_keras_model,
+    signature_call,
+)
+
+ROWS = 500
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _only_run(output: Path) -> CommittedRun:
+    (run,) = list_committed_runs(output)
+    return run
+
+
+def _write(folder: Path, table: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), folder / "part-0.parquet", row_group_size=100)
+    pq.write_table(table.slice(half), folder / "part-1.parquet", row_group_size=100)
+    return folder
+
+
+def _scored(run: CommittedRun, key: str = "id") -> pa.Table:
+    predictions = pq.read_table(run.run_dir / "predictions").sort_by(key)
+    assert predictions[key].to_pylist() == list(range(ROWS)), "every key exactly once"
+    return predictions
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("zoo")
+    return {
+        "keras3": build_keras3_model(root / "keras3"),
+        "tf_keras": build_tf_keras_model(root / "tf_keras"),
+        "predict": build_predict_only_model(root / "predict"),
+        "sparse": build_sparse_signature_model(root / "sparse"),
+    }
+
+
+def _keras3_table() -> pa.Table:
+    rng = np.random.default_rng(1)
+    n = rng.integers(-5, 5, ROWS)
+    n[7] = 2**24 + 1  # int64 into float32: rounded to 2^24, as documented
+    return pa.table(
+        {
+            "id": pa.array(np.arange(ROWS), pa.int64()),
+            "x": pa.array(rng.normal(size=ROWS), pa.float64()),
+            "n": pa.array(n, pa.int64()),
+            "v": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.normal(size=ROWS * 3), pa.float64()), 3
+            ),
+        }
+    )
+
+
+def test_keras3_inputs_of_shape_1_and_3_take_plain_and_fixed_size_list_columns(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    table = _keras3_table()
+    data = _write(tmp_path / "in", table)
+    assert score(data, tmp_path / "out", "--key_columns=id", model=models["keras3"]) == 0
+    predictions = _scored(_only_run(tmp_path / "out"))
+    expected = signature_call(
+        models["keras3"],
+        {
+            "x": table["x"].to_numpy().astype(np.float32).reshape(-1, 1),
+            "n": table["n"].to_numpy().astype(np.float32).reshape(-1, 1),
+            "v": np.stack(table["v"].to_numpy(zero_copy_only=False)).astype(np.float32),
+        },
+    )["output_0"]
+    np.testing.assert_allclose(
+        predictions["output_0"].to_numpy(), expected.reshape(-1), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.slow
+def test_keras3_model_on_spark_takes_the_fixed_size_list_column(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    table = _keras3_table()
+    data = _write(tmp_path / "in", table)
+    rc = score(
+        data,
+        tmp_path / "out",
+        "--key_columns=id",
+        "--runner=PySparkRunner",
+        "--spark_master=local[2]",
+        model=models["keras3"],
+    )
+    assert rc == 0
+    spark = _scored(_only_run(tmp_path / "out"))
+    assert score(data, tmp_path / "beam", "--key_columns=id", model=models["keras3"]) == 0
+    beam = _scored(_only_run(tmp_path / "beam"))
+    np.testing.assert_allclose(
+        spark["output_0"].to_numpy(), beam["output_0"].to_numpy(), atol=1e-6, rtol=0
+    )
+
+
+def test_tf_keras_inputs_of_shape_1_with_int_and_string_and_a_two_value_output(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(ROWS), pa.int64()),
+            "x": pa.array(rng.normal(size=ROWS), pa.float32()),
+            "n": pa.array(rng.integers(0, 9, ROWS), pa.int32()),
+            "s": pa.array([f"v{'z' * (i % 7)}" for i in range(ROWS)], pa.string()),
+        }
+    )
+    data = _write(tmp_path / "in", table)
+    assert score(data, tmp_path / "out", "--key_columns=id", model=models["tf_keras"]) == 0
+    predictions = _scored(_only_run(tmp_path / "out"))
+    assert predictions.schema.field("probs").type == pa.list_(pa.float32(), 2)
+    expected = signature_call(
+        models["tf_keras"],
+        {
+            "x": table["x"].to_numpy().reshape(-1, 1),
+            "n": table["n"].to_numpy().astype(np.int64).reshape(-1, 1),
+            "s": np.array(table["s"].to_pylist(), dtype=object).reshape(-1, 1),
+        },
+    )["probs"]
+    got = np.stack(predictions["probs"].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+class TestChosenSignature:
+    def test_a_model_with_only_predict_fails_naming_it(
+        self, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        table = pa.table({"id": pa.array(range(ROWS)), "amount": pa.array(np.arange(ROWS) / 3)})
+        data = _write(tmp_path / "in", table)
+        assert score(data, tmp_path / "out", "--key_columns=id", model=models["predict"]) == 2
+        err = capsys.readouterr().err
+        assert "it has no signature 'serving_default'; its signatures are predict." in err
+        assert "--signature=NAME" in err
+
+    def test_signature_predict_scores_with_it(
+        self, models: dict[str, Path], tmp_path: Path
+    ) -> None:
+        table = pa.table({"id": pa.array(range(ROWS)), "amount": pa.array(np.arange(ROWS) / 3)})
+        data = _write(tmp_path / "in", table)
+        rc = score(
+            data,
+            tmp_path / "out",
+            "--key_columns=id",
+            "--signature=predict",
+            model=models["predict"],
+        )
+        assert rc == 0
+        run = _only_run(tmp_path / "out")
+        predictions = _scored(run)
+        expected = signature_call(
+            models["predict"],
+            {"amount": table["amount"].to_numpy().astype(np.float32)},
+            signature="predict",
+        )["doubled"]
+        np.testing.assert_allclose(predictions["doubled"].to_numpy(), expected, atol=1e-6, rtol=0)
+        assert run.manifest().to_json()["model"]["serving"]["signature"] == "predict"
+
+    def test_a_tag_the_model_lacks_is_named(
+        self, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        table = pa.table({"id": pa.array(range(ROWS)), "amount": pa.array(np.arange(ROWS) / 3)})
+        data = _write(tmp_path / "in", table)
+        rc = score(
+            data, tmp_path / "out", "--key_columns=id", "--tag=serve,gpu", model=models["predict"]
+        )
+        assert rc == 2
+        assert "no MetaGraph tagged 'gpu,serve'; it has serve." in capsys.readouterr().err
+
+
+def test_a_sparse_tensor_input_is_refused_saying_what_to_export(models: dict[str, Path]) -> None:
+    tf = import_tensorflow()
+    with pytest.raises(
+        ModelError,
+        match=re.escape(
+            "input 'tags_ids' is a SparseTensor (saved as 'tags_ids', 'tags_ids_1', "
+            "'tags_ids_2'); batchscore feeds sparse inputs through tf.Examples"
+        ),
+    ):
+        ServingFunction(tf, models["sparse"], "sparse")
+
+
+class TestShapeProblemsBeforeCompute:
+    @pytest.mark.parametrize(
+        ("column", "message"),
+        [
+            (
+                pa.array(np.zeros(ROWS)),
+                "column 'v' is double, one value a row; the model expects float32, 3 values a "
+                "row: a fixed-size list column of 3",
+            ),
+            (
+                pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(ROWS * 2)), 2),
+                "column 'v' is fixed_size_list<double>[2], 2 values a row; the model "
+                "expects float32, 3 values a row",
+            ),
+            (
+                pa.array([[1.0, 2.0, 3.0]] * ROWS, pa.list_(pa.float64())),
+                "column 'v' is list<double> (a variable number of values a row); the "
+                "model expects float32, 3 values a row: a fixed-size list of 3",
+            ),
+        ],
+        ids=["plain column", "list of 2", "variable list"],
+    )
+    def test_a_column_of_the_wrong_width_is_named(
+        self,
+        models: dict[str, Path],
+        column: pa.Array,
+        message: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        table = _keras3_table().set_column(3, "v", column)
+        data = _write(tmp_path / "in", table)
+        assert score(data, tmp_path / "out", "--key_columns=id", model=models["keras3"]) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert "part-0.parquet" in err and "part-1.parquet" in err
+
+
+class TestConversionTable:
+    def test_the_readme_table_is_the_code_table(self) -> None:
+        text = README.read_text()
+        section = text[text.index("### Type conversions") :]
+        for dtype, (types, how) in CONVERSIONS.items():
+            row = f"| `{dtype}` | {', '.join(str(t) for t in types)} | {how} |"
+            assert row in section, f"README's conversion row for {dtype} differs:\n{row}"
+
+    @pytest.mark.parametrize(
+        ("found", "dtype", "ok"),
+        [
+            (pa.int64(), "float32", True),
+            (pa.uint64(), "float32", True),
+            (pa.int32(), "float64", True),
+            (pa.float64(), "float32", True),
+            (pa.float32(), "int64", False),
+            (pa.float64(), "int32", False),
+            (pa.uint64(), "int64", False),
+            (pa.int64(), "int32", False),
+            (pa.binary(), "string", True),
+            (pa.string(), "float32", False),
+        ],
+    )
+    def test_castable(self, found: pa.DataType, dtype: str, ok: bool) -> None:
+        assert castable(found, dtype) is ok
+
+    def test_float_to_int_names_found_expected_and_the_fix(self) -> None:
+        problem = column_problem(pa.field("n", pa.float64()), InputColumn("int64"))
+        assert problem == (
+            "is double; the model expects int64: a float column never feeds an integer input "
+            "(it would truncate values); round and cast the column to an integer type, or "
+            "export the model with a float input"
+        )
