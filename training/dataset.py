@@ -42,7 +42,6 @@ Feature: TypeAlias = "tf.io.FixedLenFeature | tf.io.VarLenFeature"
 HELDOUT_BUCKETS = 10  # 1 of 10 hash buckets of the key is held out
 RECORD_BATCH_ROWS = 8192
 _KEY_SEPARATOR = "\x1f"
-_ROW = "__batchscore_row"
 # What stands for a missing value of an optional feature in the raw-column signature.
 MISSING_MARKERS: dict[str, float | str] = {"float32": float("nan"), "string": ""}
 
@@ -196,18 +195,9 @@ def clean_rows(table: pa.Table, contract: Contract) -> CleanResult:
     )
     if not table.num_rows:
         return CleanResult(table, 0, {})
-    # RowValidator's category check counts a null as an unseen category; an optional
-    # column's null is a missing value, so the check sees a known category there instead
-    # and the rows kept are taken from the original table by position.
-    checked = table.append_column(_ROW, pa.array(np.arange(table.num_rows)))
-    for rule in contract.columns.values():
-        if not rule.required and rule.categories and rule.name in table.column_names:
-            index = checked.schema.get_field_index(rule.name)
-            filled = pc.fill_null(checked.column(index), rule.categories[0])
-            checked = checked.set_column(index, rule.name, filled)
-    part = validator.partition(checked.combine_chunks().to_batches()[0])
+    part = validator.partition(table.combine_chunks().to_batches()[0])
     reasons = count_reasons([part.rejected])
-    clean = table.take(part.valid.column(_ROW))
+    clean = pa.Table.from_batches([part.valid])
     return CleanResult(clean, part.rejected.num_rows, dict(sorted(reasons.items())))
 
 

@@ -190,7 +190,9 @@ class RowValidator:
         if rule is None or rule.categories is None or rule.unseen != "reject":
             return None
         known = pc.is_in(column, value_set=_value_set(rule.categories, column.type))
-        mask = _as_mask(pc.invert(known))
+        # A null is no category: whether it may be there is the null check's business (an
+        # optional column's null is a missing value, not an unseen category).
+        mask = _as_mask(pc.and_(pc.invert(known), column.is_valid()))
         if not mask.any():
             return None
         shown = ", ".join(rule.categories[:8]) + (", ..." if len(rule.categories) > 8 else "")
