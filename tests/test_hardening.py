@@ -18,10 +18,17 @@ from typing import Any
 
 import pytest
 
+from batch.core.fsutil import directory_sha256
+from batch.engine.prepare import trust_policy
+from batch.model.loading import load_model
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.resolved import ResolvedModel, signature_path
+from batch.model.signing import verify_once
+from batch.model.snapshot import ModelChangedError, snapshot_root
 from jobs.verify import main as verify_main
 from tests.conftest import PlainModels, score
 from tests.plain_model import write_plain_data
-from tests.signing_keys import make_key_pair
+from tests.signing_keys import KeyPair, make_key_pair
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -273,3 +280,84 @@ def test_a_spark_master_that_cannot_work_is_refused_at_once(
     )
     assert time.monotonic() - started < 30
     _one_line_failure(capsys, code, summary_file, expected.format(port=port))
+
+
+class TestTheVerifiedBytesAreTheLoadedBytes:
+    """Point 2: a model folder swapped after the driver's check is never loaded."""
+
+    def _model(self, tmp_path: Path, plain_models: PlainModels, build: int) -> ResolvedModel:
+        folder = tmp_path / "models" / "m"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        source = plain_models(weight=0.75, build=build)
+        shutil.copytree(source, folder)
+        shutil.copyfile(signature_path(source), signature_path(folder))
+        return resolve_model(str(folder), ModelRepository(tmp_path / "repo"))
+
+    def test_an_unchanged_model_loads_from_a_private_copy(
+        self, tmp_path: Path, plain_models: PlainModels
+    ) -> None:
+        model = self._model(tmp_path, plain_models, build=901)
+        loaded = load_model(model, trust_policy(None, False))
+        copy = Path(loaded.model.saved_model_dir)
+        assert copy != model.saved_model_dir
+        assert copy.is_relative_to(snapshot_root())
+        assert directory_sha256(copy) == model.content_hash
+
+    @pytest.mark.parametrize("swap", ["another_signed_model", "a_changed_byte"])
+    def test_a_model_swapped_after_the_check_is_refused(
+        self, tmp_path: Path, plain_models: PlainModels, swap: str
+    ) -> None:
+        model = self._model(tmp_path, plain_models, build=902 if swap == "a_changed_byte" else 903)
+        trust = trust_policy(None, False)
+        verify_once(model, trust)  # the driver's check passes
+        folder = Path(model.saved_model_dir)
+        if swap == "another_signed_model":  # signed with the same trusted key
+            other = plain_models(weight=0.5, build=904)
+            shutil.rmtree(folder)
+            shutil.copytree(other, folder)
+            shutil.copyfile(signature_path(other), signature_path(folder))
+        else:
+            variables = next(folder.glob("variables/variables.data-*"))
+            data = bytearray(variables.read_bytes())
+            data[-1] ^= 0xFF
+            variables.write_bytes(bytes(data))
+        with pytest.raises(ModelChangedError, match="its files changed after the job resolved it"):
+            load_model(model, trust)
+        assert not [p for p in snapshot_root().glob(f"{os.getpid()}-{model.content_hash[:16]}-*")]
+
+
+def test_an_edited_metadata_json_does_not_change_how_a_version_is_scored(
+    tmp_path: Path, plain_model: Path, signing_keys: KeyPair
+) -> None:
+    """Point 3: the keys, contract and signature info a version is scored with are signed
+    with it; editing the unsigned metadata.json (contract: null) changes nothing."""
+    repo = ModelRepository(tmp_path / "repo")
+    registered = repo.register(
+        "m",
+        plain_model,
+        {"key_columns": ["id"], "contract": "loans", "note": "free text"},
+        signing_key=signing_keys.private,
+    )
+    meta_file = registered.saved_model_dir.parent / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta.update(contract=None, key_columns=["x"], note="edited")
+    meta_file.write_text(json.dumps(meta))
+    resolved = repo.resolve("m@1")
+    assert resolved.metadata["contract"] == "loans"
+    assert resolved.metadata["key_columns"] == ["id"]
+    assert resolved.metadata["note"] == "edited"  # what does not change scoring stays free
+    verify_once(resolved, trust_policy(None, False))  # and the version still verifies
+
+
+def test_unsigned_scoring_fields_of_a_signed_version_are_ignored(
+    tmp_path: Path, plain_model: Path
+) -> None:
+    """A signed version registered before these fields were signed: they are dropped."""
+    from batch.model.repository import _signed_view
+
+    assert signature_path(plain_model).is_file()
+    meta = {"key_columns": ["id"], "contract": None, "signature": {"x": 1}, "note": "n"}
+    assert _signed_view(meta, plain_model, "m@1") == {"note": "n"}
+    unsigned = tmp_path / "unsigned"
+    unsigned.mkdir()
+    assert _signed_view(meta, unsigned, "m@1") == meta

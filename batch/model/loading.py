@@ -29,7 +29,8 @@ from batch.model.signature import (
     TensorInfo,
     input_width,
 )
-from batch.model.signing import TrustPolicy, VerificationResult, verify_once
+from batch.model.signing import TrustPolicy, VerificationResult, verify_model
+from batch.model.snapshot import private_copy
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ class LoadedModel:
 
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, SignatureChoice], LoadedModel] = {}
+# content hash, policy -> the private copy verified under that policy, and the result.
+_VERIFIED_COPIES: dict[tuple[str, TrustPolicy], tuple[ResolvedModel, VerificationResult]] = {}
 
 
 def load_model(
@@ -300,22 +303,32 @@ def load_model(
     ``trust`` and loaded on first use, shared by all threads.
 
     Verification comes first, in this process, before TensorFlow reads a byte of
-    the model: every worker that loads a model has checked it itself. It runs
-    once per process, model and policy (:func:`batch.model.signing.verify_once`); a
-    model that fails raises a :class:`batch.model.signing.ModelVerificationError`.
+    the model: every worker that loads a model has checked it itself, on a private copy
+    of its files (batch.model.snapshot) that is then what TensorFlow loads, so a folder
+    changed after the check is never loaded. It runs once per process, content and
+    policy; a model that fails raises a
+    :class:`batch.model.signing.ModelVerificationError`.
     """
     with _LOCK:
-        verification = verify_once(model, trust)
+        verified = _VERIFIED_COPIES.get((model.content_hash, trust))
+        if verified is None:
+            copy = private_copy(model)
+            verification = verify_model(copy, trust, shown_as=Path(model.saved_model_dir))
+            verified = _VERIFIED_COPIES[(model.content_hash, trust)] = (copy, verification)
+        copy, verification = verified
         key = (model.content_hash, choice)
         cached = _LOADED.get(key)
         if cached is None:
-            cached = _load(model, verification, choice)
+            cached = _load(copy, verification, choice, Path(model.saved_model_dir))
             _LOADED[key] = cached
         return cached
 
 
 def _load(
-    model: ResolvedModel, verification: VerificationResult, choice: SignatureChoice
+    model: ResolvedModel,
+    verification: VerificationResult,
+    choice: SignatureChoice,
+    shown_as: Path,
 ) -> LoadedModel:
     tf = import_tensorflow()
     start = time.perf_counter()
@@ -325,7 +338,7 @@ def _load(
         raise
     except Exception as exc:  # TF raises many types for a broken SavedModel.
         raise ModelError(
-            f"model {model.label} ({model.saved_model_dir}): TensorFlow could not load it: "
+            f"model {model.label} ({shown_as}): TensorFlow could not load it: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     elapsed = time.perf_counter() - start

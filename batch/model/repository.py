@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import logging
 import os
 import re
 import shutil
@@ -53,8 +54,13 @@ SAVED_MODEL_DIR = "saved_model"
 TRANSFORM_OUTPUT_DIR = "transform_output"
 METADATA_FILE = "metadata.json"
 ALIASES_FILE = "aliases.json"
+log = logging.getLogger(__name__)
+
 # Inside the SavedModel, where its signature covers it: <folder>/<contract name>/schema.pbtxt
 CONTRACT_FOLDER = "assets.extra/batchscore_contract"
+# What changes how a version is scored, signed with it (metadata.json is not signed).
+SCORING_METADATA = "assets.extra/batchscore_scoring.json"
+SIGNED_KEYS = ("key_columns", "contract", "signature")
 LATEST = "latest"
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -129,6 +135,52 @@ def embedded_contract(saved_model_dir: Path) -> Path | None:
     folder = saved_model_dir / CONTRACT_FOLDER
     found = sorted(folder.glob(f"*/{SCHEMA_FILE}")) if folder.is_dir() else []
     return found[0].parent if len(found) == 1 else None
+
+
+def embed_scoring_metadata(saved_model_dir: Path, metadata: dict[str, Any]) -> None:
+    """Write what changes how a version is scored (``SIGNED_KEYS`` of ``metadata``) into
+    the SavedModel, where its signature covers it (``SCORING_METADATA``)."""
+    signed = {key: metadata[key] for key in SIGNED_KEYS if metadata.get(key) is not None}
+    write_json_atomic(saved_model_dir / SCORING_METADATA, signed)
+
+
+def _signed_view(meta: dict[str, Any], saved_model_dir: Path, label: str) -> dict[str, Any]:
+    """``meta`` (metadata.json, which no signature covers) with ``SIGNED_KEYS`` taken from
+    the signed copy inside the SavedModel. A signed version registered without that copy
+    has those keys ignored (an edited metadata.json must not switch checks off); an
+    unsigned one keeps them, as it keeps everything else unverified."""
+    unsigned = {k: v for k, v in meta.items() if k not in SIGNED_KEYS}
+    path = saved_model_dir / SCORING_METADATA
+    if path.is_file():
+        try:
+            signed = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"model {label}: {path} cannot be read ({exc}); the version is damaged: "
+                "verify it (python -m jobs.models verify) and register it again"
+            ) from exc
+        ignored = sorted(k for k in SIGNED_KEYS if k in meta and meta[k] != signed.get(k))
+        if ignored:
+            log.warning(
+                "model %s: metadata.json differs from the signed %s on %s; the signed "
+                "values are used",
+                label,
+                SCORING_METADATA,
+                ", ".join(ignored),
+            )
+        return {**unsigned, **{k: v for k, v in signed.items() if k in SIGNED_KEYS}}
+    if not signature_path(saved_model_dir).is_file():
+        return meta
+    dropped = sorted(k for k in SIGNED_KEYS if meta.get(k) is not None)
+    if dropped:
+        log.warning(
+            "model %s: %s in metadata.json are ignored: no signature covers them (the "
+            "version was registered before batchscore signed them). Register it again "
+            "(python -m jobs.models register) to have them signed",
+            label,
+            ", ".join(dropped),
+        )
+    return unsigned
 
 
 def _with_embedded_contract(meta: dict[str, Any], saved_model_dir: Path) -> dict[str, Any]:
@@ -357,7 +409,9 @@ class ModelRepository:
             saved_model_dir=saved_model_dir,
             content_hash=str(meta["content_hash"]),
             registered=True,
-            metadata=_with_embedded_contract(meta, saved_model_dir),
+            metadata=_with_embedded_contract(
+                _signed_view(meta, saved_model_dir, f"{name}@{version}"), saved_model_dir
+            ),
             alias=alias,
         )
 
@@ -389,6 +443,7 @@ class ModelRepository:
             shutil.copytree(saved_model_dir, staging / SAVED_MODEL_DIR)
             if contract_dir is not None:
                 embed_contract(staging / SAVED_MODEL_DIR, contract_dir)
+            embed_scoring_metadata(staging / SAVED_MODEL_DIR, metadata)
             if transform_output_dir is not None:
                 shutil.copytree(transform_output_dir, staging / TRANSFORM_OUTPUT_DIR)
             content_hash = directory_sha256(staging / SAVED_MODEL_DIR)
@@ -571,7 +626,10 @@ def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
                 saved_model_dir=path / SAVED_MODEL_DIR,
                 content_hash=str(meta["content_hash"]),
                 registered=True,
-                metadata=_with_embedded_contract(meta, path / SAVED_MODEL_DIR),
+                metadata=_with_embedded_contract(
+                    _signed_view(meta, path / SAVED_MODEL_DIR, f"{meta['name']}@{meta['version']}"),
+                    path / SAVED_MODEL_DIR,
+                ),
             )
         if is_saved_model_dir(path):
             content_hash = directory_sha256(path)

@@ -339,20 +339,26 @@ def sign_model(saved_model_dir: Path | str, private_key_path: Path | str) -> Pat
 # -- verifying ------------------------------------------------------------------------
 
 
-def verify_model(model: ResolvedModel, policy: TrustPolicy) -> VerificationResult:
+def verify_model(
+    model: ResolvedModel, policy: TrustPolicy, shown_as: Path | None = None
+) -> VerificationResult:
     """Check ``model`` against ``policy``; raise a :class:`ModelVerificationError` naming
-    the model, what was expected, what was found and what to do, or return what was checked."""
+    the model, what was expected, what was found and what to do, or return what was checked.
+
+    ``shown_as``: the folder messages name when ``model`` is a private copy of it
+    (batch.model.snapshot)."""
     started = time.perf_counter()
     model_dir = model.saved_model_dir
     sig = signature_path(model_dir)
-    where = f"model {model.label} ({model_dir})"
+    where = f"model {model.label} ({shown_as or model_dir})"
+    sig_shown = signature_path(shown_as) if shown_as else sig
     sign_hint = _sign_hint(model)
     if not sig.is_file():
         if policy.allow_unsigned:
-            _warn_unverified(where, f"it has no signature file ({sig})")
+            _warn_unverified(where, f"it has no signature file ({sig_shown})")
             return VerificationResult(model.label, False, None, None, True)
         raise UnsignedModelError(
-            f"{where} is not signed: expected a signature file {sig}, found none. Sign it "
+            f"{where} is not signed: expected a signature file {sig_shown}, found none. Sign it "
             f"with {sign_hint}, or pass --allow_unsigned to load it unverified (logged and "
             "recorded in the manifest)"
         )
@@ -363,20 +369,20 @@ def verify_model(model: ResolvedModel, policy: TrustPolicy) -> VerificationResul
             return VerificationResult(model.label, False, str(sig), None, True)
         missing = f" ({policy.key_source})" if policy.key_source else ""
         raise NoPublicKeyError(
-            f"{where} is signed (key {short(signer)}, {sig}) but no public key is configured"
+            f"{where} is signed (key {short(signer)}, {sig_shown}) but no public key is configured"
             f"{missing}: pass --public_key=PUBLIC_KEY.pem, the pair of the key that signed it"
         )
     expected = key_fingerprint(policy.public_key)
     source = policy.key_source or "the configured public key"
     if signer is not None and signer != expected:
         raise WrongKeyError(
-            f"{where}: signed by another key: the signature {sig} names key {short(signer)}, "
+            f"{where}: signed by another key: the signature {sig_shown} names key {short(signer)}, "
             f"the public key {source} is {short(expected)}. Pass the matching "
             f"--public_key=PEM, or re-sign the model with the private key paired with {source} "
             f"({_sign_hint(model, force=True)})"
         )
     _verify_with_library(
-        where, model_dir, sig, policy.public_key, source, _sign_hint(model, force=True)
+        where, model_dir, sig, policy.public_key, source, _sign_hint(model, force=True), sig_shown
     )
     elapsed = time.perf_counter() - started
     log.info("verified %s: signed by key %s (%.2fs)", where, short(expected), elapsed)
@@ -401,7 +407,13 @@ def _warn_unverified(where: str, why: str) -> None:
 
 
 def _verify_with_library(
-    where: str, model_dir: Path, sig: Path, public_pem: bytes, source: str, sign_hint: str
+    where: str,
+    model_dir: Path,
+    sig: Path,
+    public_pem: bytes,
+    source: str,
+    sign_hint: str,
+    sig_shown: Path | None = None,
 ) -> None:
     from model_signing import verifying
 
@@ -414,20 +426,21 @@ def _verify_with_library(
         except Exception as exc:  # the library raises ValueError, InvalidSignature, JSON errors
             failure = exc
     message = str(failure)
+    shown = sig_shown or sig
     if message.startswith("Signature mismatch"):
         changes = describe_changes(model_dir, sig) or _first_line(message)
         raise SignatureMismatchError(
             f"{where}: its files differ from the files that were signed ({changes}; "
-            f"signature {sig}). Restore the signed files; if the change is intended, re-sign "
+            f"signature {shown}). Restore the signed files; if the change is intended, re-sign "
             f"it with {sign_hint}. --allow_unsigned does not override a failed signature"
         ) from failure
     if message.startswith("Key mismatch"):
         raise WrongKeyError(
-            f"{where}: signed by another key: the signature {sig} does not name the public "
+            f"{where}: signed by another key: the signature {shown} does not name the public "
             f"key {source}. Pass the matching --public_key=PEM"
         ) from failure
     raise BadSignatureError(
-        f"{where}: the signature {sig} does not verify with the public key {source} "
+        f"{where}: the signature {shown} does not verify with the public key {source} "
         f"({type(failure).__name__}: {_first_line(message) or 'invalid signature'}). Expected "
         f"a model-signing bundle made by that key's pair; re-sign it with {sign_hint}"
     ) from failure
