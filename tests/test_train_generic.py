@@ -457,3 +457,46 @@ class TestModelsCarryWhatScoringNeeds:
         capsys.readouterr()
         assert models.main(argv) == 2  # a second baseline needs --force
         assert "already has a drift baseline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "PySparkRunner"])
+def test_rows_with_missing_values_scored_through_the_tf_example_signature(
+    runner: str, deliveries: Deliveries, tmp_path: Path
+) -> None:
+    """On Beam and on Spark: every valid row (optional values missing included) scored
+    through serving_tf_example, equal to the raw-column signature on the same rows; the
+    rows that break the contract dead-lettered; drift checked against the baseline."""
+    from batch.output.commit import list_committed_runs
+    from jobs import score
+    from training import trainer
+
+    out = tmp_path / "out"
+    argv = [
+        f"--input={deliveries.data}",
+        "--model=delivery_minutes@1",
+        f"--model_repo={deliveries.repo}",
+        f"--output={out}",
+        "--signature=serving_tf_example",
+        "--max_error_rate=0.02",
+        f"--runner={runner}",
+    ]
+    if runner == "PySparkRunner":
+        argv.append("--spark_master=local[2]")
+    assert score.main(argv) == 0
+    (committed,) = list_committed_runs(out)
+    manifest = read_json(committed.run_dir / "_MANIFEST.json")
+    counts = manifest["counts"]
+    assert counts["rows_in"] == ROWS
+    assert set(counts["rejected_by_reason"]) == {"out_of_range"}, counts
+    assert manifest["drift"]["status"] == "ok", manifest["drift"]
+    scored = pq.read_table(committed.run_dir / "predictions").sort_by("order_id")
+    assert len(set(scored["order_id"].to_pylist())) == scored.num_rows == counts["rows_scored"]
+    rows = _with_missing(deliveries.data, ROWS)  # the valid rows, missing values included
+    rows = rows.sort_by("order_id")
+    assert rows.column("order_id").to_pylist() == scored.column("order_id").to_pylist()
+    direct = (
+        _load(deliveries.model)
+        .signatures["serving_default"](**trainer.raw_inputs(rows, _raw_spec()))["prediction"]
+        .numpy()
+    )
+    np.testing.assert_allclose(scored.column("prediction").to_numpy(), direct, atol=1e-4)
