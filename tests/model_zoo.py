@@ -7,7 +7,8 @@
 * :func:`build_keras3_model`, :func:`build_tf_keras_model`: ``Input(shape=(1,))`` per
   feature (and a ``[None, 3]`` input), exported with ``model.export`` / ``model.save``.
 * :func:`build_predict_only_model`: a ``tf.Module`` whose one signature is ``predict``.
-* :func:`build_sparse_signature_model`: a ``SparseTensorSpec`` input in a raw signature.
+* :func:`build_sparse_signature_model`: a ``SparseTensorSpec`` input in a raw signature
+  (a sparse raw input).
 
 Each returns the SavedModel directory, signed with the default signing key (the test
 session's key under pytest). :func:`signature_call` calls a signature directly, the
@@ -297,7 +298,8 @@ def build_predict_only_model(path: Path) -> Path:
 
 def build_sparse_signature_model(path: Path) -> Path:
     """A raw signature with a ``SparseTensorSpec`` input ``tags_ids`` (int64 [None, None]),
-    which TensorFlow saves as three tensors."""
+    which TensorFlow saves as three tensors; output ``total``, the sum of each row's
+    values. The module's ``serve`` takes a tf.SparseTensor (the direct call)."""
     import tensorflow as tf
 
     class Sparse(tf.Module):

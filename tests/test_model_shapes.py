@@ -6,7 +6,6 @@ scored run must equal a direct call of the signature within 1e-6, every key once
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.core.errors import ModelError
-from batch.model.loading import ServingFunction, import_tensorflow
+from batch.model.loading import import_tensorflow
 from batch.model.signature import CONVERSIONS, InputColumn, castable, column_problem
 from batch.output.commit import CommittedRun, list_committed_runs
 from tests.conftest import score
@@ -194,16 +192,26 @@ class TestChosenSignature:
         assert "no MetaGraph tagged 'gpu,serve'; it has serve." in capsys.readouterr().err
 
 
-def test_a_sparse_tensor_input_is_refused_saying_what_to_export(models: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([[1, 2], None, [], [7], [3, 4, 5]] * (ROWS // 5), pa.list_(pa.int64())),
+        pa.array([4, None, 6, None, 9] * (ROWS // 5), pa.int32()),
+    ],
+    ids=["list column", "nullable plain column"],
+)
+def test_a_sparse_tensor_input_takes_a_list_or_nullable_column(
+    models: dict[str, Path], values: pa.Array, tmp_path: Path
+) -> None:
+    table = pa.table({"id": pa.array(np.arange(ROWS), pa.int64()), "tags_ids": values})
+    data = _write(tmp_path / "in", table)
+    assert score(data, tmp_path / "out", "--key_columns=id", model=models["sparse"]) == 0
+    predictions = _scored(_only_run(tmp_path / "out"))
     tf = import_tensorflow()
-    with pytest.raises(
-        ModelError,
-        match=re.escape(
-            "input 'tags_ids' is a SparseTensor (saved as 'tags_ids', 'tags_ids_1', "
-            "'tags_ids_2'); batchscore feeds sparse inputs through tf.Examples"
-        ),
-    ):
-        ServingFunction(tf, models["sparse"], "sparse")
+    rows = [[] if v is None else (v if isinstance(v, list) else [v]) for v in values.to_pylist()]
+    sparse = tf.ragged.constant(rows, dtype=tf.int64).to_sparse()
+    expected = tf.saved_model.load(str(models["sparse"])).serve(sparse)["total"].numpy()
+    assert predictions["total"].to_numpy().tolist() == expected.tolist()
 
 
 class TestShapeProblemsBeforeCompute:

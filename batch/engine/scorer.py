@@ -15,7 +15,7 @@ from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_C
 from batch.core.errors import InputDataError
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
-from batch.model.signature import InputColumn
+from batch.model.signature import InputColumn, sparse_inputs
 
 
 def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:
@@ -98,6 +98,37 @@ def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
         ) from exc
 
 
+def sparse_parts(
+    column: pa.Array, name: str, arrow_type: pa.DataType
+) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """A plain or list column as a SparseTensor's indices ([nnz, 2] int64), values (as
+    ``arrow_type``; a string column as string or binary) and dense shape ([rows, the
+    longest row's length, at least 1]). A null row, and a null inside a list, is no
+    value."""
+    rows = len(column)
+    if _is_list(column.type):
+        values = pc.list_flatten(column)
+        parents = np.asarray(pc.list_parent_indices(column).to_numpy(zero_copy_only=False))
+        positions = np.arange(len(parents)) - np.searchsorted(parents, parents)
+        width = int(pc.max(pc.list_value_length(column)).as_py() or 0)
+    else:
+        values = column
+        parents = np.arange(rows)
+        positions = np.zeros(rows, dtype=np.int64)
+        width = 1
+    if values.null_count:
+        present = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        values = values.filter(pa.array(present))
+        parents, positions = parents[present], positions[present]
+    if arrow_type == pa.string():
+        text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+        values = _cast(values, pa.string() if text else pa.binary(), name)
+    else:
+        values = _cast(values, arrow_type, name)
+    indices = np.stack([parents, positions], axis=1).astype(np.int64).reshape(-1, 2)
+    return indices, values, np.array([rows, max(width, 1)], dtype=np.int64)
+
+
 def _fixed_width_values(column: pa.Array, name: str, width: int | None) -> pa.Array:
     """The values of a list column whose every row holds ``width`` values, flat. A
     fixed-size list is checked before compute; a variable-size list (an engine may hand a
@@ -142,6 +173,7 @@ class BatchScorer:
         self._columns = signature.input_columns()
         self._example_input = signature.example_input
         self._shapes = {name: info.shape for name, info in signature.inputs.items()}
+        self._sparse = sparse_inputs(signature.inputs)
         self._input_types = {
             name: ARROW_TYPE_FOR_DTYPE[need.dtype] for name, need in self._columns.items()
         }
@@ -250,6 +282,16 @@ class BatchScorer:
         feeds: dict[str, Feed] = {}
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
+            if name in self._sparse:
+                indices, values, dense_shape = sparse_parts(column, name, arrow_type)
+                indices_input, values_input, shape_input = self._sparse[name]
+                feeds[indices_input], feeds[shape_input] = indices, dense_shape
+                feeds[values_input] = (
+                    string_feed(values)
+                    if arrow_type == pa.string()
+                    else values.to_numpy(zero_copy_only=False)
+                )
+                continue
             if _is_list(column.type):  # [None, k]: the rows' values, flat
                 column = _fixed_width_values(column, name, self._shapes[name][-1])
             if arrow_type == pa.string():

@@ -27,7 +27,6 @@ from batch.model.signature import (
     SignatureChoice,
     SignatureInfo,
     TensorInfo,
-    input_width,
 )
 from batch.model.signing import TrustPolicy, VerificationResult, verify_model
 from batch.model.snapshot import private_copy
@@ -244,40 +243,12 @@ def _signature_info(
             "with ParseExample; use --input_format=auto"
         )
     signature = SignatureInfo(inputs, outputs, examples)
-    if examples is None:
-        _check_composite_components(where, inputs)
     try:
         signature.input_columns()
         signature.output_fields()
     except ValueError as exc:
         raise ModelError(f"{where}: {exc}") from exc
     return signature
-
-
-def _check_composite_components(where: str, inputs: dict[str, TensorInfo]) -> None:
-    """TensorFlow saves a SparseTensor input NAME as three tensors: NAME (indices, int64
-    [None, 2]), NAME_1 (values) and NAME_2 (dense shape, int64 [2]); say so, instead of
-    calling them three columns."""
-    for name, info in inputs.items():
-        shape = inputs.get(f"{name}_2")
-        if (
-            info.dtype == "int64"
-            and info.shape == (None, 2)
-            and f"{name}_1" in inputs
-            and shape is not None
-            and shape.shape == (2,)
-        ):
-            raise ModelError(
-                f"{where}: input '{name}' is a SparseTensor (saved as '{name}', '{name}_1', "
-                f"'{name}_2'); batchscore feeds sparse inputs through tf.Examples. Export a "
-                "signature that takes serialized tf.Examples and parses this input with "
-                "tf.io.VarLenFeature, or give the model a dense input"
-            )
-    for name, info in inputs.items():
-        try:
-            input_width(name, info)
-        except ValueError as exc:
-            raise ModelError(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)

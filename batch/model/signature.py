@@ -156,10 +156,16 @@ class SignatureInfo:
                 )
                 for name, feature in self.examples.items()
             }
-        return {
-            name: InputColumn(info.dtype, input_width(name, info))
-            for name, info in self.inputs.items()
-        }
+        sparse = sparse_inputs(self.inputs)
+        components = {c for parts in sparse.values() for c in parts}
+        columns = {}
+        for name, info in self.inputs.items():
+            if name in sparse:
+                values = self.inputs[sparse[name][1]]
+                columns[name] = InputColumn(values.dtype, width=None, required=False)
+            elif name not in components:
+                columns[name] = InputColumn(info.dtype, input_width(name, info))
+        return columns
 
     def optional_columns(self) -> frozenset[str]:
         """Input columns whose null is an absent value, not a rejected row."""
@@ -225,6 +231,26 @@ def output_width(shape: Sequence[int | None]) -> int:
             raise ValueError(f"output shape {list(shape)} has an unknown inner dimension")
         width *= dim
     return width
+
+
+def sparse_inputs(inputs: Mapping[str, TensorInfo]) -> dict[str, tuple[str, str, str]]:
+    """The SparseTensor inputs of a signature, as TensorFlow saves a ``SparseTensorSpec``
+    argument NAME: three tensors, NAME (indices, int64 [None, 2]), NAME_1 (values,
+    [None]) and NAME_2 (dense shape, int64 [2]). NAME -> the three input names."""
+    found = {}
+    for name, info in inputs.items():
+        values, shape = inputs.get(f"{name}_1"), inputs.get(f"{name}_2")
+        if (
+            info.dtype == "int64"
+            and info.shape == (None, 2)
+            and values is not None
+            and len(values.shape) == 1
+            and shape is not None
+            and shape.dtype == "int64"
+            and shape.shape == (2,)
+        ):
+            found[name] = (name, f"{name}_1", f"{name}_2")
+    return found
 
 
 def input_width(name: str, info: TensorInfo) -> int:
