@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXAMPLE_SIGNATURE = "tf_example"
 
@@ -34,7 +35,7 @@ def build(saved_model_dir: Path, output: Path) -> Path:
     }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def from_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    def from_examples(serialized: Any) -> dict[str, Any]:
         return serve(**tf.io.parse_example(serialized, spec))
 
     if output.exists():
