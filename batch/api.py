@@ -253,6 +253,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 max_error_rate=request.max_error_rate,
                 keep_non_finite=request.keep_non_finite,
                 signature=request.signature,
+                skip_bad_files=request.on_bad_file == "skip",
                 skipped_files=bad_files,
                 ignored_files=inputs.ignored,
                 batch_size=request.batch_size,

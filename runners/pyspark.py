@@ -288,7 +288,9 @@ class PySparkRunner:
             # One scoring thread per core a task holds.
             task_cpus = int(spark.sparkContext.getConf().get(TASK_CPUS_CONF, "1"))
             job = dataclasses.replace(job, scoring_threads=max(1, task_cpus))
-            if self.input_mode == INPUT_SPLITS:
+            if self.input_mode == INPUT_SPLITS or job.skip_bad_files:
+                # Under --on_bad_file=skip batchscore reads the files itself: a file found
+                # damaged inside is then skipped whole instead of failing Spark's read.
                 results = self._score_splits(spark, job, splits)
             else:
                 results = self._score_spark_input(spark, job, splits)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from batch.core.fsutil import directory_sha256
@@ -25,6 +26,7 @@ from batch.model.repository import ModelRepository, resolve_model
 from batch.model.resolved import ResolvedModel, signature_path
 from batch.model.signing import verify_once
 from batch.model.snapshot import ModelChangedError, snapshot_root
+from batch.output.commit import list_committed_runs
 from jobs.verify import main as verify_main
 from tests.conftest import PlainModels, score
 from tests.plain_model import write_plain_data
@@ -361,3 +363,39 @@ def test_unsigned_scoring_fields_of_a_signed_version_are_ignored(
     unsigned = tmp_path / "unsigned"
     unsigned.mkdir()
     assert _signed_view(meta, unsigned, "m@1") == meta
+
+
+@pytest.mark.parametrize(
+    "runner", [("--runner=DirectRunner",), ("--runner=PySparkRunner", "--spark_master=local[2]")]
+)
+def test_a_damaged_data_page_under_skip_skips_the_whole_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, plain_model: Path, runner: tuple[str, ...]
+) -> None:
+    """Point 8: found only while reading (the footer is fine), the file is skipped whole,
+    also the splits of it that were read before the damage was found."""
+    data = tmp_path / "in"
+    write_plain_data(data, files=3, rows_per_file=400, row_group_rows=100)
+    victim = data / "part-001.parquet"
+    damaged = bytearray(victim.read_bytes())
+    damaged[4:40] = b"\xff" * 36  # the first data page of row group 0
+    victim.write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    code = score(
+        data,
+        out,
+        "--key_columns=id",
+        "--on_bad_file=skip",
+        "--split_rows=100",  # four splits of the victim; only the first fails
+        *runner,
+        model=plain_model,
+    )
+    assert code == 0, capsys.readouterr().err
+    (run,) = list_committed_runs(out)
+    manifest = run.manifest()
+    assert manifest.counts.rows_in == manifest.counts.rows_scored == 800
+    (skipped,) = manifest.input["skipped_files"]
+    assert skipped["path"] == str(victim) and "damaged inside" in skipped["reason"]
+    assert str(victim) not in {f["path"] for f in manifest.input["files"]}
+    ids = pq.read_table(run.run_dir / "predictions", columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == [*range(0, 400), *range(800, 1200)]
+    assert verify_main([str(run.run_dir)]) == 0

@@ -34,3 +34,8 @@ class ErrorBudgetExceeded(InputDataError):
 
 class DriftExceeded(InputDataError):
     """The input drifted beyond ``--max_drift`` with ``--on_drift=fail``; nothing was committed."""
+
+
+class DamagedFileError(InputDataError):
+    """A file whose footer was readable holds a data page that cannot be decoded; with
+    ``--on_bad_file=skip`` the whole file is skipped, as for a damaged footer."""

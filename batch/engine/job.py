@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from batch.core.columns import (
     CONSTANT_COLUMNS,
 )
 from batch.core.errors import (
+    DamagedFileError,
     DriftExceeded,
     ErrorBudgetExceeded,
     InputDataError,
@@ -32,6 +34,7 @@ from batch.core.errors import (
     UsageError,
 )
 from batch.core.faults import SCORING, fault_point
+from batch.core.fsutil import read_json, write_json_atomic
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
@@ -72,6 +75,8 @@ from batch.observe.metrics import (
     merge_part_stats,
     metrics_section,
     process_id,
+    progress_path,
+    stats_path,
     write_part_stats,
     write_progress,
 )
@@ -90,6 +95,9 @@ from batch.output.commit import (
 from batch.output.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+# In a staged run: notes of splits whose file was found damaged (--on_bad_file=skip).
+SKIPPED_FOLDER = "_skipped"
 
 DEFAULT_SCORING_THREADS = 2
 DEFAULT_MAX_ERROR_RATE = 0.001
@@ -123,6 +131,8 @@ class ScoringJob:
     keep_non_finite: bool = False
     # Which signature (and MetaGraph) every worker loads, and how its input is fed.
     signature: SignatureChoice = DEFAULT_CHOICE
+    # --on_bad_file=skip: a file found damaged inside while reading is skipped whole.
+    skip_bad_files: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,9 +328,42 @@ def score_batches(
 def score_split(
     job: ScoringJob, split: Split, on_batch: BatchObserver | None = None
 ) -> SplitResult:
-    """Read one split (row groups of one file) as Arrow batches and score them."""
-    schema, batches = read_split(split, read_columns(job), job.batch_size)
-    return score_batches(job, batches, schema, split.index, on_batch)
+    """Read one split (row groups of one file) as Arrow batches and score them.
+
+    With ``job.skip_bad_files``, a split whose file turns out damaged inside is staged as
+    a skip note instead of parts; the driver then drops every part of that file
+    (:func:`drop_damaged_files`)."""
+    try:
+        schema, batches = read_split(split, read_columns(job), job.batch_size)
+        return score_batches(job, batches, schema, split.index, on_batch)
+    except DamagedFileError as exc:
+        if not job.skip_bad_files:
+            raise
+        log.warning("skipping %s (--on_bad_file=skip): %s", split.path, exc)
+        write_json_atomic(
+            job.layout.staging_dir / SKIPPED_FOLDER / f"part-{split.index:05d}.json",
+            {"path": split.path, "reason": str(exc)},
+        )
+        return SplitResult(split.index, 0, 0, 0)
+
+
+def drop_damaged_files(staging_dir: Path, splits: Sequence[Split]) -> list[BadFile]:
+    """The files whose splits staged a skip note, after removing every part, stats and
+    progress file of all their splits: a damaged file contributes no row, like a file
+    whose footer is damaged."""
+    notes = sorted((staging_dir / SKIPPED_FOLDER).glob("part-*.json"))
+    damaged: dict[str, str] = {}
+    for note in notes:
+        entry = read_json(note)
+        damaged.setdefault(str(entry["path"]), str(entry["reason"]))
+    for split in splits:
+        if split.path in damaged:
+            for kind in (PREDICTIONS, REJECTED):
+                (staging_dir / kind / f"part-{split.index:05d}.parquet").unlink(missing_ok=True)
+            stats_path(staging_dir, split.index).unlink(missing_ok=True)
+            progress_path(staging_dir, split.index).unlink(missing_ok=True)
+    shutil.rmtree(staging_dir / SKIPPED_FOLDER, ignore_errors=True)
+    return [BadFile(path, reason) for path, reason in sorted(damaged.items())]
 
 
 def read_split(
@@ -340,10 +383,10 @@ def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa
     try:
         yield from batches
     except (OSError, pa.ArrowException) as exc:
-        raise InputDataError(
+        raise DamagedFileError(
             f"{split.path}: row groups {list(split.row_groups)} cannot be read as Parquet "
             f"({' '.join(str(exc).split())}); the footer was readable, so the file is "
-            "damaged inside. Replace it"
+            "damaged inside. Replace it, or pass --on_bad_file=skip to score the other files"
         ) from exc
     check_split_unchanged(split)
 
@@ -475,6 +518,7 @@ class ScoringRun:
     progress_every_s: float = LOG_EVERY_S
     keep_non_finite: bool = False
     signature: SignatureChoice = DEFAULT_CHOICE
+    skip_bad_files: bool = False
 
     def __post_init__(self) -> None:
         for option, value in (("batch_size", self.batch_size), ("split_rows", self.split_rows)):
@@ -522,6 +566,7 @@ def run_scoring(
         variant=variant,
         baseline=baseline,
         keep_non_finite=run.keep_non_finite,
+        skip_bad_files=run.skip_bad_files,
         signature=run.signature,
     )
     manifest: dict[str, Any] = {
@@ -572,6 +617,17 @@ def run_scoring(
             layout.staging_dir, rows_in, run.progress, log_every_s=run.progress_every_s
         ) as monitor:
             runner.execute(job, splits)
+        damaged = drop_damaged_files(layout.staging_dir, splits)
+        if damaged:  # found while reading, with --on_bad_file=skip: as if skipped at listing
+            gone = {bad.path for bad in damaged}
+            files = [f for f in files if f.path not in gone]
+            rows_in = sum(f.num_rows for f in files)
+            manifest["input"]["files"] = [
+                entry for entry in manifest["input"]["files"] if entry["path"] not in gone
+            ]
+            manifest["input"]["skipped_files"] += [
+                {"path": b.path, "reason": b.reason} for b in damaged
+            ]
         if variant is not None and variant_manifest is not None:
             variant.finish(layout.staging_dir, variant_manifest)
         stats = merge_part_stats(layout.staging_dir)
