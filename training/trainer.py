@@ -473,9 +473,7 @@ def transformed_labels(
     the exported transform graph; no Beam)."""
     from training.export import tft_raw_form
 
-    transformed = tft_output.transform_raw_features(
-        tft_raw_form(raw_inputs(table, spec), spec), drop_unused_features=False
-    )
+    transformed = tft_output.transform_raw_features(tft_raw_form(raw_inputs(table, spec), spec))
     return np.asarray(transformed[label]).reshape(-1)
 
 
