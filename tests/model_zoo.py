@@ -264,7 +264,7 @@ def build_tf_keras_model(path: Path) -> Path:
     import tensorflow as tf
     import tf_keras
 
-    class AsFloat(tf_keras.layers.Layer):  # type: ignore[misc]
+    class AsFloat(tf_keras.layers.Layer):
         def call(self, values: tf.Tensor) -> tf.Tensor:
             if values.dtype == tf.string:
                 return tf.cast(tf.strings.length(values), tf.float32)

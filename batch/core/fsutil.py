@@ -15,6 +15,12 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` as an absolute path (``~`` expanded, symbolic links kept), the form
+    manifests record: a relative path would mean another file to a reader elsewhere."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def iter_files(root: Path) -> Iterator[Path]:
     """Every regular file under ``root``, in a stable (sorted) order."""
     for dirpath, dirnames, filenames in os.walk(root):

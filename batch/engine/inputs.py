@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.core.errors import InputDataError, UsageError
-from batch.core.fsutil import records_sha256
+from batch.core.fsutil import absolute, records_sha256
 
 log = logging.getLogger(__name__)
 
@@ -364,10 +364,11 @@ def fingerprint(files: Sequence[InputFile]) -> str:
     """Identity of an input set: every file's path, size, mtime and row count.
 
     Cheap (footers only) and changes whenever a file is rewritten, added or removed.
+    Paths are made absolute: the same files are the same input from any working folder.
     """
     return records_sha256(
-        (file.path, file.size, file.mtime_ns, file.num_rows)
-        for file in sorted(files, key=lambda f: f.path)
+        (absolute(file.path), file.size, file.mtime_ns, file.num_rows)
+        for file in sorted(files, key=lambda f: absolute(f.path))
     )
 
 

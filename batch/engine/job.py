@@ -34,7 +34,7 @@ from batch.core.errors import (
     UsageError,
 )
 from batch.core.faults import SCORING, fault_point
-from batch.core.fsutil import read_json, write_json_atomic
+from batch.core.fsutil import absolute, read_json, write_json_atomic
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
@@ -272,7 +272,9 @@ def score_batches(
         PartWriter(
             job.layout.staged_part(REJECTED, part_index),
             reject_schema(schema),
-            create_empty=False,
+            # Part 0 is written even when empty, so that every committed run has rejected/
+            # with the dead-letter schema and readers need no special case.
+            create_empty=part_index == 0,
         ) as rejects,
     ):
         writer = BackgroundWriter()
@@ -457,7 +459,7 @@ def model_manifest(model: ResolvedModel, verification: VerificationResult) -> di
         "name": model.name,
         "version": model.version,
         "content_hash": model.content_hash,
-        "path": str(model.saved_model_dir),
+        "path": absolute(model.saved_model_dir),
         "registered": model.registered,
         "alias": model.alias,
         "signature": verification.to_manifest(),
@@ -552,7 +554,8 @@ def run_scoring(
     )
     check_inputs(files, signature, key_columns, contract)
     splits = plan_splits(files, run.split_rows)
-    layout = RunLayout(run.output_root, model.name, model.version, run_id)
+    # Absolute, so that the manifest and the summary name the run wherever they are read.
+    layout = RunLayout(Path(absolute(run.output_root)), model.name, model.version, run_id)
     columns = columns_to_read(files[0].schema, signature, key_columns, contract) if files else ()
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
@@ -583,12 +586,20 @@ def run_scoring(
         "input": {
             "spec": run.input_spec,
             "fingerprint": fingerprint(files),
-            "files": [{"path": f.path, "bytes": f.size, "rows": f.num_rows} for f in files],
-            "skipped_files": [{"path": b.path, "reason": b.reason} for b in run.skipped_files],
-            "ignored": [{"path": i.path, "reason": i.reason} for i in run.ignored_files],
+            "files": [
+                {"path": absolute(f.path), "bytes": f.size, "rows": f.num_rows} for f in files
+            ],
+            "skipped_files": [
+                {"path": absolute(b.path), "reason": b.reason} for b in run.skipped_files
+            ],
+            "ignored": [{"path": absolute(i.path), "reason": i.reason} for i in run.ignored_files],
         },
         "contract": (
-            {"name": contract.name, "source": contract.source, "sha256": contract_sha256(contract)}
+            {
+                "name": contract.name,
+                "source": absolute(contract.source),
+                "sha256": contract_sha256(contract),
+            }
             if contract
             else None
         ),

@@ -25,6 +25,7 @@ from typing import Any
 
 from batch.contract.contract import Contract, contract_sha256
 from batch.core.errors import CommitError
+from batch.core.fsutil import absolute
 from batch.engine.inputs import BadFile, InputFile, fingerprint
 from batch.model.resolved import ResolvedModel
 from batch.observe.checks import over_error_budget
@@ -60,7 +61,7 @@ class RunIdentity:
                 model_content_hash=str(model["content_hash"]),
                 input_fingerprint=str(manifest["input"]["fingerprint"]),
                 skipped_files=tuple(
-                    sorted(str(f["path"]) for f in manifest["input"]["skipped_files"])
+                    sorted(absolute(str(f["path"])) for f in manifest["input"]["skipped_files"])
                 ),
                 contract_sha256=None if contract is None else str(contract["sha256"]),
                 key_columns=tuple(str(c) for c in manifest["key_columns"]),
@@ -91,7 +92,7 @@ def run_identity(
         model_version=model.version,
         model_content_hash=model.content_hash,
         input_fingerprint=fingerprint(files),
-        skipped_files=tuple(sorted(b.path for b in skipped_files)),
+        skipped_files=tuple(sorted(absolute(b.path) for b in skipped_files)),
         contract_sha256=contract_sha256(contract) if contract is not None else None,
         key_columns=tuple(key_columns),
         canary=None
