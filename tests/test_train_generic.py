@@ -63,6 +63,12 @@ def deliveries(tmp_path_factory: pytest.TempPathFactory) -> Deliveries:
     return Deliveries(data, complete, root / "models", model)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _spec(contract: str = "deliveries") -> dict[str, Any]:
     from batch.contract.contract import load_contract
     from training.dataset import feature_spec
@@ -108,6 +114,26 @@ class TestDeliveriesThroughTheCommandLine:
         assert lineage["hyperparameters"]["task"] == "regression"
         assert lineage["training_data"]["fingerprint"] == meta["training"]["data_fingerprint"]
         assert {"tensorflow", "tensorflow_transform", "apache_beam"} <= set(lineage["libraries"])
+
+    def test_models_show_prints_the_lineage(
+        self, deliveries: Deliveries, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import json
+
+        from jobs import models
+
+        argv = ["show", "delivery_minutes@1", f"--model_repo={deliveries.repo}"]
+        assert models.main(argv) == 0
+        shown = json.loads(capsys.readouterr().out)
+        lineage = shown["lineage"]
+        assert lineage["preprocessing_fn"]["sha256"] == _sha256(
+            PROJECT / "transforms" / "deliveries.py"
+        )
+        assert (
+            lineage["contract"]["sha256"]
+            == deliveries.model.metadata["lineage"]["contract"]["sha256"]
+        )
+        assert shown["repository"]["drift_baseline"]["rows"] == ROWS
 
     def test_version_carries_contract_and_baseline_inside_the_signed_folder(
         self, deliveries: Deliveries
