@@ -129,6 +129,8 @@ class ScoreRequest:
     started: float | None = None
     # The signature (and MetaGraph tags) to score with, and how its input is fed.
     signature: SignatureChoice = DEFAULT_CHOICE
+    # Input columns copied into the prediction rows beside the keys.
+    passthrough_columns: Sequence[str] = ()
     # Told the run's outcome (summary, metrics, drift) once committed or refused by a
     # check, e.g. to export metrics (batch.observe.prometheus).
     on_outcome: Callable[[RunOutcome], None] | None = None
@@ -226,6 +228,8 @@ def score(request: ScoreRequest) -> ScoreOutcome:
             key_columns=key_columns,
             max_error_rate=request.max_error_rate,
             canary=canary,
+            signature=request.signature,
+            passthrough_columns=request.passthrough_columns,
         )
         if current is not None:
             return ScoreOutcome(
@@ -253,6 +257,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 max_error_rate=request.max_error_rate,
                 keep_non_finite=request.keep_non_finite,
                 signature=request.signature,
+                passthrough_columns=request.passthrough_columns,
                 skip_bad_files=request.on_bad_file == "skip",
                 skipped_files=bad_files,
                 ignored_files=inputs.ignored,

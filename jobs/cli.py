@@ -65,6 +65,11 @@ def row_count(text: str) -> int:
     return value
 
 
+def column_names(text: str) -> tuple[str, ...]:
+    """``a,b``: column names, in order, each once."""
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+
+
 def signature_tags(text: str) -> tuple[str, ...]:
     """``serve`` or ``serve,gpu``: the tags of a SavedModel's MetaGraph."""
     tags = tuple(sorted({t.strip() for t in text.split(",") if t.strip()}))
@@ -315,6 +320,14 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "--key_columns",
         help="Comma-separated input columns copied to every output row to identify it. "
         "Default: the registered model's key columns; required for other models.",
+    )
+    parser.add_argument(
+        "--passthrough_columns",
+        type=column_names,
+        default=(),
+        metavar="A,B",
+        help="Comma-separated input columns copied into every prediction row beside the key "
+        "columns (e.g. features to keep next to the predictions). Default: none.",
     )
     parser.add_argument(
         "--batch_size",

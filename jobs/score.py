@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_error_rate=args.max_error_rate,
             keep_non_finite=args.keep_non_finite_predictions,
             signature=SignatureChoice(args.signature, args.tag, args.input_format),
+            passthrough_columns=args.passthrough_columns,
             batch_size=args.batch_size,
             split_rows=args.split_rows,
             drift=args.drift == "on",

@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 from batch.core import errors
 from batch.core.errors import BatchScoreError, UsageError
-from batch.engine.inputs import Split
+from batch.engine.inputs import Split, decoded_schema
 from batch.engine.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
 
 if TYPE_CHECKING:
@@ -636,7 +636,7 @@ def _common_schema(paths: Sequence[str], columns: Sequence[str]) -> pa.Schema | 
     """
     common: pa.Schema | None = None
     for path in paths:
-        schema = pq.read_schema(path)
+        schema = decoded_schema(pq.read_schema(path))
         fields = pa.schema([schema.field(name) for name in columns])
         if common is None:
             common = fields

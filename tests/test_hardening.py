@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,7 +31,7 @@ from batch.model.snapshot import ModelChangedError, snapshot_root
 from batch.output.commit import list_committed_runs
 from jobs.verify import main as verify_main
 from tests.conftest import PlainModels, score
-from tests.plain_model import write_plain_data
+from tests.plain_model import plain_model_expected, write_plain_data
 from tests.signing_keys import KeyPair, make_key_pair
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -92,7 +94,7 @@ class TestAfterTheCommitPoint:
     """Once _SUCCESS is written nothing turns the run into a failure (point 6)."""
 
     def _score_twice(
-        self, tmp_path: Path, plain_model: Path, damage: Callable[[Path], None]
+        self, tmp_path: Path, plain_model: Path, damage: Callable[[Path], object]
     ) -> tuple[int, Path, dict[str, Any]]:
         data = tmp_path / "in"
         write_plain_data(data, files=1, rows_per_file=50, row_group_rows=50)
@@ -399,3 +401,22 @@ def test_a_damaged_data_page_under_skip_skips_the_whole_file(
     ids = pq.read_table(run.run_dir / "predictions", columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == [*range(0, 400), *range(800, 1200)]
     assert verify_main([str(run.run_dir)]) == 0
+
+
+def test_dictionary_encoded_strings_are_accepted(tmp_path: Path, plain_model: Path) -> None:
+    """A pandas ``category`` column (dictionary<string> in Parquet) feeds a string input
+    and scores as the same strings would."""
+    data = tmp_path / "in"
+    table = write_plain_data(data, files=1, rows_per_file=300, row_group_rows=100)
+    frame = table.to_pandas()
+    frame["s"] = frame["s"].astype("category")
+    (data / "part-000.parquet").unlink()
+    frame.to_parquet(data / "part-000.parquet", index=False)
+    assert pa.types.is_dictionary(pq.read_schema(data / "part-000.parquet").field("s").type)
+    out = tmp_path / "out"
+    assert score(data, out, "--key_columns=id", model=plain_model) == 0
+    (run,) = list_committed_runs(out)
+    scored = pq.read_table(run.run_dir / "predictions").sort_by("id")
+    expected = plain_model_expected(table.sort_by("id"))
+    assert scored.num_rows == 300
+    assert np.allclose(scored.column("score").to_numpy(), expected, atol=1e-6)

@@ -274,9 +274,32 @@ def read_input_file(path: Path) -> InputFile:
         row_group_rows=tuple(
             metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)
         ),
-        schema=schema,
+        schema=decoded_schema(schema),
         null_counts=_null_counts(metadata),
     )
+
+
+def decoded_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as the engine sees it: a dictionary-encoded column (pandas ``category``,
+    Spark's dictionary pages kept by Arrow) as its value type; the engine decodes such
+    columns as it reads them (:func:`decode_dictionaries`)."""
+    if not any(pa.types.is_dictionary(f.type) for f in schema):
+        return schema
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+
+def decode_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with dictionary-encoded columns decoded to their value type."""
+    if not any(pa.types.is_dictionary(f.type) for f in batch.schema):
+        return batch
+    columns = [
+        column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=decoded_schema(batch.schema))
 
 
 def _null_counts(metadata: pq.FileMetaData) -> dict[str, int]:

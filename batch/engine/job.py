@@ -45,6 +45,8 @@ from batch.engine.inputs import (
     Split,
     check_split_unchanged,
     complete_null_counts,
+    decode_dictionaries,
+    decoded_schema,
     fingerprint,
     open_split,
     plan_splits,
@@ -131,6 +133,8 @@ class ScoringJob:
     keep_non_finite: bool = False
     # Which signature (and MetaGraph) every worker loads, and how its input is fed.
     signature: SignatureChoice = DEFAULT_CHOICE
+    # Input columns copied into the prediction rows beside the keys (--passthrough_columns).
+    passthrough_columns: tuple[str, ...] = ()
     # --on_bad_file=skip: a file found damaged inside while reading is skipped whole.
     skip_bad_files: bool = False
 
@@ -232,6 +236,7 @@ def job_scorer(job: ScoringJob) -> Scorer:
         job.key_columns,
         job.layout.run_id,
         keep_non_finite=job.keep_non_finite,
+        passthrough=job.passthrough_columns,
     )
     return scorer if job.variant is None else job.variant.wrap(scorer, job)
 
@@ -373,11 +378,11 @@ def read_split(
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed."""
     parquet = open_split(split)
-    schema = pa.schema([parquet.schema_arrow.field(name) for name in columns])
+    schema = decoded_schema(pa.schema([parquet.schema_arrow.field(name) for name in columns]))
     batches = parquet.iter_batches(
         batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)
     )
-    return schema, _naming_file(batches, split)
+    return schema, map(decode_dictionaries, _naming_file(batches, split))
 
 
 def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa.RecordBatch]:
@@ -420,12 +425,18 @@ def check_inputs(
     signature: SignatureInfo,
     key_columns: Sequence[str],
     contract: Contract | None,
+    passthrough_columns: Sequence[str] = (),
 ) -> None:
     """Fail before any scoring if any file cannot feed the model or breaks the contract,
     listing every problem (file, column, expected, found)."""
     problems = []
     for file in files:
         problems += schema_problems(file.schema, signature, key_columns, file.path)
+        problems += [
+            f"{file.path}: column '{name}' is missing; --passthrough_columns names it"
+            for name in passthrough_columns
+            if file.schema.get_field_index(name) < 0
+        ]
         if contract is not None:
             required = [rule.name for rule in contract.columns.values() if rule.required]
             problems += contract.schema_problems(
@@ -448,9 +459,30 @@ def columns_to_read(
     signature: SignatureInfo,
     key_columns: Sequence[str],
     contract: Contract | None,
+    passthrough_columns: Sequence[str] = (),
 ) -> tuple[str, ...]:
     extra = [name for name in (contract.columns if contract else ()) if name in schema.names]
-    return tuple(dict.fromkeys([*key_columns, *signature.input_columns(), *extra]))
+    return tuple(
+        dict.fromkeys([*key_columns, *passthrough_columns, *signature.input_columns(), *extra])
+    )
+
+
+def check_passthrough(
+    passthrough_columns: Sequence[str], key_columns: Sequence[str], signature: SignatureInfo
+) -> None:
+    """A passed-through column may not share a name with a key, an output or a column
+    batchscore adds (each names one column of the prediction rows)."""
+    taken = {
+        **{name: "a key column" for name in key_columns},
+        **{name: "a model output" for name in signature.outputs},
+        **{name: "a column batchscore adds" for name in CONSTANT_COLUMNS},
+    }
+    clashes = [f"'{n}' is {taken[n]}" for n in passthrough_columns if n in taken]
+    if clashes:
+        raise UsageError(
+            f"--passthrough_columns: {'; '.join(clashes)}, so the prediction rows would have "
+            "two columns of that name; pass only other input columns"
+        )
 
 
 def model_manifest(model: ResolvedModel, verification: VerificationResult) -> dict[str, Any]:
@@ -520,6 +552,7 @@ class ScoringRun:
     progress_every_s: float = LOG_EVERY_S
     keep_non_finite: bool = False
     signature: SignatureChoice = DEFAULT_CHOICE
+    passthrough_columns: Sequence[str] = ()
     skip_bad_files: bool = False
 
     def __post_init__(self) -> None:
@@ -552,11 +585,16 @@ def run_scoring(
     variant_manifest = (
         None if variant is None else variant.prepare(model, signature, key_columns, trust)
     )
-    check_inputs(files, signature, key_columns, contract)
+    check_passthrough(run.passthrough_columns, key_columns, signature)
+    check_inputs(files, signature, key_columns, contract, run.passthrough_columns)
     splits = plan_splits(files, run.split_rows)
     # Absolute, so that the manifest and the summary name the run wherever they are read.
     layout = RunLayout(Path(absolute(run.output_root)), model.name, model.version, run_id)
-    columns = columns_to_read(files[0].schema, signature, key_columns, contract) if files else ()
+    columns = (
+        columns_to_read(files[0].schema, signature, key_columns, contract, run.passthrough_columns)
+        if files
+        else ()
+    )
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
         model=model,
@@ -571,6 +609,7 @@ def run_scoring(
         keep_non_finite=run.keep_non_finite,
         skip_bad_files=run.skip_bad_files,
         signature=run.signature,
+        passthrough_columns=tuple(run.passthrough_columns),
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
@@ -604,6 +643,7 @@ def run_scoring(
             else None
         ),
         "key_columns": list(key_columns),
+        "passthrough_columns": list(run.passthrough_columns),
         "runner": {"name": runner.name, "options": runner.options()},
         "batch_size": run.batch_size,
         "started": started_at.isoformat(timespec="seconds"),

@@ -162,12 +162,15 @@ class BatchScorer:
         key_columns: Sequence[str],
         run_id: str,
         keep_non_finite: bool = False,
+        passthrough: Sequence[str] = (),
     ) -> None:
         self.loaded = loaded
         # Whether rows with a NaN or infinite prediction are written (True) or go to the
         # dead-letter with reason non_finite_prediction (False, the default).
         self.keep_non_finite = keep_non_finite
         self.key_columns = tuple(key_columns)
+        # Input columns copied into the prediction rows beside the keys.
+        self.passthrough = tuple(passthrough)
         self.run_id = run_id
         signature = loaded.signature
         self._columns = signature.input_columns()
@@ -187,7 +190,7 @@ class BatchScorer:
         return dict(self._input_types)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        fields = [input_schema.field(name) for name in self.key_columns]
+        fields = [input_schema.field(name) for name in (*self.key_columns, *self.passthrough)]
         fields += self._output_fields
         fields += [
             pa.field(MODEL_NAME_COLUMN, pa.string()),
@@ -205,7 +208,7 @@ class BatchScorer:
             outputs = self.loaded.function(self._feeds(batch))
             predictions = [_to_arrow(outputs[f.name], f.type, rows) for f in self._output_fields]
         model = self.loaded.model
-        columns = [batch.column(name) for name in self.key_columns]
+        columns = [batch.column(name) for name in (*self.key_columns, *self.passthrough)]
         columns += predictions
         columns += [
             constant_string(model.name, rows),

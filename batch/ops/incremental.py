@@ -28,6 +28,7 @@ from batch.core.errors import CommitError
 from batch.core.fsutil import absolute
 from batch.engine.inputs import BadFile, InputFile, fingerprint
 from batch.model.resolved import ResolvedModel
+from batch.model.signature import DEFAULT_CHOICE, SignatureChoice
 from batch.observe.checks import over_error_budget
 from batch.output.commit import CommittedRun, list_committed_runs
 from batch.release.canary import Canary
@@ -46,6 +47,10 @@ class RunIdentity:
     key_columns: tuple[str, ...]
     # A gray release's canary: (name, version, content hash, fraction); None for a plain run.
     canary: tuple[str, str, str, float] | None = None
+    # The signature and MetaGraph tags scored with (manifests before they were recorded:
+    # the defaults), and the input columns copied into the predictions.
+    signature: tuple[str, tuple[str, ...]] = (DEFAULT_CHOICE.name, DEFAULT_CHOICE.tags)
+    passthrough_columns: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> RunIdentity | None:
@@ -55,6 +60,7 @@ class RunIdentity:
             model = manifest["model"]
             contract = manifest["contract"]
             canary = manifest.get("canary")
+            serving = model.get("serving") or {}
             return cls(
                 model_name=str(model["name"]),
                 model_version=str(model["version"]),
@@ -73,6 +79,11 @@ class RunIdentity:
                     str(canary["model"]["content_hash"]),
                     float(canary["fraction"]),
                 ),
+                signature=(
+                    str(serving.get("signature", DEFAULT_CHOICE.name)),
+                    tuple(str(t) for t in serving.get("tags", DEFAULT_CHOICE.tags)),
+                ),
+                passthrough_columns=tuple(str(c) for c in manifest.get("passthrough_columns", ())),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -85,6 +96,8 @@ def run_identity(
     contract: Contract | None,
     key_columns: Sequence[str],
     canary: Canary | None = None,
+    signature: SignatureChoice = DEFAULT_CHOICE,
+    passthrough_columns: Sequence[str] = (),
 ) -> RunIdentity:
     """The identity of a job about to run, comparable with :meth:`RunIdentity.from_manifest`."""
     return RunIdentity(
@@ -98,6 +111,8 @@ def run_identity(
         canary=None
         if canary is None
         else (canary.model.name, canary.model.version, canary.model.content_hash, canary.fraction),
+        signature=(signature.name, signature.tags),
+        passthrough_columns=tuple(passthrough_columns),
     )
 
 
@@ -111,6 +126,8 @@ def find_up_to_date_run(
     key_columns: Sequence[str],
     max_error_rate: float,
     canary: Canary | None = None,
+    signature: SignatureChoice = DEFAULT_CHOICE,
+    passthrough_columns: Sequence[str] = (),
 ) -> CommittedRun | None:
     """The newest committed run under ``output_root`` that already holds the rows this job
     would write (same :class:`RunIdentity`) and whose error rate is within
@@ -119,7 +136,9 @@ def find_up_to_date_run(
     Only runs of the same model name and version are read (one small manifest each).
     A manifest that cannot be read, or that lacks a field, is never trusted.
     """
-    identity = run_identity(model, files, skipped_files, contract, key_columns, canary)
+    identity = run_identity(
+        model, files, skipped_files, contract, key_columns, canary, signature, passthrough_columns
+    )
     candidates = [
         run
         for run in list_committed_runs(output_root)

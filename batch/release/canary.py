@@ -58,10 +58,11 @@ class Canary:
 
     def wrap(self, scorer: BatchScorer, job: ScoringJob) -> CanaryScorer:
         canary = BatchScorer(
-            load_model(self.model, job.trust),
+            load_model(self.model, job.trust, job.signature),
             job.key_columns,
             scorer.run_id,
             keep_non_finite=scorer.keep_non_finite,
+            passthrough=job.passthrough_columns,
         )
         return CanaryScorer(scorer, canary, job.key_columns, self.fraction)
 
