@@ -420,3 +420,42 @@ def test_dictionary_encoded_strings_are_accepted(tmp_path: Path, plain_model: Pa
     expected = plain_model_expected(table.sort_by("id"))
     assert scored.num_rows == 300
     assert np.allclose(scored.column("score").to_numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["deleted", "garbage", "same_size"])
+def test_an_input_file_changed_after_listing_fails_naming_it(
+    tmp_path: Path, plain_model: Path, change: str
+) -> None:
+    """Point 7: a file deleted or overwritten between the listing and its read fails the
+    run in one line naming the file; nothing is committed."""
+    from batch.api import ScoreRequest
+    from batch.api import score as api_score
+    from batch.core.errors import InputDataError
+    from runners import make_runner
+
+    data = tmp_path / "in"
+    write_plain_data(data, files=2, rows_per_file=50, row_group_rows=50)
+    victim = data / "part-001.parquet"
+
+    def runner_after_the_change() -> Any:
+        size = victim.stat().st_size
+        if change == "deleted":
+            victim.unlink()
+        else:
+            victim.write_bytes((b"x" if change == "garbage" else b"y" * size)[: size // 2 or 1])
+            if change == "same_size":
+                victim.write_bytes(b"y" * size)
+        return make_runner("DirectRunner", [])
+
+    with pytest.raises(InputDataError, match=str(victim)) as raised:
+        api_score(
+            ScoreRequest(
+                input=str(data),
+                output=tmp_path / "out",
+                runner=runner_after_the_change,
+                model=str(plain_model),
+                key_columns="id",
+            )
+        )
+    assert "\n" not in str(raised.value)
+    assert not list_committed_runs(tmp_path / "out")
