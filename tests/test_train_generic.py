@@ -526,3 +526,69 @@ def test_rows_with_missing_values_scored_through_the_tf_example_signature(
         .numpy()
     )
     np.testing.assert_allclose(scored.column("prediction").to_numpy(), direct, atol=1e-4)
+
+
+MULTICLASS_MODULE = '''
+import tensorflow as tf
+import tensorflow_transform as tft
+
+
+def preprocessing_fn(inputs):
+    """Which weather a delivery had, from how long it took and how far it went."""
+    weather = tft.sparse_tensor_to_dense_with_shape(inputs["weather"], [None, 1], "unknown")
+    minutes = inputs["delivery_minutes"] - 0.8 * inputs["prep_minutes"]
+    return {
+        "weather": tft.compute_and_apply_vocabulary(
+            tf.squeeze(weather, axis=1), num_oov_buckets=1
+        ),
+        "slowness_z": tft.scale_to_z_score(minutes / (1.0 + inputs["distance_km"])),
+        "distance_z": tft.scale_to_z_score(inputs["distance_km"]),
+        "city_id": tft.compute_and_apply_vocabulary(inputs["city"], num_oov_buckets=1),
+    }
+'''
+
+
+def test_multiclass_task_from_a_vocabulary_label(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A label mapped by a vocabulary of more than two classes is a multiclass task: the
+    default model gives one probability per class ([batch, k]) and accuracy is measured."""
+    from jobs import train
+
+    (tmp_path / "weather_task.py").write_text(textwrap.dedent(MULTICLASS_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = write_deliveries(tmp_path / "data", rows=3_000, files=1)
+    argv = [
+        f"--input={data}",
+        "--contract=deliveries",
+        "--preprocessing_fn=weather_task:preprocessing_fn",
+        "--label=weather",
+        "--name=weather",
+        f"--model_repo={tmp_path / 'models'}",
+        "--train_rows=3000",
+        "--epochs=2",
+    ]
+    assert train.main(argv) == 0
+    model = ModelRepository(tmp_path / "models").resolve("weather@1")
+    classes = model.metadata["task"]["num_classes"]
+    # 5 kinds of weather + "unknown" (missing) + 1 OOV bucket
+    assert model.metadata["task"]["task"] == "multiclass" and classes == 7
+    assert model.metadata["signature"]["outputs"] == {
+        "probabilities": {"dtype": "float32", "shape": [None, classes]}
+    }
+    assert 0.0 <= model.metadata["metrics"]["heldout_accuracy"] <= 1.0
+    probabilities = (
+        _load(model)
+        .signatures["serving_default"](
+            **{name: value for name, value in _direct_inputs(data).items()}
+        )["probabilities"]
+        .numpy()
+    )
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def _direct_inputs(data: Path) -> dict[str, Any]:
+    from training import trainer
+
+    spec = {k: v for k, v in _spec().items() if k not in ("order_id", "weather")}
+    return trainer.raw_inputs(_with_missing(data, 500), spec)

@@ -50,8 +50,9 @@ class TaskInfo:
 
 def resolve_task(tft_output: tft.TFTransformOutput, label: str, requested: str) -> TaskInfo:
     """The task from the transformed label: float is regression; an int with a known
-    bucket count k > 2 (a vocabulary of classes) is multiclass; any other int is binary
-    (0/1). ``requested`` (``--task``) overrides ``auto``."""
+    bucket count k > 2 (a vocabulary of classes with OOV buckets, whose range tf.Transform
+    records as [0, k-1]) is multiclass; any other int is binary (0/1). ``requested``
+    (``--task``) overrides ``auto``."""
     feature = tft_output.transformed_feature_spec()[label]
     buckets = int_buckets(tft_output, label)
     if requested == "auto":
@@ -63,7 +64,8 @@ def resolve_task(tft_output: tft.TFTransformOutput, label: str, requested: str) 
         if buckets is None:
             raise UsageError(
                 f"--task=multiclass: the transformed label '{label}' has no known number of "
-                "classes; map it with tft.compute_and_apply_vocabulary in the preprocessing_fn"
+                "classes; map it with tft.compute_and_apply_vocabulary(..., num_oov_buckets=1) "
+                "in the preprocessing_fn (without OOV buckets its range starts at -1)"
             )
         return TaskInfo("multiclass", buckets)
     if requested in ("binary", "regression"):
