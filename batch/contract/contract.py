@@ -1,9 +1,10 @@
 """A dataset's contract: its Schema proto plus the cleaning rules beside it, as plain data.
 
 ``schemas/<name>/schema.pbtxt`` (tensorflow_metadata Schema: types, presence,
-domains) and ``schemas/<name>/rules.toml`` (what the proto cannot say: allowed
-characters, the policy for unseen categories, key and label columns) are read
-into one :class:`Contract`. Training and scoring both use it; nothing about a
+domains, inline or by name as TFX SchemaGen writes them) and
+``schemas/<name>/rules.toml`` (what the proto cannot say: allowed characters, the
+policy for unseen categories, fill values for optional columns, key and label
+columns) are read into one :class:`Contract`. Training and scoring both use it; nothing about a
 column is declared twice. A contract is small and picklable, so a scoring job
 ships it to its workers instead of every worker reading files.
 """
@@ -16,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,7 @@ RULES_FILE = "rules.toml"
 
 Kind = Literal["int", "float", "string"]
 UnseenPolicy = Literal["oov", "reject"]
+FillValue = int | float | str
 _KINDS: dict[int, Kind] = {
     schema_pb2.INT: "int",
     schema_pb2.FLOAT: "float",
@@ -80,6 +82,9 @@ class ColumnRule:
     categories: tuple[str, ...] | None = None
     unseen: UnseenPolicy = "reject"
     pattern: str | None = None
+    # rules.toml [fill]: a null becomes this value before the model (the column is then
+    # optional); None: a null is rejected if the column is required or the model needs it.
+    fill: FillValue | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ class Contract:
     columns: Mapping[str, ColumnRule]
     key_columns: tuple[str, ...] = ()
     label: str | None = None
+
+    def fills(self) -> dict[str, FillValue]:
+        """Column -> the value its nulls become before the model (rules.toml [fill])."""
+        return {r.name: r.fill for r in self.columns.values() if r.fill is not None}
 
     def schema_problems(
         self, schema: pa.Schema, null_counts: Mapping[str, int], rows: int, where: str
@@ -193,9 +202,15 @@ def load_contract(spec: str) -> Contract:
         raise UsageError(f"{rules_path}: expected TOML; found a syntax error: {exc}") from exc
     patterns: dict[str, str] = dict(rules.get("patterns", {}))
     unseen: dict[str, str] = dict(rules.get("unseen_categories", {}))
+    fills: dict[str, object] = dict(rules.get("fill", {}))
     default_unseen = unseen.pop("default", "reject")
     declared = {f.name for f in schema.feature}
-    for section, names in (("patterns", patterns), ("unseen_categories", unseen)):
+    domains = _named_domains(schema)
+    for section, names in (
+        ("patterns", patterns),
+        ("unseen_categories", unseen),
+        ("fill", fills),
+    ):
         for name in names:
             if name not in declared:
                 raise UsageError(
@@ -206,13 +221,13 @@ def load_contract(spec: str) -> Contract:
     for feature in schema.feature:
         kind = _kind(feature, schema_path)
         minimum = maximum = None
-        if feature.HasField("int_domain"):
-            minimum, maximum = float(feature.int_domain.min), float(feature.int_domain.max)
-        elif feature.HasField("float_domain"):
-            minimum, maximum = feature.float_domain.min, feature.float_domain.max
-        categories = (
-            tuple(feature.string_domain.value) if feature.HasField("string_domain") else None
-        )
+        int_domain, float_domain, string_domain = _domains(feature, domains, schema_path)
+        if int_domain is not None:
+            minimum, maximum = float(int_domain.min), float(int_domain.max)
+        elif float_domain is not None:
+            minimum, maximum = float_domain.min, float_domain.max
+        categories = tuple(string_domain.value) if string_domain is not None else None
+        fill = _fill_value(fills.get(feature.name), feature.name, kind, rules_path)
         policy = unseen.get(feature.name, default_unseen)
         if policy not in ("oov", "reject"):
             raise UsageError(
@@ -230,12 +245,13 @@ def load_contract(spec: str) -> Contract:
         columns[feature.name] = ColumnRule(
             name=feature.name,
             kind=kind,
-            required=feature.presence.min_fraction >= 1.0,
+            required=feature.presence.min_fraction >= 1.0 and fill is None,
             minimum=minimum,
             maximum=maximum,
             categories=categories,
             unseen="oov" if policy == "oov" else "reject",
             pattern=pattern,
+            fill=fill,
         )
     return Contract(
         name=folder.name,
@@ -244,3 +260,57 @@ def load_contract(spec: str) -> Contract:
         key_columns=tuple(rules.get("key_columns", ())),
         label=rules.get("label"),
     )
+
+
+_Domains = dict[str, dict[str, object]]
+
+
+def _named_domains(schema: schema_pb2.Schema) -> _Domains:
+    """The schema-level domains (TFX SchemaGen writes string domains there, and features
+    name them with ``domain: "NAME"``), by kind and name."""
+    return {
+        "int_domain": {d.name: d for d in schema.int_domain},
+        "float_domain": {d.name: d for d in schema.float_domain},
+        "string_domain": {d.name: d for d in schema.string_domain},
+    }
+
+
+def _domains(feature: schema_pb2.Feature, named: _Domains, where: Path) -> tuple[Any, Any, Any]:
+    """The feature's (int, float, string) domain: its own, or the schema-level domain its
+    ``domain: "NAME"`` names (which must exist)."""
+    found: dict[str, Any] = {k: None for k in ("int_domain", "float_domain", "string_domain")}
+    inline = feature.WhichOneof("domain_info")
+    if inline in found:
+        found[inline] = getattr(feature, inline)
+    elif inline == "domain":
+        for kind, domains in named.items():
+            if feature.domain in domains:
+                found[kind] = domains[feature.domain]
+                break
+        else:
+            known = sorted(name for domains in named.values() for name in domains)
+            raise UsageError(
+                f"{where}: feature '{feature.name}' names domain '{feature.domain}', which the "
+                f"schema does not define (it defines {', '.join(known) or 'none'}); add a "
+                f'string_domain {{ name: "{feature.domain}" ... }} or fix the name'
+            )
+    return found["int_domain"], found["float_domain"], found["string_domain"]
+
+
+def _fill_value(value: object, column: str, kind: Kind, where: Path) -> FillValue | None:
+    """A rules.toml [fill] value, checked against the column's kind."""
+    if value is None:
+        return None
+    fits = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+    }[kind]
+    if not fits:
+        example = {"int": "0", "float": "0.0", "string": '""'}[kind]
+        raise UsageError(
+            f"{where}: fill.{column} = {value!r}; the column is {kind.upper()}, so its fill "
+            f"must be {'an integer' if kind == 'int' else 'a number' if kind == 'float' else 'a string'} "
+            f"(e.g. {column} = {example})"
+        )
+    return float(value) if kind == "float" else value  # type: ignore[arg-type, return-value]

@@ -638,6 +638,8 @@ def run_scoring(
                 "name": contract.name,
                 "source": absolute(contract.source),
                 "sha256": contract_sha256(contract),
+                # Nulls replaced before the model (rules.toml [fill]).
+                "fill": contract.fills(),
             }
             if contract
             else None

@@ -113,8 +113,10 @@ def _within(column: pa.Array, minimum: float, maximum: float) -> bool:
 class RowValidator:
     """The checks for one set of columns: model inputs and the contract's rules.
 
-    A model input is required (a null is rejected as null_value) unless it is in
-    ``optional``: a sparse or ragged input, or a tf.Example feature that may be absent,
+    Whether a null is rejected (null_value): a column the contract fills (rules.toml
+    [fill]) never is, its nulls become the fill value in the rows passed on; otherwise a
+    column the contract requires always is; a model input always is, unless it is in
+    ``optional`` (a sparse or ragged input, a tf.Example feature that may be absent),
     whose null the model gets as no value.
 
     Every check first asks cheaply whether any row fails (null count, min/max,
@@ -140,14 +142,37 @@ class RowValidator:
         return found
 
     def _nulls(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
-        required = (name in self.input_types and name not in self.optional) or (
-            rule is not None and rule.required
-        )
-        if not required or column.null_count == 0:
+        if column.null_count == 0 or (rule is not None and rule.fill is not None):
             return None
-        return _Problem(
-            _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required"
+        model_needs = name in self.input_types and name not in self.optional
+        if not model_needs and not (rule is not None and rule.required):
+            return None
+        hint = (
+            "; the contract allows a null, but the model cannot take one: give the column a "
+            f"fill value in rules.toml ([fill] {name} = ...)"
+            if rule is not None and not rule.required
+            else ""
         )
+        return _Problem(
+            _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required{hint}"
+        )
+
+    def _filled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with the contract's fill values in place of nulls."""
+        fills = {
+            r.name: r.fill
+            for r in self.rules
+            if r.fill is not None and batch.schema.get_field_index(r.name) >= 0
+        }
+        if not fills or not any(batch.column(name).null_count for name in fills):
+            return batch
+        columns = [
+            pc.fill_null(column, pa.scalar(fills[name]).cast(column.type))
+            if name in fills and column.null_count
+            else column
+            for name, column in zip(batch.schema.names, batch.columns, strict=True)
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
     def _not_finite(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if not pa.types.is_floating(column.type):
@@ -226,7 +251,7 @@ class RowValidator:
         """Split ``batch`` into rows the model may take and rejected rows with reasons."""
         problems = self.problems(batch)
         if not problems:
-            return Partitioned(batch, empty_rejects(batch.schema))
+            return Partitioned(self._filled(batch), empty_rejects(batch.schema))
         # Per row, the first problem in precedence order (-1: none).
         first = np.full(batch.num_rows, -1, dtype=np.int64)
         for index in range(len(problems) - 1, -1, -1):
@@ -253,7 +278,7 @@ class RowValidator:
         if any(p.reason == INVALID_UTF8 for p in problems):
             rejected = escape_invalid_utf8(rejected)
         return Partitioned(
-            batch.filter(keep),
+            self._filled(batch.filter(keep)),
             with_reasons(
                 rejected,
                 pa.array(reasons, pa.string()),
