@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from batch.core.errors import ModelError
-from batch.core.fsutil import records_sha256
+from batch.core.fsutil import file_sha256, records_sha256
 from batch.model.resolved import ResolvedModel, signature_path
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _copy_tree(source: Path, target: Path) -> str:
             rel = (relative / name).as_posix()
             if path.is_symlink():
                 os.symlink(os.readlink(path), target / relative / name)
-                records.append((rel, _file_digest(path)))
+                records.append((rel, file_sha256(path)))
                 continue
             records.append((rel, _copy_file(path, target / relative / name)))
     return records_sha256(records)
@@ -108,14 +108,6 @@ def _copy_file(source: Path, target: Path) -> str:
         while chunk := reader.read(_CHUNK):
             digest.update(chunk)
             writer.write(chunk)
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
