@@ -55,6 +55,7 @@ from batch.engine.prepare import (
     resolve_inputs,
     trust_policy,
 )
+from batch.engine.sizing import DEFAULT_BATCH_BYTES
 from batch.model.repository import ModelRepository, resolve_model, who
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import DEFAULT_CHOICE, SignatureChoice
@@ -119,7 +120,9 @@ class ScoreRequest:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     # NaN/infinite predictions: written (True) or rejected as non_finite_prediction.
     keep_non_finite: bool = False
-    batch_size: int = DEFAULT_BATCH_SIZE
+    # Rows per batch; None: chosen per split from the footers, batch_bytes of input a batch.
+    batch_size: int | None = None
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     split_rows: int = DEFAULT_SPLIT_ROWS
     drift: bool = True
     drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS
@@ -262,6 +265,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 skipped_files=bad_files,
                 ignored_files=inputs.ignored,
                 batch_size=request.batch_size,
+                batch_bytes=request.batch_bytes,
                 split_rows=request.split_rows,
                 started=started,
                 trust=trust,

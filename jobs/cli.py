@@ -18,8 +18,14 @@ from rich.table import Table
 from batch.api import write_summary_file
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
-from batch.engine.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
+from batch.engine.inputs import DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
 from batch.engine.job import DEFAULT_MAX_ERROR_RATE
+from batch.engine.sizing import (
+    DEFAULT_BATCH_BYTES,
+    MAX_AUTO_BATCH_ROWS,
+    MIN_BATCH_ROWS,
+    parse_bytes,
+)
 from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS
 from batch.observe.checks import FAIL, job_summary
 from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
@@ -63,6 +69,14 @@ def row_count(text: str) -> int:
             f"expected at most {MAX_BATCH_ROWS:,} rows, found {value:,}"
         )
     return value
+
+
+def byte_size(text: str) -> int:
+    """A positive size: ``4G``, ``512M``, ``1.5GiB`` or bytes (K, M, G, T are powers of 1024)."""
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def column_names(text: str) -> tuple[str, ...]:
@@ -332,9 +346,19 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     parser.add_argument(
         "--batch_size",
         type=row_count,
-        default=DEFAULT_BATCH_SIZE,
-        help="Rows per model call (default: %(default)s). Larger batches amortise the call "
-        "overhead; smaller ones use less memory.",
+        help="Rows per model call, forced for every split. Default: chosen per split from the "
+        "Parquet footers, --batch_bytes of input a batch (uncompressed bytes per row of the "
+        f"columns read), from {MIN_BATCH_ROWS} to {MAX_AUTO_BATCH_ROWS:,} rows; the manifest's "
+        "batching section records the estimate and the sizes chosen.",
+    )
+    parser.add_argument(
+        "--batch_bytes",
+        type=byte_size,
+        default=DEFAULT_BATCH_BYTES,
+        metavar="SIZE",
+        help="Without --batch_size: the input bytes a batch holds (e.g. 32M, the default; "
+        "K, M, G are powers of 1024). Wide rows (long texts, embeddings) get fewer rows a "
+        "batch, narrow rows up to the row limit.",
     )
     parser.add_argument(
         "--split_rows",

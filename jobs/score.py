@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signature=SignatureChoice(args.signature, args.tag, args.input_format),
             passthrough_columns=args.passthrough_columns,
             batch_size=args.batch_size,
+            batch_bytes=args.batch_bytes,
             split_rows=args.split_rows,
             drift=args.drift == "on",
             drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),

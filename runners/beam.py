@@ -74,8 +74,9 @@ class ScoreSplitFn(beam.DoFn):
     def display_data(self) -> dict[str, Any]:
         job = self._job
         return {
-            "read": f"Parquet row groups of one split as Arrow batches of {job.batch_size} rows "
-            f"({len(job.columns)} columns)",
+            "read": "Parquet row groups of one split as Arrow batches of the rows the planner "
+            f"chose for the split, by bytes per row (at least {job.batch_size}; "
+            f"{len(job.columns)} columns)",
             "validate": f"every row against {len(job.rules)} contract column rule(s) and the "
             "model's input types; failures go to rejected/ with a reason",
             "score": f"model {job.model.label} ({job.model.saved_model_dir}), "

@@ -42,6 +42,9 @@ class InputFile:
     schema: pa.Schema
     # Nulls per column from the footer statistics, where the writer recorded them.
     null_counts: Mapping[str, int] = field(default_factory=dict)
+    # Per row group: top-level column -> its column chunks' uncompressed bytes (the
+    # footer's total_uncompressed_size), which batch sizing reads (batch.engine.sizing).
+    row_group_bytes: tuple[Mapping[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Split:
     # The file as planned: reading checks it is still that file (None: not checked).
     size: int | None = None
     mtime_ns: int | None = None
+    # Rows per Arrow batch chosen for this split (batch.engine.sizing; None: the job's).
+    batch_rows: int | None = None
 
 
 DATA_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -276,6 +281,7 @@ def read_input_file(path: Path) -> InputFile:
         ),
         schema=decoded_schema(schema),
         null_counts=_null_counts(metadata),
+        row_group_bytes=_row_group_bytes(metadata, schema),
     )
 
 
@@ -316,6 +322,40 @@ def _null_counts(metadata: pq.FileMetaData) -> dict[str, int]:
             else:
                 counts[name] = counts.get(name, 0) + stats.null_count
     return {name: count for name, count in counts.items() if name not in unknown}
+
+
+def _leaf_count(arrow_type: pa.DataType) -> int:
+    """How many Parquet leaf columns (column chunks) a field of ``arrow_type`` is stored as."""
+    if pa.types.is_struct(arrow_type):
+        return sum(_leaf_count(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    if pa.types.is_map(arrow_type):
+        return _leaf_count(arrow_type.key_type) + _leaf_count(arrow_type.item_type)
+    if (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    ):
+        return _leaf_count(arrow_type.value_type)
+    return 1
+
+
+def _row_group_bytes(metadata: pq.FileMetaData, schema: pa.Schema) -> tuple[dict[str, int], ...]:
+    """Per row group, each top-level column's uncompressed bytes (its leaves summed)."""
+    owners = [field.name for field in schema for _ in range(_leaf_count(field.type))]
+    groups = []
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        sizes: dict[str, int] = {}
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            name = (
+                owners[index]
+                if len(owners) == row_group.num_columns
+                else chunk.path_in_schema.split(".")[0]
+            )
+            sizes[name] = sizes.get(name, 0) + chunk.total_uncompressed_size
+        groups.append(sizes)
+    return tuple(groups)
 
 
 def inspect_inputs(paths: Sequence[Path]) -> tuple[list[InputFile], list[BadFile]]:

@@ -53,6 +53,7 @@ from batch.engine.inputs import (
 )
 from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.engine.scorer import BatchScorer
+from batch.engine.sizing import DEFAULT_BATCH_BYTES, BatchSizing, plan_batches
 from batch.engine.validate import RowValidator, reject_schema
 from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
@@ -117,6 +118,8 @@ class ScoringJob:
     # present (so dead-letter rows keep the columns the contract knows).
     columns: tuple[str, ...]
     rules: tuple[ColumnRule, ...] = ()
+    # Rows per batch where a split names none (Split.batch_rows): the smallest the planner
+    # chose, which Spark uses when it reads the input itself.
     batch_size: int = DEFAULT_BATCH_SIZE
     # Concurrent model calls per split: one call leaves cores idle between ops.
     scoring_threads: int = DEFAULT_SCORING_THREADS
@@ -341,7 +344,8 @@ def score_split(
     a skip note instead of parts; the driver then drops every part of that file
     (:func:`drop_damaged_files`)."""
     try:
-        schema, batches = read_split(split, read_columns(job), job.batch_size)
+        batch_rows = split.batch_rows or job.batch_size
+        schema, batches = read_split(split, read_columns(job), batch_rows)
         return score_batches(job, batches, schema, split.index, on_batch)
     except DamagedFileError as exc:
         if not job.skip_bad_files:
@@ -541,7 +545,9 @@ class ScoringRun:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     skipped_files: Sequence[BadFile] = ()
     ignored_files: Sequence[IgnoredFile] = ()
-    batch_size: int = DEFAULT_BATCH_SIZE
+    # Rows per batch (--batch_size); None: chosen per split by bytes (batch_bytes).
+    batch_size: int | None = None
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     split_rows: int = DEFAULT_SPLIT_ROWS
     started: float | None = None
     trust: TrustPolicy = STRICT
@@ -557,7 +563,7 @@ class ScoringRun:
 
     def __post_init__(self) -> None:
         for option, value in (("batch_size", self.batch_size), ("split_rows", self.split_rows)):
-            if not 1 <= value <= MAX_BATCH_ROWS:
+            if value is not None and not 1 <= value <= MAX_BATCH_ROWS:
                 raise UsageError(
                     f"--{option}={value}: expected a number of rows from 1 to {MAX_BATCH_ROWS:,}"
                 )
@@ -595,6 +601,10 @@ def run_scoring(
         if files
         else ()
     )
+    batching = plan_batches(
+        files, splits, columns, BatchSizing(run.batch_bytes, forced_rows=run.batch_size)
+    )
+    splits = batching.splits
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
         model=model,
@@ -602,7 +612,7 @@ def run_scoring(
         key_columns=tuple(key_columns),
         columns=columns,
         rules=tuple(contract.columns.values()) if contract else (),
-        batch_size=run.batch_size,
+        batch_size=batching.smallest_rows,
         trust=trust,
         variant=variant,
         baseline=baseline,
@@ -647,7 +657,8 @@ def run_scoring(
         "key_columns": list(key_columns),
         "passthrough_columns": list(run.passthrough_columns),
         "runner": {"name": runner.name, "options": runner.options()},
-        "batch_size": run.batch_size,
+        "batch_size": batching.smallest_rows,
+        "batching": batching.section,
         "started": started_at.isoformat(timespec="seconds"),
     }
     if variant is not None and variant_manifest is not None:

@@ -1,0 +1,133 @@
+"""Batches sized by bytes (issue 20 point 1): the planner reads bytes per row from the
+footers and gives each split target_bytes of rows a batch; --batch_size forces rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, plan_splits, read_input_file
+from batch.engine.sizing import (
+    DEFAULT_BATCH_BYTES,
+    MIN_BATCH_ROWS,
+    BatchSizing,
+    bytes_per_row,
+    parse_bytes,
+    plan_batches,
+)
+from batch.output.commit import MANIFEST, list_committed_runs
+from tests.conftest import score
+from tests.plain_model import plain_model_expected, write_plain_data
+
+COLUMNS = ("id", "x", "n", "s")
+
+
+def write_wide_data(folder: Path, files: int, rows: int, text_bytes: int) -> pa.Table:
+    """The plain model's columns with an ``s`` of ``text_bytes`` random letters a row."""
+    rng = np.random.default_rng(11)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for index in range(files):
+        ids = np.arange(index * rows, (index + 1) * rows)
+        letters = rng.integers(97, 123, size=rows * text_bytes, dtype=np.uint8).tobytes()
+        offsets = np.arange(rows + 1, dtype=np.int32) * text_bytes
+        texts = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(letters))
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "x": pa.array(rng.normal(size=rows)),
+                "n": pa.array(rng.integers(0, 10, size=rows), pa.int32()),
+                "s": texts,
+            }
+        )
+        pq.write_table(table, folder / f"part-{index:03d}.parquet", row_group_size=rows // 2)
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+def _plan(folder: Path, sizing: BatchSizing, columns: tuple[str, ...] = COLUMNS):
+    files = [read_input_file(p) for p in sorted(folder.glob("*.parquet"))]
+    return files, plan_batches(files, plan_splits(files), columns, sizing)
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("4G") == 4 << 30
+    assert parse_bytes("512m") == 512 << 20
+    assert parse_bytes("1.5GiB") == 3 << 29
+    assert parse_bytes("300000") == 300000
+    for bad in ("", "-1G", "0", "4X", "G"):
+        with pytest.raises(ValueError, match="expected a positive size"):
+            parse_bytes(bad)
+
+
+def test_narrow_rows_keep_the_fixed_batch(tmp_path: Path) -> None:
+    write_plain_data(tmp_path, files=2, rows_per_file=5000, row_group_rows=1000)
+    files, plan = _plan(tmp_path, BatchSizing())
+    assert {s.batch_rows for s in plan.splits} == {DEFAULT_BATCH_SIZE}
+    assert plan.section["rule"] == "bytes"
+    low, high = plan.section["estimated_bytes_per_row"].values()
+    # id and x 8 bytes, n 4, s a short code with 4 bytes of offset: about 30 bytes a row.
+    table = pq.read_table(files[0].path, columns=list(COLUMNS))
+    assert 0.5 < low / (table.nbytes / table.num_rows) <= high / (table.nbytes / table.num_rows) < 2
+
+
+def test_wide_rows_get_fewer_rows_a_batch(tmp_path: Path) -> None:
+    table = write_wide_data(tmp_path, files=2, rows=400, text_bytes=50_000)
+    files, plan = _plan(tmp_path, BatchSizing())
+    actual = table.nbytes / table.num_rows
+    for split in plan.splits:
+        estimate = bytes_per_row(files[0], split, COLUMNS)
+        assert estimate is not None and abs(estimate - actual) / actual < 0.05
+        assert split.batch_rows == DEFAULT_BATCH_BYTES // estimate
+    # 32 MiB of 50 KB rows.
+    assert plan.section["batch_rows"] == {"min": 670, "max": 670}
+    # A smaller target and the row floor.
+    _, small = _plan(tmp_path, BatchSizing(target_bytes=1 << 20))
+    assert {s.batch_rows for s in small.splits} == {20}
+    _, tiny = _plan(tmp_path, BatchSizing(target_bytes=1000))
+    assert {s.batch_rows for s in tiny.splits} == {MIN_BATCH_ROWS}
+    # Only the columns read count: without s the rows are narrow again.
+    _, narrow = _plan(tmp_path, BatchSizing(), columns=("id", "x"))
+    assert {s.batch_rows for s in narrow.splits} == {DEFAULT_BATCH_SIZE}
+    # --batch_size forces rows.
+    _, forced = _plan(tmp_path, BatchSizing(forced_rows=65536))
+    assert {s.batch_rows for s in forced.splits} == {65536}
+    assert forced.section["rule"] == "rows (--batch_size)"
+
+
+def test_dictionary_columns_count_their_decoded_width(tmp_path: Path) -> None:
+    """A dictionary-encoded int64 column stores ~1 byte a row; Arrow holds 8."""
+    rows = 20_000
+    table = pa.table({"id": pa.array(np.arange(rows) % 3, pa.int64())})
+    pq.write_table(table, tmp_path / "d.parquet")
+    files, plan = _plan(tmp_path, BatchSizing(target_bytes=80_000), columns=("id",))
+    assert files[0].row_group_bytes[0]["id"] < rows * 2
+    assert plan.section["estimated_bytes_per_row"] == {"min": 8.0, "max": 8.0}
+    assert {s.batch_rows for s in plan.splits} == {10_000}
+
+
+def test_beam_job_scores_wide_rows_in_byte_sized_batches(plain_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    table = write_wide_data(data, files=2, rows=300, text_bytes=20_000)
+    out = tmp_path / "out"
+    assert score(data, out, "--key_columns=id", "--batch_bytes=1M", model=plain_model) == 0
+    (run,) = list_committed_runs(out)
+    manifest = json.loads((run.run_dir / MANIFEST).read_text())
+    batching = manifest["batching"]
+    assert batching["rule"] == "bytes" and batching["target_bytes"] == 1 << 20
+    rows = batching["batch_rows"]["min"]
+    assert rows == batching["batch_rows"]["max"] == (1 << 20) // (table.nbytes / table.num_rows)
+    assert manifest["batch_size"] == rows
+    # Each split (a file's two row groups) was read in batches of that many rows.
+    assert manifest["metrics"]["batches"] == 2 * math.ceil(300 / rows)
+    predictions = pq.read_table(run.run_dir / "predictions").sort_by("id")
+    assert predictions.column("id").to_pylist() == list(range(600))
+    with np.errstate(over="ignore"):  # long texts: sigmoid of a large negative number
+        expected = plain_model_expected(table.sort_by("id"))
+    np.testing.assert_allclose(predictions.column("score").to_numpy(), expected, atol=1e-6)
