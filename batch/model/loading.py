@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from batch.core.errors import ModelError
+from batch.core.fsutil import file_sha256
 from batch.model.examples import parsed_features
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
@@ -263,8 +264,18 @@ class LoadedModel:
 
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, SignatureChoice], LoadedModel] = {}
-# content hash, policy -> the private copy verified under that policy, and the result.
-_VERIFIED_COPIES: dict[tuple[str, TrustPolicy], tuple[ResolvedModel, VerificationResult]] = {}
+# (content hash, signature file hash, policy) -> the private copy verified under that
+# policy, and the result.
+_VERIFIED_COPIES: dict[
+    tuple[str, str | None, TrustPolicy], tuple[ResolvedModel, VerificationResult]
+] = {}
+
+
+def _signature_sha256(model: ResolvedModel) -> str | None:
+    try:
+        return file_sha256(model.signature_file)
+    except OSError:
+        return None
 
 
 def load_model(
@@ -281,11 +292,14 @@ def load_model(
     :class:`batch.model.signing.ModelVerificationError`.
     """
     with _LOCK:
-        verified = _VERIFIED_COPIES.get((model.content_hash, trust))
+        # The same bytes with the same signature under the same policy verify the same:
+        # a hit returns a copy verified earlier (whatever the folder holds by now).
+        check = (model.content_hash, _signature_sha256(model), trust)
+        verified = _VERIFIED_COPIES.get(check)
         if verified is None:
             copy = private_copy(model)
             verification = verify_model(copy, trust, shown_as=Path(model.saved_model_dir))
-            verified = _VERIFIED_COPIES[(model.content_hash, trust)] = (copy, verification)
+            verified = _VERIFIED_COPIES[check] = (copy, verification)
         copy, verification = verified
         key = (model.content_hash, choice)
         cached = _LOADED.get(key)
