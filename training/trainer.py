@@ -309,9 +309,9 @@ def _serialize_batch(element: Any) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _read_batches(prefix: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Read back what :func:`_serialize_batch` wrote: the dense columns (one value per
-    row; ``names``, else all of them) as flat numpy arrays."""
+def _read_batches(prefix: str) -> dict[str, np.ndarray]:
+    """Read back what :func:`_serialize_batch` wrote: the dense columns (one value per row)
+    as flat numpy arrays; a sparse output (several or no values in a row) is left out."""
     files = sorted(glob.glob(prefix + "*"))
     batches: list[pa.RecordBatch] = []
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
@@ -321,19 +321,13 @@ def _read_batches(prefix: str, names: Sequence[str] | None = None) -> dict[str, 
         return {}
     table = pa.Table.from_batches(batches)
     out: dict[str, np.ndarray] = {}
-    for name in names if names is not None else table.column_names:
+    for name in table.column_names:
         column = table.column(name).combine_chunks()
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            if names is None and len(column.flatten()) != len(column):
-                continue  # not one value per row (a sparse output): not a model feature
-            values = column.flatten()
-            if len(values) != len(column):
-                raise InputDataError(
-                    f"transformed feature '{name}': expected one value per row; found "
-                    f"{len(values)} values for {len(column)} rows. Make it dense in the "
-                    "preprocessing_fn (e.g. tft.sparse_tensor_to_dense_with_shape)"
-                )
-            column = values
+            lengths = pc.list_value_length(column)
+            if column.null_count or pc.min_max(lengths).as_py() != {"min": 1, "max": 1}:
+                continue
+            column = column.flatten()
         out[name] = column.to_numpy(zero_copy_only=False)
     return out
 
