@@ -499,6 +499,13 @@ def model_manifest(model: ResolvedModel, verification: VerificationResult) -> di
         "registered": model.registered,
         "alias": model.alias,
         "signature": verification.to_manifest(),
+        # Where the version's record lives, and what produced it (jobs.models show).
+        "metadata_file": (
+            absolute(Path(model.saved_model_dir).parent / "metadata.json")
+            if model.registered
+            else None
+        ),
+        "lineage": model.metadata.get("lineage"),
     }
 
 
