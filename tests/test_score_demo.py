@@ -15,6 +15,7 @@ from batch.core.columns import REASON_COLUMN
 from batch.demo.data import DEFECTS
 from batch.model.loading import import_tensorflow
 from batch.output.commit import list_committed_runs
+from batch.output.manifest import read_manifest
 from jobs.score import main as score_main
 
 
@@ -124,3 +125,15 @@ def test_demo_dirty_rows_land_in_the_dead_letter_output_with_the_right_reason(
     }
     for message in rejected.column("reject_message").to_pylist():
         assert message.startswith("column '")
+
+
+def test_the_manifest_points_to_the_models_record_and_lineage(
+    trained_model: Any, demo_run: Path
+) -> None:
+    model = read_manifest(demo_run).model
+    assert model["metadata_file"] == str(
+        trained_model.model.saved_model_dir.parent / "metadata.json"
+    )
+    lineage = model["lineage"]
+    assert lineage == trained_model.model.metadata["lineage"]
+    assert lineage["contract"]["sha256"]
