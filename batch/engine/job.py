@@ -52,7 +52,7 @@ from batch.engine.inputs import (
     plan_splits,
 )
 from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
-from batch.engine.scorer import BatchScorer
+from batch.engine.scorer import BatchScorer, MemoryBackoff
 from batch.engine.sizing import DEFAULT_BATCH_BYTES, BatchSizing, plan_batches
 from batch.engine.validate import RowValidator, reject_schema
 from batch.model.loading import LoadedModel, load_model
@@ -232,14 +232,16 @@ def read_columns(job: ScoringJob) -> list[str]:
     return list(job.columns)
 
 
-def job_scorer(job: ScoringJob) -> Scorer:
-    """The job's model as this process's scorer, wrapped by the job's variant if any."""
+def job_scorer(job: ScoringJob, backoff: MemoryBackoff | None = None) -> Scorer:
+    """The job's model as this process's scorer, wrapped by the job's variant if any;
+    ``backoff``: the split's batch limit after a call ran out of memory."""
     scorer = BatchScorer(
         load_model(job.model, job.trust, job.signature),
         job.key_columns,
         job.layout.run_id,
         keep_non_finite=job.keep_non_finite,
         passthrough=job.passthrough_columns,
+        backoff=backoff,
     )
     return scorer if job.variant is None else job.variant.wrap(scorer, job)
 
@@ -263,7 +265,8 @@ def score_batches(
     Besides the Parquet parts it stages the part's stats (batch.observe.metrics).
     """
     started = time.perf_counter()
-    scorer = job_scorer(job)
+    backoff = MemoryBackoff()
+    scorer = job_scorer(job, backoff)
     validator = RowValidator(
         scorer.input_types, job.rules, scorer.loaded.signature.optional_columns()
     )
@@ -330,6 +333,9 @@ def score_batches(
     # earlier attempt of this part wrote.
     stats.rows_scored, stats.rows_rejected = scored.rows, rejects.rows
     stats.scoring_seconds = time.perf_counter() - started
+    if backoff.rows is not None:
+        stats.out_of_memory_retries = backoff.retries
+        stats.batch_rows_after_out_of_memory = {str(part_index): backoff.rows}
     write_part_stats(staging, part_index, stats)
     write_progress(staging, part_index, stats.rows_read)
     return SplitResult(part_index, stats.rows_read, scored.rows, rejects.rows, stats)
@@ -702,6 +708,10 @@ def run_scoring(
         if variant is not None and variant_manifest is not None:
             variant.finish(layout.staging_dir, variant_manifest)
         stats = merge_part_stats(layout.staging_dir)
+        batching.section["out_of_memory"] = {
+            "retries": stats.out_of_memory_retries,
+            "batch_rows_by_part": dict(sorted(stats.batch_rows_after_out_of_memory.items())),
+        }
         if stats.rows_read != rows_in:
             log.warning(
                 "the parts' stats count %d rows read, the input footers %d; the manifest's "

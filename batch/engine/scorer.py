@@ -1,9 +1,12 @@
 """Scoring Arrow record batches with a loaded model: feeds built from Arrow buffers (or
 serialized tf.Examples built from the batch, for a model that takes them), predictions
-returned as Arrow, poison rows isolated by bisection."""
+returned as Arrow, poison rows isolated by bisection, and a call that runs out of memory
+retried on halves (the smaller size kept for the rest of the split)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +19,8 @@ from batch.core.errors import InputDataError
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
 from batch.model.signature import InputColumn, sparse_inputs
+
+log = logging.getLogger(__name__)
 
 
 def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:
@@ -39,6 +44,11 @@ def tf_error_summary(message: str, limit: int = 300) -> str:
         if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
             return text[:limit]
     return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+
+
+def _error_line(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return tf_error_summary(message)
 
 
 # The value type of each tf.Example list (RecordBatchToExamplesEncoder takes these only).
@@ -153,6 +163,25 @@ def constant_string(value: str, length: int) -> pa.Array:
     )
 
 
+class MemoryBackoff:
+    """The most rows a model call may hold once one ran out of memory (None: no limit),
+    shared by the scorers and threads of one split; ``retries`` counts the calls that ran
+    out of memory and were retried on halves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rows: int | None = None
+        self.retries = 0
+
+    def shrink(self, failed_rows: int) -> int:
+        """A call of ``failed_rows`` ran out of memory: at most half as many from now on."""
+        with self._lock:
+            half = max(1, failed_rows // 2)
+            self.rows = half if self.rows is None else min(self.rows, half)
+            self.retries += 1
+            return self.rows
+
+
 class BatchScorer:
     """Scores record batches with one loaded model; cheap to build, safe to share."""
 
@@ -163,8 +192,11 @@ class BatchScorer:
         run_id: str,
         keep_non_finite: bool = False,
         passthrough: Sequence[str] = (),
+        backoff: MemoryBackoff | None = None,
     ) -> None:
         self.loaded = loaded
+        # Rows a call may hold after one ran out of memory (per split; see score_isolating).
+        self.backoff = backoff or MemoryBackoff()
         # Whether rows with a NaN or infinite prediction are written (True) or go to the
         # dead-letter with reason non_finite_prediction (False, the default).
         self.keep_non_finite = keep_non_finite
@@ -182,6 +214,7 @@ class BatchScorer:
         }
         self._output_fields = signature.output_fields()
         self._tf = import_tensorflow()
+        self._out_of_memory = (self._tf.errors.ResourceExhaustedError, MemoryError)
 
     @property
     def input_types(self) -> dict[str, pa.DataType]:
@@ -227,9 +260,33 @@ class BatchScorer:
         and TensorFlow's message; every other row of the batch is scored. Unless
         ``keep_non_finite``, rows with a NaN or infinite prediction are rejected with
         reason ``non_finite_prediction``.
+
+        A call that runs out of memory (TensorFlow's ResourceExhaustedError, Python's
+        MemoryError) is retried on halves, down to one row before that row is declared
+        poison; the halved size is kept (``backoff``) for every later call of the split.
         """
+        limit = self.backoff.rows
+        if limit is not None and batch.num_rows > limit:
+            return self._in_pieces(batch, limit)
         try:
             scored = self.score(batch)
+        except self._out_of_memory as exc:
+            if batch.num_rows == 1:
+                message = (
+                    f"model {self.loaded.model.label} ran out of memory on this one row "
+                    f"({type(exc).__name__}: {_error_line(exc)})"
+                )
+                return [], [with_reasons(batch, MODEL_ERROR, message)]
+            rows = self.backoff.shrink(batch.num_rows)
+            log.warning(
+                "model %s ran out of memory on %d rows (%s); retrying in batches of %d rows "
+                "for the rest of this split",
+                self.loaded.model.label,
+                batch.num_rows,
+                _error_line(exc),
+                rows,
+            )
+            return self.score_isolating(batch)
         except self._tf.errors.OpError as exc:
             if batch.num_rows == 1:
                 message = (
@@ -245,6 +302,18 @@ class BatchScorer:
         scored_left, rejected_left = self.score_isolating(batch.slice(0, middle))
         scored_right, rejected_right = self.score_isolating(batch.slice(middle))
         return scored_left + scored_right, rejected_left + rejected_right
+
+    def _in_pieces(
+        self, batch: pa.RecordBatch, rows: int
+    ) -> tuple[list[pa.RecordBatch], list[pa.RecordBatch]]:
+        """``batch`` scored ``rows`` rows at a time, in order."""
+        scored: list[pa.RecordBatch] = []
+        rejected: list[pa.RecordBatch] = []
+        for start in range(0, batch.num_rows, rows):
+            piece_scored, piece_rejected = self.score_isolating(batch.slice(start, rows))
+            scored += piece_scored
+            rejected += piece_rejected
+        return scored, rejected
 
     def _rejecting_non_finite(
         self, batch: pa.RecordBatch, scored: pa.RecordBatch

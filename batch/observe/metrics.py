@@ -26,6 +26,11 @@ Metric names (manifest ``metrics`` keys; Prometheus names in batch/observe/prome
     wall_seconds            the whole job, process start to commit
     predictions_per_second  rows_scored / wall_seconds
     timeline                (t, rows done) samples of the progress display
+
+Also counted per part, reported in the manifest's ``batching`` section:
+
+    out_of_memory_retries           model calls that ran out of memory, retried on halves
+    batch_rows_after_out_of_memory  part -> the rows a call held for the rest of that part
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class PartStats:
     # worker process -> its model load seconds (the same load, whichever part reports it)
     model_loads: dict[str, float] = field(default_factory=dict)
     drift: DriftCounts | None = None
+    out_of_memory_retries: int = 0
+    batch_rows_after_out_of_memory: dict[str, int] = field(default_factory=dict)
 
     def observe_batch(self, seconds: float) -> None:
         self.batches += 1
@@ -104,6 +111,8 @@ class PartStats:
         self.latency_sum += other.latency_sum
         self.scoring_seconds += other.scoring_seconds
         self.model_loads.update(other.model_loads)
+        self.out_of_memory_retries += other.out_of_memory_retries
+        self.batch_rows_after_out_of_memory.update(other.batch_rows_after_out_of_memory)
         if other.drift is not None:
             if self.drift is None:
                 self.drift = DriftCounts()
@@ -121,6 +130,8 @@ class PartStats:
             "scoring_seconds": self.scoring_seconds,
             "model_loads": self.model_loads,
             "drift": None if self.drift is None else self.drift.to_json(),
+            "out_of_memory_retries": self.out_of_memory_retries,
+            "batch_rows_after_out_of_memory": self.batch_rows_after_out_of_memory,
         }
 
     @classmethod
@@ -139,6 +150,10 @@ class PartStats:
             scoring_seconds=float(payload["scoring_seconds"]),
             model_loads={str(k): float(v) for k, v in payload["model_loads"].items()},
             drift=None if drift is None else DriftCounts.from_json(drift),
+            out_of_memory_retries=int(payload.get("out_of_memory_retries", 0)),
+            batch_rows_after_out_of_memory={
+                str(k): int(v) for k, v in payload.get("batch_rows_after_out_of_memory", {}).items()
+            },
         )
 
 

@@ -63,6 +63,7 @@ class Canary:
             scorer.run_id,
             keep_non_finite=scorer.keep_non_finite,
             passthrough=job.passthrough_columns,
+            backoff=scorer.backoff,
         )
         return CanaryScorer(scorer, canary, job.key_columns, self.fraction)
 
