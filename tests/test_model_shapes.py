@@ -180,6 +180,26 @@ class TestChosenSignature:
         np.testing.assert_allclose(predictions["doubled"].to_numpy(), expected, atol=1e-6, rtol=0)
         assert run.manifest().to_json()["model"]["serving"]["signature"] == "predict"
 
+    @pytest.mark.slow
+    def test_signature_predict_reaches_spark_workers(
+        self, models: dict[str, Path], tmp_path: Path
+    ) -> None:
+        table = pa.table({"id": pa.array(range(ROWS)), "amount": pa.array(np.arange(ROWS) / 3)})
+        data = _write(tmp_path / "in", table)
+        rc = score(
+            data,
+            tmp_path / "out",
+            "--key_columns=id",
+            "--signature=predict",
+            "--runner=PySparkRunner",
+            "--spark_master=local[2]",
+            model=models["predict"],
+        )
+        assert rc == 0
+        predictions = _scored(_only_run(tmp_path / "out"))
+        expected = (table["amount"].to_numpy().astype(np.float32) * 2.0 + 1.0).astype(np.float32)
+        np.testing.assert_allclose(predictions["doubled"].to_numpy(), expected, atol=1e-6, rtol=0)
+
     def test_a_tag_the_model_lacks_is_named(
         self, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
