@@ -9,7 +9,6 @@ out), within 1e-6, every key once.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -196,43 +195,50 @@ def test_input_format_tf_example_refuses_a_model_that_parses_none(plain_model: P
 
 def test_examples_are_those_tf_train_example_builds() -> None:
     """The encoder's bytes parse to what tf.train.Example's bytes parse to (proto field
-    order may differ, so the parsed values are compared)."""
+    order may differ, so the parsed values are compared): nulls, negative and large
+    integers, long strings and long lists (lengths of several varint bytes), empty
+    lists, nulls inside lists, integers into float_list."""
     tf = import_tensorflow()
+    long_text = "x" * 300 + "é"
     table = pa.table(
         {
-            "i": pa.array([1, None, -(2**40)], pa.int64()),
-            "f": pa.array([0.5, 1.25, None], pa.float64()),
-            "s": pa.array(["a", None, "été"], pa.string()),
-            "b": pa.array([b"\x00\xff", b"", None], pa.binary()),
-            "l": pa.array([[1.0, 2.0], None, []], pa.list_(pa.float32())),
+            "i": pa.array([1, None, -(2**40), 2**62], pa.int64()),
+            "f": pa.array([0.5, 1.25, None, -3.0], pa.float64()),
+            "s": pa.array(["a", None, "été", long_text], pa.string()),
+            "b": pa.array([b"\x00\xff", b"", None, b"z" * 200], pa.binary()),
+            "l": pa.array(
+                [[1.0, 2.0], None, [], [float(v) for v in range(70)]], pa.list_(pa.float32())
+            ),
+            "il": pa.array([[5, -1], [], None, list(range(-40, 40))], pa.list_(pa.int64())),
+            "sl": pa.array([["p", "q"], [long_text] * 3, [], None], pa.list_(pa.string())),
+            "n": pa.array([3, 2**24 + 1, None, 7], pa.int64()),
         }
     )
+    kinds = {"i": "int64", "f": "float32", "s": "string", "b": "string", "l": "float32"}
+    kinds |= {"il": "int64", "sl": "string", "n": "float32"}
     columns = {
-        "i": InputColumn("int64", None, required=False, example=True),
-        "f": InputColumn("float32", None, required=False, example=True),
-        "s": InputColumn("string", None, required=False, example=True),
-        "b": InputColumn("string", None, required=False, example=True),
-        "l": InputColumn("float32", None, required=False, example=True),
+        name: InputColumn(dtype, None, required=False, example=True)
+        for name, dtype in kinds.items()
     }
+    tf_types = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+    spec = {name: tf.io.VarLenFeature(tf_types[dtype]) for name, dtype in kinds.items()}
     ours = serialized_examples(table.to_batches()[0], columns).to_pylist()
-    spec = {
-        "i": tf.io.VarLenFeature(tf.int64),
-        "f": tf.io.VarLenFeature(tf.float32),
-        "s": tf.io.VarLenFeature(tf.string),
-        "b": tf.io.VarLenFeature(tf.string),
-        "l": tf.io.VarLenFeature(tf.float32),
-    }
-    reference = tf_examples(table, ["i", "f", "s", "l"])
     mine = tf.io.parse_example(tf.constant(ours), spec)
-    theirs = tf.io.parse_example(
-        tf.constant(reference), {k: v for k, v in spec.items() if k != "b"}
+    reference_table = table.drop_columns(["b", "n"]).append_column(
+        "n", pa.array([3.0, float(np.float32(2**24 + 1)), None, 7.0], pa.float32())
     )
-    for name in ("i", "f", "s", "l"):
-        assert json.dumps(tf.sparse.to_dense(mine[name]).numpy().tolist(), default=str) == (
-            json.dumps(tf.sparse.to_dense(theirs[name]).numpy().tolist(), default=str)
-        ), name
+    names = ["i", "f", "s", "l", "il", "sl", "n"]
+    theirs = tf.io.parse_example(
+        tf.constant(tf_examples(reference_table, names)), {k: spec[k] for k in names}
+    )
+    for name in names:
+        for part in ("indices", "values", "dense_shape"):
+            assert getattr(mine[name], part).numpy().tolist() == (
+                getattr(theirs[name], part).numpy().tolist()
+            ), (name, part)
     assert tf.sparse.to_dense(mine["b"], default_value=b"?").numpy().tolist() == [
         [b"\x00\xff"],
         [b""],
         [b"?"],
+        [b"z" * 200],
     ]

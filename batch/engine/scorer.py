@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
 from batch.core.errors import InputDataError
+from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
 from batch.model.signature import InputColumn, sparse_inputs
@@ -51,10 +52,6 @@ def _error_line(exc: BaseException) -> str:
     return tf_error_summary(message)
 
 
-# The value type of each tf.Example list (RecordBatchToExamplesEncoder takes these only).
-_EXAMPLE_VALUE_TYPES = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.binary()}
-
-
 def _is_list(arrow_type: pa.DataType) -> bool:
     return (
         pa.types.is_list(arrow_type)
@@ -63,34 +60,15 @@ def _is_list(arrow_type: pa.DataType) -> bool:
     )
 
 
-def example_feature_column(column: pa.Array, name: str, need: InputColumn) -> pa.Array:
-    """``column`` as the list<value> column tfx-bsl encodes into feature ``name``: a plain
-    column gives one value a row, a list column its values; a null row gives an empty
-    list, which tf.io.parse_example reads as the feature being absent (a default applies,
-    a var-len feature gets no value)."""
-    value_type = _EXAMPLE_VALUE_TYPES[need.dtype]
-    if _is_list(column.type):
-        return _cast(column, pa.list_(value_type), name)
-    values = _cast(column, value_type, name)
-    if values.null_count == 0:
-        offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
-        return pa.ListArray.from_arrays(offsets, values)
-    present = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(present, dtype=np.int32)]))
-    return pa.ListArray.from_arrays(offsets, values.drop_null(), mask=pa.array(present == 0))
-
-
 def serialized_examples(batch: pa.RecordBatch, columns: dict[str, InputColumn]) -> pa.Array:
     """One serialized tf.Example per row of ``batch``: feature = column name, integers as
-    int64_list, floats as float_list, strings and binary as bytes_list, a null left out.
-    Encoded by tfx-bsl's C++ RecordBatchToExamplesEncoder; returned as one binary column,
-    which is fed to the model as its bytes and offsets."""
-    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
-
-    names = list(columns)
-    lists = [example_feature_column(batch.column(n), n, columns[n]) for n in names]
-    encoded = RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(lists, names))
-    return pa.array(encoded, pa.binary())
+    int64_list, floats as float_list, strings and binary as bytes_list, list columns
+    multi-valued, a null left out (batch.engine.examples, vectorised with numpy: no
+    Python object per row). One binary column, fed to the model as bytes and offsets."""
+    return serialize_examples(
+        {name: (batch.column(name), need.dtype) for name, need in columns.items()},
+        batch.num_rows,
+    )
 
 
 def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
