@@ -123,6 +123,8 @@ class ScoreRequest:
     # Rows per batch; None: chosen per split from the footers, batch_bytes of input a batch.
     batch_size: int | None = None
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    # Bytes each worker may use; None: its cgroup's or machine's memory less headroom.
+    worker_memory: int | None = None
     split_rows: int = DEFAULT_SPLIT_ROWS
     drift: bool = True
     drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS
@@ -266,6 +268,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 ignored_files=inputs.ignored,
                 batch_size=request.batch_size,
                 batch_bytes=request.batch_bytes,
+                worker_memory=request.worker_memory,
                 split_rows=request.split_rows,
                 started=started,
                 trust=trust,

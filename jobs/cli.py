@@ -361,6 +361,16 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "batch, narrow rows up to the row limit.",
     )
     parser.add_argument(
+        "--worker_memory",
+        type=byte_size,
+        metavar="SIZE",
+        help="Memory each worker process may use (e.g. 4G). It bounds the batch bytes, "
+        "read-ahead, concurrent model calls and the write queue so that the estimated peak "
+        "stays under it, and a worker whose RSS nears it waits before reading more. "
+        "Default: the worker's cgroup limit (memory.max) or the machine's memory, less 10%% "
+        "(at least 256 MiB) headroom; the manifest's batching.memory records the plan.",
+    )
+    parser.add_argument(
         "--split_rows",
         type=row_count,
         default=DEFAULT_SPLIT_ROWS,

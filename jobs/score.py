@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             passthrough_columns=args.passthrough_columns,
             batch_size=args.batch_size,
             batch_bytes=args.batch_bytes,
+            worker_memory=args.worker_memory,
             split_rows=args.split_rows,
             drift=args.drift == "on",
             drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),

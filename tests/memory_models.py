@@ -1,4 +1,5 @@
-"""Test models that need more memory than a machine has: they really run out of it.
+"""Test models that need more memory than a machine has (they really run out of it), and
+wide-row data.
 
 ``build_oom_model`` is the plain model (tests/plain_model.py: inputs x, n, s; the same
 ``score``) whose activations grow with the batch: a call of more than ``max_rows`` rows,
@@ -10,6 +11,10 @@ it does when a real batch does not fit.
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tests.plain_model import POISON_ABOVE
 
@@ -44,3 +49,26 @@ def build_oom_model(path: Path, max_rows: int, sign: bool = True) -> Path:
 
         sign_model(path, ensure_signing_key())
     return path
+
+
+def write_wide_data(folder: Path, files: int, rows: int, text_bytes: int) -> pa.Table:
+    """The plain model's columns with an ``s`` of ``text_bytes`` random letters a row."""
+    rng = np.random.default_rng(11)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for index in range(files):
+        ids = np.arange(index * rows, (index + 1) * rows)
+        letters = rng.integers(97, 123, size=rows * text_bytes, dtype=np.uint8).tobytes()
+        offsets = np.arange(rows + 1, dtype=np.int32) * text_bytes
+        texts = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(letters))
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "x": pa.array(rng.normal(size=rows)),
+                "n": pa.array(rng.integers(0, 10, size=rows), pa.int32()),
+                "s": texts,
+            }
+        )
+        pq.write_table(table, folder / f"part-{index:03d}.parquet", row_group_size=rows // 2)
+        tables.append(table)
+    return pa.concat_tables(tables)

@@ -23,32 +23,10 @@ from batch.engine.sizing import (
 )
 from batch.output.commit import MANIFEST, list_committed_runs
 from tests.conftest import score
+from tests.memory_models import write_wide_data
 from tests.plain_model import plain_model_expected, write_plain_data
 
 COLUMNS = ("id", "x", "n", "s")
-
-
-def write_wide_data(folder: Path, files: int, rows: int, text_bytes: int) -> pa.Table:
-    """The plain model's columns with an ``s`` of ``text_bytes`` random letters a row."""
-    rng = np.random.default_rng(11)
-    folder.mkdir(parents=True, exist_ok=True)
-    tables = []
-    for index in range(files):
-        ids = np.arange(index * rows, (index + 1) * rows)
-        letters = rng.integers(97, 123, size=rows * text_bytes, dtype=np.uint8).tobytes()
-        offsets = np.arange(rows + 1, dtype=np.int32) * text_bytes
-        texts = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(letters))
-        table = pa.table(
-            {
-                "id": pa.array(ids, pa.int64()),
-                "x": pa.array(rng.normal(size=rows)),
-                "n": pa.array(rng.integers(0, 10, size=rows), pa.int32()),
-                "s": texts,
-            }
-        )
-        pq.write_table(table, folder / f"part-{index:03d}.parquet", row_group_size=rows // 2)
-        tables.append(table)
-    return pa.concat_tables(tables)
 
 
 def _plan(folder: Path, sizing: BatchSizing, columns: tuple[str, ...] = COLUMNS):

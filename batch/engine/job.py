@@ -51,6 +51,19 @@ from batch.engine.inputs import (
     open_split,
     plan_splits,
 )
+from batch.engine.memory import (
+    SOFT_LIMIT,
+    WORKER_FIXED_ESTIMATE,
+    Depths,
+    IntakeGate,
+    WorkerMemory,
+    default_budget,
+    depth_choices,
+    memory_section,
+    plan_depths,
+    rss_bytes,
+    target_batch_bytes,
+)
 from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.engine.scorer import BatchScorer, MemoryBackoff
 from batch.engine.sizing import DEFAULT_BATCH_BYTES, BatchSizing, plan_batches
@@ -140,6 +153,8 @@ class ScoringJob:
     passthrough_columns: tuple[str, ...] = ()
     # --on_bad_file=skip: a file found damaged inside while reading is skipped whole.
     skip_bad_files: bool = False
+    # The worker's memory budget and the largest batch (None: today's depths, no limit).
+    memory: WorkerMemory | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +282,7 @@ def score_batches(
     started = time.perf_counter()
     backoff = MemoryBackoff()
     scorer = job_scorer(job, backoff)
+    depths, gate = worker_depths(job)  # after the model is loaded: its RSS counts
     validator = RowValidator(
         scorer.input_types, job.rules, scorer.loaded.signature.optional_columns()
     )
@@ -288,7 +304,7 @@ def score_batches(
             create_empty=part_index == 0,
         ) as rejects,
     ):
-        writer = BackgroundWriter()
+        writer = BackgroundWriter(depths.write_queue)
 
         def validate_and_score(batch: pa.RecordBatch) -> _ScoredBatch:
             begin = time.perf_counter()
@@ -309,7 +325,10 @@ def score_batches(
         next_progress = started + job.progress_interval_s
         try:
             for done in ordered_map(
-                validate_and_score, read_ahead(batches), workers=job.scoring_threads
+                validate_and_score,
+                read_ahead(gate.admitting(batches), depths.read_ahead),
+                workers=depths.model_calls,
+                depth=depths.model_calls + depths.queued,
             ):
                 stats.rows_read += done.rows
                 stats.observe_batch(done.seconds)
@@ -324,6 +343,7 @@ def score_batches(
                     writer.submit(scored.write, batch)
                 for batch in done.rejected:
                     writer.submit(rejects.write, batch)
+                gate.release()
                 if time.perf_counter() >= next_progress:
                     write_progress(staging, part_index, stats.rows_read)
                     next_progress = time.perf_counter() + job.progress_interval_s
@@ -333,12 +353,24 @@ def score_batches(
     # earlier attempt of this part wrote.
     stats.rows_scored, stats.rows_rejected = scored.rows, rejects.rows
     stats.scoring_seconds = time.perf_counter() - started
+    stats.intake_waits, stats.intake_wait_seconds = gate.waits, gate.wait_seconds
+    stats.peak_rss_bytes = gate.peak_rss
     if backoff.rows is not None:
         stats.out_of_memory_retries = backoff.retries
         stats.batch_rows_after_out_of_memory = {str(part_index): backoff.rows}
     write_part_stats(staging, part_index, stats)
     write_progress(staging, part_index, stats.rows_read)
     return SplitResult(part_index, stats.rows_read, scored.rows, rejects.rows, stats)
+
+
+def worker_depths(job: ScoringJob) -> tuple[Depths, IntakeGate]:
+    """How many batches this worker holds in each place, and the gate that slows its
+    intake near the budget (batch.engine.memory), from its RSS now."""
+    if job.memory is None:
+        return depth_choices(job.scoring_threads)[0], IntakeGate(None)
+    budget = job.memory.budget()
+    depths, _ = plan_depths(budget, rss_bytes() or 0, job.memory.batch_bytes, job.scoring_threads)
+    return depths, IntakeGate(int(budget * SOFT_LIMIT))
 
 
 def score_split(
@@ -561,6 +593,8 @@ class ScoringRun:
     # Rows per batch (--batch_size); None: chosen per split by bytes (batch_bytes).
     batch_size: int | None = None
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    # Bytes a worker may use (--worker_memory); None: its cgroup's or machine's, less headroom.
+    worker_memory: int | None = None
     split_rows: int = DEFAULT_SPLIT_ROWS
     started: float | None = None
     trust: TrustPolicy = STRICT
@@ -614,10 +648,28 @@ def run_scoring(
         if files
         else ()
     )
-    batching = plan_batches(
-        files, splits, columns, BatchSizing(run.batch_bytes, forced_rows=run.batch_size)
+    budget, budget_source = (
+        (run.worker_memory, "--worker_memory") if run.worker_memory else default_budget()
     )
+    fixed = max(rss_bytes() or 0, WORKER_FIXED_ESTIMATE)
+    threads = DEFAULT_SCORING_THREADS
+    target = target_batch_bytes(budget, fixed, run.batch_bytes, threads)
+    batching = plan_batches(files, splits, columns, BatchSizing(target, forced_rows=run.batch_size))
     splits = batching.splits
+    depths, peak = plan_depths(budget, fixed, batching.largest_bytes, threads)
+    batching.section["memory"] = memory_section(
+        budget, budget_source, fixed, depths, peak, batching.largest_bytes
+    )
+    if peak > budget:
+        log.warning(
+            "batches of up to %d bytes with %d bytes of worker start-up exceed the worker "
+            "memory budget of %d bytes (%s) even one at a time; intake will wait near the "
+            "budget, and calls that run out of memory are retried on halves",
+            batching.largest_bytes,
+            fixed,
+            budget,
+            budget_source,
+        )
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
         model=model,
@@ -633,6 +685,7 @@ def run_scoring(
         skip_bad_files=run.skip_bad_files,
         signature=run.signature,
         passthrough_columns=tuple(run.passthrough_columns),
+        memory=WorkerMemory(run.worker_memory, batching.largest_bytes),
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
@@ -708,6 +761,11 @@ def run_scoring(
         if variant is not None and variant_manifest is not None:
             variant.finish(layout.staging_dir, variant_manifest)
         stats = merge_part_stats(layout.staging_dir)
+        batching.section["memory"].update(
+            peak_rss_bytes=stats.peak_rss_bytes,
+            intake_waits=stats.intake_waits,
+            intake_wait_seconds=round(stats.intake_wait_seconds, 3),
+        )
         batching.section["out_of_memory"] = {
             "retries": stats.out_of_memory_retries,
             "batch_rows_by_part": dict(sorted(stats.batch_rows_after_out_of_memory.items())),

@@ -31,6 +31,9 @@ Also counted per part, reported in the manifest's ``batching`` section:
 
     out_of_memory_retries           model calls that ran out of memory, retried on halves
     batch_rows_after_out_of_memory  part -> the rows a call held for the rest of that part
+    intake_waits                    times a part's reader waited near the memory budget
+    intake_wait_seconds             how long they waited in all
+    peak_rss_bytes                  the largest RSS a part's worker process was seen at
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ class PartStats:
     drift: DriftCounts | None = None
     out_of_memory_retries: int = 0
     batch_rows_after_out_of_memory: dict[str, int] = field(default_factory=dict)
+    intake_waits: int = 0
+    intake_wait_seconds: float = 0.0
+    peak_rss_bytes: int = 0
 
     def observe_batch(self, seconds: float) -> None:
         self.batches += 1
@@ -113,6 +119,9 @@ class PartStats:
         self.model_loads.update(other.model_loads)
         self.out_of_memory_retries += other.out_of_memory_retries
         self.batch_rows_after_out_of_memory.update(other.batch_rows_after_out_of_memory)
+        self.intake_waits += other.intake_waits
+        self.intake_wait_seconds += other.intake_wait_seconds
+        self.peak_rss_bytes = max(self.peak_rss_bytes, other.peak_rss_bytes)
         if other.drift is not None:
             if self.drift is None:
                 self.drift = DriftCounts()
@@ -132,6 +141,9 @@ class PartStats:
             "drift": None if self.drift is None else self.drift.to_json(),
             "out_of_memory_retries": self.out_of_memory_retries,
             "batch_rows_after_out_of_memory": self.batch_rows_after_out_of_memory,
+            "intake_waits": self.intake_waits,
+            "intake_wait_seconds": self.intake_wait_seconds,
+            "peak_rss_bytes": self.peak_rss_bytes,
         }
 
     @classmethod
@@ -154,6 +166,9 @@ class PartStats:
             batch_rows_after_out_of_memory={
                 str(k): int(v) for k, v in payload.get("batch_rows_after_out_of_memory", {}).items()
             },
+            intake_waits=int(payload.get("intake_waits", 0)),
+            intake_wait_seconds=float(payload.get("intake_wait_seconds", 0.0)),
+            peak_rss_bytes=int(payload.get("peak_rss_bytes", 0)),
         )
 
 

@@ -1,0 +1,251 @@
+"""A memory budget per worker: how many batches a worker holds at once, and intake that
+waits before the worker's resident memory reaches the budget.
+
+A worker holds batches in four places: read ahead of the model, in model calls (each
+call holds its batch, the feeds copied from it and the model's activations:
+``MODEL_CALL_COPIES`` batches' worth, an estimate), queued for a free scoring thread, and
+queued for the writer. With the process's resident memory after the model is loaded
+(``fixed``) and the largest batch the planner chose, the estimated peak is
+
+    fixed + batch_bytes * (read_ahead + model_calls * MODEL_CALL_COPIES + queued + write_queue)
+
+and :func:`plan_depths` picks the deepest of ``DEPTHS`` whose peak fits the budget. While
+it runs, the worker samples its RSS before it takes each batch and, above
+``SOFT_LIMIT`` of the budget, waits for the batches it holds to be written
+(:class:`IntakeGate`) instead of reading more.
+
+The budget is ``--worker_memory``, else what the worker's cgroup allows (memory.max,
+memory.limit_in_bytes) or the machine's MemTotal, less headroom.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+# A batch in a model call is held about three times: its Arrow data, the feeds built from
+# it (strings copied into one buffer, numbers converted), and the model's activations and
+# outputs (model-dependent; three is the estimate for tabular models).
+MODEL_CALL_COPIES = 3
+# Intake waits once the worker's RSS passes this share of the budget.
+SOFT_LIMIT = 0.9
+# Left to the OS, other processes and allocator slack: 10% of the limit, at least 256 MiB.
+HEADROOM_FRACTION = 0.1
+MIN_HEADROOM = 256 << 20
+_NO_LIMIT = 1 << 60
+# What a worker process holds before its first batch (Python, TensorFlow, Arrow, Beam or
+# Spark's worker, the model): ~1 GB measured with the demo model. The driver plans with
+# the larger of this and its own RSS; each worker measures its own.
+WORKER_FIXED_ESTIMATE = 1 << 30
+
+T = TypeVar("T")
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux /proc/self/statm; None elsewhere)."""
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_total() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _cgroup_limit() -> int | None:
+    """The memory limit of this process's cgroup (v2 memory.max, v1 limit_in_bytes)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            candidates = [f"/sys/fs/cgroup{path}/memory.max", "/sys/fs/cgroup/memory.max"]
+        elif "memory" in controllers.split(","):
+            candidates = [
+                f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+        else:
+            continue
+        for candidate in candidates:
+            try:
+                text = Path(candidate).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < _NO_LIMIT:
+                limits.append(int(text))
+            break
+    return min(limits) if limits else None
+
+
+def default_budget() -> tuple[int, str]:
+    """What this process may use, less headroom, and where the limit came from."""
+    total = _mem_total()
+    limit, source = total, "MemTotal"
+    cgroup = _cgroup_limit()
+    if cgroup is not None and cgroup < total:
+        limit, source = cgroup, "cgroup"
+    headroom = max(MIN_HEADROOM, int(limit * HEADROOM_FRACTION))
+    return max(limit - headroom, limit // 2), f"{source} {limit} bytes less {headroom} headroom"
+
+
+@dataclass(frozen=True)
+class Depths:
+    """How many batches a worker holds in each place, and the estimated peak."""
+
+    read_ahead: int
+    model_calls: int
+    queued: int
+    write_queue: int
+
+    def batches(self) -> int:
+        return (
+            self.read_ahead + self.model_calls * MODEL_CALL_COPIES + self.queued + self.write_queue
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "read_ahead": self.read_ahead,
+            "model_calls": self.model_calls,
+            "queued": self.queued,
+            "write_queue": self.write_queue,
+        }
+
+
+def depth_choices(threads: int) -> tuple[Depths, ...]:
+    """From the deepest (today's overlap) to the shallowest (one batch in each place)."""
+    return (
+        Depths(2, threads, threads, 2),
+        Depths(1, threads, 0, 1),
+        Depths(1, 1, 0, 1),
+    )
+
+
+def plan_depths(budget: int, fixed: int, batch_bytes: int, threads: int) -> tuple[Depths, int]:
+    """The deepest choice whose estimated peak fits ``budget``, and that peak (the
+    shallowest choice if none fits)."""
+    choices = depth_choices(threads)
+    for depths in choices:
+        peak = fixed + batch_bytes * depths.batches()
+        if peak <= budget:
+            return depths, peak
+    return choices[-1], fixed + batch_bytes * choices[-1].batches()
+
+
+def target_batch_bytes(budget: int, fixed: int, wanted: int, threads: int) -> int:
+    """``wanted`` bytes a batch, or less so that the deepest choice fits the budget (1 if
+    the budget is already spent: the smallest batches)."""
+    room = budget - fixed
+    return max(1, min(wanted, room // depth_choices(threads)[0].batches()))
+
+
+@dataclass(frozen=True)
+class WorkerMemory:
+    """What a worker needs to keep within its budget; small and picklable.
+
+    ``budget_bytes``: --worker_memory, or None (each worker takes its own cgroup's or
+    machine's limit less headroom). ``batch_bytes``: the largest batch the planner chose.
+    """
+
+    budget_bytes: int | None
+    batch_bytes: int
+
+    def budget(self) -> int:
+        return self.budget_bytes if self.budget_bytes is not None else default_budget()[0]
+
+
+class IntakeGate:
+    """Counts the batches a worker holds and, once its RSS passes the soft limit, makes
+    the reader wait until one is written (never when none is held: it cannot free any)."""
+
+    def __init__(self, soft_limit: int | None) -> None:
+        self.soft_limit = soft_limit
+        self._held = 0
+        self._changed = threading.Condition()
+        self.waits = 0
+        self.wait_seconds = 0.0
+        self.peak_rss = rss_bytes() or 0
+
+    def _sample(self) -> int | None:
+        rss = rss_bytes()
+        if rss is not None and rss > self.peak_rss:
+            self.peak_rss = rss
+        return rss
+
+    def admit(self) -> None:
+        """Before the reader takes a batch: wait while the worker is over the soft limit
+        and holds batches that will be freed."""
+        rss = self._sample()
+        if self.soft_limit is not None and rss is not None and rss >= self.soft_limit:
+            # Memory Arrow freed but kept for reuse goes back to the OS first.
+            pa.default_memory_pool().release_unused()
+            began = time.perf_counter()
+            waited = False
+            with self._changed:
+                while self._held > 0:
+                    rss = self._sample()
+                    if rss is None or rss < self.soft_limit:
+                        break
+                    waited = True
+                    self._changed.wait(timeout=0.05)
+            if waited:
+                self.waits += 1
+                self.wait_seconds += time.perf_counter() - began
+        with self._changed:
+            self._held += 1
+
+    def admitting(self, batches: Iterable[T]) -> Iterator[T]:
+        """``batches``, each taken only once :meth:`admit` lets it in."""
+        iterator = iter(batches)
+        while True:
+            self.admit()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                with self._changed:
+                    self._held -= 1
+                return
+            yield batch
+
+    def release(self) -> None:
+        """A batch the worker held is done (handed to the writer's bounded queue)."""
+        with self._changed:
+            self._held -= 1
+            self._changed.notify_all()
+        self._sample()
+
+
+def memory_section(
+    budget: int, source: str, fixed: int, depths: Depths, peak: int, batch_bytes: int
+) -> dict[str, Any]:
+    """The manifest's ``batching.memory`` as the driver planned it."""
+    return {
+        "budget_bytes": budget,
+        "budget_source": source,
+        "fixed_bytes": fixed,
+        "largest_batch_bytes": batch_bytes,
+        "depths": depths.to_json(),
+        "estimated_peak_bytes": peak,
+        "soft_limit_bytes": int(budget * SOFT_LIMIT),
+    }

@@ -1,0 +1,123 @@
+"""A memory budget per worker (issue 20 point 2): --worker_memory (default: the cgroup's
+or machine's memory less headroom) bounds the batch bytes, read-ahead, concurrent model
+calls and the write queue; the worker samples its RSS and waits before reading more near
+the budget, never deadlocking."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from batch.engine.memory import (
+    MODEL_CALL_COPIES,
+    IntakeGate,
+    _mem_total,
+    default_budget,
+    depth_choices,
+    plan_depths,
+    rss_bytes,
+    target_batch_bytes,
+)
+from batch.engine.sizing import DEFAULT_BATCH_BYTES, MIN_BATCH_ROWS
+from batch.output.commit import MANIFEST, list_committed_runs
+from tests.conftest import score
+from tests.memory_models import write_wide_data
+from tests.plain_model import plain_model_expected, write_plain_data
+
+MB = 1 << 20
+
+
+def test_depths_shrink_to_fit_the_budget() -> None:
+    deepest, middle, shallowest = depth_choices(2)
+    assert deepest.batches() == 2 + 2 * MODEL_CALL_COPIES + 2 + 2
+    assert plan_depths(2000 * MB, 1000 * MB, 10 * MB, 2) == (deepest, 1120 * MB)
+    assert plan_depths(1100 * MB, 1000 * MB, 10 * MB, 2) == (middle, 1080 * MB)
+    assert plan_depths(1060 * MB, 1000 * MB, 10 * MB, 2) == (shallowest, 1050 * MB)
+    # Nothing fits: one batch in each place, over the budget (the gate and the halving
+    # of calls that run out of memory protect the rest).
+    assert plan_depths(1000 * MB, 1000 * MB, 10 * MB, 2) == (shallowest, 1050 * MB)
+    # The batch target: the wanted bytes, or what lets the deepest choice fit.
+    assert target_batch_bytes(8000 * MB, 1000 * MB, 32 * MB, 2) == 32 * MB
+    assert target_batch_bytes(1120 * MB, 1000 * MB, 32 * MB, 2) == 10 * MB
+    assert target_batch_bytes(900 * MB, 1000 * MB, 32 * MB, 2) == 1
+
+
+def test_default_budget_is_below_what_the_machine_allows() -> None:
+    budget, source = default_budget()
+    assert 0 < budget < _mem_total()
+    assert source.startswith(("MemTotal", "cgroup")) and "headroom" in source
+    rss = rss_bytes()
+    assert rss is not None and 50 * MB < rss < budget
+
+
+def test_intake_waits_near_the_limit_and_never_deadlocks() -> None:
+    gate = IntakeGate(soft_limit=1)  # always over it
+    taken: list[int] = []
+    done = threading.Event()
+
+    def consume(items: list[int]) -> None:
+        for item in gate.admitting(items):
+            taken.append(item)
+            # Freed by another thread a little later, as the writer frees a batch.
+            threading.Timer(0.05, gate.release).start()
+        done.set()
+
+    worker = threading.Thread(target=consume, args=(list(range(6)),))
+    worker.start()
+    worker.join(timeout=30)
+    assert done.is_set() and taken == list(range(6))
+    assert gate.waits >= 1 and gate.wait_seconds > 0
+    free = IntakeGate(soft_limit=None)
+    assert list(free.admitting(range(3))) == [0, 1, 2] and free.waits == 0
+
+
+def _manifest(output: Path) -> tuple[Path, dict]:
+    (run,) = list_committed_runs(output)
+    return run.run_dir, json.loads((run.run_dir / MANIFEST).read_text())
+
+
+def test_a_budget_bounds_the_batch_bytes(plain_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_wide_data(data, files=2, rows=300, text_bytes=50_000)
+    out = tmp_path / "out"
+    fixed = max(rss_bytes() or 0, 1 << 30)
+    budget = fixed + 150 * MB  # room for 12 batches of about 12 MB
+    options = ("--key_columns=id", f"--worker_memory={budget}")
+    assert score(data, out, *options, model=plain_model) == 0
+    run_dir, manifest = _manifest(out)
+    batching = manifest["batching"]
+    memory = batching["memory"]
+    assert memory["budget_bytes"] == budget and memory["budget_source"] == "--worker_memory"
+    room = budget - memory["fixed_bytes"]
+    assert batching["target_bytes"] == min(DEFAULT_BATCH_BYTES, room // 12) < DEFAULT_BATCH_BYTES
+    assert memory["depths"] == {"read_ahead": 2, "model_calls": 2, "queued": 2, "write_queue": 2}
+    assert memory["estimated_peak_bytes"] <= budget
+    assert batching["batch_rows"]["max"] < 300
+    assert memory["peak_rss_bytes"] > 0
+    predictions = pq.read_table(run_dir / "predictions").sort_by("id")
+    assert predictions.column("id").to_pylist() == list(range(600))
+
+
+def test_a_budget_already_spent_scores_every_row_waiting(plain_model: Path, tmp_path: Path) -> None:
+    """A budget below the worker's own start-up: the smallest batches, one in each place,
+    intake waiting for every batch to be written before the next, every row once."""
+    data = tmp_path / "data"
+    table = write_plain_data(data, files=2, rows_per_file=400, row_group_rows=200)
+    out = tmp_path / "out"
+    assert score(data, out, "--key_columns=id", "--worker_memory=100M", model=plain_model) == 0
+    run_dir, manifest = _manifest(out)
+    batching = manifest["batching"]
+    memory = batching["memory"]
+    assert batching["batch_rows"] == {"min": MIN_BATCH_ROWS, "max": MIN_BATCH_ROWS}
+    assert memory["depths"] == {"read_ahead": 1, "model_calls": 1, "queued": 0, "write_queue": 1}
+    assert memory["estimated_peak_bytes"] > memory["budget_bytes"]
+    assert memory["intake_waits"] > 0
+    predictions = pq.read_table(run_dir / "predictions").sort_by("id")
+    assert predictions.column("id").to_pylist() == list(range(800))
+    np.testing.assert_allclose(
+        predictions.column("score").to_numpy(), plain_model_expected(table.sort_by("id")), atol=1e-6
+    )
