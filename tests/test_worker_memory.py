@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from batch.engine.memory import (
     MODEL_CALL_COPIES,
@@ -92,7 +93,9 @@ def test_a_budget_bounds_the_batch_bytes(plain_model: Path, tmp_path: Path) -> N
     batching = manifest["batching"]
     memory = batching["memory"]
     assert memory["budget_bytes"] == budget and memory["budget_source"] == "--worker_memory"
-    room = budget - memory["fixed_bytes"]
+    room = budget - memory["fixed_bytes"] - memory["reader_bytes"]
+    # The reader holds two row groups of 150 rows of id, x, n and s (about 50 KB a row).
+    assert memory["reader_bytes"] == pytest.approx(2 * 150 * (50_000 + 24), rel=0.01)
     assert batching["target_bytes"] == min(DEFAULT_BATCH_BYTES, room // 12) < DEFAULT_BATCH_BYTES
     assert memory["depths"] == {"read_ahead": 2, "model_calls": 2, "queued": 2, "write_queue": 2}
     assert memory["estimated_peak_bytes"] <= budget

@@ -52,6 +52,7 @@ from batch.engine.inputs import (
     plan_splits,
 )
 from batch.engine.memory import (
+    ROW_GROUP_COPIES,
     SOFT_LIMIT,
     WORKER_FIXED_ESTIMATE,
     Depths,
@@ -66,7 +67,12 @@ from batch.engine.memory import (
 )
 from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
 from batch.engine.scorer import BatchScorer, MemoryBackoff
-from batch.engine.sizing import DEFAULT_BATCH_BYTES, BatchSizing, plan_batches
+from batch.engine.sizing import (
+    DEFAULT_BATCH_BYTES,
+    BatchSizing,
+    largest_row_group_bytes,
+    plan_batches,
+)
 from batch.engine.validate import RowValidator, reject_schema
 from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
@@ -368,8 +374,10 @@ def worker_depths(job: ScoringJob) -> tuple[Depths, IntakeGate]:
     intake near the budget (batch.engine.memory), from its RSS now."""
     if job.memory is None:
         return depth_choices(job.scoring_threads)[0], IntakeGate(None)
-    budget = job.memory.budget()
-    depths, _ = plan_depths(budget, rss_bytes() or 0, job.memory.batch_bytes, job.scoring_threads)
+    memory = job.memory
+    fixed = (rss_bytes() or 0) + memory.reader_bytes
+    budget = memory.budget()
+    depths, _ = plan_depths(budget, fixed, memory.batch_bytes, job.scoring_threads)
     return depths, IntakeGate(int(budget * SOFT_LIMIT))
 
 
@@ -652,21 +660,24 @@ def run_scoring(
         (run.worker_memory, "--worker_memory") if run.worker_memory else default_budget()
     )
     fixed = max(rss_bytes() or 0, WORKER_FIXED_ESTIMATE)
+    reader = ROW_GROUP_COPIES * largest_row_group_bytes(files, columns)
     threads = DEFAULT_SCORING_THREADS
-    target = target_batch_bytes(budget, fixed, run.batch_bytes, threads)
+    target = target_batch_bytes(budget, fixed + reader, run.batch_bytes, threads)
     batching = plan_batches(files, splits, columns, BatchSizing(target, forced_rows=run.batch_size))
     splits = batching.splits
-    depths, peak = plan_depths(budget, fixed, batching.largest_bytes, threads)
+    depths, peak = plan_depths(budget, fixed + reader, batching.largest_bytes, threads)
     batching.section["memory"] = memory_section(
-        budget, budget_source, fixed, depths, peak, batching.largest_bytes
+        budget, budget_source, fixed, reader, depths, peak, batching.largest_bytes
     )
     if peak > budget:
         log.warning(
-            "batches of up to %d bytes with %d bytes of worker start-up exceed the worker "
-            "memory budget of %d bytes (%s) even one at a time; intake will wait near the "
-            "budget, and calls that run out of memory are retried on halves",
+            "batches of up to %d bytes with %d bytes of worker start-up and %d held by the "
+            "Parquet reader (row groups) exceed the worker memory budget of %d bytes (%s) "
+            "even one at a time; intake will wait near the budget, and calls that run out of "
+            "memory are retried on halves",
             batching.largest_bytes,
             fixed,
+            reader,
             budget,
             budget_source,
         )
@@ -685,7 +696,7 @@ def run_scoring(
         skip_bad_files=run.skip_bad_files,
         signature=run.signature,
         passthrough_columns=tuple(run.passthrough_columns),
-        memory=WorkerMemory(run.worker_memory, batching.largest_bytes),
+        memory=WorkerMemory(run.worker_memory, batching.largest_bytes, reader),
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),

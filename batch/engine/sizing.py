@@ -69,22 +69,40 @@ def _arrow_width(arrow_type: pa.DataType) -> int:
         return 0
 
 
+def _widths(file: InputFile, columns: Sequence[str]) -> dict[str, int]:
+    return {
+        name: _arrow_width(file.schema.field(name).type)
+        for name in columns
+        if file.schema.get_field_index(name) >= 0
+    }
+
+
+def _group_bytes(file: InputFile, group: int, widths: Mapping[str, int]) -> int:
+    """Estimated Arrow bytes of row group ``group``'s columns ``widths``."""
+    rows = file.row_group_rows[group]
+    sizes = file.row_group_bytes[group]
+    return sum(max(sizes.get(name, 0), width * rows) for name, width in widths.items())
+
+
 def bytes_per_row(file: InputFile, split: Split, columns: Sequence[str]) -> float | None:
     """The estimated Arrow bytes per row of ``columns`` in ``split`` (None: the footer
     has no row-group sizes, or the split no rows)."""
     if not file.row_group_bytes or split.num_rows == 0:
         return None
-    widths = {
-        name: _arrow_width(file.schema.field(name).type)
-        for name in columns
-        if file.schema.get_field_index(name) >= 0
-    }
-    total = 0
-    for group in split.row_groups:
-        rows = file.row_group_rows[group]
-        sizes: Mapping[str, int] = file.row_group_bytes[group]
-        total += sum(max(sizes.get(name, 0), width * rows) for name, width in widths.items())
-    return total / split.num_rows
+    widths = _widths(file, columns)
+    return sum(_group_bytes(file, g, widths) for g in split.row_groups) / split.num_rows
+
+
+def largest_row_group_bytes(files: Sequence[InputFile], columns: Sequence[str]) -> int:
+    """The estimated Arrow bytes of the largest row group (the columns read) of any file:
+    Parquet's reader decodes a row group's column chunks whole, whatever the batch size."""
+    largest = 0
+    for file in files:
+        if file.row_group_bytes:
+            widths = _widths(file, columns)
+            for group in range(len(file.row_group_rows)):
+                largest = max(largest, _group_bytes(file, group, widths))
+    return largest
 
 
 @dataclass(frozen=True)
