@@ -101,6 +101,14 @@ def test_product_code_parts_match_the_per_row_regular_expressions() -> None:
         tf.strings.upper(tf.strings.strip(tf.constant(codes))), PRODUCT_HASH_BUCKETS
     )
     assert np.array_equal(hashed.numpy(), expected_hash.numpy())
+    # Called eagerly it leaves nothing in the global graph for a later tf.Transform
+    # analysis in this process to trip over (its schema override is for tracing only).
+    from tensorflow_transform import schema_inference
+
+    collection = tf.compat.v1.get_default_graph().get_collection(
+        schema_inference._TF_METADATA_TENSOR_COLLECTION
+    )
+    assert collection == []
 
 
 def _save(path: Any, spec_shape: list[int | None], signature: str) -> Any:

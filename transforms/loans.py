@@ -156,7 +156,10 @@ def product_code_parts(codes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tenso
     code_hash = tf.gather(tft.hash_strings(code, PRODUCT_HASH_BUCKETS), row_of)
     # Record the id range in the transformed schema, as vocabularies and buckets do, so
     # that a model reads the bucket count from tft_output (num_buckets_for_transformed_feature).
-    schema_inference.set_tensor_schema_override(
-        code_hash, tf.constant(0, tf.int64), tf.constant(PRODUCT_HASH_BUCKETS - 1, tf.int64)
-    )
+    # Only while tf.Transform traces: called eagerly (a test, a notebook) the override would
+    # put eager tensors in the global graph's collection and break every later analysis.
+    if not tf.executing_eagerly():
+        schema_inference.set_tensor_schema_override(
+            code_hash, tf.constant(0, tf.int64), tf.constant(PRODUCT_HASH_BUCKETS - 1, tf.int64)
+        )
     return tf.gather(family, row_of), tf.gather(tier, row_of), code_hash
