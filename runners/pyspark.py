@@ -421,7 +421,14 @@ class PySparkRunner:
             options += f" {QUIET_CDS} -XX:SharedArchiveFile={archive}"
         elif archive is not None:
             building = _new_archive_path(archive)
-            log.info("building the Spark JVM class cache %s (once per installation)", archive)
+            # Shown whatever the log level: this run takes ~20 s longer, once.
+            print(
+                f"spark: building the JVM start-up archive {archive} (once per installation "
+                "and Spark version; this run starts about 20 s slower, later ones faster; "
+                "--spark_conf batchscore.jvm_cache=off skips it)",
+                file=sys.stderr,
+                flush=True,
+            )
             self._archive = (building, archive)
             options += f" {QUIET_CDS} -XX:ArchiveClassesAtExit={building}"
         return {JAVA_OPTIONS_CONF: options}

@@ -510,6 +510,8 @@ def test_the_jvm_class_cache_is_built_once_then_used(
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "[cds]" not in result.stdout + result.stderr
+        building = "spark: building the JVM start-up archive" in result.stderr
+        assert building == (attempt == "build"), result.stderr[-3000:]
         archives = sorted(p.name for p in cache.iterdir())
         assert len(archives) == 1 and archives[0].endswith(".jsa"), archives
         _check_plain_scores(_only_run(output), pa.concat_tables([table, _dirty(data_dir)]))
