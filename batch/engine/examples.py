@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch.core.errors import InputDataError
+from batch.model.signature import convert_column
 
 # Feature field tag by the list it holds.
 _TAGS = {"string": 0x0A, "float32": 0x12, "int64": 0x1A}
@@ -139,21 +140,6 @@ def _value_bytes(values: pa.Array, dtype: str) -> _Piece:
     return _Piece(data, np.diff(offsets))
 
 
-def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
-    """``column`` as ``arrow_type`` by the documented conversions (float64 and large
-    integers round to the nearest float32; batch.model.signature.CONVERSIONS)."""
-    if column.type == arrow_type:
-        return column
-    try:
-        options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
-        return pc.cast(column, options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputDataError(
-            f"column '{name}': cannot convert {column.type} to {arrow_type} for a tf.Example "
-            f"feature: {exc}"
-        ) from exc
-
-
 def _column_pieces(column: pa.Array, name: str, dtype: str) -> list[_Piece]:
     """The pieces one column adds to every row: its map entry, or nothing for a null."""
     rows = len(column)
@@ -165,7 +151,7 @@ def _column_pieces(column: pa.Array, name: str, dtype: str) -> list[_Piece]:
         or pa.types.is_large_list(column.type)
         or (pa.types.is_fixed_size_list(column.type))
     ):
-        lists = _cast(column, pa.large_list(value_type), name)
+        lists = convert_column(column, pa.large_list(value_type), name, "a tf.Example feature")
         present = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         values = pc.list_flatten(lists)
         counts = np.asarray(
@@ -178,7 +164,7 @@ def _column_pieces(column: pa.Array, name: str, dtype: str) -> list[_Piece]:
             counts = np.bincount(parents[valid], minlength=rows).astype(np.int64)
             values = values.filter(pa.array(valid))
     else:
-        scalars = _cast(column, value_type, name)
+        scalars = convert_column(column, value_type, name, "a tf.Example feature")
         present = np.asarray(scalars.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         values = scalars.drop_null() if scalars.null_count else scalars
         counts = present.astype(np.int64)

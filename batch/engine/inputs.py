@@ -280,7 +280,7 @@ def read_input_file(path: Path) -> InputFile:
             metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)
         ),
         schema=decoded_schema(schema),
-        null_counts=_null_counts(metadata),
+        null_counts=footer_null_counts(metadata),
         row_group_bytes=_row_group_bytes(metadata, schema),
     )
 
@@ -308,7 +308,9 @@ def decode_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=decoded_schema(batch.schema))
 
 
-def _null_counts(metadata: pq.FileMetaData) -> dict[str, int]:
+def footer_null_counts(metadata: pq.FileMetaData) -> dict[str, int]:
+    """Nulls per column from the footer statistics; a column that lacks them in any row
+    group is left out (its count is unknown)."""
     counts: dict[str, int] = {}
     unknown: set[str] = set()
     for group in range(metadata.num_row_groups):

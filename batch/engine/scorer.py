@@ -19,7 +19,7 @@ from batch.core.errors import InputDataError
 from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
-from batch.model.signature import InputColumn, sparse_inputs
+from batch.model.signature import InputColumn, convert_column, sparse_inputs
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,6 @@ def serialized_examples(batch: pa.RecordBatch, columns: dict[str, InputColumn]) 
     )
 
 
-def _cast(column: pa.Array, arrow_type: pa.DataType, name: str) -> pa.Array:
-    """``column`` as ``arrow_type``; the schema check allowed the conversion
-    (batch.model.signature.CONVERSIONS), so float64 -> float32 rounds and large integers
-    round to the nearest float, as documented."""
-    if column.type == arrow_type:
-        return column
-    try:
-        options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
-        return pc.cast(column, options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputDataError(
-            f"column '{name}': cannot convert {column.type} to {arrow_type} for the model: {exc}"
-        ) from exc
-
-
 def sparse_parts(
     column: pa.Array, name: str, arrow_type: pa.DataType
 ) -> tuple[np.ndarray, pa.Array, np.ndarray]:
@@ -110,9 +95,9 @@ def sparse_parts(
         parents, positions = parents[present], positions[present]
     if arrow_type == pa.string():
         text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-        values = _cast(values, pa.string() if text else pa.binary(), name)
+        values = convert_column(values, pa.string() if text else pa.binary(), name)
     else:
-        values = _cast(values, arrow_type, name)
+        values = convert_column(values, arrow_type, name)
     indices = np.stack([parents, positions], axis=1).astype(np.int64).reshape(-1, 2)
     return indices, values, np.array([rows, max(width, 1)], dtype=np.int64)
 
@@ -346,9 +331,11 @@ class BatchScorer:
                 column = _fixed_width_values(column, name, self._shapes[name][-1])
             if arrow_type == pa.string():
                 text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-                feeds[name] = string_feed(_cast(column, pa.string() if text else pa.binary(), name))
+                feeds[name] = string_feed(
+                    convert_column(column, pa.string() if text else pa.binary(), name)
+                )
             else:
-                values = _cast(column, arrow_type, name).to_numpy(zero_copy_only=False)
+                values = convert_column(column, arrow_type, name).to_numpy(zero_copy_only=False)
                 shape = self._shapes[name]
                 feeds[name] = values.reshape(-1, *shape[1:]) if len(shape) > 1 else values
         return feeds

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
+from batch.core.errors import InputDataError
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_TAGS = ("serve",)
@@ -306,6 +308,23 @@ def castable(found: pa.DataType, dtype: str) -> bool:
     ``dtype`` (by :data:`CONVERSIONS`)."""
     accepted = CONVERSIONS.get(dtype)
     return accepted is not None and found in accepted[0]
+
+
+def convert_column(
+    column: pa.Array, arrow_type: pa.DataType, name: str, purpose: str = "the model"
+) -> pa.Array:
+    """``column`` as ``arrow_type``, by :data:`CONVERSIONS` (which the schema check applied
+    before compute): float64 rounds to the nearest float32, large integers to the nearest
+    float. ``purpose`` says what the values are for, in the error."""
+    if column.type == arrow_type:
+        return column
+    try:
+        options = pc.CastOptions(target_type=arrow_type, allow_float_truncate=True)
+        return pc.cast(column, options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputDataError(
+            f"column '{name}': cannot convert {column.type} to {arrow_type} for {purpose}: {exc}"
+        ) from exc
 
 
 def conversion_hint(found: pa.DataType, dtype: str) -> str:

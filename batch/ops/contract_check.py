@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from batch.contract.contract import Contract
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.engine.inputs import footer_null_counts
 from batch.engine.validate import RowValidator
 
 EXAMPLES = 3
@@ -47,7 +48,7 @@ def _check_file(path: Path, contract: Contract, max_rows: int | None) -> FileChe
     parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
     rows = parquet.metadata.num_rows
-    nulls = _null_counts(parquet)
+    nulls = footer_null_counts(parquet.metadata)
     problems = [
         f"{path}: column '{rule.name}' is missing; contract '{contract.name}' declares it "
         f"{'required' if rule.required else 'optional'}"
@@ -74,20 +75,3 @@ def _check_file(path: Path, contract: Contract, max_rows: int | None) -> FileChe
                 if len(examples) < EXAMPLES:
                     examples.append(str(message))
     return FileCheck(path, rows, (), dict(sorted(reasons.items())), tuple(examples))
-
-
-def _null_counts(parquet: pq.ParquetFile) -> dict[str, int]:
-    """Null counts per column from the footer statistics (columns without them left out)."""
-    counts: dict[str, int] = {}
-    metadata = parquet.metadata
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for index in range(row_group.num_columns):
-            column = row_group.column(index)
-            stats = column.statistics
-            name = column.path_in_schema
-            if stats is None or not stats.has_null_count:
-                counts.pop(name, None)
-                continue
-            counts[name] = counts.get(name, 0) + stats.null_count
-    return counts
