@@ -164,8 +164,10 @@ def resolve_canary(
     repo: ModelRepository,
     model: ResolvedModel,
     trust: TrustPolicy,
+    choice: SignatureChoice = DEFAULT_CHOICE,
 ) -> Canary | None:
-    """A canary model and its share, resolved and checked before any engine starts."""
+    """A canary model and its share, resolved and checked before any engine starts (both
+    models' ``choice`` of signature)."""
     if canary is None:
         if fraction is not None:
             raise UsageError(
@@ -181,7 +183,11 @@ def resolve_canary(
     check_local_path("--canary", canary)
     resolved = Canary(resolve_model(canary, repo), fraction)
     verify_once(resolved.model, trust)
-    if model.metadata.get("signature") and resolved.model.metadata.get("signature"):
+    if (
+        choice.is_default
+        and model.metadata.get("signature")
+        and resolved.model.metadata.get("signature")
+    ):
         # Both recorded: check now, without TensorFlow (run_scoring checks every case).
         check_canary_signature(
             model, model_signature(model, trust), resolved, model_signature(resolved.model, trust)
@@ -218,7 +224,9 @@ def score(request: ScoreRequest) -> ScoreOutcome:
         request.on_model(model)
     trust = trust_policy(request.public_key, request.allow_unsigned)
     verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
-    canary = resolve_canary(request.canary, request.canary_fraction, repo, model, trust)
+    canary = resolve_canary(
+        request.canary, request.canary_fraction, repo, model, trust, request.signature
+    )
     contract = job_contract(request.contract, model)
     key_columns = job_key_columns(request.key_columns, model, contract)
     if not request.dry_run:  # a dry run writes nothing there

@@ -6,6 +6,7 @@ scored run must equal a direct call of the signature within 1e-6, every key once
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,41 @@ class TestChosenSignature:
         )["doubled"]
         np.testing.assert_allclose(predictions["doubled"].to_numpy(), expected, atol=1e-6, rtol=0)
         assert run.manifest().to_json()["model"]["serving"]["signature"] == "predict"
+
+    def test_a_canary_is_checked_and_scored_with_the_chosen_signature(
+        self, models: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """--signature applies to both models of a canary run (neither has serving_default)."""
+        from batch.demo.paths import ensure_signing_key
+        from batch.model.signing import sign_model
+
+        canary = tmp_path / "canary"
+        shutil.copytree(models["predict"], canary)
+        (canary / "assets.extra").mkdir(exist_ok=True)
+        (canary / "assets.extra" / "build.txt").write_text("another build, same function")
+        sign_model(canary, ensure_signing_key())
+        table = pa.table({"id": pa.array(range(ROWS)), "amount": pa.array(np.arange(ROWS) / 3)})
+        data = _write(tmp_path / "in", table)
+        rc = score(
+            data,
+            tmp_path / "out",
+            "--key_columns=id",
+            "--signature=predict",
+            f"--canary={canary}",
+            "--canary_fraction=0.5",
+            model=models["predict"],
+        )
+        assert rc == 0
+        run = _only_run(tmp_path / "out")
+        predictions = _scored(run)
+        np.testing.assert_allclose(
+            predictions["doubled"].to_numpy(),
+            table["amount"].to_numpy().astype(np.float32) * 2 + 1,
+            atol=1e-6,
+            rtol=0,
+        )
+        by_model = run.manifest().to_json()["canary"]["rows_scored"]
+        assert sum(by_model.values()) == ROWS and len(by_model) == 2
 
     @pytest.mark.slow
     def test_signature_predict_reaches_spark_workers(

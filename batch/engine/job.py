@@ -217,8 +217,10 @@ class ScoringVariant(Protocol):
         signature: SignatureInfo,
         key_columns: Sequence[str],
         trust: TrustPolicy,
+        choice: SignatureChoice = DEFAULT_CHOICE,
     ) -> dict[str, Any]:
-        """Check the variant against the run's model before any work; its manifest section."""
+        """Check the variant against the run's model (``signature``, the one ``choice``
+        selects) before any work; its manifest section."""
         ...
 
     def wrap(self, scorer: BatchScorer, job: ScoringJob) -> Scorer:
@@ -644,7 +646,9 @@ def run_scoring(
     verification = verify_once(model, trust)
     signature = model_signature(model, trust, run.signature)
     variant_manifest = (
-        None if variant is None else variant.prepare(model, signature, key_columns, trust)
+        None
+        if variant is None
+        else variant.prepare(model, signature, key_columns, trust, run.signature)
     )
     check_passthrough(run.passthrough_columns, key_columns, signature)
     check_inputs(files, signature, key_columns, contract, run.passthrough_columns)

@@ -19,7 +19,12 @@ from batch.engine.job import ScoringJob, model_manifest, model_signature
 from batch.engine.scorer import BatchScorer
 from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureInfo, signature_differences
+from batch.model.signature import (
+    DEFAULT_CHOICE,
+    SignatureChoice,
+    SignatureInfo,
+    signature_differences,
+)
 from batch.model.signing import TrustPolicy, verify_once
 from batch.output.commit import PREDICTIONS
 from batch.release.routing import ROUTING_HASH, in_share
@@ -46,6 +51,7 @@ class Canary:
         signature: SignatureInfo,
         key_columns: Sequence[str],
         trust: TrustPolicy,
+        choice: SignatureChoice = DEFAULT_CHOICE,
     ) -> dict[str, Any]:
         section = {
             "model": model_manifest(self.model, verify_once(self.model, trust)),
@@ -53,7 +59,7 @@ class Canary:
             "routing": ROUTING_HASH,
             "key_columns": list(key_columns),
         }
-        check_canary_signature(model, signature, self, model_signature(self.model, trust))
+        check_canary_signature(model, signature, self, model_signature(self.model, trust, choice))
         return section
 
     def wrap(self, scorer: BatchScorer, job: ScoringJob) -> CanaryScorer:
