@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,12 @@ import pytest
 
 from batch.engine.memory import (
     MODEL_CALL_COPIES,
+    Depths,
     IntakeGate,
     _mem_total,
     default_budget,
     depth_choices,
+    gated_map,
     plan_depths,
     rss_bytes,
     target_batch_bytes,
@@ -124,3 +127,24 @@ def test_a_budget_already_spent_scores_every_row_waiting(plain_model: Path, tmp_
     np.testing.assert_allclose(
         predictions.column("score").to_numpy(), plain_model_expected(table.sort_by("id")), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("depths", depth_choices(2))
+def test_gated_map_over_the_limit_never_deadlocks(depths: Depths) -> None:
+    """Always over the soft limit, with every depth setting: the reader waits for calls,
+    which never wait for it; results come in order."""
+    gate = IntakeGate(soft_limit=1)
+    results: list[int] = []
+
+    def slow_double(item: int) -> int:
+        time.sleep(0.005)
+        return item * 2
+
+    worker = threading.Thread(
+        target=lambda: results.extend(gated_map(slow_double, range(40), depths, gate)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [i * 2 for i in range(40)], "gated_map did not finish within 60 s"
+    assert gate.waits > 0

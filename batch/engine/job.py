@@ -60,12 +60,13 @@ from batch.engine.memory import (
     WorkerMemory,
     default_budget,
     depth_choices,
+    gated_map,
     memory_section,
     plan_depths,
     rss_bytes,
     target_batch_bytes,
 )
-from batch.engine.overlap import BackgroundWriter, ordered_map, read_ahead
+from batch.engine.overlap import BackgroundWriter
 from batch.engine.scorer import BatchScorer, MemoryBackoff
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
@@ -332,12 +333,7 @@ def score_batches(
 
         next_progress = started + job.progress_interval_s
         try:
-            for done in ordered_map(
-                validate_and_score,
-                read_ahead(gate.admitting(batches), depths.read_ahead),
-                workers=depths.model_calls,
-                depth=depths.model_calls + depths.queued,
-            ):
+            for done in gated_map(validate_and_score, batches, depths, gate):
                 stats.rows_read += done.rows
                 stats.observe_batch(done.seconds)
                 if on_batch is not None:
@@ -351,7 +347,6 @@ def score_batches(
                     writer.submit(scored.write, batch)
                 for batch in done.rejected:
                     writer.submit(rejects.write, batch)
-                gate.release()
                 if time.perf_counter() >= next_progress:
                     write_progress(staging, part_index, stats.rows_read)
                     next_progress = time.perf_counter() + job.progress_interval_s

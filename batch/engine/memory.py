@@ -11,7 +11,7 @@ queued for the writer. With the process's resident memory after the model is loa
 
 and :func:`plan_depths` picks the deepest of ``DEPTHS`` whose peak fits the budget. While
 it runs, the worker samples its RSS before it takes each batch and, above
-``SOFT_LIMIT`` of the budget, waits for the batches it holds to be written
+``SOFT_LIMIT`` of the budget, waits for a batch it read to be scored
 (:class:`IntakeGate`) instead of reading more.
 
 The budget is ``--worker_memory``, else what the worker's cgroup allows (memory.max,
@@ -23,12 +23,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+
+from batch.engine.overlap import ordered_map, read_ahead
 
 # A batch in a model call is held about three times: its Arrow data, the feeds built from
 # it (strings copied into one buffer, numbers converted), and the model's activations and
@@ -50,6 +52,7 @@ _NO_LIMIT = 1 << 60
 WORKER_FIXED_ESTIMATE = 1 << 30
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def rss_bytes() -> int | None:
@@ -194,8 +197,10 @@ class WorkerMemory:
 
 
 class IntakeGate:
-    """Counts the batches a worker holds and, once its RSS passes the soft limit, makes
-    the reader wait until one is written (never when none is held: it cannot free any)."""
+    """Counts the batches a worker has read and not yet scored and, once its RSS passes
+    the soft limit, makes the reader wait until one is scored (never when none is held:
+    it could free nothing). Scoring never waits for the reader, so the wait always ends;
+    scored batches wait only for the writer, whose queue is bounded."""
 
     def __init__(self, soft_limit: int | None) -> None:
         self.soft_limit = soft_limit
@@ -247,11 +252,33 @@ class IntakeGate:
             yield batch
 
     def release(self) -> None:
-        """A batch the worker held is done (handed to the writer's bounded queue)."""
+        """A batch the worker read is scored (its results go to the bounded writer)."""
         with self._changed:
             self._held -= 1
             self._changed.notify_all()
         self._sample()
+
+
+def gated_map(
+    function: Callable[[T], R], items: Iterable[T], depths: Depths, gate: IntakeGate
+) -> Iterator[R]:
+    """``function`` over ``items`` in order, overlapped as ``depths`` allow: ``items`` read
+    ``read_ahead`` ahead in a thread, ``model_calls`` calls at once and ``queued`` more
+    waiting; each item taken once ``gate`` admits it and released once ``function`` is
+    done with it (so intake waits only for calls, which never wait for intake)."""
+
+    def released(item: T) -> R:
+        try:
+            return function(item)
+        finally:
+            gate.release()
+
+    return ordered_map(
+        released,
+        read_ahead(gate.admitting(items), depths.read_ahead),
+        workers=depths.model_calls,
+        depth=depths.model_calls + depths.queued,
+    )
 
 
 def memory_section(
