@@ -30,11 +30,12 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-## bench: whole-job speed on generated data (ROWS=2000000, REPEAT=1 by default)
+## bench: whole-job speed on generated data (ROWS=2000000, REPEAT=1, WIDE=2400 rows of 250 KB texts by default)
 ROWS ?= 2000000
 REPEAT ?= 1
+WIDE ?= 2400
 bench: venv
-	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT)
+	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT) --wide=$(WIDE)
 
 clean-demo:
 	rm -rf .demo

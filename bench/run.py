@@ -7,6 +7,8 @@ Paths (all by default):
 
   beam          batchscore on Beam's DirectRunner (validation, dead-letter output,
                 metrics, manifest, signature verification all on)
+  beam_fixed    the same with --batch_size=65536 forced (the fixed batches of before
+                batch sizing by bytes): on narrow rows both must be as fast
   beam_nodrift  the same without drift statistics (--drift=off), to show their cost
   spark         batchscore's native Spark runner, Spark reads the input, local[2]
   spark_splits  the same with --spark_conf batchscore.input=splits, local[2]
@@ -32,6 +34,10 @@ then hits all paths alike.
 mode with 1 and 2 workers, and the native Spark runner (both input modes) on
 local[1] and local[2].
 
+--wide=ROWS adds the wide-row table (bench/wide.py): ROWS rows of 250 KB texts scored
+by batchscore on Beam with batches sized by bytes at several --worker_memory budgets,
+and with the fixed 65,536-row batches of before: peak RSS, throughput, batch rows.
+
 Results (a Markdown table per row count, ratios to the stock paths, the
 targets, and a PNG chart per row count, named after the invocation's start)
 go to the top of docs/benchmarks.md under a heading with the command line.
@@ -49,6 +55,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batch.demo import paths as demo_paths
 from batch.model.repository import ModelRepository
@@ -220,6 +227,10 @@ PATHS: dict[str, BenchPath] = {
     "beam": BenchPath(
         "batchscore, Beam DirectRunner",
         lambda ctx: _score(ctx, "--runner=DirectRunner"),
+    ),
+    "beam_fixed": BenchPath(
+        "batchscore, Beam DirectRunner, --batch_size=65536 (fixed batches, as before issue 20)",
+        lambda ctx: _score(ctx, "--runner=DirectRunner", "--batch_size=65536"),
     ),
     "beam_nodrift": BenchPath(
         "batchscore, Beam DirectRunner, --drift=off",
@@ -453,6 +464,36 @@ def chart(results: Sequence[Measurement], rows: int) -> str:
     return name
 
 
+def wide_table(rows: int, workdir: Path) -> str:
+    """The wide-row paths (bench/wide.py), measured one after another."""
+    from bench.wide import DEPTH_KEYS, TEXT_BYTES, WIDE_PATHS, batching_of, score_command
+
+    subprocess.run(
+        [PY, "-m", "bench.wide", f"--rows={rows}", f"--workdir={workdir}"], cwd=PROJECT, check=True
+    )
+    data, model = workdir / f"wide-{rows}", workdir / "wide_model"
+    lines = [
+        f"### Wide rows: {rows:,} rows of {TEXT_BYTES // 1000} KB texts "
+        f"({rows * TEXT_BYTES / 1e6:,.0f} MB), Beam DirectRunner",
+        "",
+        "| path | wall s | rows/s | input MB/s | peak RSS MB | batch rows | depths "
+        "(read, calls, queued, writes) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, (label, options) in WIDE_PATHS.items():
+        out = workdir / "out" / key
+        m = measure(key, label, rows, score_command(PY, data, model, out, options))
+        batching: dict[str, Any] = batching_of(out)
+        depths = batching.get("memory", {}).get("depths", {})
+        mb_per_s = rows * TEXT_BYTES / 1e6 / m.seconds
+        lines.append(
+            f"| {label} | {m.seconds:.1f} | {m.rate:,.0f} | {mb_per_s:,.0f} "
+            f"| {m.peak_rss_mb:,.0f} | {batching.get('batch_rows', {}).get('max', '')} "
+            f"| {', '.join(str(depths.get(k, '')) for k in DEPTH_KEYS)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _row_counts(text: str) -> list[int]:
     try:
         counts = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
@@ -514,6 +555,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "at the last (largest) row count.",
     )
     parser.add_argument(
+        "--wide",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="Also score ROWS rows of 250 KB texts at several worker memory budgets and with "
+        "fixed 65,536-row batches (default: 0, skipped; make bench uses 2400).",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=demo_paths.demo_dir() / "bench",
@@ -553,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     growth = rss_growth(everything)
     if growth:
         sections.append(growth)
+    if args.wide:
+        sections.append(wide_table(args.wide, args.workdir))
     command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
     text = f"## {STARTED:%Y-%m-%d %H:%M}: `{command}`\n\n" + "\n".join(sections)
     print(text)

@@ -156,7 +156,8 @@ def plan_batches(
         chosen[rows] += 1
         if row_bytes is not None:
             estimates.append(row_bytes)
-            largest_bytes = max(largest_bytes, int(rows * row_bytes))
+            # A batch holds no more rows than its split.
+            largest_bytes = max(largest_bytes, int(min(rows, split.num_rows) * row_bytes))
     section: dict[str, Any] = {
         "rule": "rows (--batch_size)" if sizing.forced_rows is not None else "bytes",
         "forced_rows": sizing.forced_rows,
