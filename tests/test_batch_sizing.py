@@ -109,3 +109,33 @@ def test_beam_job_scores_wide_rows_in_byte_sized_batches(plain_model: Path, tmp_
     with np.errstate(over="ignore"):  # long texts: sigmoid of a large negative number
         expected = plain_model_expected(table.sort_by("id"))
     np.testing.assert_allclose(predictions.column("score").to_numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_spark_job_scores_wide_rows_in_byte_sized_batches(
+    plain_model: Path, tmp_path: Path
+) -> None:
+    """On the native Spark runner: with input=splits each split is read in its own batch
+    rows; when Spark reads the input, its Arrow batches hold the smallest size chosen."""
+    data = tmp_path / "data"
+    table = write_wide_data(data, files=2, rows=300, text_bytes=20_000)
+    for mode in ("spark", "splits"):
+        out = tmp_path / mode
+        options = (
+            "--key_columns=id",
+            "--batch_bytes=1M",
+            "--runner=PySparkRunner",
+            "--spark_master=local[2]",
+            f"--spark_conf=batchscore.input={mode}",
+        )
+        assert score(data, out, *options, model=plain_model) == 0
+        (run,) = list_committed_runs(out)
+        manifest = json.loads((run.run_dir / MANIFEST).read_text())
+        rows = manifest["batching"]["batch_rows"]["max"]
+        assert rows == manifest["batch_size"] == (1 << 20) // (table.nbytes / table.num_rows)
+        if mode == "splits":
+            assert manifest["metrics"]["batches"] == 2 * math.ceil(300 / rows)
+        else:  # Spark's partitions cut batches too: at least as many
+            assert manifest["metrics"]["batches"] >= 2 * math.ceil(300 / rows)
+        predictions = pq.read_table(run.run_dir / "predictions").sort_by("id")
+        assert predictions.column("id").to_pylist() == list(range(600))
