@@ -70,6 +70,7 @@ from batch.engine.overlap import BackgroundWriter
 from batch.engine.scorer import BatchScorer, MemoryBackoff
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
+    BatchPlan,
     BatchSizing,
     largest_row_group_bytes,
     plan_batches,
@@ -621,6 +622,41 @@ class ScoringRun:
                 )
 
 
+def plan_batching(
+    run: ScoringRun, splits: Sequence[Split], columns: Sequence[str]
+) -> tuple[BatchPlan, WorkerMemory]:
+    """Each split's batch rows (batch.engine.sizing) within the worker memory budget
+    (batch.engine.memory): the batch target is lowered until the deepest overlap fits
+    beside the worker's start-up and the Parquet reader's row groups. The plan's section
+    (``batching`` in the manifest) gets the memory plan as ``memory``."""
+    budget, source = (
+        (run.worker_memory, "--worker_memory") if run.worker_memory else default_budget()
+    )
+    fixed = max(rss_bytes() or 0, WORKER_FIXED_ESTIMATE)
+    reader = ROW_GROUP_COPIES * largest_row_group_bytes(run.files, columns)
+    threads = DEFAULT_SCORING_THREADS
+    target = target_batch_bytes(budget, fixed + reader, run.batch_bytes, threads)
+    sizing = BatchSizing(target, forced_rows=run.batch_size)
+    batching = plan_batches(run.files, splits, columns, sizing)
+    depths, peak = plan_depths(budget, fixed + reader, batching.largest_bytes, threads)
+    batching.section["memory"] = memory_section(
+        budget, source, fixed, reader, depths, peak, batching.largest_bytes
+    )
+    if peak > budget:
+        log.warning(
+            "batches of up to %d bytes with %d bytes of worker start-up and %d held by the "
+            "Parquet reader (row groups) exceed the worker memory budget of %d bytes (%s) "
+            "even one at a time; intake will wait near the budget, and calls that run out of "
+            "memory are retried on halves",
+            batching.largest_bytes,
+            fixed,
+            reader,
+            budget,
+            source,
+        )
+    return batching, WorkerMemory(run.worker_memory, batching.largest_bytes, reader)
+
+
 def run_scoring(
     run: ScoringRun,
     runner: Runner,
@@ -655,31 +691,8 @@ def run_scoring(
         if files
         else ()
     )
-    budget, budget_source = (
-        (run.worker_memory, "--worker_memory") if run.worker_memory else default_budget()
-    )
-    fixed = max(rss_bytes() or 0, WORKER_FIXED_ESTIMATE)
-    reader = ROW_GROUP_COPIES * largest_row_group_bytes(files, columns)
-    threads = DEFAULT_SCORING_THREADS
-    target = target_batch_bytes(budget, fixed + reader, run.batch_bytes, threads)
-    batching = plan_batches(files, splits, columns, BatchSizing(target, forced_rows=run.batch_size))
+    batching, worker_memory = plan_batching(run, splits, columns)
     splits = batching.splits
-    depths, peak = plan_depths(budget, fixed + reader, batching.largest_bytes, threads)
-    batching.section["memory"] = memory_section(
-        budget, budget_source, fixed, reader, depths, peak, batching.largest_bytes
-    )
-    if peak > budget:
-        log.warning(
-            "batches of up to %d bytes with %d bytes of worker start-up and %d held by the "
-            "Parquet reader (row groups) exceed the worker memory budget of %d bytes (%s) "
-            "even one at a time; intake will wait near the budget, and calls that run out of "
-            "memory are retried on halves",
-            batching.largest_bytes,
-            fixed,
-            reader,
-            budget,
-            budget_source,
-        )
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(
         model=model,
@@ -695,7 +708,7 @@ def run_scoring(
         skip_bad_files=run.skip_bad_files,
         signature=run.signature,
         passthrough_columns=tuple(run.passthrough_columns),
-        memory=WorkerMemory(run.worker_memory, batching.largest_bytes, reader),
+        memory=worker_memory,
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
