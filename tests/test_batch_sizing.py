@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.engine.inputs import DEFAULT_BATCH_SIZE, plan_splits, read_input_file
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, InputFile, plan_splits, read_input_file
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
     MIN_BATCH_ROWS,
+    BatchPlan,
     BatchSizing,
     bytes_per_row,
     parse_bytes,
@@ -29,7 +30,9 @@ from tests.plain_model import plain_model_expected, write_plain_data
 COLUMNS = ("id", "x", "n", "s")
 
 
-def _plan(folder: Path, sizing: BatchSizing, columns: tuple[str, ...] = COLUMNS):
+def _plan(
+    folder: Path, sizing: BatchSizing, columns: tuple[str, ...] = COLUMNS
+) -> tuple[list[InputFile], BatchPlan]:
     files = [read_input_file(p) for p in sorted(folder.glob("*.parquet"))]
     return files, plan_batches(files, plan_splits(files), columns, sizing)
 
