@@ -85,7 +85,7 @@ from batch.model.signature import (
     schema_problems,
 )
 from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
-from batch.observe.checks import WARN, RunOutcome, run_checks, run_summary, worst
+from batch.observe.checks import FAIL, WARN, RunOutcome, run_checks, run_summary, worst
 from batch.observe.drift import (
     Baseline,
     DriftCounts,
@@ -831,7 +831,7 @@ def run_scoring(
             metrics=metrics, drift=drift_section, checks=checks, summary=summary_for(layout.run_dir)
         )
         try:
-            if drift_section["status"] == "fail":
+            if drift_section["status"] == FAIL:
                 raise DriftExceeded(_drift_failure(run_id, drift_section, layout.staging_dir))
             committed = commit_run(layout, manifest, rows_in, max_error_rate)
         except (ErrorBudgetExceeded, DriftExceeded) as exc:
@@ -847,7 +847,7 @@ def run_scoring(
 
 def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:
     entries = [*drift["features"], *([drift["prediction"]] if drift["prediction"] else [])]
-    failed = [e for e in entries if e["status"] == "fail"]
+    failed = [e for e in entries if e["status"] == FAIL]
     listed = ", ".join(
         f"{e['name']} (PSI {e['psi']:.3f}"
         + (f", unseen {e['unseen_share']:.1%}" if e.get("unseen_share") else "")
