@@ -322,8 +322,8 @@ def _advance_latest(layout: RunLayout) -> str | None:
                 log.warning("%s: unreadable; rebuilding it from the committed runs", pointer)
                 current = ""
                 newest = _newest_committed(layout.version_dir)
-                if newest is not None and newest.run_id > layout.run_id:
-                    write_json_atomic(pointer, _pointer(newest.run_dir))
+                if newest is not None and newest.name > layout.run_dir.name:
+                    write_json_atomic(pointer, _pointer(newest))
                     return None
             if layout.run_id > current:
                 write_json_atomic(pointer, _pointer(layout.run_dir))
@@ -354,11 +354,10 @@ def _pointer_run_id(pointer: Path) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _newest_committed(version_dir: Path) -> CommittedRun | None:
-    runs = [
-        r for r in list_committed_runs(version_dir.parent.parent) if r.run_dir.parent == version_dir
-    ]
-    return max(runs, key=lambda r: r.run_id, default=None)
+def _newest_committed(version_dir: Path) -> Path | None:
+    """The folder of the newest committed run of this model version (run ids sort by time)."""
+    committed = [marker.parent for marker in version_dir.glob(f"{RUN_PREFIX}*/{SUCCESS}")]
+    return max(committed, key=lambda run_dir: run_dir.name, default=None)
 
 
 class RunLock:
