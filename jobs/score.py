@@ -59,6 +59,13 @@ def format_summary(summary: RunSummary) -> str:
         f"  throughput   {summary.predictions_per_second:,.0f} predictions/s",
         f"  output       {summary.run.run_dir}",
     ]
+    oov = (manifest.contract or {}).get("passed_to_oov") or {}
+    if oov:
+        lines.append(
+            f"  passed to OOV {sum(oov.values()):,} unseen categories ("
+            + ", ".join(f"{k}: {v:,}" for k, v in oov.items())
+            + "), counted in the manifest (contract.passed_to_oov)"
+        )
     if skipped:
         lines.append(f"  skipped      {len(skipped)} bad file(s), listed in the manifest")
     ignored = manifest.input.get("ignored", [])

@@ -69,6 +69,48 @@ class TestSchemaGenSchemas:
             load_contract(str(_contract(tmp_path / "c", schema=schema)))
 
 
+class TestUnseenCategories:
+    """Without a rules.toml rule an unseen category reaches the model's OOV handling and
+    is counted; rules.toml can still say reject."""
+
+    SCHEMA = SCHEMAGEN.replace("min_fraction: 0.5", "min_fraction: 1.0")
+
+    def _score(self, plain_model: Path, tmp_path: Path, rules: str) -> tuple[pa.Table, int]:
+        table = write_plain_data(tmp_path / "in", files=2, rows_per_file=300, row_group_rows=100)
+        contract = _contract(tmp_path / "c", rules, schema=self.SCHEMA)
+        rc = score(
+            tmp_path / "in",
+            tmp_path / "out",
+            "--key_columns=id",
+            f"--contract={contract}",
+            "--max_error_rate=1",
+            model=plain_model,
+        )
+        assert rc == 0
+        unseen = sum(value not in ("code-1", "code-2") for value in table["s"].to_pylist())
+        assert 0 < unseen < table.num_rows
+        return table, unseen
+
+    def test_a_schemagen_schema_alone_passes_and_counts_them(
+        self, plain_model: Path, tmp_path: Path
+    ) -> None:
+        table, unseen = self._score(plain_model, tmp_path, rules="")
+        run = _only_run(tmp_path / "out")
+        predictions = pq.read_table(run.run_dir / "predictions").sort_by("id")
+        assert predictions["id"].to_pylist() == table["id"].to_pylist()
+        np.testing.assert_allclose(
+            predictions["score"].to_numpy(), plain_model_expected(table), atol=1e-6
+        )
+        assert run.manifest().to_json()["contract"]["passed_to_oov"] == {"s": unseen}
+
+    def test_rules_toml_can_still_reject_them(self, plain_model: Path, tmp_path: Path) -> None:
+        _, unseen = self._score(plain_model, tmp_path, rules='[unseen_categories]\ns = "reject"\n')
+        run = _only_run(tmp_path / "out")
+        manifest = run.manifest().to_json()
+        assert manifest["counts"]["rejected_by_reason"] == {"unseen_category": unseen}
+        assert manifest["contract"]["passed_to_oov"] == {}
+
+
 class TestFill:
     RULES = '[unseen_categories]\ns = "oov"\n\n[fill]\nx = 0\n'
 
@@ -92,7 +134,9 @@ class TestFill:
         np.testing.assert_allclose(
             predictions["score"].to_numpy(), plain_model_expected(filled), atol=1e-6
         )
-        assert run.manifest().to_json()["contract"]["fill"] == {"x": 0.0}
+        section = run.manifest().to_json()["contract"]
+        assert section["fill"] == {"x": 0.0}
+        assert section["filled_rows"] == {"x": table["x"].null_count}
 
     def test_an_optional_column_without_fill_that_the_model_needs_is_rejected(
         self, plain_model: Path, tmp_path: Path

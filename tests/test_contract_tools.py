@@ -57,7 +57,7 @@ class TestInfer:
 
     def test_rules_skeleton_is_commented_toml(self, inferred: Path) -> None:
         text = (inferred / "rules.toml").read_text()
-        assert tomllib.loads(text) == {"patterns": {}, "unseen_categories": {"default": "reject"}}
+        assert tomllib.loads(text) == {"patterns": {}, "unseen_categories": {"default": "oov"}}
         assert "# key_columns = ['order_id']" in text
 
     def test_the_data_it_came_from_conforms(
@@ -105,7 +105,9 @@ class TestCheck:
 
 
 def test_null_in_optional_categorical_is_not_an_unseen_category() -> None:
-    rule = ColumnRule("weather", "string", required=False, categories=("rain", "sun"))
+    rule = ColumnRule(
+        "weather", "string", required=False, categories=("rain", "sun"), unseen="reject"
+    )
     batch = pa.record_batch({"weather": pa.array(["rain", None, "hail"])})
     part = RowValidator({}, (rule,)).partition(batch)
     assert part.valid.column("weather").to_pylist() == ["rain", None]

@@ -25,7 +25,7 @@ from tests.signing_keys import KeyPair
 
 AGE = ColumnRule("age", "int", required=True, minimum=18, maximum=100)
 INCOME = ColumnRule("income", "float", required=False, minimum=0, maximum=1e7)
-HOME = ColumnRule("home", "string", required=True, categories=("RENT", "OWN"))
+HOME = ColumnRule("home", "string", required=True, categories=("RENT", "OWN"), unseen="reject")
 PURPOSE = ColumnRule("purpose", "string", required=True, categories=("car",), unseen="oov")
 CODE = ColumnRule("code", "string", required=True, pattern=r"^[\w\-\s]+$")
 RULES = (AGE, INCOME, HOME, PURPOSE, CODE)

@@ -35,6 +35,9 @@ RULES_FILE = "rules.toml"
 
 Kind = Literal["int", "float", "string"]
 UnseenPolicy = Literal["oov", "reject"]
+# Without a rules.toml rule, an unseen category goes to the model's OOV handling and is
+# counted in the manifest (contract.passed_to_oov), as TFX's Transform treats it.
+DEFAULT_UNSEEN: UnseenPolicy = "oov"
 FillValue = int | float | str
 _KINDS: dict[int, Kind] = {
     schema_pb2.INT: "int",
@@ -80,7 +83,7 @@ class ColumnRule:
     minimum: float | None = None
     maximum: float | None = None
     categories: tuple[str, ...] | None = None
-    unseen: UnseenPolicy = "reject"
+    unseen: UnseenPolicy = DEFAULT_UNSEEN
     pattern: str | None = None
     # rules.toml [fill]: a null becomes this value before the model (the column is then
     # optional); None: a null is rejected if the column is required or the model needs it.
@@ -203,7 +206,7 @@ def load_contract(spec: str) -> Contract:
     patterns: dict[str, str] = dict(rules.get("patterns", {}))
     unseen: dict[str, str] = dict(rules.get("unseen_categories", {}))
     fills: dict[str, object] = dict(rules.get("fill", {}))
-    default_unseen = unseen.pop("default", "reject")
+    default_unseen = unseen.pop("default", DEFAULT_UNSEEN)
     declared = {f.name for f in schema.feature}
     domains = _named_domains(schema)
     for section, names in (

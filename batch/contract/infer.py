@@ -133,11 +133,13 @@ class InferredContract:
             "[patterns]",
             *(f"# {name} = '^[\\w\\-\\s]+$'" for name in free),
             "",
-            "# A value outside a string_domain: 'oov' passes it to the model's OOV bucket,",
-            "# 'reject' dead-letters the row (training always drops it).",
+            "# A value outside a string_domain: 'oov' (the default) passes it to the model's",
+            "# OOV bucket and counts it in the manifest, 'reject' dead-letters the row",
+            "# (training always drops it). The domains above come from a sample: a rare",
+            "# category it missed is unseen too.",
             "[unseen_categories]",
-            'default = "reject"',
-            *(f'# {name} = "oov"' for name in categorical),
+            'default = "oov"',
+            *(f'# {name} = "reject"' for name in categorical),
             "",
         ]
         return "\n".join(lines)

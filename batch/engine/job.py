@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -183,6 +183,8 @@ class _ScoredBatch:
     seconds: float
     reasons: Counter[str]
     drift: DriftCounts | None
+    filled: Mapping[str, int]
+    passed_to_oov: Mapping[str, int]
 
 
 class Scorer(Protocol):
@@ -330,7 +332,16 @@ def score_batches(
                     counts = count_prediction(baseline, scored_batch)
                     if counts is not None:
                         drift.add(DriftCounts(prediction=counts))
-            return _ScoredBatch(batch.num_rows, predictions, rejected, seconds, reasons, drift)
+            return _ScoredBatch(
+                batch.num_rows,
+                predictions,
+                rejected,
+                seconds,
+                reasons,
+                drift,
+                part.filled,
+                part.passed_to_oov,
+            )
 
         next_progress = started + job.progress_interval_s
         try:
@@ -340,6 +351,8 @@ def score_batches(
                 if on_batch is not None:
                     on_batch(done.rows, done.seconds)
                 stats.rejected_by_reason.update(done.reasons)
+                stats.filled.update(done.filled)
+                stats.passed_to_oov.update(done.passed_to_oov)
                 if done.drift is not None:
                     stats.drift = stats.drift or DriftCounts()
                     stats.drift.add(done.drift)
@@ -789,6 +802,9 @@ def run_scoring(
             intake_waits=stats.intake_waits,
             intake_wait_seconds=round(stats.intake_wait_seconds, 3),
         )
+        if manifest["contract"] is not None:
+            manifest["contract"]["filled_rows"] = dict(sorted(stats.filled.items()))
+            manifest["contract"]["passed_to_oov"] = dict(sorted(stats.passed_to_oov.items()))
         batching.section["out_of_memory"] = {
             "retries": stats.out_of_memory_retries,
             "batch_rows_by_part": dict(sorted(stats.batch_rows_after_out_of_memory.items())),

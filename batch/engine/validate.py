@@ -13,7 +13,9 @@ reason:
     null_value        a required column (or a model input) is null
     not_finite        a float is NaN or infinite
     out_of_range      a number is outside the contract's int/float domain
-    unseen_category   a string outside the contract's string_domain (policy "reject")
+    unseen_category   a string outside the contract's string_domain (policy "reject"; with
+                      policy "oov", the default without a rules.toml rule, the row goes on
+                      to the model's OOV handling and is counted: Partitioned.passed_to_oov)
     bad_characters    a string does not match the contract's allowed-characters pattern
     model_error       the model itself raised on the row (found by bisecting a batch)
     non_finite_prediction  the model predicted NaN or an infinity for the row (unless the
@@ -23,7 +25,7 @@ reason:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -57,6 +59,11 @@ REASONS = (
 class Partitioned:
     valid: pa.RecordBatch
     rejected: pa.RecordBatch  # the rejected rows + REASON_COLUMN + MESSAGE_COLUMN
+    # Column -> nulls among the valid rows replaced by the contract's fill value.
+    filled: Mapping[str, int] = field(default_factory=dict)
+    # Column -> values among the valid rows outside its string_domain, passed on to the
+    # model's OOV handling (unseen policy "oov").
+    passed_to_oov: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,22 +164,31 @@ class RowValidator:
             _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required{hint}"
         )
 
-    def _filled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """``batch`` with the contract's fill values in place of nulls."""
-        fills = {
-            r.name: r.fill
-            for r in self.rules
-            if r.fill is not None and batch.schema.get_field_index(r.name) >= 0
-        }
-        if not fills or not any(batch.column(name).null_count for name in fills):
-            return batch
-        columns = [
-            pc.fill_null(column, pa.scalar(fills[name]).cast(column.type))
-            if name in fills and column.null_count
-            else column
-            for name, column in zip(batch.schema.names, batch.columns, strict=True)
-        ]
-        return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+    def _passed_on(self, batch: pa.RecordBatch) -> Partitioned:
+        """The rows that may reach the model, with the contract's fill values in place of
+        nulls; counts the fills and the unseen categories passed to the model's OOV
+        handling."""
+        filled: dict[str, int] = {}
+        oov: dict[str, int] = {}
+        columns = list(batch.columns)
+        for rule in self.rules:
+            index = batch.schema.get_field_index(rule.name)
+            if index < 0:
+                continue
+            column = columns[index]
+            if rule.categories is not None and rule.unseen == "oov":
+                unseen = len(column) - column.null_count
+                if unseen:
+                    known = pc.is_in(column, value_set=_value_set(rule.categories, column.type))
+                    unseen -= pc.sum(known).as_py() or 0
+                if unseen:
+                    oov[rule.name] = unseen
+            if rule.fill is not None and column.null_count:
+                filled[rule.name] = column.null_count
+                columns[index] = pc.fill_null(column, pa.scalar(rule.fill).cast(column.type))
+        if filled:
+            batch = pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+        return Partitioned(batch, empty_rejects(batch.schema), filled, oov)
 
     def _not_finite(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if not pa.types.is_floating(column.type):
@@ -251,7 +267,7 @@ class RowValidator:
         """Split ``batch`` into rows the model may take and rejected rows with reasons."""
         problems = self.problems(batch)
         if not problems:
-            return Partitioned(self._filled(batch), empty_rejects(batch.schema))
+            return self._passed_on(batch)
         # Per row, the first problem in precedence order (-1: none).
         first = np.full(batch.num_rows, -1, dtype=np.int64)
         for index in range(len(problems) - 1, -1, -1):
@@ -277,13 +293,16 @@ class RowValidator:
         rejected = batch.take(pa.array(bad_rows))
         if any(p.reason == INVALID_UTF8 for p in problems):
             rejected = escape_invalid_utf8(rejected)
+        passed = self._passed_on(batch.filter(keep))
         return Partitioned(
-            self._filled(batch.filter(keep)),
+            passed.valid,
             with_reasons(
                 rejected,
                 pa.array(reasons, pa.string()),
                 pa.array(messages, pa.string()),
             ),
+            passed.filled,
+            passed.passed_to_oov,
         )
 
 

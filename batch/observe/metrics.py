@@ -101,6 +101,10 @@ class PartStats:
     intake_waits: int = 0
     intake_wait_seconds: float = 0.0
     peak_rss_bytes: int = 0
+    # Column -> nulls replaced by the contract's fill value / unseen categories passed to
+    # the model's OOV handling, among the rows scored.
+    filled: Counter[str] = field(default_factory=Counter)
+    passed_to_oov: Counter[str] = field(default_factory=Counter)
 
     def observe_batch(self, seconds: float) -> None:
         self.batches += 1
@@ -122,6 +126,8 @@ class PartStats:
         self.intake_waits += other.intake_waits
         self.intake_wait_seconds += other.intake_wait_seconds
         self.peak_rss_bytes = max(self.peak_rss_bytes, other.peak_rss_bytes)
+        self.filled.update(other.filled)
+        self.passed_to_oov.update(other.passed_to_oov)
         if other.drift is not None:
             if self.drift is None:
                 self.drift = DriftCounts()
@@ -144,6 +150,8 @@ class PartStats:
             "intake_waits": self.intake_waits,
             "intake_wait_seconds": self.intake_wait_seconds,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "filled": dict(sorted(self.filled.items())),
+            "passed_to_oov": dict(sorted(self.passed_to_oov.items())),
         }
 
     @classmethod
@@ -153,9 +161,7 @@ class PartStats:
             rows_read=int(payload["rows_read"]),
             rows_scored=int(payload["rows_scored"]),
             rows_rejected=int(payload["rows_rejected"]),
-            rejected_by_reason=Counter(
-                {str(k): int(v) for k, v in payload["rejected_by_reason"].items()}
-            ),
+            rejected_by_reason=_counter(payload["rejected_by_reason"]),
             batches=int(payload["batches"]),
             latency_counts=np.asarray(payload["latency_counts"], dtype=np.int64),
             latency_sum=float(payload["latency_sum"]),
@@ -169,7 +175,13 @@ class PartStats:
             intake_waits=int(payload.get("intake_waits", 0)),
             intake_wait_seconds=float(payload.get("intake_wait_seconds", 0.0)),
             peak_rss_bytes=int(payload.get("peak_rss_bytes", 0)),
+            filled=_counter(payload.get("filled", {})),
+            passed_to_oov=_counter(payload.get("passed_to_oov", {})),
         )
+
+
+def _counter(payload: Mapping[str, Any]) -> Counter[str]:
+    return Counter({str(k): int(v) for k, v in payload.items()})
 
 
 def stats_path(staging_dir: Path, part_index: int) -> Path:
