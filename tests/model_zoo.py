@@ -9,6 +9,8 @@
 * :func:`build_predict_only_model`: a ``tf.Module`` whose one signature is ``predict``.
 * :func:`build_sparse_signature_model`: a ``SparseTensorSpec`` input in a raw signature
   (a sparse raw input).
+* :func:`build_ragged_signature_model`: a ``RaggedTensorSpec`` input beside a dense one
+  (``ragged_rank=2`` makes one batchscore refuses).
 
 Each returns the SavedModel directory, signed with the default signing key (the test
 session's key under pytest). :func:`signature_call` calls a signature directly, the
@@ -308,5 +310,33 @@ def build_sparse_signature_model(path: Path) -> Path:
             return {"total": tf.sparse.reduce_sum(tags_ids, axis=1)}
 
     module = Sparse()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return _sign(path)
+
+
+def build_ragged_signature_model(path: Path, ragged_rank: int = 1) -> Path:
+    """A raw signature with a ``RaggedTensorSpec`` input ``words`` (float32, [None, None]
+    or, with ``ragged_rank=2``, [None, None, None]), which TensorFlow saves as its flat
+    values and row splits, beside a dense float32 input ``bias``; output ``total``, the
+    sum of each row's values plus the bias. The module's ``serve`` takes a
+    tf.RaggedTensor (the direct call)."""
+    import tensorflow as tf
+
+    shape = [None] * (ragged_rank + 1)
+
+    class Ragged(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.RaggedTensorSpec(shape, tf.float32, ragged_rank=ragged_rank),
+                tf.TensorSpec([None], tf.float32, name="bias"),
+            ]
+        )
+        def serve(self, words: tf.RaggedTensor, bias: tf.Tensor) -> dict[str, tf.Tensor]:
+            total = words
+            while isinstance(total, tf.RaggedTensor):
+                total = tf.reduce_sum(total, axis=-1)
+            return {"total": total + bias}
+
+    module = Ragged()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return _sign(path)

@@ -21,6 +21,7 @@ from tests.conftest import score
 from tests.model_zoo import (
     build_keras3_model,
     build_predict_only_model,
+    build_ragged_signature_model,
     build_sparse_signature_model,
     build_tf_keras_model,
     signature_call,
@@ -57,6 +58,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tf_keras": build_tf_keras_model(root / "tf_keras"),
         "predict": build_predict_only_model(root / "predict"),
         "sparse": build_sparse_signature_model(root / "sparse"),
+        "ragged": build_ragged_signature_model(root / "ragged"),
     }
 
 
@@ -268,6 +270,47 @@ def test_a_sparse_tensor_input_takes_a_list_or_nullable_column(
     sparse = tf.ragged.constant(rows, dtype=tf.int64).to_sparse()
     expected = tf.saved_model.load(str(models["sparse"])).serve(sparse)["total"].numpy()
     assert predictions["total"].to_numpy().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([[1.5, 2.0], None, [], [7.0], [3.0, None, 5.0]] * (ROWS // 5)),
+        pa.array([4, None, 6, None, 9] * (ROWS // 5), pa.int64()),
+    ],
+    ids=["list column", "nullable plain column"],
+)
+def test_a_ragged_tensor_input_takes_a_list_or_nullable_column(
+    models: dict[str, Path], values: pa.Array, tmp_path: Path
+) -> None:
+    bias = np.linspace(-1, 1, ROWS).astype(np.float32)
+    table = pa.table({"id": pa.array(np.arange(ROWS), pa.int64()), "words": values, "bias": bias})
+    data = _write(tmp_path / "in", table)
+    assert score(data, tmp_path / "out", "--key_columns=id", model=models["ragged"]) == 0
+    predictions = _scored(_only_run(tmp_path / "out"))
+    tf = import_tensorflow()
+
+    def present(row: object) -> list[object]:
+        values = [] if row is None else (row if isinstance(row, list) else [row])
+        return [v for v in values if v is not None]  # a null inside a list is no value
+
+    rows = [present(v) for v in values.to_pylist()]
+    ragged = tf.ragged.constant(rows, dtype=tf.float32, ragged_rank=1)
+    direct = tf.saved_model.load(str(models["ragged"])).serve(ragged, tf.constant(bias))
+    np.testing.assert_allclose(predictions["total"].to_numpy(), direct["total"].numpy(), atol=1e-6)
+
+
+def test_a_ragged_input_of_rank_two_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = build_ragged_signature_model(tmp_path / "deep", ragged_rank=2)
+    table = pa.table({"id": pa.array(np.arange(ROWS), pa.int64()), "bias": np.zeros(ROWS)})
+    data = _write(tmp_path / "in", table)
+    assert score(data, tmp_path / "out", "--key_columns=id", model=model) == 2
+    err = capsys.readouterr().err
+    assert "input 'words' is a RaggedTensor of ragged rank 2" in err
+    assert "Export that, or one string input of serialized tf.Examples" in err
+    assert not (tmp_path / "out").exists() or not list_committed_runs(tmp_path / "out")
 
 
 class TestShapeProblemsBeforeCompute:

@@ -172,6 +172,7 @@ class BatchScorer:
         self._example_input = signature.example_input
         self._shapes = {name: info.shape for name, info in signature.inputs.items()}
         self._sparse = sparse_inputs(signature.inputs)
+        self._ragged = dict(signature.ragged)
         self._input_types = {
             name: ARROW_TYPE_FOR_DTYPE[need.dtype] for name, need in self._columns.items()
         }
@@ -317,10 +318,15 @@ class BatchScorer:
         feeds: dict[str, Feed] = {}
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
-            if name in self._sparse:
+            if name in self._sparse or name in self._ragged:
                 indices, values, dense_shape = sparse_parts(column, name, arrow_type)
-                indices_input, values_input, shape_input = self._sparse[name]
-                feeds[indices_input], feeds[shape_input] = indices, dense_shape
+                if name in self._sparse:
+                    indices_input, values_input, shape_input = self._sparse[name]
+                    feeds[indices_input], feeds[shape_input] = indices, dense_shape
+                else:  # a RaggedTensor: its flat values and row splits
+                    values_input = name
+                    per_row = np.bincount(indices[:, 0], minlength=len(column))
+                    feeds[self._ragged[name]] = np.concatenate(([0], np.cumsum(per_row)))
                 feeds[values_input] = (
                     string_feed(values)
                     if arrow_type == pa.string()

@@ -21,6 +21,7 @@ import numpy as np
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256
 from batch.model.examples import parsed_features
+from batch.model.remote import local_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
     DEFAULT_CHOICE,
@@ -28,6 +29,7 @@ from batch.model.signature import (
     SignatureChoice,
     SignatureInfo,
     TensorInfo,
+    ragged_inputs,
 )
 from batch.model.signing import TrustPolicy, VerificationResult, verify_model
 from batch.model.snapshot import private_copy
@@ -243,13 +245,41 @@ def _signature_info(
             f"({', '.join(inputs) or 'none'}) are not one string tensor that the graph parses "
             "with ParseExample; use --input_format=auto"
         )
-    signature = SignatureInfo(inputs, outputs, examples)
     try:
+        ragged = ragged_inputs(inputs, _ragged_ranks(meta_graph)) if examples is None else {}
+        signature = SignatureInfo(inputs, outputs, examples, ragged)
         signature.input_columns()
         signature.output_fields()
     except ValueError as exc:
         raise ModelError(f"{where}: {exc}") from exc
     return signature
+
+
+def _ragged_ranks(meta_graph: Any) -> list[int]:
+    """The ragged rank of every RaggedTensorSpec argument of the SavedModel's functions
+    (its object graph records them; a signature only holds their component tensors)."""
+    ranks: list[int] = []
+
+    def walk(value: Any) -> None:
+        kind = value.WhichOneof("kind")
+        if kind == "type_spec_value":
+            spec = value.type_spec_value
+            if spec.type_spec_class_name == "RaggedTensorSpec":
+                state = spec.type_state.tuple_value.values
+                ranks.append(int(state[2].int64_value) if len(state) > 2 else 1)
+        elif kind in ("list_value", "tuple_value"):
+            for item in getattr(value, kind).values:
+                walk(item)
+        elif kind == "dict_value":
+            for item in value.dict_value.fields.values():
+                walk(item)
+        elif kind == "named_tuple_value":
+            for pair in value.named_tuple_value.values:
+                walk(pair.value)
+
+    for function in meta_graph.object_graph_def.concrete_functions.values():
+        walk(function.canonicalized_input_signature)
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -291,6 +321,7 @@ def load_model(
     policy; a model that fails raises a
     :class:`batch.model.signing.ModelVerificationError`.
     """
+    model = local_model(model)  # a worker without the driver's model cache downloads it
     with _LOCK:
         # The same bytes with the same signature under the same policy verify the same:
         # a hit returns a copy verified earlier (whatever the folder holds by now).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -138,6 +138,9 @@ class SignatureInfo:
     outputs: Mapping[str, TensorInfo]
     # Set when the one (string) input is serialized tf.Examples: what the graph parses.
     examples: Mapping[str, ExampleFeature] | None = None
+    # RaggedTensor inputs (a RaggedTensorSpec [None, None] argument): NAME, its flat
+    # values, -> NAME_1, its row splits (see ragged_inputs).
+    ragged: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def example_input(self) -> str | None:
@@ -159,12 +162,14 @@ class SignatureInfo:
                 for name, feature in self.examples.items()
             }
         sparse = sparse_inputs(self.inputs)
-        components = {c for parts in sparse.values() for c in parts}
+        components = {c for parts in sparse.values() for c in parts} | set(self.ragged.values())
         columns = {}
         for name, info in self.inputs.items():
             if name in sparse:
                 values = self.inputs[sparse[name][1]]
                 columns[name] = InputColumn(values.dtype, width=None, required=False)
+            elif name in self.ragged:
+                columns[name] = InputColumn(info.dtype, width=None, required=False)
             elif name not in components:
                 columns[name] = InputColumn(info.dtype, input_width(name, info))
         return columns
@@ -184,6 +189,8 @@ class SignatureInfo:
         }
         if self.examples is not None:
             payload["tf_example_features"] = {k: v.to_json() for k, v in self.examples.items()}
+        if self.ragged:
+            payload["ragged_inputs"] = dict(sorted(self.ragged.items()))
         return payload
 
     @classmethod
@@ -203,6 +210,7 @@ class SignatureInfo:
                 if features is None
                 else {k: ExampleFeature.from_json(v) for k, v in features.items()}
             ),
+            ragged={str(k): str(v) for k, v in payload.get("ragged_inputs", {}).items()},
         )
 
     def output_fields(self) -> list[pa.Field]:
@@ -252,6 +260,34 @@ def sparse_inputs(inputs: Mapping[str, TensorInfo]) -> dict[str, tuple[str, str,
             and shape.shape == (2,)
         ):
             found[name] = (name, f"{name}_1", f"{name}_2")
+    return found
+
+
+def ragged_inputs(inputs: Mapping[str, TensorInfo], ragged_ranks: Sequence[int]) -> dict[str, str]:
+    """The RaggedTensor inputs of a signature whose functions take ``ragged_ranks`` (one
+    per RaggedTensorSpec argument the SavedModel's object graph records). TensorFlow
+    saves a RaggedTensorSpec [None, None] argument NAME as two tensors: NAME (the flat
+    values, [None]) and NAME_1 (the row splits, int64 [None]). NAME -> NAME_1. A ragged
+    rank above 1 raises ValueError naming the input and what to export instead."""
+    if not ragged_ranks:
+        return {}
+
+    def splits(name: str) -> bool:
+        info = inputs.get(name)
+        return info is not None and info.dtype == "int64" and info.shape == (None,)
+
+    found: dict[str, str] = {}
+    for name, info in inputs.items():
+        if len(info.shape) != 1 or not splits(f"{name}_1") or name in found.values():
+            continue
+        if splits(f"{name}_2") and max(ragged_ranks) > 1:
+            raise ValueError(
+                f"input '{name}' is a RaggedTensor of ragged rank {max(ragged_ranks)} "
+                f"(tensors {name}, {name}_1, {name}_2, ...); batchscore feeds a ragged input "
+                "of shape [None, None] (ragged rank 1) from a list or nullable column. Export "
+                "that, or one string input of serialized tf.Examples parsed with RaggedFeature"
+            )
+        found[name] = f"{name}_1"
     return found
 
 
