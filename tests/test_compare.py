@@ -24,6 +24,7 @@ from jobs.compare import EXIT_FAILED
 from jobs.compare import main as compare_main
 from jobs.models import main as models_main
 from tests.conftest import PlainModels
+from tests.model_zoo import build_ragged_signature_model
 from tests.plain_model import plain_model_expected, write_plain_data
 
 WEIGHTS = {"1": 0.75, "2": 0.75, "3": 2.0, "4": -0.75}
@@ -205,6 +206,27 @@ def test_labels_add_auc_and_log_loss_and_an_auc_check(
     report = _report(out)
     (failed,) = [c for c in report["checks"] if not c["passed"]]
     assert failed["name"] == "auc_drop" and failed["value"] > 0.1
+
+
+def test_nulls_in_inputs_both_models_may_leave_absent_are_compared_not_rejected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    for build in ("a", "b"):
+        exported = build_ragged_signature_model(tmp_path / build)
+        repo.register("ragged", exported, {"key_columns": ["id"]}, signing_key=ensure_signing_key())
+    rows = 2000
+    words = pa.array([[1.0, 2.0], None, [], [None, 4.0]] * (rows // 4), pa.list_(pa.float64()))
+    table = pa.table({"id": np.arange(rows), "words": words, "bias": np.zeros(rows)})
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "part-0.parquet")
+    rc, out, err = _compare(
+        capsys, repo, tmp_path / "data", "--baseline=ragged@1", "--candidate=ragged@2", "--sample=1"
+    )
+    assert rc == 0, err
+    counts = _report(out)["counts"]
+    assert counts["rows_sampled"] == counts["rows_compared"] == rows
+    assert counts["rows_rejected"] == 0
 
 
 def test_bad_arguments_are_one_line_errors(

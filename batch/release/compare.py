@@ -161,9 +161,13 @@ def compare_models(request: ComparisonRequest) -> Comparison:
     row_keys = (*req.key_columns, _ROW)
     baseline = BatchScorer(load_model(req.baseline, req.trust), row_keys, "compare")
     candidate = BatchScorer(load_model(req.candidate, req.trust), row_keys, "compare")
+    # A null is an absent value where both models can take one (a sparse or ragged input,
+    # an optional tf.Example feature); where either needs the column, the row is rejected.
+    needed = {n for s in signatures for n, c in s.input_columns().items() if c.required}
     validator = RowValidator(
         _merged_input_types(baseline, candidate),
         tuple(req.contract.columns.values()) if req.contract else (),
+        frozenset().union(*(s.optional_columns() for s in signatures)) - needed,
     )
     tally = _Tally(req.key_columns, score_output, req.top_n, label is not None)
     for split in plan_splits(req.files, DEFAULT_SPLIT_ROWS):
