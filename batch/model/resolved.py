@@ -34,6 +34,8 @@ class ResolvedModel:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
     # The alias it was resolved through (NAME@production), if any.
     alias: str | None = field(default=None, compare=False)
+    # Where it was downloaded from (a gs:// or s3:// URI; batch.model.remote), if anywhere.
+    source: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
