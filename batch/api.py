@@ -21,6 +21,7 @@ written as JSON for a scheduler (:func:`write_summary_file`).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.core import storage
 from batch.core.errors import UsageError
 from batch.core.fsutil import write_json_atomic, write_text_atomic
 from batch.demo.paths import demo_model_repo
@@ -63,6 +65,7 @@ from batch.model.signing import TrustPolicy, verify_once
 from batch.observe.checks import FAIL, OK, RunOutcome, job_summary, run_summary
 from batch.observe.drift import DriftThresholds
 from batch.observe.progress import LOG_EVERY_S, ProgressMode
+from batch.ops.backfill import DayResult, ScoreDay
 from batch.ops.incremental import find_up_to_date_run
 from batch.output.commit import CommittedRun, new_run_id, verify_run
 from batch.release.canary import Canary, check_canary_signature
@@ -209,7 +212,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
         ("--model_repo", str(request.model_repo)),
     ):
         check_local_path(option, value)
-    output = Path(request.output)
+    output = request.output if storage.is_uri(str(request.output)) else Path(request.output)
     # Before the input is listed: an output inside it would be read as input.
     check_input_output_disjoint(request.input, output)
     inputs = resolve_inputs(request.input, request.on_bad_file)
@@ -299,6 +302,26 @@ def score(request: ScoreRequest) -> ScoreOutcome:
         summary=summary,
         summary_json=dict(summary.summary),
     )
+
+
+def backfill_day_scorer(template: ScoreRequest) -> ScoreDay:
+    """How a backfill (:func:`batch.ops.backfill.backfill`) scores each day: :func:`score`
+    with ``template``'s options on the day's input and output, with the backfill's pinned
+    model and the runner of its combined job."""
+
+    def score_day(input_dir: Path, output: Path, model: ResolvedModel, runner: Runner) -> DayResult:
+        outcome = score(
+            dataclasses.replace(
+                template, input=str(input_dir), output=output, model=model, runner=lambda: runner
+            )
+        )
+        if outcome.run is None:
+            raise UsageError(
+                f"{input_dir}: a backfill commits runs; it cannot do a {outcome.status}"
+            )
+        return DayResult(outcome.run, outcome.status == "up_to_date")
+
+    return score_day
 
 
 class OutcomeExporter:
@@ -497,7 +520,7 @@ def compare(request: CompareRequest) -> CompareOutcome:
 
 @dataclass(frozen=True)
 class VerifyOutcome:
-    run_dir: Path
+    run_dir: Path | str
     problems: list[str]
 
     @property
@@ -514,8 +537,9 @@ class VerifyOutcome:
 
 
 def verify(run_dir: str | Path) -> VerifyOutcome:
-    """Check a committed run against its manifest (files, sizes, hashes, counts)."""
-    path = Path(run_dir)
+    """Check a committed run (a folder, or a gs:// / s3:// URI) against its manifest
+    (files, sizes, hashes, counts)."""
+    path = run_dir if storage.is_uri(str(run_dir)) else Path(run_dir)
     return VerifyOutcome(path, verify_run(path))
 
 

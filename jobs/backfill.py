@@ -1,13 +1,13 @@
-"""Score every date partition of a hive-partitioned input, resumably.
+"""Score every date partition of a hive-partitioned input as one job, resumably.
 
     python -m jobs.backfill --input=ROOT --start=2026-01-01 --end=2026-01-31 \\
         --model=loan_default@3 --output=OUT [--parallelism=2] [--force] [jobs.score options]
 
 Partition ``ROOT/dt=YYYY-MM-DD/`` is scored into its own output root
 ``OUT/dt=YYYY-MM-DD/``, which holds the usual versioned runs
-(``<model>/<version>/run=<run id>/``). Each partition is one ``python -m
-jobs.score`` process, so a crash in one cannot take another down, and at most
-``--parallelism`` of them run at once.
+(``<model>/<version>/run=<run id>/``). All days are one engine job (one pipeline, one
+model load per worker: batch.ops.backfill), and each day is committed as its own run:
+a day whose input is bad or whose rows fail its checks fails alone.
 
 A partition that already has a committed run of the same model version on the
 same input (the check :func:`batch.ops.incremental.find_up_to_date_run` makes for
@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.api import write_summary_file
+from batch.api import backfill_day_scorer, write_summary_file
 from batch.core.errors import UsageError
+from batch.model.loading import quiet_tensorflow
 from batch.observe.checks import FAIL, job_summary
 from batch.ops.backfill import (
     BackfillFailed,
@@ -40,9 +41,11 @@ from jobs.cli import (
     exit_process,
     positive_int,
     run_main,
+    score_request,
     setup_logging,
     text_table,
 )
+from runners import make_runner
 
 PROG = "python -m jobs.backfill"
 
@@ -53,15 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description=(
             "Score each date partition ROOT/dt=YYYY-MM-DD/ from --start to --end (inclusive) "
-            "into OUTPUT/dt=YYYY-MM-DD/<model>/<version>/run=<run id>/, one jobs.score process "
-            "per partition. Partitions already committed for the same model version and "
-            "unchanged input are skipped (rerun the same command to resume a backfill); a "
-            "summary table ends the run, and the exit code is non-zero if any partition failed "
-            "or had no input."
+            "into OUTPUT/dt=YYYY-MM-DD/<model>/<version>/run=<run id>/. All partitions are one "
+            "engine job (one pipeline, the model loaded once per worker), each committed as its "
+            "own run: a partition whose input is bad, whose rejected rows exceed "
+            "--max_error_rate or whose drift fails (--on_drift=fail) fails alone. Partitions "
+            "already committed for the same model version and unchanged input are skipped "
+            "(rerun the same command to resume a backfill); a summary table ends the run, and "
+            "the exit code is non-zero if any partition failed or had no input."
         ),
         epilog=(
-            "Every other option is passed to each `python -m jobs.score` process, e.g. "
-            "--model_repo, --max_error_rate, --public_key, --runner and Beam or Spark options."
+            "Every other option is a `python -m jobs.score` option that applies to each "
+            "partition, e.g. --model_repo, --max_error_rate, --on_drift, --public_key, --runner "
+            "and Beam or Spark options."
         ),
     )
     parser.add_argument("--input", required=True, help="Root of the hive-partitioned input.")
@@ -78,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallelism",
         type=positive_int,
         default=1,
-        help="Partitions scored at once (default: %(default)s). Each is a separate process "
-        "with its own model copy; mind memory and cores.",
+        help="Worker processes of the job, each with one model copy (default: %(default)s: "
+        "the DirectRunner scores in this process). With the DirectRunner N workers are "
+        "--direct_num_workers=N --direct_running_mode=multi_processing; with "
+        "--runner=PySparkRunner and no --spark_master, local[N]. Other runners size "
+        "their workers with their own options (e.g. Dataflow's --max_num_workers).",
     )
     parser.add_argument(
         "--force", action="store_true", help="Score every partition again, even up-to-date ones."
@@ -104,6 +113,37 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, found '{text}'") from None
+
+
+def engine_workers(
+    parallelism: int, runner: str, pipeline_args: Sequence[str], spark_master: str | None
+) -> tuple[list[str], str | None]:
+    """``--parallelism`` as the engine's own options: (Beam pipeline options, Spark master)."""
+    args = list(pipeline_args)
+    if parallelism == 1:
+        return args, spark_master
+    if runner == "DirectRunner":
+        given = [a for a in args if a.startswith(("--direct_num_workers", "--direct_running_mode"))]
+        if given:
+            raise UsageError(
+                f"--parallelism={parallelism} sets {' '.join(given)} itself; give one or the other"
+            )
+        return [
+            *args,
+            f"--direct_num_workers={parallelism}",
+            "--direct_running_mode=multi_processing",
+        ], spark_master
+    if runner == "PySparkRunner":
+        if spark_master is not None:
+            raise UsageError(
+                f"--parallelism={parallelism} with --spark_master={spark_master}: the master "
+                "says how many workers score; drop --parallelism"
+            )
+        return args, f"local[{parallelism}]"
+    raise UsageError(
+        f"--parallelism={parallelism}: --runner={runner} sizes its workers with its own options "
+        "(e.g. Dataflow's --max_num_workers); drop --parallelism"
+    )
 
 
 def format_table(partitions: Sequence[Partition]) -> str:
@@ -135,12 +175,13 @@ def format_table(partitions: Sequence[Partition]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args, forwarded = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
+    quiet_tensorflow()
     outcome: BackfillOutcome | None = None
 
     def run() -> int:
         nonlocal outcome
-        # The options each jobs.score process gets, checked here once.
-        score_args, _ = build_score_parser().parse_known_args(forwarded)
+        # The jobs.score options every day is scored with.
+        score_args, pipeline_args = build_score_parser().parse_known_args(forwarded)
         for option in ("input", "output", "summary_file"):
             if getattr(score_args, option) is not None:
                 raise UsageError(f"--{option} is set by the backfill for each partition")
@@ -150,24 +191,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--model's version for every day, not the canary's); run a gray release with "
                 "`python -m jobs.score --input=DAY --canary=... --canary_fraction=...` per day"
             )
+        pipeline_args, spark_master = engine_workers(
+            args.parallelism, score_args.runner, pipeline_args, score_args.spark_master
+        )
+        template = score_request(
+            score_args,
+            input="",
+            output="",
+            runner=lambda: make_runner(
+                score_args.runner, pipeline_args, spark_master, score_args.spark_conf or ()
+            ),
+            model=args.model,
+            force=args.force,
+            progress="off",  # days finish together; the backfill reports each one
+        )
         request = BackfillRequest(
             input_root=Path(args.input).expanduser(),
             output_root=Path(args.output).expanduser(),
             start=args.start,
             end=args.end,
             model=args.model,
+            score_day=backfill_day_scorer(template),
+            make_runner=template.runner,
             partition_column=args.partition_column,
-            parallelism=args.parallelism,
-            force=args.force,
             allow_missing=args.allow_missing,
-            score_args=forwarded,
             model_repo=score_args.model_repo,
             public_key=score_args.public_key,
             allow_unsigned=score_args.allow_unsigned,
-            contract=score_args.contract,
-            key_columns=score_args.key_columns,
-            on_bad_file=score_args.on_bad_file,
-            max_error_rate=score_args.max_error_rate,
         )
         try:
             outcome = backfill(request, report=lambda line: print(line, flush=True))

@@ -5,30 +5,33 @@ reporting (one line, exit 2), ``--summary_file``, and the options of ``jobs.scor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
 import sys
 from collections.abc import Callable, Collection, Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
-from batch.api import write_summary_file
+from batch.api import ScoreRequest, write_summary_file
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.engine.inputs import DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
-from batch.engine.job import DEFAULT_MAX_ERROR_RATE
+from batch.engine.job import DEFAULT_MAX_ERROR_RATE, Runner
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
     MAX_AUTO_BATCH_ROWS,
     MIN_BATCH_ROWS,
     parse_bytes,
 )
-from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS
+from batch.model.resolved import ResolvedModel
+from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS, SignatureChoice
 from batch.observe.checks import FAIL, job_summary
-from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE
+from batch.observe.drift import DEFAULT_MAX_PSI, DEFAULT_MAX_UNSEEN_SHARE, DriftThresholds
 from batch.observe.progress import LOG_EVERY_S
 
 EXIT_ERROR = 2
@@ -500,3 +503,45 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
+
+
+def score_request(
+    args: argparse.Namespace,
+    *,
+    input: str,
+    output: str | Path,
+    runner: Callable[[], Runner],
+    model: str | ResolvedModel,
+    **overrides: Any,
+) -> ScoreRequest:
+    """The scoring request that ``args`` (parsed by :func:`build_score_parser`) ask for,
+    with ``input``, ``output``, ``runner`` and ``model`` given (jobs.score, and each day
+    of jobs.backfill); ``overrides`` set other fields (e.g. ``started``, ``on_outcome``)."""
+    request = ScoreRequest(
+        input=input,
+        output=output,
+        runner=runner,
+        model=model,
+        model_repo=args.model_repo,
+        public_key=args.public_key,
+        allow_unsigned=args.allow_unsigned,
+        contract=args.contract,
+        key_columns=args.key_columns,
+        canary=args.canary,
+        canary_fraction=args.canary_fraction,
+        force=args.force,
+        on_bad_file=args.on_bad_file,
+        max_error_rate=args.max_error_rate,
+        keep_non_finite=args.keep_non_finite_predictions,
+        signature=SignatureChoice(args.signature, args.tag, args.input_format),
+        passthrough_columns=args.passthrough_columns,
+        batch_size=args.batch_size,
+        batch_bytes=args.batch_bytes,
+        worker_memory=args.worker_memory,
+        split_rows=args.split_rows,
+        drift=args.drift == "on",
+        drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),
+        progress=args.progress,
+        progress_every_s=args.progress_every,
+    )
+    return dataclasses.replace(request, **overrides)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batch.api import OutcomeExporter, ScoreRequest
+from batch.api import OutcomeExporter
 from batch.api import score as api_score
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
@@ -23,13 +23,12 @@ from batch.engine.job import RunSummary
 from batch.model.loading import quiet_tensorflow
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
-from batch.model.signature import SignatureChoice
 from batch.model.signing import short
-from batch.observe.drift import DriftThresholds
 from jobs.cli import (
     build_score_parser,
     exit_process,
     run_main,
+    score_request,
     setup_logging,
 )
 from runners import is_dry_run, make_runner
@@ -128,35 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def score() -> int:
         repo = ModelRepository(args.model_repo)
-        request = ScoreRequest(
+        request = score_request(
+            args,
             input=input_or_demo(args.input),
             output=args.output or demo_paths.demo_output_dir(),
             runner=lambda: make_runner(
                 args.runner, pipeline_args, args.spark_master, args.spark_conf or ()
             ),
             model=_demo_model(repo) if args.model is None else args.model,
-            model_repo=args.model_repo,
-            public_key=args.public_key,
-            allow_unsigned=args.allow_unsigned,
-            contract=args.contract,
-            key_columns=args.key_columns,
-            canary=args.canary,
-            canary_fraction=args.canary_fraction,
-            force=args.force,
             dry_run=is_dry_run(pipeline_args),
-            on_bad_file=args.on_bad_file,
-            max_error_rate=args.max_error_rate,
-            keep_non_finite=args.keep_non_finite_predictions,
-            signature=SignatureChoice(args.signature, args.tag, args.input_format),
-            passthrough_columns=args.passthrough_columns,
-            batch_size=args.batch_size,
-            batch_bytes=args.batch_bytes,
-            worker_memory=args.worker_memory,
-            split_rows=args.split_rows,
-            drift=args.drift == "on",
-            drift_thresholds=DriftThresholds(args.max_drift, args.max_unseen_share, args.on_drift),
-            progress=args.progress,
-            progress_every_s=args.progress_every,
             started=started,
             on_outcome=exporter.report,
             on_model=exporter.set_model,

@@ -37,6 +37,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from batch.core.errors import BatchScoreError, UsageError
+from batch.engine.combined import Unit, score_unit
 from batch.engine.inputs import Split
 from batch.engine.job import ScoringJob, SplitResult, job_scorer, score_split
 
@@ -91,7 +92,9 @@ class ScoreSplitFn(beam.DoFn):
         self._latency.update(int(seconds * 1000))
 
     def process(self, split: Split) -> Iterator[SplitResult]:
-        result = score_split(self._job, split, self._observe_batch)
+        yield self._count(score_split(self._job, split, self._observe_batch))
+
+    def _count(self, result: SplitResult) -> SplitResult:
         self._rows_scored.inc(result.rows_scored)
         self._rows_rejected.inc(result.rows_rejected)
         self._splits.inc()
@@ -100,7 +103,23 @@ class ScoreSplitFn(beam.DoFn):
                 Metrics.counter(METRICS_NAMESPACE, REJECTED_PREFIX + reason).inc(count)
             for seconds in result.stats.model_loads.values():
                 self._model_load.update(int(seconds * 1000))
-        yield result
+        return result
+
+
+class ScoreUnitFn(ScoreSplitFn):
+    """Scores one split of a combined job (several runs of the same model, e.g. the days
+    of a backfill) per element; a split that fails fails its run only (score_unit)."""
+
+    def __init__(self, jobs: Sequence[ScoringJob]) -> None:
+        super().__init__(jobs[0])
+        self._jobs = tuple(jobs)
+
+    def setup(self) -> None:
+        for job in self._jobs:  # loaded once per process: the runs share their model
+            job_scorer(job)
+
+    def process(self, unit: Unit) -> Iterator[SplitResult]:  # type: ignore[override]
+        yield self._count(score_unit(self._jobs, unit, self._observe_batch))
 
 
 class ScoreSplits(beam.PTransform):
@@ -215,6 +234,17 @@ class BeamRunner:
 
             self.dry_run_report = write_dry_run(pipeline.result, self.pipeline_options).describe()
             return
+        log_beam_metrics(pipeline.result)
+
+    def execute_combined(self, jobs: Sequence[ScoringJob], units: Sequence[Unit]) -> None:
+        """The splits of several runs (batch.engine.combined) as one pipeline."""
+        with create_pipeline(self.pipeline_options) as pipeline:
+            _ = (
+                pipeline
+                | "ListSplits" >> beam.Create(list(units), reshuffle=False)
+                | "Redistribute" >> beam.Reshuffle()
+                | "ReadValidateScoreWrite" >> beam.ParDo(ScoreUnitFn(jobs))
+            )
         log_beam_metrics(pipeline.result)
 
 

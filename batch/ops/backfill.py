@@ -1,29 +1,28 @@
-"""Score every date partition of a hive-partitioned input, resumably.
+"""Score every date partition of a hive-partitioned input as one job, resumably.
 
 Partition ``ROOT/dt=YYYY-MM-DD/`` is scored into its own output root
 ``OUT/dt=YYYY-MM-DD/``, which holds the usual versioned runs
-(``<model>/<version>/run=<run id>/``). Each partition is one ``python -m
-jobs.score`` process, so a crash in one cannot take another down, and at most
-``parallelism`` of them run at once. Each process writes its outcome to a
-``--summary_file``, which is how the backfill learns it (never from terminal output).
+(``<model>/<version>/run=<run id>/``). The days are one engine job
+(:class:`batch.engine.combined.CombinedExecution`): TensorFlow is imported, the engine
+started and the model loaded once per worker, not once per day. Each day is still its
+own run: checked, reconciled and committed alone, so a day whose input is bad, whose
+rejected rows exceed the error budget or whose drift fails the run (``--on_drift=fail``)
+fails alone while the others commit.
 
-A partition that already has a committed run of the same model version on the
-same input (the check :func:`batch.ops.incremental.find_up_to_date_run` makes for
-``jobs.score``) is skipped, so a backfill that stopped half-way is finished by
-running the same command again. ``force`` scores every partition again.
+A partition that already has a committed run of the same model version on the same
+input (the check :func:`batch.ops.incremental.find_up_to_date_run` makes for every
+scoring job) is skipped, so a backfill that stopped half-way is finished by running the
+same command again. ``force`` scores every partition again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
-import subprocess
-import sys
-import tempfile
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,21 +30,16 @@ from typing import Any
 
 from batch.core.errors import BatchScoreError, CommitError, UsageError
 from batch.demo.paths import demo_model_repo
-from batch.engine.job import DEFAULT_MAX_ERROR_RATE
-from batch.engine.prepare import (
-    OnBadFile,
-    check_output_writable,
-    job_contract,
-    job_key_columns,
-    resolve_inputs,
-    trust_policy,
-)
+from batch.engine.combined import CombinedExecution
+from batch.engine.job import Runner
+from batch.engine.prepare import check_output_writable, trust_policy
 from batch.model.repository import ModelRepository, resolve_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import verify_once
 from batch.observe.checks import FAIL, OK, job_summary
-from batch.ops.incremental import find_up_to_date_run
-from batch.output.commit import CommittedRun, list_committed_runs
+from batch.output.commit import CommittedRun
+
+log = logging.getLogger(__name__)
 
 SCORED = "scored"
 SKIPPED = "skipped"
@@ -90,29 +84,38 @@ class Partition:
         }
 
 
+@dataclass(frozen=True)
+class DayResult:
+    """How a day's scoring ended: a new committed run, or one found up to date."""
+
+    run: CommittedRun
+    up_to_date: bool
+
+
+ScoreDay = Callable[[Path, Path, ResolvedModel, Runner], DayResult]
+"""Scores one day: (its input folder, its output root, the pinned model, the runner to
+execute with) -> how it ended; raises a BatchScoreError when the day fails. The scoring
+options are the callable's (:func:`batch.api.backfill_day_scorer` binds a ScoreRequest's)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackfillRequest:
-    """What ``python -m jobs.backfill`` is asked. ``score_args`` are passed to every
-    ``python -m jobs.score`` process (runner, Beam or Spark options, thresholds); the
-    fields below them are the ones the backfill reads itself to skip up-to-date days."""
+    """What ``python -m jobs.backfill`` is asked. ``score_day`` scores one day with the
+    scoring options of the backfill; ``make_runner`` builds the engine every day shares
+    (once, and only if some day needs scoring)."""
 
     input_root: Path
     output_root: Path
     start: dt.date
     end: dt.date
     model: str
+    score_day: ScoreDay
+    make_runner: Callable[[], Runner]
     partition_column: str = "dt"
-    parallelism: int = 1
-    force: bool = False
     allow_missing: bool = False
-    score_args: Sequence[str] = ()
     model_repo: str | Path = field(default_factory=demo_model_repo)
     public_key: str | Path | None = None
     allow_unsigned: bool = False
-    contract: str | None = None
-    key_columns: str | Sequence[str] | None = None
-    on_bad_file: OnBadFile = "fail"
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
 
 
 @dataclass(frozen=True)
@@ -149,20 +152,6 @@ def plan_partitions(
     return partitions
 
 
-def pinned_model_spec(spec: str, model: ResolvedModel) -> str:
-    """NAME@VERSION for a registered model, so that every partition gets the same version
-    even if another one is registered or promoted during the backfill."""
-    return f"{model.name}@{model.version}" if model.registered else spec
-
-
-def _committed(partition: Partition, model: ResolvedModel) -> list[CommittedRun]:
-    return [
-        run
-        for run in list_committed_runs(partition.output_root)
-        if run.model_name == model.name and run.model_version == model.version
-    ]
-
-
 def _counts(run: CommittedRun) -> dict[str, Any]:
     try:
         return dataclasses.asdict(run.manifest().counts)
@@ -170,81 +159,33 @@ def _counts(run: CommittedRun) -> dict[str, Any]:
         return {}
 
 
-def check_up_to_date(
-    partition: Partition, model: ResolvedModel, request: BackfillRequest
-) -> CommittedRun | None:
-    """The committed run that already holds this partition's predictions, if any. A
-    partition whose input cannot even be read is not up to date: jobs.score will say why."""
-    try:
-        inputs = resolve_inputs(str(partition.input_dir), request.on_bad_file)
-        contract = job_contract(request.contract, model)
-        key_columns = job_key_columns(request.key_columns, model, contract)
-    except BatchScoreError:
-        return None
-    return find_up_to_date_run(
-        partition.output_root,
-        model=model,
-        files=inputs.files,
-        skipped_files=inputs.bad,
-        contract=contract,
-        key_columns=key_columns,
-        max_error_rate=request.max_error_rate,
-    )
-
-
-def _read_summary(path: Path) -> dict[str, Any] | None:
-    try:
-        summary: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary
-
-
-def score_partition(
+def _score(
     partition: Partition,
-    command: list[str],
+    request: BackfillRequest,
     model: ResolvedModel,
+    combined: CombinedExecution,
     report: Callable[[str], None],
 ) -> None:
-    """Score one partition in its own ``jobs.score`` process; its summary file says how
-    it ended."""
+    """Score one day as a run of the combined job; how it ends is recorded on ``partition``."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="batchscore-backfill-") as scratch:
-        summary_file = Path(scratch) / "summary.json"
-        result = subprocess.run(
-            [
-                *command,
-                f"--input={partition.input_dir}",
-                f"--output={partition.output_root}",
-                f"--summary_file={summary_file}",
-            ],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        summary = _read_summary(summary_file)
-    partition.seconds = time.perf_counter() - started
-    run_dir = Path(summary["run_dir"]) if summary and summary.get("run_dir") else None
-    if result.returncode == 0 and run_dir is not None:
-        up_to_date = str((summary and summary.get("reason")) or "").startswith(UP_TO_DATE_REASON)
-        partition.status = SKIPPED if up_to_date else SCORED
-        partition.detail = UP_TO_DATE_REASON if up_to_date else ""
-        partition.run = next(
-            (r for r in _committed(partition, model) if r.run_dir == run_dir), None
-        )
-    elif result.returncode == 0:
-        partition.status = FAILED
-        partition.detail = "jobs.score exited 0 but its summary names no committed run"
+    runner = combined.runner()
+    try:
+        result = request.score_day(partition.input_dir, partition.output_root, model, runner)
+    except BatchScoreError as exc:
+        partition.status, partition.detail = FAILED, " ".join(str(exc).split())
+    except Exception as exc:  # a bug, not bad data: this day fails, with the traceback logged
+        log.exception("%s: unexpected error", partition.name)
+        partition.status, partition.detail = FAILED, f"{type(exc).__name__}: {exc}"
     else:
-        partition.status = FAILED
-        reason = summary.get("reason") if summary else None
-        partition.detail = " ".join(str(reason).split()) if reason else "no error message"
-        if result.returncode not in (2, 130):  # not a one-line error: show the crash
-            tail = "\n".join(result.stderr.splitlines()[-20:])
-            report(f"{partition.name}: jobs.score exited {result.returncode}:\n{tail}")
-    if partition.run is not None:
-        partition.counts = _counts(partition.run)
-    report(f"{partition.name}: {partition.status} ({partition.seconds:.1f}s)")
+        partition.run, partition.counts = result.run, _counts(result.run)
+        partition.status = SKIPPED if result.up_to_date else SCORED
+        partition.detail = UP_TO_DATE_REASON if result.up_to_date else ""
+    finally:
+        if not runner.used:
+            combined.done()
+    partition.seconds = time.perf_counter() - started
+    if partition.status != SKIPPED:
+        report(f"{partition.name}: {partition.status} ({partition.seconds:.1f}s)")
 
 
 def backfill(request: BackfillRequest, report: Callable[[str], None] = print) -> BackfillOutcome:
@@ -271,14 +212,6 @@ def backfill(request: BackfillRequest, report: Callable[[str], None] = print) ->
         request.end,
         request.partition_column,
     )
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.score",
-        f"--model={pinned_model_spec(request.model, model)}",
-        *request.score_args,
-        *(["--force"] if request.force else []),
-    ]
     lock = threading.Lock()
 
     def tell(line: str) -> None:
@@ -287,22 +220,21 @@ def backfill(request: BackfillRequest, report: Callable[[str], None] = print) ->
 
     tell(
         f"backfill {partitions[0].name}..{partitions[-1].name} ({len(partitions)} day(s)) "
-        f"with {model.label} into {request.output_root}, {request.parallelism} at a time"
+        f"with {model.label} into {request.output_root}, as one job"
     )
     todo = []
     for partition in partitions:
-        if not partition.input_dir.is_dir():
+        if partition.input_dir.is_dir():
+            todo.append(partition)
+        else:
             partition.status, partition.detail = MISSING, f"no folder {partition.input_dir}"
-            continue
-        current = None if request.force else check_up_to_date(partition, model, request)
-        if current is not None:
-            partition.status, partition.run, partition.detail = SKIPPED, current, UP_TO_DATE_REASON
-            partition.counts = _counts(current)
-            continue
-        todo.append(partition)
-    with ThreadPoolExecutor(max_workers=request.parallelism) as pool:
-        for future in [pool.submit(score_partition, p, command, model, tell) for p in todo]:
-            future.result()
+    if todo:
+        # Every day is checked and planned in its own thread, then all their splits are
+        # one engine job (the last day to be planned starts it), then each day commits.
+        combined = CombinedExecution(len(todo), request.make_runner)
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="day") as pool:
+            for future in [pool.submit(_score, p, request, model, combined, tell) for p in todo]:
+                future.result()
     outcome = BackfillOutcome(model, partitions, time.perf_counter() - started)
     failed = [p for p in partitions if p.status == FAILED]
     missing = [] if request.allow_missing else [p for p in partitions if p.status == MISSING]
