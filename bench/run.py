@@ -15,6 +15,10 @@ Paths (all by default):
   stock_beam    stock Beam: ReadFromParquet rows -> RunInference -> WriteToParquet
   udf           stock Spark: predict_batch_udf over the SavedModel, local[2]
   floor         one process: pyarrow batches -> signature -> ParquetWriter
+  backfill      batchscore's backfill (jobs.backfill, DirectRunner) of the same rows
+                spread over 30 daily partitions (dt=...), each day its own committed run
+  backfill_onejob  one jobs.score job over the same 30 days' folder: the backfill's
+                target is at most 1.3x its wall time
   example_columns  batchscore on Beam, the demo model re-saved with a second signature
                 that takes serialized tf.Examples (bench/tf_example_model.py), scored
                 through its serving_default (one column per input)
@@ -95,6 +99,19 @@ class Context:
     repo: Path
     out: Path
     workdir: Path
+    rows: int = 0
+
+    def daily_data(self) -> Path:
+        """The same number of rows over BACKFILL_DAYS daily partitions, one file a day
+        (generated once)."""
+        from batch.demo.data import ensure_demo_data
+
+        return ensure_demo_data(
+            self.workdir / f"data-{self.rows}-{BACKFILL_DAYS}days",
+            rows=self.rows,
+            days=BACKFILL_DAYS,
+            files_per_day=1,
+        )
 
     def example_model(self) -> Path:
         """The demo model with a tf.Example signature beside its own (built once)."""
@@ -167,12 +184,12 @@ def measure(key: str, label: str, rows: int, command: Sequence[str]) -> Measurem
     return result
 
 
-def _score(ctx: Context, *options: str) -> list[str]:
+def _score(ctx: Context, *options: str, data: Path | None = None) -> list[str]:
     return [
         PY,
         "-m",
         "jobs.score",
-        f"--input={ctx.data}",
+        f"--input={data or ctx.data}",
         f"--model={ctx.model.label}",
         f"--model_repo={ctx.repo}",
         f"--output={ctx.out}",
@@ -197,6 +214,27 @@ def _example_model_score(ctx: Context, *options: str) -> list[str]:
         "--runner=DirectRunner",
         "--force",
         *options,
+    ]
+
+
+BACKFILL_DAYS = 30
+
+
+def _backfill(ctx: Context) -> list[str]:
+    from batch.demo.data import START_DATE
+
+    last = START_DATE + dt.timedelta(days=BACKFILL_DAYS - 1)
+    return [
+        PY,
+        "-m",
+        "jobs.backfill",
+        f"--input={ctx.daily_data()}",
+        f"--start={START_DATE.isoformat()}",
+        f"--end={last.isoformat()}",
+        f"--model={ctx.model.label}",
+        f"--model_repo={ctx.repo}",
+        f"--output={ctx.out / 'backfill'}",
+        "--force",
     ]
 
 
@@ -271,6 +309,14 @@ PATHS: dict[str, BenchPath] = {
     "example_tf": BenchPath(
         "batchscore, Beam DirectRunner, tf.Example model via its tf.Example signature",
         lambda ctx: _example_model_score(ctx, "--signature=tf_example"),
+    ),
+    "backfill": BenchPath(
+        f"batchscore backfill, {BACKFILL_DAYS} daily partitions as one job (DirectRunner)",
+        _backfill,
+    ),
+    "backfill_onejob": BenchPath(
+        f"batchscore, one job over the {BACKFILL_DAYS} days' folder (DirectRunner)",
+        lambda ctx: _score(ctx, "--runner=DirectRunner", data=ctx.daily_data()),
     ),
     "floor": BenchPath(
         "single process floor (pyarrow -> signature -> ParquetWriter)",
@@ -374,6 +420,12 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
         ("beam", "beam_nodrift", 0.9, "drift statistics cost < 10% (Beam, drift on / off)"),
         ("spark", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
         ("spark_splits", "udf", 2.0, "native Spark (input=splits) >= 2x predict_batch_udf"),
+        (
+            "backfill",
+            "backfill_onejob",
+            1 / 1.3,
+            f"{BACKFILL_DAYS}-day backfill within 1.3x the wall time of one job over the same rows",
+        ),
         (
             "example_tf",
             "example_columns",
@@ -587,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     everything: list[Measurement] = []
     for position, rows in enumerate(args.rows):
         data = ensure_demo_data(args.workdir / f"data-{rows}", rows=rows, days=8, files_per_day=1)
-        ctx = Context(data, model, repo.root, args.workdir / "out", args.workdir)
+        ctx = Context(data, model, repo.root, args.workdir / "out", args.workdir, rows)
         keys = args.paths if position == 0 or args.large_paths is None else args.large_paths
         commands = {key: (PATHS[key].label, PATHS[key].command(ctx)) for key in keys}
         results = measure_all(rows, commands, args.repeat)
