@@ -6,7 +6,8 @@ tf-keras); with no --contract, the loans demo.
                          [--label=COLUMN] [--key_columns=A,B] --name=MODEL
                          [--model_repo=DIR] [--key=PEM] [--task=auto] [--output_name=NAME]
                          [--hyperparameters=JSON] [--train_rows=200000] [--epochs=3]
-                         [--batch_size=512] [--seed=7]
+                         [--batch_size=512] [--seed=7] [--workers=1] [--mixed_precision]
+                         [--input_manifest=FILE]
                          [Beam pipeline options, e.g. --direct_num_workers=2]
 
 The steps are described in :mod:`training.trainer`, which does the work.
@@ -32,7 +33,14 @@ from batch.demo.paths import (
 )
 from batch.engine.prepare import parse_key_columns
 from batch.observe.checks import OK, job_summary
-from jobs.cli import JobParser, add_summary_file, exit_process, run_main
+from jobs.cli import (
+    JobParser,
+    add_summary_file,
+    exit_process,
+    positive_float,
+    positive_int,
+    run_main,
+)
 
 # training.trainer imports TensorFlow quietly first, before its own imports.
 from training.model_fn import TASKS
@@ -42,6 +50,7 @@ from training.trainer import (
     DEFAULT_MODEL_FN,
     DEFAULT_SEED,
     DEFAULT_TRAIN_ROWS,
+    DEFAULT_WORKER_TIMEOUT_S,
     DEMO,
     TRAINING_STEPS,
     TrainingRequest,
@@ -175,6 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         help="seed of the weight initialisation and the shuffling (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="fit data-parallel on N worker processes this job starts on this machine "
+        "(tf.distribute.MultiWorkerMirroredStrategy, TF_CONFIG with 127.0.0.1 ports; each "
+        "worker reads its shard of the transformed rows, the global batch is --batch_size). "
+        "Default 1: one process, no strategy. README: Training, distributed",
+    )
+    parser.add_argument(
+        "--worker_timeout",
+        type=positive_float,
+        default=DEFAULT_WORKER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --workers > 1: stop the workers and fail when fitting takes longer "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        action="store_true",
+        help="fit under Keras's mixed precision policy (mixed_bfloat16 on CPU, "
+        "mixed_float16 on a GPU; the output layer stays float32, the signature float32 in "
+        "and out); a float32 model is fitted too and the held-out metric change against it "
+        "is recorded in metadata.json (training.precision)",
+    )
+    parser.add_argument(
+        "--input_manifest",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="retrain on exactly the data snapshot FILE pins: a version's metadata.json "
+        "(its lineage.training_data: every file with size and sha256) or that JSON alone. "
+        "Refuses a file whose size or content changed; --input=DIR reads the same files "
+        "from another folder",
+    )
     add_summary_file(parser)
     return parser
 
@@ -192,8 +236,11 @@ def training_request(args: argparse.Namespace, beam_args: Sequence[str]) -> Trai
         for option, value in (("--preprocessing_fn", args.preprocessing_fn), ("--name", args.name)):
             if not value:
                 raise UsageError(f"--contract={args.contract}: {option} is required with it")
-        if args.input is None:
-            raise UsageError(f"--contract={args.contract}: --input=DATA is required with it")
+        if args.input is None and args.input_manifest is None:
+            raise UsageError(
+                f"--contract={args.contract}: --input=DATA (or --input_manifest=FILE) is "
+                "required with it"
+            )
         base = TrainingRequest(args.contract, args.preprocessing_fn, args.name)
     hyperparameters: dict[str, Any] = {}
     if args.hyperparameters:
@@ -224,6 +271,10 @@ def training_request(args: argparse.Namespace, beam_args: Sequence[str]) -> Trai
         seed=args.seed,
         beam_args=tuple(beam_args),
         signing_key=args.key,
+        workers=args.workers,
+        worker_timeout_s=args.worker_timeout,
+        mixed_precision=args.mixed_precision,
+        input_manifest=args.input_manifest,
     )
 
 

@@ -12,10 +12,11 @@ is ``training/trainer.py``'s.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -119,10 +120,80 @@ def parquet_files(input_dir: Path) -> list[Path]:
 
 def data_fingerprint(input_dir: Path, files: Sequence[Path]) -> str:
     """sha256 over the sorted (relative path, size, content sha256) of the input files."""
-    return records_sha256(
-        (path.relative_to(input_dir).as_posix(), path.stat().st_size, file_sha256(path))
+    return snapshot(input_dir, files)["fingerprint"]
+
+
+# -- training data versions ----------------------------------------------------------
+
+SNAPSHOT_FORMAT = 1
+
+
+def snapshot(input_dir: Path, files: Sequence[Path]) -> dict[str, Any]:
+    """The training data version: every input file with its size and content sha256 (the
+    lineage's ``training_data``, which ``--input_manifest`` reads back), and the
+    fingerprint over them."""
+    entries = [
+        {
+            "path": path.relative_to(input_dir).as_posix(),
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
         for path in sorted(files)
-    )
+    ]
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "path": str(input_dir.resolve()),
+        "fingerprint": records_sha256((e["path"], e["bytes"], e["sha256"]) for e in entries),
+        "files": entries,
+    }
+
+
+def read_snapshot(manifest: Path) -> dict[str, Any]:
+    """A snapshot from ``manifest``: a file :func:`snapshot` wrote, or a registered version's
+    metadata.json (its ``lineage.training_data``)."""
+    try:
+        payload = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"--input_manifest={manifest}: expected a readable JSON file ({exc}); pass a "
+            "model version's metadata.json or the training_data JSON of its lineage"
+        ) from exc
+    found = payload.get("lineage", {}).get("training_data", payload)
+    if not isinstance(found, dict) or not isinstance(found.get("files"), list):
+        raise UsageError(
+            f"--input_manifest={manifest}: expected a training data snapshot (keys path, "
+            "fingerprint, files) or a metadata.json whose lineage has one; found neither "
+            "(versions trained before data snapshots record only a fingerprint)"
+        )
+    return found
+
+
+def snapshot_files(manifest: Path, snapshot_: Mapping[str, Any], root: Path | None) -> list[Path]:
+    """The files of a snapshot under ``root`` (default: where it was taken), each checked to
+    be unchanged: same size and content sha256. A changed or missing file is an
+    InputDataError naming it and what differs."""
+    base = root if root is not None else Path(snapshot_["path"])
+    files = []
+    for entry in snapshot_["files"]:
+        path = base / entry["path"]
+        if not path.is_file():
+            raise InputDataError(
+                f"{path}: listed in --input_manifest={manifest} ({entry['bytes']} bytes) but "
+                "missing; restore the snapshot's files, or pass --input=DIR where they are"
+            )
+        size = path.stat().st_size
+        digest = file_sha256(path) if size == entry["bytes"] else None
+        if size != entry["bytes"] or digest != entry["sha256"]:
+            raise InputDataError(
+                f"{path}: changed since the snapshot --input_manifest={manifest}: expected "
+                f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}; found {size} bytes"
+                + (f", sha256 {digest[:12]}" if digest else "")
+                + ". Restore that file, or train on the current data without --input_manifest"
+            )
+        files.append(path)
+    if not files:
+        raise UsageError(f"--input_manifest={manifest}: the snapshot lists no files")
+    return files
 
 
 def check_files(

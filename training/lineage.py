@@ -91,8 +91,7 @@ def git_revision(folder: Path) -> dict[str, Any] | None:
 
 def lineage(
     *,
-    data_fingerprint: str,
-    source: Path,
+    training_data: Mapping[str, Any],
     contract_name: str,
     contract_sha256: str,
     preprocessing: FunctionRef,
@@ -100,10 +99,12 @@ def lineage(
     hyperparameters: Mapping[str, Any],
     frameworks: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The lineage record of a registered version (``metadata.json`` ``lineage``)."""
+    """The lineage record of a registered version (``metadata.json`` ``lineage``);
+    ``training_data`` is the input snapshot (training.dataset.snapshot: every file with its
+    size and sha256), which ``jobs.train --input_manifest`` retrains on."""
     return {
         "format": LINEAGE_FORMAT,
-        "training_data": {"path": str(source.resolve()), "fingerprint": data_fingerprint},
+        "training_data": dict(training_data),
         "contract": {"name": contract_name, "sha256": contract_sha256},
         "preprocessing_fn": preprocessing.to_json(),
         "model_fn": model_fn.to_json(),

@@ -10,7 +10,9 @@ training labels), plus whatever ``--hyperparameters`` adds.
 
 :func:`default_model_fn` is a small MLP for tabular data: every float feature is a number,
 every int feature with a known bucket count (vocabularies, ``tft.bucketize``; read from
-the transformed schema's int domain) is embedded, any other int is a number.
+the transformed schema's int domain) is embedded, any other int is a number; ``dropout``
+after each hidden layer when above 0. Its output layer computes in float32 whatever the
+dtype policy (``--mixed_precision``), as every model_fn's must.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "hidden_units": [64, 32],
     "learning_rate": 2e-3,
     "max_embedding_dim": 16,
+    "dropout": 0.0,
 }
 
 
@@ -132,22 +135,29 @@ def default_model_fn(
     x = tf_keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
     for units in hp["hidden_units"]:
         x = tf_keras.layers.Dense(int(units), activation="relu")(x)
+        if float(hp["dropout"]) > 0:
+            x = tf_keras.layers.Dropout(float(hp["dropout"]), seed=int(hp.get("seed", 0)))(x)
     task, classes, output_name = hp["task"], int(hp["num_classes"]), hp["output_name"]
     optimizer = tf_keras.optimizers.Adam(learning_rate=float(hp["learning_rate"]))
     if task == "binary":
-        output = tf_keras.layers.Dense(1, activation="sigmoid", name=output_name)(x)
+        head = tf_keras.layers.Dense(1, activation="sigmoid", name=output_name, dtype="float32")
+        output = head(x)
         loss, metrics = "binary_crossentropy", [tf_keras.metrics.AUC(name="auc")]
     elif task == "multiclass":
-        output = tf_keras.layers.Dense(classes, activation="softmax", name=output_name)(x)
+        head = tf_keras.layers.Dense(
+            classes, activation="softmax", name=output_name, dtype="float32"
+        )
+        output = head(x)
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         # Learn the label standardized and scale back: converges in a few epochs whatever
         # the label's unit (label_mean / label_std: the training labels', from the job).
-        standardized = tf_keras.layers.Dense(1)(x)
+        standardized = tf_keras.layers.Dense(1, dtype="float32")(x)
         output = tf_keras.layers.Rescaling(
             scale=float(hp.get("label_std", 1.0)) or 1.0,
             offset=float(hp.get("label_mean", 0.0)),
             name=output_name,
+            dtype="float32",
         )(standardized)
         loss, metrics = "mse", [tf_keras.metrics.RootMeanSquaredError(name="rmse")]
     model = tf_keras.Model(inputs=inputs, outputs=output)

@@ -6,6 +6,7 @@ The library behind
     python -m jobs.train --input=DATA --contract=schemas/NAME|DIR
                          --preprocessing_fn=MODULE:FUNCTION [--model_fn=MODULE:FUNCTION]
                          [--label=COLUMN] [--key_columns=A,B] --name=MODEL [training options]
+                         [--workers=N] [--mixed_precision] [--input_manifest=FILE]
                          [Beam pipeline options, e.g. --direct_num_workers=2]
 
 (with no ``--contract``, the loans demo: :data:`DEMO`). Steps:
@@ -20,7 +21,9 @@ The library behind
 3. analyze and transform the training rows with the preprocessing_fn on Apache Beam
    (tf.Transform), and write the transform output;
 4. ``model_fn(tft_output, hyperparameters)`` builds the Keras model
-   (:mod:`training.model_fn`); fit it on the transformed features and label;
+   (:mod:`training.model_fn`); fit it on the transformed features and label, in this
+   process or on ``workers`` local processes (:mod:`training.distributed`), in float32 or
+   mixed precision (:mod:`training.fitting`; then a float32 reference fit too);
 5. export ONE SavedModel (:mod:`training.export`): ``serving_default`` takes the raw 1-D
    columns, ``serving_tf_example`` serialized tf.Examples, ``transform_features`` returns
    the transformed features;
@@ -30,7 +33,8 @@ The library behind
    baseline, and copy the contract's files, both inside the SavedModel, so that the
    signature covers them and the model scores from any folder;
 8. register the SavedModel with its transform output and metadata (lineage included:
-   data fingerprint, contract sha256, the functions and the sha256 of their source,
+   the input snapshot (every file, its size and sha256; ``input_manifest`` retrains on
+   exactly it), data fingerprint, contract sha256, the functions and the sha256 of their source,
    hyperparameters, library versions, git revision) as the next version of ``name``,
    signed with ``signing_key``.
 
@@ -51,12 +55,13 @@ from batch.model.loading import import_tensorflow
 
 import_tensorflow()  # first, so that TensorFlow's start-up chatter stays off the terminal
 
+import contextlib
 import glob
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +102,14 @@ from training.dataset import (
     tensor_adapter_config,
     to_record_batches,
 )
+from training.distributed import (
+    DEFAULT_COLLECTIVE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    WorkerSpec,
+    fit_on_workers,
+)
 from training.export import ServingModule
+from training.fitting import FLOAT32, build_model, fit, mixed_policy, precision_policy
 from training.lineage import FunctionRef, lineage, load_function
 from training.model_fn import DEFAULT_OUTPUT_NAMES, TaskInfo, resolve_task
 
@@ -106,12 +118,15 @@ __all__ = [
     "TRAINING_STEPS",
     "CleanResult",
     "TrainingRequest",
+    "TransformedRows",
     "auc",
     "data_fingerprint",
+    "fit_and_register",
     "parquet_files",
     "raw_inputs",
     "train",
     "train_and_register",
+    "transformed_rows",
 ]
 
 DEFAULT_MODEL_FN = "training.model_fn:default_model_fn"
@@ -119,6 +134,7 @@ DEFAULT_TRAIN_ROWS = 200_000
 DEFAULT_EPOCHS = 3
 DEFAULT_SEED = 7
 DEFAULT_BATCH_SIZE = 512
+DEFAULT_WORKER_TIMEOUT_S = DEFAULT_TIMEOUT_S
 
 TRAINING_STEPS = [
     "read_clean_split",
@@ -126,6 +142,7 @@ TRAINING_STEPS = [
     "keras_fit",
     "export",
     "evaluate",
+    "float32_reference",
     "drift_baseline",
 ]
 
@@ -153,6 +170,10 @@ class TrainingRequest:
     seed: int = DEFAULT_SEED
     beam_args: tuple[str, ...] = ()
     signing_key: Path | None = None
+    workers: int = 1  # > 1: MultiWorkerMirroredStrategy on local worker processes
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    mixed_precision: bool = False
+    input_manifest: Path | None = None  # retrain on exactly this data snapshot
 
 
 # The loans demo: what `python -m jobs.train` trains with no --contract.
@@ -177,6 +198,7 @@ class _Prepared:
     key_columns: tuple[str, ...]
     preprocessing: FunctionRef
     model_fn: FunctionRef
+    training_data: dict[str, Any]  # the snapshot: every input file, its size and sha256
 
 
 # -- checks before Beam ----------------------------------------------------------------
@@ -188,6 +210,8 @@ def prepare(request: TrainingRequest, report: Callable[[str], None] | None = Non
         raise UsageError(f"--train_rows={request.train_rows}: expected at least 10 rows")
     if request.epochs < 1:
         raise UsageError(f"--epochs={request.epochs}: expected at least 1")
+    if request.workers < 1:
+        raise UsageError(f"--workers={request.workers}: expected at least 1")
     preprocessing = load_function(request.preprocessing_fn, "--preprocessing_fn")
     model_fn = load_function(request.model_fn, "--model_fn")
     contract = load_contract(request.contract)
@@ -212,10 +236,20 @@ def prepare(request: TrainingRequest, report: Callable[[str], None] | None = Non
                     f"schema.pbtxt (declared: {', '.join(spec)}); declare it there or pass "
                     "another column"
                 )
-    source = request.input if request.input is not None else ensure_demo_data(log=report)
-    files = parquet_files(Path(source))
+    if request.input_manifest is not None:
+        pinned = dataset.read_snapshot(request.input_manifest)
+        files = dataset.snapshot_files(request.input_manifest, pinned, request.input)
+        source = request.input if request.input is not None else Path(pinned["path"])
+    else:
+        source = request.input if request.input is not None else ensure_demo_data(log=report)
+        files = parquet_files(Path(source))
     dataset.check_files(files, contract, spec, label)
     _check_outputs_label(preprocessing, spec, label)
+    training_data = (
+        {**pinned, "path": str(Path(source).resolve())}  # its files were just checked
+        if request.input_manifest is not None
+        else dataset.snapshot(Path(source), files)
+    )
     return _Prepared(
         source=Path(source),
         files=files,
@@ -226,6 +260,7 @@ def prepare(request: TrainingRequest, report: Callable[[str], None] | None = Non
         key_columns=keys,
         preprocessing=preprocessing,
         model_fn=model_fn,
+        training_data=training_data,
     )
 
 
@@ -519,29 +554,44 @@ def predict(module: ServingModule, table: pa.Table, batch_rows: int = 65536) -> 
 # -- the whole job ---------------------------------------------------------------------
 
 
-def train(request: TrainingRequest, report: Callable[[str], None] | None = print) -> ResolvedModel:
-    """Run the whole job (see the module docstring); return the registered model.
+@dataclass
+class TransformedRows:
+    """What the steps up to tf.Transform made: the input of fitting (a training run, or
+    each trial of a hyperparameter search). Valid inside :func:`transformed_rows`."""
 
-    The registered SavedModel is signed with ``request.signing_key`` (PEM EC private key;
-    default: $BATCHSCORE_SIGNING_KEY, else the demo's key pair, made if missing). Its
-    metadata holds the signature, the training facts (``training.timings_s`` among them),
-    the held-out metrics and the lineage.
-    """
-    say = report or (lambda _message: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    prepared: _Prepared
+    raw: pa.Table
+    cleaned: CleanResult
+    train_rows: pa.Table
+    heldout: pa.Table
+    work_dir: Path
+    transform_output_dir: Path
+    tft_output: tft.TFTransformOutput
+    task: TaskInfo
+    features: dict[str, np.ndarray]  # the dense transformed training features
+    labels: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    clock: float = field(default_factory=time.perf_counter)
 
-    def lap(step: str) -> None:
+    def start_steps(self) -> None:
+        """The next :meth:`lap` counts from now."""
+        self.clock = time.perf_counter()
+
+    def lap(self, step: str) -> None:
         assert step in TRAINING_STEPS, step
-        nonlocal clock
         now = time.perf_counter()
-        timings[step] = round(now - clock, 2)
-        clock = now
+        self.timings[step] = round(now - self.clock, 2)
+        self.clock = now
 
-    key = ensure_signing_key(request.signing_key)
-    public_key_of(key)  # a bad key fails now, not after training
+
+@contextlib.contextmanager
+def transformed_rows(
+    request: TrainingRequest, report: Callable[[str], None] | None = None
+) -> Iterator[TransformedRows]:
+    """Steps 1-3: check, read, clean, split, analyze and transform (its work folder is
+    removed on exit)."""
+    clock = time.perf_counter()
     prepared = prepare(request, report)
-    repo = ModelRepository(request.model_repo or demo_model_repo())
     raw = dataset.read_rows(prepared.files, prepared.spec, request.train_rows)
     cleaned = clean_rows(raw, prepared.contract)
     train_rows, heldout = split_heldout(cleaned.table, prepared.key_columns)
@@ -551,9 +601,8 @@ def train(request: TrainingRequest, report: Callable[[str], None] | None = print
             f"evaluation; found {train_rows.num_rows} train and {heldout.num_rows} held-out "
             f"rows of {raw.num_rows} read ({cleaned.dropped} dirty). Raise --train_rows"
         )
-    fingerprint = data_fingerprint(prepared.source, prepared.files)
-    lap("read_clean_split")
-
+    timings = {"read_clean_split": round(time.perf_counter() - clock, 2)}
+    clock = time.perf_counter()
     work_dir = Path(tempfile.mkdtemp(prefix="batchscore-train-"))
     try:
         transform_output_dir = work_dir / "transform_output"
@@ -565,8 +614,6 @@ def train(request: TrainingRequest, report: Callable[[str], None] | None = print
             work_dir,
             request.beam_args,
         )
-        lap("tft_analyze_transform_beam")
-
         tft_output = tft.TFTransformOutput(str(transform_output_dir))
         task = resolve_task(tft_output, prepared.label, request.task)
         transformed = _read_batches(prefix)
@@ -575,110 +622,246 @@ def train(request: TrainingRequest, report: Callable[[str], None] | None = print
                 f"--preprocessing_fn={prepared.preprocessing.spec}: its output '{prepared.label}' "
                 "(the label) is not one value per row; output it dense"
             )
-        labels = _labels_for(task, transformed[prepared.label])
-        hyperparameters = _hyperparameters(request, prepared, task, labels)
-        model = prepared.model_fn.function(tft_output, hyperparameters)
-        if not isinstance(model, tf_keras.Model):
-            raise UsageError(
-                f"--model_fn={prepared.model_fn.spec}: expected a tf_keras.Model (Keras 2, "
-                f"as tf.Transform 1.21 needs); it returned {type(model).__name__}"
-            )
-        missing = [name for name in model.input_names if name not in transformed]
-        if missing:
-            raise UsageError(
-                f"--model_fn={prepared.model_fn.spec}: the model's inputs {', '.join(missing)} "
-                "are not dense transformed features (one value per row) of the preprocessing_fn "
-                f"(it outputs: {', '.join(sorted(transformed))}); name inputs like them"
-            )
-        features = {name: transformed[name] for name in model.input_names}
-        # Arrays, not an element-wise tf.data pipeline: Keras shuffles indices and
-        # gathers whole batches, several times faster on 2 cores.
-        history = model.fit(
-            features,
-            labels,
-            batch_size=request.batch_size,
-            epochs=request.epochs,
-            shuffle=True,
-            verbose=0,
-        )
-        lap("keras_fit")
-
-        module = ServingModule(model, tft_output, prepared.raw_spec, hyperparameters["output_name"])
-        saved_model_dir = work_dir / "saved_model"
-        module.save(saved_model_dir)
-        lap("export")
-
-        scores = predict(module, heldout)
-        heldout_labels = _labels_for(
-            task, transformed_labels(tft_output, heldout, prepared.spec, prepared.label)
-        )
-        metrics = evaluate(task, heldout_labels, scores, history.history)
-        lap("evaluate")
-
-        baseline = write_drift_baseline(
-            saved_model_dir,
-            raw,
-            list(prepared.raw_spec),
-            scores if scores.ndim == 1 else None,
-            hyperparameters["output_name"],
-            prepared.source,
-        )
-        lap("drift_baseline")
-
-        metadata = {
-            "signature": module.signature_metadata(),
-            "key_columns": list(prepared.key_columns),
-            "contract": prepared.contract.name,
-            "label": prepared.label,
-            "task": task.to_json(),
-            "training": {
-                "data_fingerprint": fingerprint,
-                "input": str(prepared.source.resolve()),
-                "input_files": len(prepared.files),
-                "rows_used": raw.num_rows,
-                "rows_dropped_dirty": cleaned.dropped,
-                "dirty_by_reason": cleaned.reasons,
-                "train_rows": train_rows.num_rows,
-                "heldout_rows": heldout.num_rows,
-                "epochs": request.epochs,
-                "batch_size": request.batch_size,
-                "seed": request.seed,
-                "schema": f"{prepared.contract.source}/schema.pbtxt",
-                "preprocessing_fn": prepared.preprocessing.spec,
-                "model_fn": prepared.model_fn.spec,
-                "timings_s": timings,
-            },
-            "metrics": metrics,
-            "drift_baseline": baseline,
-            "framework": framework_versions(),
-            "lineage": lineage(
-                data_fingerprint=fingerprint,
-                source=prepared.source,
-                contract_name=prepared.contract.name,
-                contract_sha256=contract_sha256(prepared.contract),
-                preprocessing=prepared.preprocessing,
-                model_fn=prepared.model_fn,
-                hyperparameters=hyperparameters,
-                frameworks=framework_versions(),
-            ),
-        }
-        resolved = repo.register(
-            request.name,
-            saved_model_dir,
-            metadata,
-            transform_output_dir,
-            signing_key=key,
-            contract_dir=Path(prepared.contract.source),
+        labels = _labels_for(task, transformed.pop(prepared.label))
+        timings["tft_analyze_transform_beam"] = round(time.perf_counter() - clock, 2)
+        yield TransformedRows(
+            prepared=prepared,
+            raw=raw,
+            cleaned=cleaned,
+            train_rows=train_rows,
+            heldout=heldout,
+            work_dir=work_dir,
+            transform_output_dir=transform_output_dir,
+            tft_output=tft_output,
+            task=task,
+            features=transformed,
+            labels=labels,
+            timings=timings,
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: tf_keras.Model
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def fit_model(
+    rows: TransformedRows,
+    request: TrainingRequest,
+    hyperparameters: Mapping[str, Any],
+    policy: str = FLOAT32,
+    work_name: str = "workers",
+) -> Fitted:
+    """Build the model with the model_fn and fit it on the transformed training rows: in
+    this process (``request.workers == 1``, no strategy) or on ``request.workers`` local
+    processes (:mod:`training.distributed`), under the dtype ``policy``."""
+    started = time.perf_counter()
+    if request.workers == 1:
+        with precision_policy(policy):
+            model = build_model(
+                rows.prepared.model_fn, rows.tft_output, hyperparameters, list(rows.features)
+            )
+            history = fit(
+                model,
+                rows.features,
+                rows.labels,
+                batch_size=request.batch_size,
+                epochs=request.epochs,
+            )
+    else:
+        spec = WorkerSpec(
+            tft_output=str(rows.transform_output_dir),
+            model_fn=rows.prepared.model_fn.spec,
+            hyperparameters=dict(hyperparameters),
+            batch_size=request.batch_size,
+            epochs=request.epochs,
+            seed=request.seed,
+            policy=policy,
+            collective_timeout_s=min(DEFAULT_COLLECTIVE_TIMEOUT_S, request.worker_timeout_s),
+        )
+        done = fit_on_workers(
+            spec,
+            rows.features,
+            rows.labels,
+            workers=request.workers,
+            work_dir=rows.work_dir / work_name,
+            timeout_s=request.worker_timeout_s,
+            say=lambda message: log.info(message),
+        )
+        with precision_policy(policy):
+            model = build_model(
+                rows.prepared.model_fn, rows.tft_output, hyperparameters, list(rows.features)
+            )
+        model.set_weights(done.weights)
+        history = done.history
+    return Fitted(model, history, round(time.perf_counter() - started, 2))
+
+
+def train(request: TrainingRequest, report: Callable[[str], None] | None = print) -> ResolvedModel:
+    """Run the whole job (see the module docstring); return the registered model.
+
+    The registered SavedModel is signed with ``request.signing_key`` (PEM EC private key;
+    default: $BATCHSCORE_SIGNING_KEY, else the demo's key pair, made if missing). Its
+    metadata holds the signature, the training facts (``training.timings_s`` among them),
+    the held-out metrics and the lineage.
+    """
+    key = ensure_signing_key(request.signing_key)
+    public_key_of(key)  # a bad key fails now, not after training
+    with transformed_rows(request, report) as rows:
+        return fit_and_register(rows, request, report, key)
+
+
+def fit_and_register(
+    rows: TransformedRows,
+    request: TrainingRequest,
+    report: Callable[[str], None] | None,
+    key: Path,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> ResolvedModel:
+    """Steps 4-8 on transformed rows: fit, export, evaluate, baseline, register."""
+    say = report or (lambda _message: None)
+    prepared = rows.prepared
+    repo = ModelRepository(request.model_repo or demo_model_repo())
+    rows.start_steps()
+    hyperparameters = _hyperparameters(request, prepared, rows.task, rows.labels)
+    policy = mixed_policy() if request.mixed_precision else FLOAT32
+    fitted = fit_model(rows, request, hyperparameters, policy)
+    rows.lap("keras_fit")
+
+    module = ServingModule(
+        fitted.model, rows.tft_output, prepared.raw_spec, hyperparameters["output_name"]
+    )
+    saved_model_dir = rows.work_dir / "saved_model"
+    module.save(saved_model_dir)
+    rows.lap("export")
+
+    scores = predict(module, rows.heldout)
+    heldout_labels = _labels_for(
+        rows.task, transformed_labels(rows.tft_output, rows.heldout, prepared.spec, prepared.label)
+    )
+    metrics = evaluate(rows.task, heldout_labels, scores, fitted.history)
+    rows.lap("evaluate")
+
+    precision: dict[str, Any] = {"policy": policy}
+    if policy != FLOAT32:
+        reference = fit_model(rows, request, hyperparameters, FLOAT32, "workers_float32")
+        reference_module = ServingModule(
+            reference.model, rows.tft_output, prepared.raw_spec, hyperparameters["output_name"]
+        )
+        reference_metrics = evaluate(
+            rows.task, heldout_labels, predict(reference_module, rows.heldout), reference.history
+        )
+        precision |= precision_change(metrics, reference_metrics, fitted.seconds, reference.seconds)
+        rows.lap("float32_reference")
+
+    baseline = write_drift_baseline(
+        saved_model_dir,
+        rows.raw,
+        list(prepared.raw_spec),
+        scores if scores.ndim == 1 else None,
+        hyperparameters["output_name"],
+        prepared.source,
+    )
+    rows.lap("drift_baseline")
+
+    training_data = prepared.training_data
+    metadata = {
+        "signature": module.signature_metadata(),
+        "key_columns": list(prepared.key_columns),
+        "contract": prepared.contract.name,
+        "label": prepared.label,
+        "task": rows.task.to_json(),
+        "training": {
+            "data_fingerprint": training_data["fingerprint"],
+            "input": str(prepared.source.resolve()),
+            "input_files": len(prepared.files),
+            "input_manifest": str(request.input_manifest) if request.input_manifest else None,
+            "rows_used": rows.raw.num_rows,
+            "rows_dropped_dirty": rows.cleaned.dropped,
+            "dirty_by_reason": rows.cleaned.reasons,
+            "train_rows": rows.train_rows.num_rows,
+            "heldout_rows": rows.heldout.num_rows,
+            "epochs": request.epochs,
+            "batch_size": request.batch_size,
+            "seed": request.seed,
+            "workers": request.workers,
+            "strategy": "MultiWorkerMirroredStrategy" if request.workers > 1 else None,
+            "fit_s": fitted.seconds,
+            "fit_examples_per_s": round(
+                rows.labels.size * request.epochs / max(fitted.seconds, 1e-9), 1
+            ),
+            "precision": precision,
+            "schema": f"{prepared.contract.source}/schema.pbtxt",
+            "preprocessing_fn": prepared.preprocessing.spec,
+            "model_fn": prepared.model_fn.spec,
+            "timings_s": rows.timings,
+        },
+        "metrics": metrics,
+        "drift_baseline": baseline,
+        "framework": framework_versions(),
+        "lineage": lineage(
+            training_data=training_data,
+            contract_name=prepared.contract.name,
+            contract_sha256=contract_sha256(prepared.contract),
+            preprocessing=prepared.preprocessing,
+            model_fn=prepared.model_fn,
+            hyperparameters=hyperparameters,
+            frameworks=framework_versions(),
+        ),
+        **(extra_metadata or {}),
+    }
+    resolved = repo.register(
+        request.name,
+        saved_model_dir,
+        metadata,
+        rows.transform_output_dir,
+        signing_key=key,
+        contract_dir=Path(prepared.contract.source),
+    )
     say(
         f"train: registered {resolved.label} at {resolved.saved_model_dir.parent} "
-        f"(train {train_rows.num_rows:,} rows, held-out {heldout.num_rows:,}, dropped "
-        f"{cleaned.dropped:,} dirty; {describe_metrics(metrics)}); signed with {key} (key "
-        f"{short(key_fingerprint(public_key_of(key)))})"
+        f"(train {rows.train_rows.num_rows:,} rows, held-out {rows.heldout.num_rows:,}, dropped "
+        f"{rows.cleaned.dropped:,} dirty; {describe_metrics(metrics)}"
+        + (f"; {request.workers} workers" if request.workers > 1 else "")
+        + (f"; {describe_precision(precision)}" if policy != FLOAT32 else "")
+        + f"); signed with {key} (key {short(key_fingerprint(public_key_of(key)))})"
     )
     return resolved
+
+
+def precision_change(
+    mixed: Mapping[str, Any],
+    float32: Mapping[str, Any],
+    mixed_fit_s: float,
+    float32_fit_s: float,
+) -> dict[str, Any]:
+    """The held-out metrics of the float32 reference and the mixed-precision model's change
+    against them (mixed minus float32), and both fit times."""
+    names = [k for k in float32 if k.startswith("heldout_") and isinstance(float32[k], float)]
+    return {
+        "float32_metrics": {name: float32[name] for name in names},
+        "change_vs_float32": {
+            name: round(float(mixed[name]) - float(float32[name]), 6)
+            for name in names
+            if isinstance(mixed.get(name), float)
+        },
+        "fit_s": mixed_fit_s,
+        "float32_fit_s": float32_fit_s,
+    }
+
+
+def describe_precision(precision: Mapping[str, Any]) -> str:
+    change = precision.get("change_vs_float32", {})
+    parts = [
+        f"{name.removeprefix('heldout_')} {value:+.4f}"
+        for name, value in change.items()
+        if name in ("heldout_auc", "heldout_log_loss", "heldout_rmse", "heldout_accuracy")
+    ]
+    return f"{precision['policy']}: vs float32 " + ", ".join(parts)
 
 
 def describe_metrics(metrics: Mapping[str, Any]) -> str:
