@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from batch.api import verify, write_summary_file
 from batch.observe.checks import FAIL, OK, job_summary
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "run_dirs",
         nargs="+",
-        type=Path,
+        type=str,
         metavar="RUN_DIR",
         help="OUTPUT/<model>/<version>/run=<run id>",
     )

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.core import errors
+from batch.core import errors, storage
 from batch.core.errors import BatchScoreError, UsageError
 from batch.engine.inputs import Split, decoded_schema
 from batch.engine.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
@@ -288,9 +288,12 @@ class PySparkRunner:
             # One scoring thread per core a task holds.
             task_cpus = int(spark.sparkContext.getConf().get(TASK_CPUS_CONF, "1"))
             job = dataclasses.replace(job, scoring_threads=max(1, task_cpus))
-            if self.input_mode == INPUT_SPLITS or job.skip_bad_files:
+            in_bucket = any(storage.is_uri(split.path) for split in splits)
+            if self.input_mode == INPUT_SPLITS or job.skip_bad_files or in_bucket:
                 # Under --on_bad_file=skip batchscore reads the files itself: a file found
-                # damaged inside is then skipped whole instead of failing Spark's read.
+                # damaged inside is then skipped whole instead of failing Spark's read. Input
+                # in a bucket is read by the tasks with pyarrow too, so the JVM needs no
+                # cloud connector (s3a://, gs://).
                 results = self._score_splits(spark, job, splits)
             else:
                 results = self._score_spark_input(spark, job, splits)

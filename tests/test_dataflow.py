@@ -136,8 +136,11 @@ def test_dry_run_builds_the_dataflow_job_offline(
     ("args", "expected"),
     [
         (
-            ["--output=gs://bucket/scores"],
-            "--output=gs://bucket/scores: batchscore reads and writes file system paths only",
+            # gs:// and s3:// are read and written (tests/test_objstore.py); other URLs are
+            # refused before anything is made (no folder named 'hdfs:' in the working folder).
+            ["--output=hdfs://namenode/scores"],
+            "--output=hdfs://namenode/scores: batchscore reads and writes local paths, gs:// "
+            "and s3:// URIs; hdfs:// is not one of them",
         ),
         (
             ["--runner=DirectRunner", "--dry_run=True"],
@@ -171,8 +174,12 @@ def test_unsupported_dataflow_setups_fail_in_one_line(
     plain_data: tuple[Path, pa.Table],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data, _ = plain_data
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     output = [] if any(a.startswith("--output") for a in args) else [f"--output={tmp_path}"]
     rc = score_main(
         [f"--input={data}", f"--model={plain_model}", "--key_columns=id", *output, *args]
@@ -180,6 +187,7 @@ def test_unsupported_dataflow_setups_fail_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and expected in err[0], err
     assert list_committed_runs(tmp_path) == []
+    assert list(cwd.iterdir()) == [], "nothing is made in the working folder"
 
 
 def test_the_flex_template_spec_names_real_options() -> None:

@@ -154,8 +154,10 @@ def test_random_rows_always_reconcile(
         ),
     )
     result = score_batches(plain_model_job, table.to_batches(max_chunksize=7), table.schema, part)
-    scored_path = plain_model_job.layout.staged_part(PREDICTIONS, part)
-    rejected_path = plain_model_job.layout.staged_part(REJECTED, part)
+    layout = plain_model_job.layout
+    assert isinstance(layout, RunLayout)
+    scored_path = layout.staged_part(PREDICTIONS, part)
+    rejected_path = layout.staged_part(REJECTED, part)
     scored = pq.read_table(scored_path).column("id").to_pylist()
     rejected = pq.read_table(rejected_path) if rejected_path.exists() else None
     rejected_ids = rejected.column("id").to_pylist() if rejected is not None else []

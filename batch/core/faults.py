@@ -21,6 +21,10 @@ PART_WRITTEN = "part-written"  # a part file is complete under its temporary nam
 COMMIT_MOVED = "commit-moved"  # staging renamed into place; no manifest yet
 COMMIT_MANIFEST = "commit-manifest"  # manifest written; no _SUCCESS yet
 POINTS = (SCORING, PART_WRITTEN, COMMIT_MOVED, COMMIT_MANIFEST)
+# The object-store protocol (batch.output.objstore): no rename, so other steps.
+ATTEMPT_WRITTEN = "attempt-written"  # an attempt's parts are complete; its record is not
+COMMIT_CLEANED = "commit-cleaned"  # manifest written, losers removed; no _SUCCESS yet
+OBJECT_POINTS = (SCORING, ATTEMPT_WRITTEN, COMMIT_MANIFEST, COMMIT_CLEANED)
 
 
 def fault_point(name: str) -> None:

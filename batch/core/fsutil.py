@@ -17,7 +17,11 @@ _CHUNK = 1 << 20
 
 def absolute(path: str | os.PathLike[str]) -> str:
     """``path`` as an absolute path (``~`` expanded, symbolic links kept), the form
-    manifests record: a relative path would mean another file to a reader elsewhere."""
+    manifests record: a relative path would mean another file to a reader elsewhere.
+    A bucket URI (``gs://``, ``s3://``) is returned as it is."""
+    text = os.fspath(path)
+    if text.startswith(("gs://", "s3://")):
+        return text
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 

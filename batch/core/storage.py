@@ -121,8 +121,9 @@ def error(uri: str, action: str, exc: BaseException) -> StorageError:
     """``exc`` (from pyarrow, boto3 or the GCS client) as one line naming ``uri``."""
     text = _one_line(exc)
     lowered = text.lower()
-    if "access denied" in lowered or "accessdenied" in lowered or "403" in lowered:
-        hint = "check the credentials and that they may access this bucket"
+    denied = ("access denied", "accessdenied", "access_denied", "invalid_access_key", "forbidden")
+    if any(word in lowered for word in denied) or "403" in lowered:
+        hint = "permission denied: check the credentials and that they may access this bucket"
     elif "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         hint = "check the bucket name"
     elif isinstance(exc, FileNotFoundError) or "not found" in lowered or "404" in lowered:

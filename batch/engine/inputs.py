@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch.core import storage
 from batch.core.errors import InputDataError, UsageError
 from batch.core.fsutil import absolute, records_sha256
 
@@ -87,6 +88,12 @@ class InputListing:
 
     files: list[Path]
     ignored: list[IgnoredFile] = field(default_factory=list)
+    # Objects in a bucket (gs://, s3://), as URIs; ``files`` is then empty.
+    uris: list[str] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[Path | str]:
+        return [*self.files, *self.uris]
 
 
 def _looks_like_data(name: str) -> bool:
@@ -204,7 +211,10 @@ def _count_data_like(folder: Path) -> int:
 def scan_inputs(spec: str) -> InputListing:
     """What ``--input`` names: a Parquet file, a folder (see :func:`list_data_files`) or a
     glob (its files as matched, its folders listed like a folder). Each file is listed
-    once, identified by its real path. Raises :class:`UsageError` if no file matches."""
+    once, identified by its real path. ``gs://`` and ``s3://`` URIs name an object or a
+    prefix (:func:`list_object_files`). Raises :class:`UsageError` if no file matches."""
+    if storage.is_uri(spec):
+        return list_object_files(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return InputListing([path])
@@ -234,6 +244,41 @@ def scan_inputs(spec: str) -> InputListing:
     return InputListing(files, sorted(unique_ignored.values(), key=lambda i: i.path))
 
 
+def list_object_files(uri: str) -> InputListing:
+    """The data files of a bucket URI: the object itself, or every object under the
+    prefix, by the rules of :func:`list_data_files` (names ending ``.parquet``, ``.parq``
+    or ``.pq``; a name or folder starting with ``_`` or ``.`` is metadata)."""
+    found = storage.info(uri)
+    if found is not None and not found.is_dir:
+        return _object_listing(uri, [found])
+    return _object_listing(uri, storage.list_files(uri))
+
+
+def _object_listing(uri: str, objects: Sequence[storage.ObjectInfo]) -> InputListing:
+    prefix = uri.rstrip("/") + "/"
+    files: list[str] = []
+    ignored: list[IgnoredFile] = []
+    for obj in objects:
+        rel = obj.uri[len(prefix) :] if obj.uri.startswith(prefix) else storage.name(obj.uri)
+        parts = rel.split("/")
+        if _is_data_name(parts[-1]) and not any(p.startswith(("_", ".")) for p in parts[:-1]):
+            files.append(obj.uri)
+        elif _looks_like_data(parts[-1]):
+            ignored.append(
+                IgnoredFile(
+                    obj.uri,
+                    "its name or a folder above it starts with '_' or '.', which marks "
+                    "metadata (Hadoop/Spark convention), or its extension's case differs",
+                )
+            )
+    if not files:
+        raise UsageError(
+            f"--input={uri}: no *.parquet objects there (listed recursively; names starting "
+            "with '_' or '.' are ignored). Check the bucket and prefix" + _ignored_note(ignored)
+        )
+    return InputListing([], ignored, uris=files)
+
+
 def _once_each(paths: Sequence[Path]) -> list[Path]:
     """``paths`` without repeats of one real file; a path without symbolic links wins,
     else the shortest."""
@@ -260,11 +305,29 @@ def find_input_files(spec: str) -> list[Path]:
     return scan_inputs(spec).files
 
 
-def read_input_file(path: Path) -> InputFile:
+def _file_state(path: Path | str) -> tuple[int, int]:
+    """(size, modification time in ns) of a local file or a bucket object."""
+    if storage.is_uri(path):
+        found = storage.info(str(path))
+        if found is None or found.is_dir:
+            raise FileNotFoundError(2, "no such object", str(path))
+        return found.size, found.mtime_ns
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def open_parquet(path: Path | str) -> pq.ParquetFile:
+    """A Parquet file on disk or in a bucket (read through batch.core.storage)."""
+    if storage.is_uri(path):
+        return pq.ParquetFile(storage.open_input(str(path)), pre_buffer=True)
+    return pq.ParquetFile(path)
+
+
+def read_input_file(path: Path | str) -> InputFile:
     """Footer facts of one file; a file that is not readable Parquet fails naming it."""
-    stat = path.stat()
+    size, mtime_ns = _file_state(path)
     try:
-        metadata = pq.read_metadata(path)
+        metadata = open_parquet(path).metadata
         schema = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(
@@ -273,8 +336,8 @@ def read_input_file(path: Path) -> InputFile:
         ) from exc
     return InputFile(
         path=str(path),
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
+        size=size,
+        mtime_ns=mtime_ns,
         num_rows=metadata.num_rows,
         row_group_rows=tuple(
             metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)
@@ -360,7 +423,7 @@ def _row_group_bytes(metadata: pq.FileMetaData, schema: pa.Schema) -> tuple[dict
     return tuple(groups)
 
 
-def inspect_inputs(paths: Sequence[Path]) -> tuple[list[InputFile], list[BadFile]]:
+def inspect_inputs(paths: Sequence[Path | str]) -> tuple[list[InputFile], list[BadFile]]:
     """Read every footer; a file is bad if it is not readable Parquet, or if its columns
     differ from those of most of its siblings (a stray file from another dataset)."""
     files: list[InputFile] = []
@@ -454,10 +517,23 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_input_output_disjoint(input_spec: str, output_root: Path) -> None:
+def check_input_output_disjoint(input_spec: str, output_root: Path | str) -> None:
     """Refuse an output root inside the input (the next run would read its own predictions)
     and an input inside an output root (it would read runs this output commits). Compared by
-    real paths, so symbolic links do not hide an overlap. Raises :class:`UsageError`."""
+    real paths, so symbolic links do not hide an overlap (bucket URIs by prefix). Raises
+    :class:`UsageError`."""
+    if storage.is_uri(input_spec) or storage.is_uri(str(output_root)):
+        source, target = str(_input_root(input_spec)), str(output_root)
+        if storage.is_uri(input_spec):
+            source = input_spec.split("*", 1)[0].rstrip("/")
+        source, target = source.rstrip("/") + "/", target.rstrip("/") + "/"
+        if source.startswith(target) or target.startswith(source):
+            raise UsageError(
+                f"--output={output_root} and --input={input_spec} overlap: a run would read "
+                "its own predictions, or the runs it commits, as input. Choose an output "
+                "prefix outside the input"
+            )
+        return
     source = os.path.realpath(_input_root(input_spec))
     target = os.path.realpath(output_root)
     if _within(target, source):
@@ -480,17 +556,17 @@ def check_split_unchanged(split: Split) -> None:
     if split.size is None and split.mtime_ns is None:
         return
     try:
-        stat = os.stat(split.path)
+        size, mtime_ns = _file_state(split.path)
     except OSError as exc:
         raise InputDataError(
             f"{split.path}: it was removed or became unreadable while the run was scoring "
             f"({exc.strerror or exc}); rerun once the input is complete"
         ) from exc
-    if (stat.st_size, stat.st_mtime_ns) != (split.size, split.mtime_ns):
+    if (size, mtime_ns) != (split.size, split.mtime_ns):
         raise InputDataError(
             f"{split.path}: the file changed while the run was scoring (planned with "
-            f"{split.size} bytes, modified at {split.mtime_ns} ns; now {stat.st_size} bytes, "
-            f"{stat.st_mtime_ns} ns); nothing is committed from a run whose input changes. "
+            f"{split.size} bytes, modified at {split.mtime_ns} ns; now {size} bytes, "
+            f"{mtime_ns} ns); nothing is committed from a run whose input changes. "
             "Rerun once the writer has finished"
         )
 
@@ -498,7 +574,7 @@ def check_split_unchanged(split: Split) -> None:
 def open_split(split: Split) -> pq.ParquetFile:
     """The split's file, opened after checking it is the file that was planned."""
     check_split_unchanged(split)
-    return pq.ParquetFile(split.path)
+    return open_parquet(split.path)
 
 
 def null_counts_from_data(file: InputFile, columns: Sequence[str]) -> dict[str, int | None]:
@@ -510,7 +586,7 @@ def null_counts_from_data(file: InputFile, columns: Sequence[str]) -> dict[str, 
             counts[name] = file.null_counts[name]
         elif file.schema.get_field_index(name) >= 0:
             try:
-                column = pq.ParquetFile(file.path).read(columns=[name]).column(name)
+                column = open_parquet(file.path).read(columns=[name]).column(name)
                 counts[name] = column.null_count
             except (OSError, pa.ArrowException) as exc:
                 log.warning(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from batch.contract.contract import ColumnRule, Contract, contract_sha256
+from batch.core import storage
 from batch.core.columns import (
     CONSTANT_COLUMNS,
 )
@@ -33,7 +34,7 @@ from batch.core.errors import (
     ModelError,
     UsageError,
 )
-from batch.core.faults import SCORING, fault_point
+from batch.core.faults import ATTEMPT_WRITTEN, SCORING, fault_point
 from batch.core.fsutil import absolute, read_json, write_json_atomic
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
@@ -117,6 +118,14 @@ from batch.output.commit import (
     count_reasons,
 )
 from batch.output.manifest import Manifest
+from batch.output.objstore import (
+    ObjectRunLayout,
+    RunLease,
+    choose_attempts,
+    commit_object_run,
+    new_attempt_id,
+    write_attempt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +142,8 @@ class ScoringJob:
     """Everything a worker needs to score a split; small and picklable."""
 
     model: ResolvedModel
-    layout: RunLayout
+    # On disk (rename + flock) or in a bucket (attempt names + manifest + lease).
+    layout: RunLayout | ObjectRunLayout
     key_columns: tuple[str, ...]
     # What to read: the keys, the model's inputs, and any other contract column
     # present (so dead-letter rows keep the columns the contract knows).
@@ -300,16 +310,28 @@ def score_batches(
     )
     baseline = job.baseline
     stats = PartStats(model_loads={process_id(): scorer.loaded.load_seconds})
-    staging = job.layout.staging_dir
+    layout = job.layout
+    # In a bucket every execution of a part writes under its own attempt name; on disk the
+    # part's name is fixed and a retry renames onto it.
+    attempt = new_attempt_id() if isinstance(layout, ObjectRunLayout) else None
+
+    def part_path(kind: str) -> Path | str:
+        if isinstance(layout, ObjectRunLayout):
+            assert attempt is not None
+            return layout.attempt_part(kind, part_index, attempt)
+        return layout.staged_part(kind, part_index)
+
+    # Progress files are for the driver's display on a shared disk; none in a bucket.
+    staging = None if isinstance(layout, ObjectRunLayout) else layout.staging_dir
     with (
         PartWriter(
-            job.layout.staged_part(PREDICTIONS, part_index),
+            part_path(PREDICTIONS),
             scorer.output_schema(schema),
             create_empty=True,
             dictionary_columns=CONSTANT_COLUMNS,
         ) as scored,
         PartWriter(
-            job.layout.staged_part(REJECTED, part_index),
+            part_path(REJECTED),
             reject_schema(schema),
             # Part 0 is written even when empty, so that every committed run has rejected/
             # with the dead-letter schema and readers need no special case.
@@ -361,7 +383,7 @@ def score_batches(
                     writer.submit(scored.write, batch)
                 for batch in done.rejected:
                     writer.submit(rejects.write, batch)
-                if time.perf_counter() >= next_progress:
+                if staging is not None and time.perf_counter() >= next_progress:
                     write_progress(staging, part_index, stats.rows_read)
                     next_progress = time.perf_counter() + job.progress_interval_s
         finally:
@@ -375,8 +397,22 @@ def score_batches(
     if backoff.rows is not None:
         stats.out_of_memory_retries = backoff.retries
         stats.batch_rows_after_out_of_memory = {str(part_index): backoff.rows}
-    write_part_stats(staging, part_index, stats)
-    write_progress(staging, part_index, stats.rows_read)
+    if isinstance(layout, ObjectRunLayout):
+        assert attempt is not None
+        fault_point(ATTEMPT_WRITTEN)
+        files = [
+            {
+                "kind": kind,
+                "path": storage.join(kind, storage.name(str(writer.path))),
+                **writer.describe(),
+            }
+            for kind, writer in ((PREDICTIONS, scored), (REJECTED, rejects))
+            if writer.written
+        ]
+        write_attempt(layout, part_index, attempt, stats, files)
+    else:
+        write_part_stats(layout.staging_dir, part_index, stats)
+        write_progress(layout.staging_dir, part_index, stats.rows_read)
     return SplitResult(part_index, stats.rows_read, scored.rows, rejects.rows, stats)
 
 
@@ -408,6 +444,7 @@ def score_split(
         if not job.skip_bad_files:
             raise
         log.warning("skipping %s (--on_bad_file=skip): %s", split.path, exc)
+        assert isinstance(job.layout, RunLayout)  # refused for a bucket output (run_scoring)
         write_json_atomic(
             job.layout.staging_dir / SKIPPED_FOLDER / f"part-{split.index:05d}.json",
             {"path": split.path, "reason": str(exc)},
@@ -602,7 +639,8 @@ class ScoringRun:
     input_spec: str
     files: Sequence[InputFile]
     model: ResolvedModel
-    output_root: Path
+    # A folder, or a gs:// / s3:// URI (the object-store commit protocol).
+    output_root: Path | str
     key_columns: Sequence[str]
     run_id: str
     contract: Contract | None = None
@@ -698,7 +736,14 @@ def run_scoring(
     check_inputs(files, signature, key_columns, contract, run.passthrough_columns)
     splits = plan_splits(files, run.split_rows)
     # Absolute, so that the manifest and the summary name the run wherever they are read.
-    layout = RunLayout(Path(absolute(run.output_root)), model.name, model.version, run_id)
+    layout: RunLayout | ObjectRunLayout
+    if storage.is_uri(str(run.output_root)):
+        layout = ObjectRunLayout(
+            str(run.output_root).rstrip("/"), model.name, model.version, run_id
+        )
+        _check_object_store_options(run)
+    else:
+        layout = RunLayout(Path(absolute(run.output_root)), model.name, model.version, run_id)
     columns = (
         columns_to_read(files[0].schema, signature, key_columns, contract, run.passthrough_columns)
         if files
@@ -774,16 +819,27 @@ def run_scoring(
             or f"dry run on {runner.name}: nothing was scored or committed"
         )
     rows_in = sum(f.num_rows for f in files)
-    cleaned = clean_stale_runs(layout.version_dir)
-    if cleaned:
-        log.warning("removed %d stale run folder(s) left by dead jobs: %s", len(cleaned), cleaned)
+    guard: RunLease | RunLock
+    if isinstance(layout, RunLayout):
+        cleaned = clean_stale_runs(layout.version_dir)
+        guard = RunLock(layout)
+    else:
+        guard = RunLease(layout)  # entering it removes dead runs' objects
     log.info("scoring %d split(s) of %d file(s) with %s", len(splits), len(files), runner.name)
-    with RunLock(layout):
+    with guard:
+        if isinstance(guard, RunLease):
+            cleaned = guard.cleaned
+        if cleaned:
+            log.warning(
+                "removed %d stale run folder(s) left by dead jobs: %s", len(cleaned), cleaned
+            )
+        local_staging = layout.staging_dir if isinstance(layout, RunLayout) else None
         with ProgressMonitor(
-            layout.staging_dir, rows_in, run.progress, log_every_s=run.progress_every_s
+            local_staging, rows_in, run.progress, log_every_s=run.progress_every_s
         ) as monitor:
             runner.execute(job, splits)
-        damaged = drop_damaged_files(layout.staging_dir, splits)
+        chosen = None if isinstance(layout, RunLayout) else choose_attempts(layout)
+        damaged = [] if local_staging is None else drop_damaged_files(local_staging, splits)
         if damaged:  # found while reading, with --on_bad_file=skip: as if skipped at listing
             gone = {bad.path for bad in damaged}
             files = [f for f in files if f.path not in gone]
@@ -794,9 +850,9 @@ def run_scoring(
             manifest["input"]["skipped_files"] += [
                 {"path": b.path, "reason": b.reason} for b in damaged
             ]
-        if variant is not None and variant_manifest is not None:
-            variant.finish(layout.staging_dir, variant_manifest)
-        stats = merge_part_stats(layout.staging_dir)
+        if variant is not None and variant_manifest is not None and local_staging is not None:
+            variant.finish(local_staging, variant_manifest)
+        stats = chosen.stats() if chosen is not None else merge_part_stats(Path(layout.staging_dir))
         batching.section["memory"].update(
             peak_rss_bytes=stats.peak_rss_bytes,
             intake_waits=stats.intake_waits,
@@ -827,7 +883,7 @@ def run_scoring(
         }
         metrics = metrics_section(stats, time.perf_counter() - started, monitor.timeline())
 
-        def summary_for(run_dir: Path | None, reason: str | None = None) -> dict[str, Any]:
+        def summary_for(run_dir: Path | str | None, reason: str | None = None) -> dict[str, Any]:
             return run_summary(
                 run_id=run_id,
                 run_dir=str(run_dir) if run_dir is not None else None,
@@ -849,7 +905,11 @@ def run_scoring(
         try:
             if drift_section["status"] == FAIL:
                 raise DriftExceeded(_drift_failure(run_id, drift_section, layout.staging_dir))
-            committed = commit_run(layout, manifest, rows_in, max_error_rate)
+            if isinstance(layout, RunLayout):
+                committed = commit_run(layout, manifest, rows_in, max_error_rate)
+            else:
+                assert chosen is not None
+                committed = commit_object_run(layout, manifest, rows_in, max_error_rate, chosen)
         except (ErrorBudgetExceeded, DriftExceeded) as exc:
             tell(summary_for(None, str(exc)))
             raise
@@ -861,7 +921,20 @@ def run_scoring(
     return RunSummary(committed, committed.manifest(), time.perf_counter() - started, summary)
 
 
-def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path) -> str:
+def _check_object_store_options(run: ScoringRun) -> None:
+    """What the object-store protocol does not do yet, refused before any work."""
+    for used, option in (
+        (run.variant is not None, "--canary"),
+        (run.skip_bad_files, "--on_bad_file=skip"),
+    ):
+        if used:
+            raise UsageError(
+                f"{option} with --output={run.output_root}: not supported yet for an output in "
+                "a bucket; write the run to a local or mounted folder, or drop the option"
+            )
+
+
+def _drift_failure(run_id: str, drift: dict[str, Any], staging: Path | str) -> str:
     entries = [*drift["features"], *([drift["prediction"]] if drift["prediction"] else [])]
     failed = [e for e in entries if e["status"] == FAIL]
     listed = ", ".join(

@@ -5,6 +5,7 @@ the same way, in one line, before Beam, Spark or TensorFlow start."""
 from __future__ import annotations
 
 import logging
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from batch.contract.contract import Contract, load_contract
+from batch.core import storage
 from batch.core.errors import InputDataError, UsageError
 from batch.demo.paths import default_public_key
 from batch.engine.inputs import BadFile, IgnoredFile, InputFile, inspect_inputs, scan_inputs
@@ -36,19 +38,28 @@ def trust_policy(public_key: str | Path | None, allow_unsigned: bool) -> TrustPo
 
 
 def check_local_path(option: str, value: str | None) -> None:
-    """Inputs, models and outputs are POSIX paths: the commit protocol needs atomic rename
-    and flock (docs/commit-protocol.md), which object stores do not give."""
-    if value and "://" in value:
+    """Paths are local (or mounted) paths or ``gs://`` / ``s3://`` URIs (batch.core.storage;
+    docs/commit-protocol.md has the object-store protocol); any other URL is refused before
+    anything is made (``Path`` would fold ``x://`` into a folder named ``x:``)."""
+    if value and "://" in value and not storage.is_uri(value):
+        scheme = value.split("://", 1)[0]
         raise UsageError(
-            f"{option}={value}: batchscore reads and writes file system paths only, not URLs; "
-            "its commit protocol needs atomic rename and file locks, which object stores such "
-            "as GCS or S3 lack. Put the data on a file system that the driver and every worker "
-            "mount at the same path (a local disk, or an NFS share such as Filestore) and "
-            "pass that path"
+            f"{option}={value}: batchscore reads and writes local paths, gs:// and s3:// "
+            f"URIs; {scheme}:// is not one of them. Copy the data to GCS or S3 (or a mounted "
+            "folder) and pass that"
         )
 
 
-def check_output_writable(output: Path, option: str = "--output") -> None:
+def check_output_writable(output: Path | str, option: str = "--output") -> None:
+    if storage.is_uri(str(output)):
+        probe = storage.join(str(output), f".write-check-{secrets.token_hex(6)}")
+        try:
+            storage.write_bytes(probe, b"")
+            storage.delete(probe)
+        except storage.StorageError as exc:
+            raise UsageError(f"{option}={output}: cannot write there: {exc}") from exc
+        return
+    output = Path(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output, prefix=".write-check-"):
@@ -84,7 +95,7 @@ def resolve_inputs(spec: str, on_bad_file: OnBadFile) -> ResolvedInputs:
             "; ".join(f"{i.path}: {i.reason}" for i in listing.ignored[:10])
             + ("; ..." if len(listing.ignored) > 10 else ""),
         )
-    files, bad = inspect_inputs(listing.files)
+    files, bad = inspect_inputs(listing.all)
     if bad and on_bad_file == "fail":
         bad_listed = "\n  ".join(f"{b.path}: {b.reason}" for b in bad)
         raise InputDataError(
@@ -100,7 +111,12 @@ def resolve_inputs(spec: str, on_bad_file: OnBadFile) -> ResolvedInputs:
 
 
 def job_contract(option: str | None, model: ResolvedModel) -> Contract | None:
-    """The contract named, else the one the model was trained with, else none."""
+    """The contract named (a name, a folder, or a gs:// / s3:// folder, downloaded), else
+    the one the model was trained with, else none."""
+    if option is not None and storage.is_uri(option):
+        local = Path(tempfile.mkdtemp(prefix="batchscore-contract-")) / storage.name(option)
+        storage.download_tree(option, str(local))
+        return load_contract(str(local))
     name = option or model.metadata.get("contract")
     return load_contract(str(name)) if name else None
 

@@ -30,6 +30,7 @@ reject a bad ``--model`` argument before any heavy start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
 import logging
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from batch.contract.contract import RULES_FILE, SCHEMA_FILE
+from batch.core import storage
 from batch.core.errors import ModelError, UsageError
 from batch.core.fsutil import directory_sha256, locked, read_json, write_json_atomic
 from batch.model.resolved import ResolvedModel, signature_path
@@ -615,7 +617,12 @@ def _is_name(text: str) -> bool:
 
 def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
     """Resolve ``--model``: a SavedModel path, a registered version folder, or
-    NAME[@VERSION|@latest|@ALIAS] in ``repository``."""
+    NAME[@VERSION|@latest|@ALIAS] in ``repository``. A ``gs://`` or ``s3://`` URI of either
+    folder is downloaded first (batch.model.remote, cached by content hash)."""
+    if storage.is_uri(spec):
+        from batch.model.remote import fetch_model
+
+        return dataclasses.replace(resolve_model(str(fetch_model(spec)), repository), source=spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / METADATA_FILE).is_file() and is_saved_model_dir(path / SAVED_MODEL_DIR):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch.core import storage
 from batch.core.errors import ModelError, UsageError
 from batch.core.fsutil import file_sha256, iter_files
 from batch.model.resolved import ResolvedModel, signature_path
@@ -100,7 +101,12 @@ def short(fingerprint: str | None) -> str:
 
 
 def load_public_key(path: Path | str) -> bytes:
-    """The PEM bytes of an EC public key file, checked; a private key file is refused."""
+    """The PEM bytes of an EC public key file (or object: gs://, s3://), checked; a private
+    key file is refused."""
+    if storage.is_uri(path):
+        pem = storage.read_bytes(str(path))
+        _check_public_pem(pem, str(path))
+        return pem
     path = Path(path).expanduser()
     try:
         pem = path.read_bytes()
@@ -351,6 +357,8 @@ def verify_model(
     model_dir = model.saved_model_dir
     sig = signature_path(model_dir)
     where = f"model {model.label} ({shown_as or model_dir})"
+    if model.source is not None:  # downloaded from a bucket: name where it really is
+        where = f"model {model.label} ({model.source}, downloaded to {shown_as or model_dir})"
     sig_shown = signature_path(shown_as) if shown_as else sig
     sign_hint = _sign_hint(model)
     if not sig.is_file():

@@ -50,11 +50,12 @@ def progress_line(rows: int | None, total: int, elapsed: float, rate: float) -> 
 
 
 class ProgressMonitor:
-    """Polls ``staging_dir`` while a runner executes; a context manager."""
+    """Polls ``staging_dir`` while a runner executes (None: no shared disk to poll, e.g. a
+    run written to a bucket; only the elapsed time is shown); a context manager."""
 
     def __init__(
         self,
-        staging_dir: Path,
+        staging_dir: Path | None,
         total_rows: int,
         mode: ProgressMode = "auto",
         *,
@@ -124,7 +125,7 @@ class ProgressMonitor:
         return [{"t": t, "rows": rows} for t, rows in samples]
 
     def _sample(self) -> int | None:
-        rows = read_progress(self.staging_dir)
+        rows = None if self.staging_dir is None else read_progress(self.staging_dir)
         if rows is not None and (not self.samples or self.samples[-1][1] != rows):
             self.samples.append((self.clock() - self._started, rows))
         return rows

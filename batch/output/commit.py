@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batch.core import storage
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.errors import CommitError, ErrorBudgetExceeded
 from batch.core.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
@@ -92,13 +93,13 @@ class PartWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         schema: pa.Schema,
         *,
         create_empty: bool,
         dictionary_columns: Sequence[str] | bool = True,
     ) -> None:
-        self.path = path
+        self.path: Path | str = path
         self.schema = schema
         self.create_empty = create_empty
         # Dictionary-encoding unique values (scores, keys) costs time for no gain;
@@ -107,8 +108,25 @@ class PartWriter:
             dictionary_columns if isinstance(dictionary_columns, bool) else list(dictionary_columns)
         )
         self.rows = 0
-        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # In a bucket (a URI) the part is written in place under a name no other attempt
+        # uses (batch.output.objstore): an upload becomes visible only once complete.
+        self.remote = storage.is_uri(path)
+        self._tmp: Path | str = (
+            path
+            if isinstance(path, str)
+            else path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        )
         self._writer: pq.ParquetWriter | None = None
+        self._sink: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """What an attempt record says of a part written to a bucket (sha256 hashed as
+        the bytes went out)."""
+        return {"rows": self.rows, "bytes": self._sink.size, "sha256": self._sink.sha256()}
+
+    @property
+    def written(self) -> bool:
+        return self._writer is not None
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -117,18 +135,27 @@ class PartWriter:
         try:
             yield
         except OSError as exc:
+            folder = storage.parent(str(self.path))
             raise CommitError(
                 f"{self.path}: cannot write this output part ({exc.strerror or exc}); nothing "
-                f"was committed. Free space in, or fix the permissions of, {self.path.parent} "
+                f"was committed. Free space in, or fix the permissions of, {folder} "
                 "and rerun"
             ) from exc
 
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             with self._writing():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(self.path, str):
+                    from batch.output.objstore import HashingSink
+
+                    fs, fs_path = storage.filesystem(self.path)
+                    self._sink = HashingSink(fs.open_output_stream(fs_path))
+                    where: Any = self._sink
+                else:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    where = self._tmp
                 self._writer = pq.ParquetWriter(
-                    self._tmp,
+                    where,
                     self.schema,
                     compression="snappy",
                     use_dictionary=self.dictionary_columns,
@@ -158,16 +185,28 @@ class PartWriter:
         if exc_type is not None:
             with contextlib.suppress(OSError):
                 self._writer.close()
-            self._tmp.unlink(missing_ok=True)
+            self._discard()
             return
         try:
             with self._writing():
                 self._writer.close()
+                if isinstance(self.path, str):
+                    self._sink.close()
+                    return
                 fault_point(PART_WRITTEN)
                 os.replace(self._tmp, self.path)
         except CommitError:
-            self._tmp.unlink(missing_ok=True)
+            self._discard()
             raise
+
+    def _discard(self) -> None:
+        if isinstance(self._tmp, str):
+            with contextlib.suppress(OSError, storage.StorageError):
+                if self._sink is not None and not self._sink.closed:
+                    self._sink.close()
+                storage.delete(self._tmp)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -181,6 +220,15 @@ class CommittedRun:
 
     def manifest(self) -> Manifest:
         return read_manifest(self.run_dir)
+
+
+@dataclass(frozen=True)
+class ObjectCommittedRun(CommittedRun):
+    """A committed run in a bucket (batch.output.objstore): ``run_dir`` is its URI, kept a
+    string (``Path`` would fold ``gs://`` into ``gs:/``); ``str()`` of either kind names
+    the run."""
+
+    run_dir: str  # type: ignore[assignment]
 
 
 def _describe_parts(run_dir: Path, kind: str) -> list[dict[str, Any]]:
@@ -215,19 +263,21 @@ def count_reasons(rejected: Iterable[pa.RecordBatch | pa.Table]) -> Counter[str]
     return counts
 
 
-def _reject_reasons(run_dir: Path, parts: list[dict[str, Any]]) -> dict[str, int]:
-    counts = count_reasons(
-        pq.read_table(run_dir / part["path"], columns=[REASON_COLUMN]) for part in parts
-    )
+PartReader = Callable[[str, Sequence[str]], pa.Table]
+"""Reads columns of a part, given its path relative to the run folder."""
+
+
+def _reject_reasons(read: PartReader, parts: list[dict[str, Any]]) -> dict[str, int]:
+    counts = count_reasons(read(part["path"], [REASON_COLUMN]) for part in parts)
     return dict(sorted(counts.items()))
 
 
 def _example_rejects(
-    run_dir: Path, parts: list[dict[str, Any]], key_columns: Sequence[str], limit: int = 3
+    read: PartReader, parts: list[dict[str, Any]], key_columns: Sequence[str], limit: int = 3
 ) -> str:
     examples: list[str] = []
     for part in parts:
-        table = pq.read_table(run_dir / part["path"], columns=[*key_columns, MESSAGE_COLUMN])
+        table = read(part["path"], [*key_columns, MESSAGE_COLUMN])
         for row in table.slice(0, limit - len(examples)).to_pylist():
             keys = ", ".join(f"{k}={row[k]}" for k in key_columns)
             examples.append(f"[{keys}] {row[MESSAGE_COLUMN]}")
@@ -250,11 +300,37 @@ def commit_run(
     staging = layout.staging_dir
     predictions = _describe_parts(staging, PREDICTIONS)
     rejected = _describe_parts(staging, REJECTED)
+
+    def read(rel: str, columns: Sequence[str]) -> pa.Table:
+        return pq.read_table(staging / rel, columns=list(columns))
+
+    counts = check_counts(
+        layout.run_id, predictions, rejected, rows_in, max_error_rate, manifest, read, staging
+    )
+    # The parts' stats and progress files are merged into the manifest by now.
+    for scratch in (STATS_FOLDER, PROGRESS_FOLDER):
+        shutil.rmtree(staging / scratch, ignore_errors=True)
+    return _move_and_mark(layout, manifest, counts, predictions, rejected)
+
+
+def check_counts(
+    run_id: str,
+    predictions: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+    rows_in: int,
+    max_error_rate: float,
+    manifest: dict[str, Any],
+    read: PartReader,
+    staging: Path | str,
+) -> dict[str, Any]:
+    """Reconcile the parts' rows with ``rows_in`` and check the error budget (both
+    protocols); the manifest's counts, or an error that commits nothing."""
     rows_scored = sum(p["rows"] for p in predictions)
     rows_rejected = sum(p["rows"] for p in rejected)
+    rejected_dir = storage.join(str(staging), REJECTED)
     if rows_scored + rows_rejected != rows_in:
         raise CommitError(
-            f"run {layout.run_id}: {rows_in} rows were read but {rows_scored} scored + "
+            f"run {run_id}: {rows_in} rows were read but {rows_scored} scored + "
             f"{rows_rejected} rejected = {rows_scored + rows_rejected} were written; "
             f"nothing was committed (staged files kept in {staging} for inspection)"
         )
@@ -262,23 +338,31 @@ def commit_run(
         "rows_in": rows_in,
         "rows_scored": rows_scored,
         "rows_rejected": rows_rejected,
-        "rejected_by_reason": _reject_reasons(staging, rejected),
+        "rejected_by_reason": _reject_reasons(read, rejected),
         "error_rate": error_rate(rows_rejected, rows_in),
         "max_error_rate": max_error_rate,
     }
     if over_error_budget(counts["error_rate"], max_error_rate):
         by_reason = ", ".join(f"{k}: {v:,}" for k, v in counts["rejected_by_reason"].items())
-        examples = _example_rejects(staging, rejected, manifest.get("key_columns", []))
+        examples = _example_rejects(read, rejected, manifest.get("key_columns", []))
         raise ErrorBudgetExceeded(
-            f"run {layout.run_id}: {rows_rejected:,} of {rows_in:,} rows rejected "
+            f"run {run_id}: {rows_rejected:,} of {rows_in:,} rows rejected "
             f"({counts['error_rate']:.3%}), above --max_error_rate={max_error_rate:g}; "
             f"nothing was committed. By reason: {by_reason}. Examples: {examples}. "
-            f"The rejected rows are in {staging / REJECTED} for inspection; fix the data "
+            f"The rejected rows are in {rejected_dir} for inspection; fix the data "
             "or raise --max_error_rate"
         )
-    # The parts' stats and progress files are merged into the manifest by now.
-    for scratch in (STATS_FOLDER, PROGRESS_FOLDER):
-        shutil.rmtree(staging / scratch, ignore_errors=True)
+    return counts
+
+
+def _move_and_mark(
+    layout: RunLayout,
+    manifest: dict[str, Any],
+    counts: dict[str, Any],
+    predictions: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+) -> CommittedRun:
+    staging = layout.staging_dir
     final = layout.run_dir
     if final.exists():
         raise CommitError(
@@ -471,6 +555,10 @@ def clean_stale_runs(version_dir: Path) -> list[str]:
 
 def list_committed_runs(output_root: Path | str) -> list[CommittedRun]:
     """Every committed run under ``output_root``, oldest first within each model version."""
+    if storage.is_uri(output_root):
+        from batch.output.objstore import list_committed_object_runs
+
+        return list_committed_object_runs(str(output_root))
     root = Path(output_root)
     runs = []
     for marker in sorted(root.glob(f"*/*/{RUN_PREFIX}*/{SUCCESS}")):
@@ -486,12 +574,50 @@ def list_committed_runs(output_root: Path | str) -> list[CommittedRun]:
     return runs
 
 
-def verify_run(run_dir: Path) -> list[str]:
-    """Every way ``run_dir`` differs from its manifest; empty when it matches."""
-    if not (run_dir / MANIFEST).is_file():
+class _RunFiles:
+    """The files of a run folder on disk or in a bucket, as :func:`verify_run` reads them."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.run_dir = run_dir
+        self.remote = storage.is_uri(run_dir)
+
+    def size(self, rel: str) -> int | None:
+        if self.remote:
+            found = storage.info(storage.join(str(self.run_dir), rel))
+            return None if found is None or found.is_dir else found.size
+        path = Path(self.run_dir) / rel
+        return path.stat().st_size if path.is_file() else None
+
+    def sha256(self, rel: str) -> str:
+        if self.remote:
+            from batch.output.objstore import object_sha256
+
+            return object_sha256(storage.join(str(self.run_dir), rel))
+        return file_sha256(Path(self.run_dir) / rel)
+
+    def rows(self, rel: str) -> int:
+        if self.remote:
+            source = storage.open_input(storage.join(str(self.run_dir), rel))
+            return int(pq.ParquetFile(source).metadata.num_rows)
+        return int(pq.read_metadata(Path(self.run_dir) / rel).num_rows)
+
+    def parquet(self) -> set[str]:
+        if self.remote:
+            from batch.output.objstore import iter_run_parquet
+
+            return set(iter_run_parquet(str(self.run_dir)))
+        root = Path(self.run_dir)
+        return {p.relative_to(root).as_posix() for p in root.rglob("*.parquet")}
+
+
+def verify_run(run_dir: Path | str) -> list[str]:
+    """Every way ``run_dir`` (a folder, or a run's URI in a bucket) differs from its
+    manifest; empty when it matches."""
+    files = _RunFiles(run_dir)
+    if files.size(MANIFEST) is None:
         return [f"no {MANIFEST}: not a committed run (or not a run folder)"]
     problems = []
-    if not (run_dir / SUCCESS).is_file():
+    if files.size(SUCCESS) is None:
         problems.append(f"no {SUCCESS}: the run was never committed")
     try:
         manifest = read_manifest(run_dir)
@@ -501,21 +627,21 @@ def verify_run(run_dir: Path) -> list[str]:
     for kind in (PREDICTIONS, REJECTED):
         for part in manifest.outputs.get(kind, []):
             listed[part.path] = part
-    present = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.parquet")}
+    present = files.parquet()
     for extra in sorted(present - listed.keys()):
         problems.append(f"{extra}: present but not in the manifest")
     for rel, part in sorted(listed.items()):
-        path = run_dir / rel
-        if not path.is_file():
+        size = files.size(rel)
+        if size is None:
             problems.append(f"{rel}: listed in the manifest but missing")
             continue
-        if path.stat().st_size != part.bytes:
-            problems.append(f"{rel}: {path.stat().st_size} bytes, manifest says {part.bytes}")
-        digest = file_sha256(path)
+        if size != part.bytes:
+            problems.append(f"{rel}: {size} bytes, manifest says {part.bytes}")
+        digest = files.sha256(rel)
         if digest != part.sha256:
             problems.append(f"{rel}: sha256 {digest[:16]}..., manifest says {part.sha256[:16]}...")
             continue
-        rows = pq.read_metadata(path).num_rows
+        rows = files.rows(rel)
         if rows != part.rows:
             problems.append(f"{rel}: {rows} rows, manifest says {part.rows}")
     counts = manifest.counts
@@ -527,9 +653,9 @@ def verify_run(run_dir: Path) -> list[str]:
             )
     if counts.rows_in != counts.rows_scored + counts.rows_rejected:
         problems.append("counts do not reconcile: rows_in != rows_scored + rows_rejected")
-    files = manifest.input.get("files")
-    if isinstance(files, list):
-        read = sum(int(f.get("rows", 0)) for f in files if isinstance(f, dict))
+    inputs = manifest.input.get("files")
+    if isinstance(inputs, list):
+        read = sum(int(f.get("rows", 0)) for f in inputs if isinstance(f, dict))
         if read != counts.rows_in:
             problems.append(
                 f"counts.rows_in = {counts.rows_in}, but the input files the manifest lists "

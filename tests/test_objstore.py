@@ -1,0 +1,325 @@
+"""Data, models and outputs in object storage, against real S3 and GCS API servers on
+127.0.0.1 (moto, fake-gcs-server: tests/object_stores.py): bucket-to-bucket scoring on
+Beam and Spark, the object-store commit protocol under SIGKILL and concurrency, and
+one-line errors naming the URI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch.core import storage
+from batch.core.faults import ATTEMPT_WRITTEN, FAULT_ENV, FAULT_ONCE_ENV, OBJECT_POINTS
+from batch.model.remote import CACHE_ENV
+from batch.output.commit import LATEST, SUCCESS, list_committed_runs, verify_run
+from batch.output.manifest import MANIFEST, read_manifest
+from batch.output.objstore import ATTEMPTS, LEASE_ENV
+from jobs.score import main as score_main
+from tests.object_stores import ObjectStores, make_bucket, moto_server, object_stores, upload_tree
+from tests.plain_model import write_plain_data
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStores]:
+    saved = dict(os.environ)
+    folder = tmp_path_factory.mktemp("stores")
+    with object_stores(folder) as servers:
+        os.environ.update(servers.env())
+        os.environ[CACHE_ENV] = str(folder / "cache")
+        try:
+            yield servers
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("objdata")
+    write_plain_data(folder, files=3, rows_per_file=3000, row_group_rows=1000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def buckets(stores: ObjectStores, local_data: Path, plain_model: Path) -> dict[str, str]:
+    """One bucket per store, each holding the input (``/in``) and the signed model
+    (``/models/model`` and ``/models/model.sig``)."""
+    made = {}
+    for scheme in ("s3", "gs"):
+        uri = f"{scheme}://batchscore-{scheme}-test"
+        make_bucket(uri)
+        upload_tree(local_data, f"{uri}/in")
+        upload_tree(plain_model, f"{uri}/models/model")
+        upload_tree(plain_model.with_name("model.sig"), f"{uri}/models/model.sig")
+        made[scheme] = uri
+    return made
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env.pop(FAULT_ENV, None)
+    env.pop(FAULT_ONCE_ENV, None)
+    env.update(extra)
+    return env
+
+
+def _score(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.score", "--key_columns=id", "--split_rows=1000", *args],
+        cwd=PROJECT,
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
+
+
+def _rows(run_dir: Path | str) -> pa.Table:
+    manifest = read_manifest(run_dir)
+    tables = []
+    for part in manifest.outputs["predictions"]:
+        uri = storage.join(str(run_dir), part.path)
+        tables.append(pq.read_table(storage.open_input(uri) if storage.is_uri(uri) else uri))
+    table = pa.concat_tables(tables)
+    return table.select(["id", "score"]).sort_by("id")
+
+
+@pytest.fixture(scope="module")
+def local_reference(
+    local_data: Path, plain_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> pa.Table:
+    out = tmp_path_factory.mktemp("objref")
+    rc, err = _finish(_score(f"--input={local_data}", f"--model={plain_model}", f"--output={out}"))
+    assert rc == 0, err
+    (run,) = list_committed_runs(out)
+    return _rows(run.run_dir)
+
+
+def _check_committed(out: str, reference: pa.Table) -> None:
+    (run,) = list_committed_runs(out)
+    assert isinstance(run.run_dir, str) and run.run_dir.startswith(out)
+    assert _rows(run.run_dir).equals(reference)
+    assert verify_run(run.run_dir) == []
+    names = {o.uri.rsplit("/", 1)[-1] for o in storage.list_files(run.run_dir)}
+    assert {MANIFEST, SUCCESS} <= names and "_LEASE" not in names
+    assert not storage.list_files(storage.join(run.run_dir, ATTEMPTS))
+    pointer = storage.read_json(storage.join(storage.parent(run.run_dir), LATEST))
+    assert pointer["run_id"] == run.run_id
+
+
+@pytest.mark.slow
+def test_bucket_to_bucket_on_beam_equals_the_local_run(
+    buckets: dict[str, str], local_reference: pa.Table
+) -> None:
+    bucket = buckets["gs"]
+    out = f"{bucket}/out-beam"
+    rc, err = _finish(
+        _score(f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+    )
+    assert rc == 0, err[-3000:]
+    _check_committed(out, local_reference)
+    (run,) = list_committed_runs(out)
+    verified = subprocess.run(
+        [sys.executable, "-m", "jobs.verify", str(run.run_dir)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0 and "OK" in verified.stdout, verified.stderr
+    # Unchanged input, model and options: the committed run in the bucket is up to date.
+    rc, err = _finish(
+        _score(f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+    )
+    assert rc == 0 and len(list_committed_runs(out)) == 1, err[-3000:]
+
+
+@pytest.mark.slow
+def test_bucket_to_bucket_on_spark_with_a_worker_killed_once_equals_the_local_run(
+    buckets: dict[str, str], local_reference: pa.Table, tmp_path: Path
+) -> None:
+    """Tasks read their splits from the bucket with pyarrow; one Python worker is killed
+    after its parts are written but before its attempt is recorded, and Spark retries
+    the task: the dead attempt's parts are a loser, removed, never committed."""
+    bucket = buckets["s3"]
+    out = f"{bucket}/out-spark"
+    marker = tmp_path / "fired"
+    env = _env(**{FAULT_ENV: ATTEMPT_WRITTEN, FAULT_ONCE_ENV: str(marker)})
+    rc, err = _finish(
+        _score(
+            f"--input={bucket}/in",
+            f"--model={bucket}/models/model",
+            f"--output={out}",
+            "--runner=PySparkRunner",
+            "--spark_master=local[2,4]",  # up to 4 attempts per task
+            env=env,
+        )
+    )
+    assert rc == 0, err[-3000:]
+    assert marker.exists(), "a Python worker was killed after writing its parts"
+    _check_committed(out, local_reference)
+
+
+def _dead_runs(version_dir: str) -> set[str]:
+    return {
+        o.uri.split("/run=", 1)[1].split("/", 1)[0]
+        for o in storage.list_files(version_dir)
+        if "/run=" in o.uri
+    } - {r.run_id for r in list_committed_runs(storage.parent(storage.parent(version_dir)))}
+
+
+@pytest.mark.slow
+def test_sigkill_at_each_step_commits_nothing_and_a_rerun_commits_exactly_one(
+    buckets: dict[str, str], local_reference: pa.Table
+) -> None:
+    bucket = buckets["s3"]
+    out = f"{bucket}/crash"
+    common = (f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+    # Every step of the protocol at once, each in its own job (they share the prefix).
+    killed = [_score(*common, env=_env(**{FAULT_ENV: point})) for point in OBJECT_POINTS]
+    for process in killed:
+        rc, err = _finish(process)
+        assert rc == -9, err[-2000:]
+    assert list_committed_runs(out) == []
+    (version_dir,) = {
+        o.uri.split("/run=", 1)[0] for o in storage.list_files(out) if "/run=" in o.uri
+    }
+    dead = _dead_runs(version_dir)
+    assert len(dead) == len(OBJECT_POINTS), dead
+    # A live run's lease is renewed while the rerun cleans up: its objects stay.
+    live = storage.join(version_dir, "run=29990101T000000.000000Z-live00")
+    storage.write_bytes(storage.join(live, "predictions", "part-00000-live.parquet"), b"x")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.3):
+            storage.write_json(storage.join(live, "_LEASE"), {"pid": 0})
+
+    keeper = threading.Thread(target=renew)
+    storage.write_json(storage.join(live, "_LEASE"), {"pid": 0})
+    keeper.start()
+    try:
+        rc, err = _finish(_score(*common, env=_env(**{LEASE_ENV: "3"})))
+    finally:
+        stop.set()
+        keeper.join()
+    assert rc == 0, err[-3000:]
+    (run,) = list_committed_runs(out)
+    assert _rows(run.run_dir).equals(local_reference)  # every key once
+    assert verify_run(run.run_dir) == []
+    assert _dead_runs(version_dir) == {"29990101T000000.000000Z-live00"}, "dead runs removed"
+    assert storage.info(storage.join(live, "predictions", "part-00000-live.parquet"))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_both_commit_and_the_pointer_names_the_newer(
+    buckets: dict[str, str], local_reference: pa.Table
+) -> None:
+    bucket = buckets["gs"]  # the pointer moves with GCS generation preconditions
+    out = f"{bucket}/concurrent"
+    common = (f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+    jobs = [_score(*common), _score(*common)]
+    for process in jobs:
+        rc, err = _finish(process)
+        assert rc == 0, err[-3000:]
+    runs = list_committed_runs(out)
+    assert len(runs) == 2
+    for run in runs:
+        assert _rows(run.run_dir).equals(local_reference)
+        assert verify_run(run.run_dir) == []
+    pointer = storage.read_json(storage.join(storage.parent(str(runs[0].run_dir)), LATEST))
+    assert pointer["run_id"] == max(r.run_id for r in runs)
+
+
+def test_a_model_changed_in_the_bucket_is_refused(
+    buckets: dict[str, str], plain_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = buckets["s3"]
+    model = f"{bucket}/models/changed"
+    upload_tree(plain_model, model)
+    upload_tree(plain_model.with_name("model.sig"), f"{model}.sig")
+    (variables,) = [o for o in storage.list_files(model) if "variables.data" in o.uri]
+    data = bytearray(storage.read_bytes(variables.uri))
+    data[-1] ^= 0xFF
+    storage.write_bytes(variables.uri, bytes(data))
+    rc = score_main(
+        [
+            f"--input={bucket}/in",
+            f"--model={model}",
+            f"--output={bucket}/changed-out",
+            "--key_columns=id",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert model in err[0] and "signature" in err[0], err[0]
+    assert list_committed_runs(f"{bucket}/changed-out") == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--input", "s3://no-such-bucket-here/in", "no *.parquet objects there"),
+        ("--input", "gs://batchscore-gs-test/in/missing.parquet", "no *.parquet objects"),
+        ("--model", "s3://batchscore-s3-test/models/missing", "no objects under this prefix"),
+        ("--public_key", "gs://batchscore-gs-test/keys/missing.pem", "cannot read it"),
+    ],
+)
+def test_missing_buckets_and_objects_fail_in_one_line_naming_the_uri(
+    option: str,
+    value: str,
+    expected: str,
+    buckets: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bucket = buckets["s3"]
+    args = {
+        "--input": f"{bucket}/in",
+        "--model": f"{bucket}/models/model",
+        "--output": f"{bucket}/errors-out",
+    }
+    args[option] = value
+    rc = score_main([f"{k}={v}" for k, v in args.items()] + ["--key_columns=id"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert value in err[0] and expected in err[0], err[0]
+    assert list(tmp_path.iterdir()) == [], "nothing is made in the working folder"
+
+
+def test_permission_denied_fails_in_one_line_naming_the_uri(
+    stores: ObjectStores,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    local_data: Path,
+    plain_model: Path,
+) -> None:
+    """A server that checks every request (moto with IAM enforced knows no user)."""
+    with moto_server(tmp_path, enforce_auth=True) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        for args in (
+            ["--input=s3://locked-bucket/in", f"--output={tmp_path / 'out'}"],
+            [f"--input={local_data}", "--output=s3://locked-bucket/out"],
+        ):
+            uri = next(a.split("=", 1)[1] for a in args if "s3://" in a)
+            rc = score_main([*args, f"--model={plain_model}", "--key_columns=id"])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1, err
+            assert uri in err[0] and "permission denied" in err[0], err[0]
