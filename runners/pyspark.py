@@ -65,7 +65,14 @@ import pyarrow.parquet as pq
 from batch.core import errors, storage
 from batch.core.errors import BatchScoreError, UsageError
 from batch.engine.inputs import Split, decoded_schema
-from batch.engine.job import ScoringJob, SplitResult, read_columns, score_batches, score_split
+from batch.engine.job import (
+    ScoringJob,
+    SplitResult,
+    read_columns,
+    rows_after_restarts,
+    score_batches,
+    score_split,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -721,12 +728,20 @@ def score_partition(
     # The partition id names the staged part: the same for every attempt of this task.
     part_index = context.partitionId() if context is not None else 0
     conformed = (conform_batch(batch, target) for batch in batches)
+    # Spark runs the task again after its Python worker died (the kernel's OOM killer
+    # among the causes): smaller batches then.
+    attempt = context.attemptNumber() if context is not None else 0
+    rows, restarted = rows_after_restarts(job.batch_size, attempt, part_index)
+    if restarted:
+        conformed = (b.slice(i, rows) for b in conformed for i in range(0, b.num_rows, rows))
     first = next(conformed, None)
     if first is None:
         result = SplitResult(part_index, 0, 0, 0)
     else:
         observe = live.observe if live is not None else None
-        result = score_batches(job, chain([first], conformed), first.schema, part_index, observe)
+        result = score_batches(
+            job, chain([first], conformed), first.schema, part_index, observe, restarted
+        )
     yield pa.RecordBatch.from_arrays(
         [
             pa.array([part_index], pa.int32()),

@@ -117,9 +117,12 @@ def test_repeated_bundles_still_give_every_key_once(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", [SCORING, PART_WRITTEN])
+@pytest.mark.parametrize(
+    ("point", "spark_input"),
+    [(SCORING, "splits"), (PART_WRITTEN, "splits"), (SCORING, "spark")],
+)
 def test_a_spark_task_killed_once_and_retried_still_gives_every_key_once(
-    point: str, setup: tuple[Path, Path, pa.Table], tmp_path: Path
+    point: str, spark_input: str, setup: tuple[Path, Path, pa.Table], tmp_path: Path
 ) -> None:
     data, model, rows = setup
     marker = tmp_path / "fired"
@@ -129,6 +132,7 @@ def test_a_spark_task_killed_once_and_retried_still_gives_every_key_once(
         tmp_path / "out",
         "--runner=PySparkRunner",
         "--spark_master=local[2,4]",  # up to 4 attempts per task
+        f"--spark_conf=batchscore.input={spark_input}",
         fault=point,
         fault_once=marker,
     )
@@ -138,6 +142,14 @@ def test_a_spark_task_killed_once_and_retried_still_gives_every_key_once(
     (run,) = list_committed_runs(tmp_path / "out")
     assert _keys(run.run_dir) == sorted(rows.column("id").to_pylist())
     assert verify_run(run.run_dir) == []
+    # The killed task's parts ran again with half the batch rows (--batch_size=500),
+    # recorded; the markers that told them are gone with the staging folder.
+    restarted = run.manifest().to_json()["batching"]["out_of_memory"]["restarted_parts"]
+    assert restarted and all(
+        entry == {"attempt": 1, "batch_rows": 250} for entry in restarted.values()
+    ), restarted
+    assert "runs again after 1 execution(s) that died; batches of 250 rows" in err
+    assert not (run.run_dir / "_attempts").exists()
 
 
 @pytest.mark.slow

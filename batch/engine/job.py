@@ -101,6 +101,7 @@ from batch.observe.metrics import (
     metrics_section,
     process_id,
     progress_path,
+    start_attempt,
     stats_path,
     write_part_stats,
     write_progress,
@@ -294,8 +295,11 @@ def score_batches(
     schema: pa.Schema,
     part_index: int,
     on_batch: BatchObserver | None = None,
+    restarted: dict[str, int] | None = None,
 ) -> SplitResult:
-    """Validate and score ``batches`` (of ``schema``), staging them as part ``part_index``.
+    """Validate and score ``batches`` (of ``schema``), staging them as part ``part_index``;
+    ``restarted``: the part runs again after its earlier execution died (its attempt and
+    the halved batch rows, recorded in the stats).
 
     The engine-independent heart of a run: every runner hands each unit of
     work here, with a part index that is stable across retries of that unit.
@@ -310,6 +314,8 @@ def score_batches(
     )
     baseline = job.baseline
     stats = PartStats(model_loads={process_id(): scorer.loaded.load_seconds})
+    if restarted:
+        stats.restarted_parts = {str(part_index): dict(restarted)}
     layout = job.layout
     # In a bucket every execution of a part writes under its own attempt name; on disk the
     # part's name is fixed and a retry renames onto it.
@@ -438,8 +444,16 @@ def score_split(
     (:func:`drop_damaged_files`)."""
     try:
         batch_rows = split.batch_rows or job.batch_size
+        # An earlier execution of this split that died without an exception (the kernel's
+        # OOM killer, a lost worker) left its marker.
+        attempt = (
+            start_attempt(job.layout.staging_dir, split.index)
+            if isinstance(job.layout, RunLayout)
+            else 0
+        )
+        batch_rows, restarted = rows_after_restarts(batch_rows, attempt, split.index)
         schema, batches = read_split(split, read_columns(job), batch_rows)
-        return score_batches(job, batches, schema, split.index, on_batch)
+        return score_batches(job, batches, schema, split.index, on_batch, restarted)
     except DamagedFileError as exc:
         if not job.skip_bad_files:
             raise
@@ -450,6 +464,26 @@ def score_split(
             {"path": split.path, "reason": str(exc)},
         )
         return SplitResult(split.index, 0, 0, 0)
+
+
+def rows_after_restarts(
+    batch_rows: int, attempt: int, part_index: int
+) -> tuple[int, dict[str, int] | None]:
+    """Batch rows for execution ``attempt`` (0: the first) of part ``part_index``: halved
+    per earlier execution that died (the kernel's OOM killer answers a batch too big for
+    the worker with SIGKILL, which no exception handler sees), down to one; and what the
+    part's stats record (None for a first execution)."""
+    if attempt <= 0:
+        return batch_rows, None
+    rows = max(1, batch_rows >> attempt)
+    log.warning(
+        "part %d runs again after %d execution(s) that died; batches of %d rows (halved per "
+        "earlier execution)",
+        part_index,
+        attempt,
+        rows,
+    )
+    return rows, {"attempt": attempt, "batch_rows": rows}
 
 
 def drop_damaged_files(staging_dir: Path, splits: Sequence[Split]) -> list[BadFile]:
@@ -864,6 +898,9 @@ def run_scoring(
         batching.section["out_of_memory"] = {
             "retries": stats.out_of_memory_retries,
             "batch_rows_by_part": dict(sorted(stats.batch_rows_after_out_of_memory.items())),
+            # Parts run again after a worker died (e.g. the kernel's OOM killer), with
+            # half the batch rows per earlier execution.
+            "restarted_parts": dict(sorted(stats.restarted_parts.items())),
         }
         if stats.rows_read != rows_in:
             log.warning(

@@ -55,6 +55,9 @@ from batch.observe.drift import DriftCounts
 
 STATS_FOLDER = "_stats"
 PROGRESS_FOLDER = "_progress"
+# One empty marker per execution of a part (batch.engine.job.score_split): a part that
+# finds markers of earlier executions runs again after its worker died.
+ATTEMPTS_FOLDER = "_attempts"
 # Upper bounds (seconds) of the batch latency buckets; one more bucket counts the rest.
 LATENCY_BUCKETS_S = (
     0.001,
@@ -105,6 +108,10 @@ class PartStats:
     # the model's OOV handling, among the rows scored.
     filled: Counter[str] = field(default_factory=Counter)
     passed_to_oov: Counter[str] = field(default_factory=Counter)
+    # part -> {"attempt": executions before this one, "batch_rows": the halved size it
+    # ran with}, for a part whose earlier execution died (e.g. killed by the kernel's OOM
+    # killer).
+    restarted_parts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def observe_batch(self, seconds: float) -> None:
         self.batches += 1
@@ -127,6 +134,7 @@ class PartStats:
         self.intake_wait_seconds += other.intake_wait_seconds
         self.peak_rss_bytes = max(self.peak_rss_bytes, other.peak_rss_bytes)
         self.filled.update(other.filled)
+        self.restarted_parts.update(other.restarted_parts)
         self.passed_to_oov.update(other.passed_to_oov)
         if other.drift is not None:
             if self.drift is None:
@@ -152,6 +160,7 @@ class PartStats:
             "peak_rss_bytes": self.peak_rss_bytes,
             "filled": dict(sorted(self.filled.items())),
             "passed_to_oov": dict(sorted(self.passed_to_oov.items())),
+            "restarted_parts": self.restarted_parts,
         }
 
     @classmethod
@@ -177,6 +186,10 @@ class PartStats:
             peak_rss_bytes=int(payload.get("peak_rss_bytes", 0)),
             filled=_counter(payload.get("filled", {})),
             passed_to_oov=_counter(payload.get("passed_to_oov", {})),
+            restarted_parts={
+                str(k): {str(f): int(n) for f, n in v.items()}
+                for k, v in payload.get("restarted_parts", {}).items()
+            },
         )
 
 
@@ -203,6 +216,18 @@ def write_progress(staging_dir: Path, part_index: int, rows: int) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(json.dumps({"rows": rows}))
     os.replace(tmp, path)
+
+
+def start_attempt(staging_dir: Path, part_index: int) -> int:
+    """Mark that an execution of part ``part_index`` starts; how many started before it.
+    More than none means an earlier execution died without a Python exception the engine
+    could answer (the kernel's OOM killer, a lost worker) and the engine (Beam's bundle
+    retry, Spark's task retry) runs the part again."""
+    folder = staging_dir / ATTEMPTS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = sum(1 for _ in folder.glob(f"part-{part_index:05d}.*"))
+    (folder / f"part-{part_index:05d}.{secrets.token_hex(4)}").touch()
+    return earlier
 
 
 def read_progress(staging_dir: Path) -> int | None:

@@ -43,7 +43,7 @@ from batch.core.errors import CommitError, ErrorBudgetExceeded
 from batch.core.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
 from batch.core.fsutil import file_sha256, locked, read_json, write_json_atomic
 from batch.observe.checks import error_rate, over_error_budget
-from batch.observe.metrics import PROGRESS_FOLDER, STATS_FOLDER
+from batch.observe.metrics import ATTEMPTS_FOLDER, PROGRESS_FOLDER, STATS_FOLDER
 from batch.output.manifest import MANIFEST, Manifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def commit_run(
         layout.run_id, predictions, rejected, rows_in, max_error_rate, manifest, read, staging
     )
     # The parts' stats and progress files are merged into the manifest by now.
-    for scratch in (STATS_FOLDER, PROGRESS_FOLDER):
+    for scratch in (STATS_FOLDER, PROGRESS_FOLDER, ATTEMPTS_FOLDER):
         shutil.rmtree(staging / scratch, ignore_errors=True)
     return _move_and_mark(layout, manifest, counts, predictions, rejected)
 
