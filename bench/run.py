@@ -10,8 +10,10 @@ Paths (all by default):
   beam_fixed    the same with --batch_size=65536 forced (the fixed batches of before
                 batch sizing by bytes): on narrow rows both must be as fast
   beam_nodrift  the same without drift statistics (--drift=off), to show their cost
-  spark         batchscore's native Spark runner, Spark reads the input, local[2]
-  spark_splits  the same with --spark_conf batchscore.input=splits, local[2]
+  spark         batchscore's native Spark runner with default options, local[2] (the
+                input mode is chosen: splits, as the workers are this machine)
+  spark_reader  the same with --spark_conf batchscore.input=spark (Spark reads the input)
+  spark_splits  the same with --spark_conf batchscore.input=splits
   stock_beam    stock Beam: ReadFromParquet rows -> RunInference -> WriteToParquet
   udf           stock Spark: predict_batch_udf over the SavedModel, local[2]
   floor         one process: pyarrow batches -> signature -> ParquetWriter
@@ -248,15 +250,20 @@ class BenchPath:
     command: Callable[[Context], list[str]]
 
 
-def _native_spark(cores: int, splits: bool) -> BenchPath:
-    """batchscore's native Spark runner on local[cores]: Spark reads the input, or with
-    ``splits`` each task reads its planned splits with pyarrow."""
-    mode = "batchscore.input=splits" if splits else "Spark reads the input"
+def _native_spark(cores: int, mode: str | None) -> BenchPath:
+    """batchscore's native Spark runner on local[cores] with ``--spark_conf
+    batchscore.input=mode``: spark (Spark reads the input), splits (each task reads its
+    planned splits with pyarrow); None: the default (chosen by the runner)."""
+    described = {
+        None: "default options",
+        "spark": "Spark reads the input",
+        "splits": "batchscore.input=splits",
+    }[mode]
     options = ["--runner=PySparkRunner", f"--spark_master=local[{cores}]"]
-    if splits:
-        options.append("--spark_conf=batchscore.input=splits")
+    if mode is not None:
+        options.append(f"--spark_conf=batchscore.input={mode}")
     return BenchPath(
-        f"batchscore, native Spark ({mode}), local[{cores}]",
+        f"batchscore, native Spark ({described}), local[{cores}]",
         lambda ctx: _score(ctx, *options),
     )
 
@@ -274,8 +281,9 @@ PATHS: dict[str, BenchPath] = {
         "batchscore, Beam DirectRunner, --drift=off",
         lambda ctx: _score(ctx, "--runner=DirectRunner", "--drift=off"),
     ),
-    "spark": _native_spark(cores=2, splits=False),
-    "spark_splits": _native_spark(cores=2, splits=True),
+    "spark": _native_spark(cores=2, mode=None),
+    "spark_reader": _native_spark(cores=2, mode="spark"),
+    "spark_splits": _native_spark(cores=2, mode="splits"),
     "stock_beam": BenchPath(
         "stock Beam: ReadFromParquet -> RunInference -> WriteToParquet",
         lambda ctx: [
@@ -348,10 +356,10 @@ def _beam_workers(workers: int) -> BenchPath:
 SCALING: dict[str, BenchPath] = {
     "beam_mp1": _beam_workers(1),
     "beam_mp2": _beam_workers(2),
-    "spark_local1": _native_spark(cores=1, splits=False),
-    "spark_local2": _native_spark(cores=2, splits=False),
-    "spark_splits_local1": _native_spark(cores=1, splits=True),
-    "spark_splits_local2": _native_spark(cores=2, splits=True),
+    "spark_local1": _native_spark(cores=1, mode="spark"),
+    "spark_local2": _native_spark(cores=2, mode="spark"),
+    "spark_splits_local1": _native_spark(cores=1, mode="splits"),
+    "spark_splits_local2": _native_spark(cores=2, mode="splits"),
 }
 
 
@@ -418,7 +426,8 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
         ("beam", "udf", 3.0, "batchscore on Beam >= 3x predict_batch_udf"),
         ("beam", "floor", 0.6, "batchscore on Beam >= 60% of the floor's throughput"),
         ("beam", "beam_nodrift", 0.9, "drift statistics cost < 10% (Beam, drift on / off)"),
-        ("spark", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
+        ("spark", "udf", 2.5, "native Spark with default options >= 2.5x predict_batch_udf"),
+        ("spark_reader", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
         ("spark_splits", "udf", 2.0, "native Spark (input=splits) >= 2x predict_batch_udf"),
         (
             "backfill",

@@ -20,10 +20,13 @@ from batch.core import errors
 from batch.output.commit import CommittedRun, list_committed_runs
 from runners.pyspark import (
     BATCH_SIZE_CONF,
+    INPUT_AUTO,
     INPUT_OPTION,
     INPUT_SPARK,
     INPUT_SPLITS,
+    SHARED_PATHS_OPTION,
     SparkRunnerError,
+    choose_input,
     conform_batch,
     translate_spark_error,
 )
@@ -138,7 +141,7 @@ def _check_plain_scores(run: CommittedRun, table: pa.Table) -> None:
 
 
 def _input_mode(mode: str) -> tuple[str, ...]:
-    return () if mode == INPUT_SPARK else (f"--spark_conf={INPUT_OPTION}={mode}",)
+    return () if mode == INPUT_AUTO else (f"--spark_conf={INPUT_OPTION}={mode}",)
 
 
 def _part_names(run: CommittedRun) -> list[str]:
@@ -147,7 +150,7 @@ def _part_names(run: CommittedRun) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS])
+@pytest.mark.parametrize("mode", [INPUT_SPARK, INPUT_SPLITS, INPUT_AUTO])
 def test_plain_model_on_local_spark_matches_beam(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path, mode: str
 ) -> None:
@@ -163,9 +166,13 @@ def test_plain_model_on_local_spark_matches_beam(
     manifest = spark.manifest().to_json()
     assert manifest["runner"]["name"] == "pyspark"
     assert manifest["runner"]["options"]["master"] == LOCAL
-    assert manifest["runner"]["options"]["input"] == mode
+    # By default a local master's workers read the planned splits themselves.
+    used = INPUT_SPLITS if mode == INPUT_AUTO else mode
+    assert manifest["runner"]["options"]["input"] == used
+    reason = manifest["runner"]["options"]["input_reason"]
+    assert (LOCAL in reason) if mode == INPUT_AUTO else (f"{INPUT_OPTION}={mode}" in reason)
     assert manifest["runner"]["options"]["confs"] == {}
-    if mode == INPUT_SPLITS:
+    if used == INPUT_SPLITS:
         # Parts are the planned splits, named as the Beam runner names them.
         assert _part_names(spark) == _part_names(beam)
     assert not (spark.run_dir.parent / "_staging" / f"run={spark.run_id}").exists()
@@ -290,7 +297,12 @@ def test_empty_files_and_empty_spark_partitions(plain_model: Path, tmp_path: Pat
     table = _plain_table(np.arange(1, 20_001))
     pq.write_table(table, data / "one_group.parquet", row_group_size=20_000)
     run = _score_edge(
-        plain_model, data, tmp_path / "out", 1000, "spark.sql.files.maxPartitionBytes=16384"
+        plain_model,
+        data,
+        tmp_path / "out",
+        1000,
+        "spark.sql.files.maxPartitionBytes=16384",
+        f"{INPUT_OPTION}={INPUT_SPARK}",
     )
     assert len(run.manifest().to_json()["outputs"]["predictions"]) == 1
     _check_plain_scores(run, table)
@@ -374,6 +386,7 @@ def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: 
             "--spark_conf",
             "spark.sql.execution.arrow.useLargeVarTypes=true",
             "spark.sql.files.maxPartitionBytes=16384",
+            f"{INPUT_OPTION}={INPUT_SPARK}",
             model=plain_model,
         )
         == 0
@@ -409,7 +422,7 @@ def test_large_string_batches_keep_the_files_types(plain_model: Path, tmp_path: 
         ),
         (
             ["--runner=PySparkRunner", f"--spark_conf={INPUT_OPTION}=hdfs"],
-            f"--spark_conf {INPUT_OPTION}=hdfs: expected spark",
+            f"--spark_conf {INPUT_OPTION}=hdfs: expected auto (the default: splits where",
         ),
         (
             ["--runner=PySparkRunner", "--spark_conf=batchscore.jvm_cache=maybe"],
@@ -438,6 +451,36 @@ def test_bad_spark_options_fail_in_one_line(
     assert rc == 2
     assert len(err) == 1 and message in err[0], err
     assert not list_committed_runs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "master", "paths", "shared", "skip", "expected", "why"),
+    [
+        (INPUT_AUTO, "local[2]", ["/d/a.parquet"], (), False, INPUT_SPLITS, "local[2] runs"),
+        (INPUT_AUTO, "spark://127.0.0.1:7077", ["/d/a"], (), False, INPUT_SPLITS, "this host"),
+        (INPUT_AUTO, "spark://db7:7077", ["gs://b/a"], (), False, INPUT_SPLITS, "object-store"),
+        (INPUT_AUTO, "yarn", ["/nfs/d/a", "/nfs/e/b"], ("/nfs",), False, INPUT_SPLITS, "under"),
+        (INPUT_AUTO, "yarn", ["/nfs/d/a", "/tmp/b"], ("/nfs",), False, INPUT_SPARK, "may not"),
+        (INPUT_AUTO, "spark://db7:7077", ["/nfsx/a"], ("/nfs",), False, INPUT_SPARK, "PREFIX"),
+        (INPUT_AUTO, "yarn", ["/d/a"], (), True, INPUT_SPLITS, "--on_bad_file=skip"),
+        (INPUT_SPARK, "local[2]", ["/d/a"], (), False, INPUT_SPARK, f"{INPUT_OPTION}=spark"),
+        (INPUT_SPARK, "local[2]", ["/d/a"], (), True, INPUT_SPLITS, "--on_bad_file=skip"),
+        (INPUT_SPLITS, "yarn", ["/d/a"], (), False, INPUT_SPLITS, f"{INPUT_OPTION}=splits"),
+    ],
+)
+def test_the_input_mode_is_splits_where_the_workers_can_read_the_paths(
+    mode: str,
+    master: str,
+    paths: list[str],
+    shared: tuple[str, ...],
+    skip: bool,
+    expected: str,
+    why: str,
+) -> None:
+    chosen, reason = choose_input(mode, master, paths, shared, skip)
+    assert chosen == expected and why in reason, reason
+    if chosen == INPUT_SPARK and mode == INPUT_AUTO:
+        assert f"--spark_conf {SHARED_PATHS_OPTION}=PREFIX" in reason, "says how to get splits"
 
 
 def test_a_core_error_in_a_worker_comes_back_as_itself() -> None:
