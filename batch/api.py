@@ -309,7 +309,9 @@ def backfill_day_scorer(template: ScoreRequest) -> ScoreDay:
     with ``template``'s options on the day's input and output, with the backfill's pinned
     model and the runner of its combined job."""
 
-    def score_day(input_dir: Path, output: Path, model: ResolvedModel, runner: Runner) -> DayResult:
+    def score_day(
+        input_dir: Path | str, output: Path | str, model: ResolvedModel, runner: Runner
+    ) -> DayResult:
         outcome = score(
             dataclasses.replace(
                 template, input=str(input_dir), output=output, model=model, runner=lambda: runner

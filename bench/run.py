@@ -66,6 +66,7 @@ from typing import Any
 from batch.demo import paths as demo_paths
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
+from bench.bucket import bucket_score
 
 PROJECT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -277,6 +278,13 @@ PATHS: dict[str, BenchPath] = {
         "batchscore, Beam DirectRunner, --batch_size=65536 (fixed batches, as before issue 20)",
         lambda ctx: _score(ctx, "--runner=DirectRunner", "--batch_size=65536"),
     ),
+    # Issue 17: input, model and output in a bucket of a local S3 server (bench/bucket.py).
+    "beam_s3": BenchPath(
+        "batchscore, Beam DirectRunner, bucket to bucket (local S3 server)",
+        lambda ctx: bucket_score(
+            ctx.data, Path(ctx.model.saved_model_dir).parent, "--runner=DirectRunner"
+        ),
+    ),
     "beam_nodrift": BenchPath(
         "batchscore, Beam DirectRunner, --drift=off",
         lambda ctx: _score(ctx, "--runner=DirectRunner", "--drift=off"),
@@ -426,6 +434,7 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
         ("beam", "udf", 3.0, "batchscore on Beam >= 3x predict_batch_udf"),
         ("beam", "floor", 0.6, "batchscore on Beam >= 60% of the floor's throughput"),
         ("beam", "beam_nodrift", 0.9, "drift statistics cost < 10% (Beam, drift on / off)"),
+        ("beam_s3", "beam", 1 / 1.5, "bucket to bucket within 1.5x of local disk (Beam, S3)"),
         ("spark", "udf", 2.5, "native Spark with default options >= 2.5x predict_batch_udf"),
         ("spark_reader", "udf", 2.0, "native Spark (Spark reads) >= 2x predict_batch_udf"),
         ("spark_splits", "udf", 2.0, "native Spark (input=splits) >= 2x predict_batch_udf"),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.api import backfill_day_scorer, write_summary_file
+from batch.core import storage
 from batch.core.errors import UsageError
 from batch.model.loading import quiet_tensorflow
 from batch.observe.checks import FAIL, job_summary
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     add_summary_file(parser)
     return parser
+
+
+def _root(text: str) -> Path | str:
+    """A folder, or a gs:// / s3:// prefix kept as it is (``Path`` would fold ``gs://``)."""
+    return text if storage.is_uri(text) else Path(text).expanduser()
 
 
 def _date(text: str) -> dt.date:
@@ -206,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress="off",  # days finish together; the backfill reports each one
         )
         request = BackfillRequest(
-            input_root=Path(args.input).expanduser(),
-            output_root=Path(args.output).expanduser(),
+            input_root=_root(args.input),
+            output_root=_root(args.output),
             start=args.start,
             end=args.end,
             model=args.model,

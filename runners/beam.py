@@ -80,7 +80,8 @@ class ScoreSplitFn(beam.DoFn):
             f"{len(job.columns)} columns)",
             "validate": f"every row against {len(job.rules)} contract column rule(s) and the "
             "model's input types; failures go to rejected/ with a reason",
-            "score": f"model {job.model.label} ({job.model.saved_model_dir}), "
+            # A model from a bucket is named by its URI: a Dataflow worker downloads it there.
+            "score": f"model {job.model.label} ({job.model.source or job.model.saved_model_dir}), "
             f"{job.scoring_threads} concurrent calls"
             + (f"; {job.variant.describe()}" if job.variant else ""),
             "write": f"predictions/ and rejected/ parts under {job.layout.staging_dir}",

@@ -113,7 +113,8 @@ def fake_gcs_server(folder: Path) -> Iterator[str]:
     log = folder / f"fake-gcs-{port}.log"
     (folder / "gcs").mkdir(parents=True, exist_ok=True)
     command = [_fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-    command += ["-data", str(folder / "gcs"), "-log-level", "warn"]
+    # In memory: the default filesystem backend would keep objects in /storage across runs.
+    command += ["-backend", "memory", "-data", str(folder / "gcs"), "-log-level", "warn"]
     process = _start(command, log)
     try:
         _wait_listening(port, process, log)

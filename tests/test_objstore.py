@@ -5,6 +5,7 @@ one-line errors naming the URI."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +19,14 @@ import pytest
 
 from batch.core import storage
 from batch.core.faults import ATTEMPT_WRITTEN, FAULT_ENV, FAULT_ONCE_ENV, OBJECT_POINTS
+from batch.demo.paths import ensure_signing_key
 from batch.model.remote import CACHE_ENV
+from batch.model.repository import ModelRepository
 from batch.output.commit import LATEST, SUCCESS, list_committed_runs, verify_run
 from batch.output.manifest import MANIFEST, read_manifest
 from batch.output.objstore import ATTEMPTS, LEASE_ENV
 from jobs.score import main as score_main
+from tests.conftest import PlainModels
 from tests.object_stores import ObjectStores, make_bucket, moto_server, object_stores, upload_tree
 from tests.plain_model import write_plain_data
 
@@ -51,9 +55,20 @@ def local_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def buckets(stores: ObjectStores, local_data: Path, plain_model: Path) -> dict[str, str]:
-    """One bucket per store, each holding the input (``/in``) and the signed model
-    (``/models/model`` and ``/models/model.sig``)."""
+def buckets(
+    stores: ObjectStores,
+    local_data: Path,
+    plain_model: Path,
+    plain_models: PlainModels,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """One bucket per store, each holding the input (``/in``), the signed model
+    (``/models/model`` and ``/models/model.sig``) and a model repository (``/repo``) with
+    plain@1 registered, signed and promoted to production."""
+    repo = ModelRepository(tmp_path_factory.mktemp("objrepo") / "repo")
+    key = ensure_signing_key()
+    repo.register("plain", plain_models(sign=False), {"key_columns": ["id"]}, signing_key=key)
+    repo.promote("plain@1", "production")
     made = {}
     for scheme in ("s3", "gs"):
         uri = f"{scheme}://batchscore-{scheme}-test"
@@ -61,6 +76,7 @@ def buckets(stores: ObjectStores, local_data: Path, plain_model: Path) -> dict[s
         upload_tree(local_data, f"{uri}/in")
         upload_tree(plain_model, f"{uri}/models/model")
         upload_tree(plain_model.with_name("model.sig"), f"{uri}/models/model.sig")
+        upload_tree(repo.root, f"{uri}/repo")
         made[scheme] = uri
     return made
 
@@ -231,7 +247,9 @@ def test_two_concurrent_runs_both_commit_and_the_pointer_names_the_newer(
 ) -> None:
     bucket = buckets["gs"]  # the pointer moves with GCS generation preconditions
     out = f"{bucket}/concurrent"
-    common = (f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+    # The model by name and alias from a repository in the bucket.
+    model = ("--model=plain@production", f"--model_repo={bucket}/repo")
+    common = (f"--input={bucket}/in", *model, f"--output={out}")
     jobs = [_score(*common), _score(*common)]
     for process in jobs:
         rc, err = _finish(process)
@@ -243,6 +261,31 @@ def test_two_concurrent_runs_both_commit_and_the_pointer_names_the_newer(
         assert verify_run(run.run_dir) == []
     pointer = storage.read_json(storage.join(storage.parent(str(runs[0].run_dir)), LATEST))
     assert pointer["run_id"] == max(r.run_id for r in runs)
+
+
+def test_a_registered_model_changed_in_the_bucket_is_refused(
+    buckets: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = buckets["gs"]
+    version = f"{bucket}/repo/plain/1"
+    (variables,) = [o for o in storage.list_files(version) if "variables.data" in o.uri]
+    original = storage.read_bytes(variables.uri)
+    storage.write_bytes(variables.uri, original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        rc = score_main(
+            [
+                f"--input={bucket}/in",
+                "--model=plain@production",
+                f"--model_repo={bucket}/repo",
+                f"--output={bucket}/changed-out",
+            ]
+        )
+    finally:
+        storage.write_bytes(variables.uri, original)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert version in err[0] and "do not match the content hash" in err[0], err[0]
+    assert list_committed_runs(f"{bucket}/changed-out") == []
 
 
 def test_a_model_changed_in_the_bucket_is_refused(
@@ -323,3 +366,79 @@ def test_permission_denied_fails_in_one_line_naming_the_uri(
             err = capsys.readouterr().err.strip().splitlines()
             assert rc == 2 and len(err) == 1, err
             assert uri in err[0] and "permission denied" in err[0], err[0]
+
+
+@pytest.mark.slow
+def test_a_dataflow_dry_run_describes_a_job_that_reads_and_writes_gcs(
+    buckets: dict[str, str], tmp_path: Path
+) -> None:
+    """The job Dataflow would run, built offline: its workers read the input and the model
+    from GCS and write the run there (no mount); nothing is written to the bucket."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    bucket = buckets["gs"]
+    out = f"{bucket}/dataflow-out"
+    template = tmp_path / "dataflow" / "template.json"
+    rc, err = _finish(
+        _score(
+            f"--input={bucket}/in",
+            f"--model={bucket}/models/model",
+            f"--output={out}",
+            "--runner=DataflowRunner",
+            "--project=test-project",
+            "--region=us-central1",
+            f"--temp_location={bucket}/tmp",
+            "--dry_run=True",
+            f"--template_location={template}",
+        )
+    )
+    assert rc == 0, err[-3000:]
+    assert storage.list_files(out) == [], "a dry run writes nothing to the output"
+    pipeline = beam_runner_api_pb2.Pipeline.FromString(
+        (template.parent / "staging" / "pipeline.pb").read_bytes()
+    )
+    (step,) = [
+        t
+        for t in pipeline.components.transforms.values()
+        if t.unique_name == "ScoreSplits/ReadValidateScoreWrite"
+    ]
+    display = {}
+    for item in step.display_data:
+        payload = beam_runner_api_pb2.LabelledPayload.FromString(item.payload)
+        display[payload.label] = payload.string_value
+    assert f"{bucket}/models/model" in display["score"], display
+    assert display["write"].split(" under ")[1].startswith(f"{out}/model/"), display
+    options = json.loads(template.read_text())["environment"]["sdkPipelineOptions"]["options"]
+    assert options["temp_location"].startswith(f"{bucket}/tmp/")
+
+
+@pytest.mark.slow
+def test_a_backfill_over_a_bucket_scores_each_day_once(
+    buckets: dict[str, str], tmp_path: Path
+) -> None:
+    bucket = buckets["gs"]
+    for day in ("2026-01-01", "2026-01-02"):
+        write_plain_data(tmp_path / f"dt={day}", files=1, rows_per_file=500, row_group_rows=250)
+        upload_tree(tmp_path / f"dt={day}", f"{bucket}/days/dt={day}")
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.backfill",
+        f"--input={bucket}/days",
+        "--start=2026-01-01",
+        "--end=2026-01-02",
+        f"--model={bucket}/models/model",
+        f"--output={bucket}/backfill",
+        "--key_columns=id",
+    ]
+    first = subprocess.run(command, cwd=PROJECT, env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for day in ("2026-01-01", "2026-01-02"):
+        (run,) = list_committed_runs(f"{bucket}/backfill/dt={day}")
+        assert verify_run(run.run_dir) == []
+    # The up-to-date check reads the object metadata (size, generation) and the manifests.
+    again = subprocess.run(command, cwd=PROJECT, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped" in again.stdout, again.stdout
+    for day in ("2026-01-01", "2026-01-02"):
+        assert len(list_committed_runs(f"{bucket}/backfill/dt={day}")) == 1

@@ -161,6 +161,36 @@ def info(uri: str) -> ObjectInfo | None:
     )
 
 
+def is_folder(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is a local folder, or a bucket prefix holding objects."""
+    text = os.fspath(location)
+    if not is_uri(text):
+        return os.path.isdir(os.path.expanduser(text))
+    return bool(list_files(text))
+
+
+def child(location: str | os.PathLike[str], name_: str) -> str:
+    """``location/name_`` as a string, for a local path or a URI alike."""
+    text = os.fspath(location)
+    return join(text, name_) if is_uri(text) else os.path.join(text, name_)
+
+
+def version_token(uri: str) -> str:
+    """The object's version as the store names it (S3 ETag, GCS generation): what changes
+    whenever the object is rewritten, whatever its size and time."""
+    scheme, bucket, key = _bucket_key(uri)
+    client = _client(scheme)
+    try:
+        if scheme == "s3":
+            return str(client.head_object(Bucket=bucket, Key=key)["ETag"])
+        blob = client.bucket(bucket).get_blob(key)
+    except Exception as exc:
+        raise error(uri, "read its metadata", exc) from exc
+    if blob is None:
+        raise StorageError(f"{uri}: cannot read its metadata (not found); check the object name")
+    return str(blob.generation)
+
+
 def list_files(uri: str, recursive: bool = True) -> list[ObjectInfo]:
     """Every object (file) under the prefix ``uri``, sorted by URI; an empty list when
     there is none."""
@@ -281,7 +311,7 @@ def _client(scheme: str) -> Any:
 
                 client = boto3.client("s3", endpoint_url=endpoint)
             else:
-                from google.cloud import storage as gcs  # type: ignore[attr-defined]
+                from google.cloud import storage as gcs  # type: ignore[attr-defined,unused-ignore]
 
                 if endpoint is None:
                     client = gcs.Client()

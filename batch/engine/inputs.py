@@ -46,6 +46,8 @@ class InputFile:
     # Per row group: top-level column -> its column chunks' uncompressed bytes (the
     # footer's total_uncompressed_size), which batch sizing reads (batch.engine.sizing).
     row_group_bytes: tuple[Mapping[str, int], ...] = ()
+    # An object's version in its bucket (S3 ETag, GCS generation); "" for a local file.
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,7 @@ def read_input_file(path: Path | str) -> InputFile:
         schema=decoded_schema(schema),
         null_counts=footer_null_counts(metadata),
         row_group_bytes=_row_group_bytes(metadata, schema),
+        version=storage.version_token(str(path)) if storage.is_uri(path) else "",
     )
 
 
@@ -489,13 +492,16 @@ def plan_splits(files: Sequence[InputFile], split_rows: int = DEFAULT_SPLIT_ROWS
 
 
 def fingerprint(files: Sequence[InputFile]) -> str:
-    """Identity of an input set: every file's path, size, mtime and row count.
+    """Identity of an input set: every file's path, size, mtime and row count, and for an
+    object in a bucket its version (ETag, generation), which changes on every rewrite even
+    within one second of modification time.
 
     Cheap (footers only) and changes whenever a file is rewritten, added or removed.
     Paths are made absolute: the same files are the same input from any working folder.
     """
     return records_sha256(
         (absolute(file.path), file.size, file.mtime_ns, file.num_rows)
+        + ((file.version,) if file.version else ())
         for file in sorted(files, key=lambda f: absolute(f.path))
     )
 

@@ -3,7 +3,7 @@
 ``--model=gs://bucket/models/NAME/VERSION`` (a registered version folder) or
 ``--model=s3://bucket/path/saved_model`` (a SavedModel folder, its signature
 ``saved_model.sig`` beside it) is copied into
-``$XDG_CACHE_HOME/batchscore/models/<content sha256>/``. A registered version records
+``$XDG_CACHE_HOME/batchscore/models/<content sha256>-<objects' state>/``. A registered version records
 its content hash in ``metadata.json``: a copy whose bytes do not hash to it is refused
 (the model was changed in the bucket) and never cached. Resolution then goes on from
 the local copy, which is what the driver verifies against its signature and what every
@@ -51,9 +51,11 @@ def fetch_model(uri: str) -> Path:
     expected: str | None = None
     if METADATA in names:
         expected = str(storage.read_json(storage.join(uri, METADATA))["content_hash"])
-        key = expected
-    else:  # an unregistered SavedModel: keyed by what the store says of its objects
-        key = records_sha256((o.uri, o.size, o.mtime_ns) for o in objects)
+    # Keyed by the content hash and by what the store says of the objects now, so that a
+    # model changed in the bucket is downloaded (and refused) instead of served from the
+    # cache; an unchanged one is downloaded once per machine.
+    state = records_sha256((o.uri, o.size, o.mtime_ns) for o in objects)
+    key = f"{expected}-{state[:16]}" if expected else state
     target = cache_root() / key / storage.name(uri)
     if target.is_dir():
         return target
@@ -83,6 +85,38 @@ def fetch_model(uri: str) -> Path:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+def version_in_bucket(spec: str, repo: str) -> str:
+    """The URI of the registered version folder that ``NAME[@VERSION|@latest|@ALIAS]``
+    names in the model repository at the bucket URI ``repo`` (the layout of
+    batch.model.repository: ``<repo>/<name>/<version>/metadata.json``,
+    ``<repo>/<name>/aliases.json``)."""
+    name, _, selector = spec.partition("@")
+    folder = storage.join(repo, name)
+    prefix = folder + "/"
+    versions = sorted(
+        int(rel.split("/", 1)[0])
+        for rel in (o.uri[len(prefix) :] for o in storage.list_files(folder))
+        if rel.split("/", 1)[0].isdigit() and rel.split("/", 1)[1:] == [METADATA]
+    )
+    if not versions:
+        raise storage.StorageError(
+            f"--model={spec}: no registered model named '{name}' in the repository {repo} "
+            f"(no {folder}/<version>/{METADATA}); check --model_repo and the model name"
+        )
+    if selector in ("", "latest"):
+        return storage.join(folder, str(versions[-1]))
+    if selector.isdigit() and int(selector) in versions:
+        return storage.join(folder, selector)
+    aliases_uri = storage.join(folder, "aliases.json")
+    aliases = storage.read_json(aliases_uri).get("aliases", {}) if storage.info(aliases_uri) else {}
+    if selector in aliases and int(aliases[selector]["version"]) in versions:
+        return storage.join(folder, str(aliases[selector]["version"]))
+    raise storage.StorageError(
+        f"--model={spec}: '{name}' has no version or alias '{selector}' in {repo} (versions: "
+        f"{', '.join(map(str, versions))}; aliases: {', '.join(aliases) or 'none'})"
+    )
 
 
 def local_model(model: ResolvedModel) -> ResolvedModel:

@@ -316,6 +316,8 @@ class ModelRepository:
     """Registered models under one root folder."""
 
     def __init__(self, root: Path | str) -> None:
+        # A repository in a bucket is read only through its URI (batch.model.remote).
+        self.uri = str(root) if storage.is_uri(str(root)) else None
         self.root = Path(root)
 
     # -- reading -----------------------------------------------------------------
@@ -623,6 +625,10 @@ def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
         from batch.model.remote import fetch_model
 
         return dataclasses.replace(resolve_model(str(fetch_model(spec)), repository), source=spec)
+    if repository.uri is not None and os.sep not in spec:
+        from batch.model.remote import version_in_bucket
+
+        return resolve_model(version_in_bucket(spec, repository.uri), repository)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / METADATA_FILE).is_file() and is_saved_model_dir(path / SAVED_MODEL_DIR):

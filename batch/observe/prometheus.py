@@ -29,7 +29,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    generate_latest,
+    push_to_gateway,
+    write_to_textfile,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -38,6 +43,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from batch.core import storage
 from batch.core.errors import UsageError
 from batch.observe.checks import STATUS_RANK
 
@@ -184,7 +190,14 @@ def run_registry(collector: RunCollector) -> CollectorRegistry:
 
 
 def write_textfile(path: Path | str, collector: RunCollector) -> None:
-    """Write the run's metrics for node_exporter's textfile collector (atomic rename)."""
+    """Write the run's metrics for node_exporter's textfile collector (atomic rename), or
+    as one object to a gs:// / s3:// URI (an upload is whole or absent)."""
+    if storage.is_uri(str(path)):
+        try:
+            storage.write_bytes(str(path), generate_latest(run_registry(collector)))
+        except storage.StorageError as exc:
+            raise UsageError(f"--metrics_textfile={path}: cannot write it: {exc}") from exc
+        return
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.core import storage
 from batch.core.errors import BatchScoreError, CommitError, UsageError
 from batch.demo.paths import demo_model_repo
 from batch.engine.combined import CombinedExecution
@@ -61,8 +62,8 @@ class BackfillFailed(BatchScoreError):
 class Partition:
     day: dt.date
     column: str
-    input_dir: Path
-    output_root: Path
+    input_dir: Path | str  # a folder or a bucket prefix (gs://, s3://)
+    output_root: Path | str
     status: str = ""
     run: CommittedRun | None = None
     counts: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +93,7 @@ class DayResult:
     up_to_date: bool
 
 
-ScoreDay = Callable[[Path, Path, ResolvedModel, Runner], DayResult]
+ScoreDay = Callable[[Path | str, Path | str, ResolvedModel, Runner], DayResult]
 """Scores one day: (its input folder, its output root, the pinned model, the runner to
 execute with) -> how it ended; raises a BatchScoreError when the day fails. The scoring
 options are the callable's (:func:`batch.api.backfill_day_scorer` binds a ScoreRequest's)."""
@@ -104,8 +105,8 @@ class BackfillRequest:
     scoring options of the backfill; ``make_runner`` builds the engine every day shares
     (once, and only if some day needs scoring)."""
 
-    input_root: Path
-    output_root: Path
+    input_root: Path | str  # a folder or a bucket prefix (gs://, s3://)
+    output_root: Path | str
     start: dt.date
     end: dt.date
     model: str
@@ -139,7 +140,7 @@ class BackfillOutcome:
 
 
 def plan_partitions(
-    input_root: Path, output_root: Path, start: dt.date, end: dt.date, column: str
+    input_root: Path | str, output_root: Path | str, start: dt.date, end: dt.date, column: str
 ) -> list[Partition]:
     if end < start:
         raise UsageError(f"--end={end} is before --start={start}; give --start <= --end")
@@ -148,8 +149,14 @@ def plan_partitions(
     for offset in range(days):
         day = start + dt.timedelta(days=offset)
         name = f"{column}={day.isoformat()}"
-        partitions.append(Partition(day, column, input_root / name, output_root / name))
+        partitions.append(
+            Partition(day, column, _child(input_root, name), _child(output_root, name))
+        )
     return partitions
+
+
+def _child(root: Path | str, name: str) -> Path | str:
+    return Path(root) / name if isinstance(root, Path) else storage.child(root, name)
 
 
 def _counts(run: CommittedRun) -> dict[str, Any]:
@@ -197,7 +204,7 @@ def backfill(request: BackfillRequest, report: Callable[[str], None] = print) ->
     ``outcome``.
     """
     started = time.perf_counter()
-    if not request.input_root.is_dir():
+    if not storage.is_folder(request.input_root):
         raise UsageError(
             f"--input={request.input_root}: expected the folder holding the "
             f"{request.partition_column}=YYYY-MM-DD partitions; no such folder"
@@ -224,7 +231,7 @@ def backfill(request: BackfillRequest, report: Callable[[str], None] = print) ->
     )
     todo = []
     for partition in partitions:
-        if partition.input_dir.is_dir():
+        if storage.is_folder(partition.input_dir):
             todo.append(partition)
         else:
             partition.status, partition.detail = MISSING, f"no folder {partition.input_dir}"
