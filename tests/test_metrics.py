@@ -16,9 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from batch.observe.metrics import (
     LATENCY_BUCKETS_S,
     PartStats,
+    ProgressReader,
     latency_quantile,
     merge_part_stats,
     metrics_section,
+    read_progress,
     write_part_stats,
     write_progress,
 )
@@ -140,3 +142,33 @@ def _exposition(collector: RunCollector) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(run_registry(collector)).decode()
+
+
+def test_progress_polls_of_10000_parts_read_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver polls progress every half second while parts finish: a poll reads the
+    files written since the last one, not every part's file again (which made a run's
+    driver work grow with parts x polls)."""
+    import json
+
+    from batch.observe import metrics
+
+    for part in range(10_000):
+        write_progress(tmp_path, part, 10)
+    reads = Counter[str]()
+    loads = json.loads
+
+    def counted(text: str | bytes) -> object:
+        reads["json"] += 1
+        return loads(text)
+
+    monkeypatch.setattr(metrics.json, "loads", counted)
+    poll = ProgressReader(tmp_path)
+    assert poll() == 100_000 and reads["json"] == 10_000
+    assert poll() == 100_000 and reads["json"] == 10_000, "nothing changed: nothing read"
+    for part in (7, 4_321, 9_999):
+        write_progress(tmp_path, part, 15)  # same size, new file
+    write_progress(tmp_path, 10_000, 5)
+    assert poll() == 100_000 + 3 * 5 + 5 and reads["json"] == 10_004
+    assert poll() == read_progress(tmp_path) == 100_020

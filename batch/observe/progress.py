@@ -14,6 +14,7 @@ nothing fails.
 
 from __future__ import annotations
 
+import bisect
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-from batch.observe.metrics import read_progress
+from batch.observe.metrics import ProgressReader
 
 ProgressMode = Literal["auto", "bar", "log", "off"]
 POLL_S = 0.5
@@ -74,6 +75,7 @@ class ProgressMonitor:
         self.log_every_s = log_every_s
         self.clock = clock
         self.samples: list[tuple[float, int]] = []
+        self._read = None if staging_dir is None else ProgressReader(staging_dir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -125,7 +127,7 @@ class ProgressMonitor:
         return [{"t": t, "rows": rows} for t, rows in samples]
 
     def _sample(self) -> int | None:
-        rows = None if self.staging_dir is None else read_progress(self.staging_dir)
+        rows = None if self._read is None else self._read()
         if rows is not None and (not self.samples or self.samples[-1][1] != rows):
             self.samples.append((self.clock() - self._started, rows))
         return rows
@@ -137,14 +139,20 @@ class ProgressMonitor:
         last_t, last_rows = self.samples[-1]
         if len(self.samples) == 1:
             return last_rows / last_t if last_t > 0 else 0.0
-        window = [s for s in self.samples if s[0] >= last_t - 10.0]
-        first_t, first_rows = window[0] if len(window) > 1 else self.samples[-2]
+        # The first sample of the window, found by bisection: a long run has many samples.
+        first = bisect.bisect_left(self.samples, last_t - 10.0, key=lambda s: s[0])
+        first_t, first_rows = self.samples[first if first < len(self.samples) - 1 else -2]
         return (last_rows - first_rows) / (last_t - first_t) if last_t > first_t else 0.0
 
     def _run(self) -> None:
         next_log = self._started + self.log_every_s
-        while not self._stop.wait(self.poll_s):
+        wait = self.poll_s
+        while not self._stop.wait(wait):
+            began = self.clock()
             rows = self._sample()
+            # A run of very many parts makes a poll slower: poll less often, so that the
+            # driver spends at most a fifth of its time on progress.
+            wait = max(self.poll_s, 4 * (self.clock() - began))
             if self._bar is not None:
                 self._bar.update(rows, self._rate())
             elif self.clock() >= next_log:
