@@ -24,6 +24,7 @@ from batch.model.resolved import ResolvedModel
 from tests.plain_model import build_plain_model
 from tests.signing_keys import signing_keys  # noqa: F401  (session key pair, autouse)
 from tests.spark_cluster import SparkCluster, standalone_cluster
+from tests.training_rows import demo_rows  # noqa: F401  (one tf.Transform run, shared)
 
 TRAINED_ROWS = 20_000
 TRAINED_DAYS = 2

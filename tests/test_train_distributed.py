@@ -10,10 +10,8 @@ import dataclasses
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -21,60 +19,22 @@ from batch.core.faults import FAULT_ENV
 from batch.core.fsutil import file_sha256, write_json_atomic
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
-from tests.signing_keys import make_key_pair
-
-if TYPE_CHECKING:
-    from training.trainer import TrainingRequest, TransformedRows
+from tests.training_rows import ROWS, DemoRows  # the demo_rows fixture: tests/conftest.py
 
 pytestmark = pytest.mark.slow
 
-ROWS = 6_000
-EPOCHS = 2
 
-
-@dataclass(frozen=True)
-class Setup:
-    data: Path
-    repo: Path
-    key: Path
-    request: TrainingRequest
-    rows: TransformedRows
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from batch.demo.data import ensure_demo_data
-    from training.trainer import DEMO, transformed_rows
-
-    root = tmp_path_factory.mktemp("distributed")
-    data = ensure_demo_data(
-        root / "data", rows=ROWS, days=1, files_per_day=2, seed=7, dirty_fraction=0, log=None
-    )
-    key = make_key_pair(root / "keys").private
-    request = dataclasses.replace(
-        DEMO,
-        input=data,
-        model_repo=root / "models",
-        train_rows=ROWS,
-        epochs=EPOCHS,
-        signing_key=key,
-        worker_timeout_s=240,
-    )
-    with transformed_rows(request, None) as rows:
-        yield Setup(data, root / "models", key, request, rows)
-
-
-def _fit(setup: Setup, **changes: Any) -> ResolvedModel:
+def _fit(demo_rows: DemoRows, **changes: Any) -> ResolvedModel:
     from training.trainer import fit_and_register
 
-    request = dataclasses.replace(setup.request, **changes)
-    return fit_and_register(setup.rows, request, None, setup.key)
+    request = dataclasses.replace(demo_rows.request, **changes)
+    return fit_and_register(demo_rows.rows, request, None, demo_rows.key)
 
 
 class TestWorkers:
-    def test_two_workers_match_one_process(self, setup: Setup) -> None:
-        one = _fit(setup)
-        two = _fit(setup, workers=2)
+    def test_two_workers_match_one_process(self, demo_rows: DemoRows) -> None:
+        one = _fit(demo_rows)
+        two = _fit(demo_rows, workers=2)
         auc_one = one.metadata["metrics"]["heldout_auc"]
         auc_two = two.metadata["metrics"]["heldout_auc"]
         assert auc_one > 0.75 and auc_two > 0.75
@@ -85,20 +45,20 @@ class TestWorkers:
         assert training["fit_examples_per_s"] > 0
         assert one.metadata["training"]["workers"] == 1
         assert one.metadata["training"]["strategy"] is None
-        assert two.metadata["lineage"]["training_data"] == setup.rows.prepared.training_data
+        assert two.metadata["lineage"]["training_data"] == demo_rows.rows.prepared.training_data
         # The registered version scores and verifies like any other.
-        ModelRepository(setup.repo).resolve(two.label)
+        ModelRepository(demo_rows.repo).resolve(two.label)
 
     def test_a_dead_worker_fails_the_job_with_one_line(
-        self, setup: Setup, monkeypatch: pytest.MonkeyPatch
+        self, demo_rows: DemoRows, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         from training.fitting import TrainingError
 
-        before = ModelRepository(setup.repo).versions("loan_default")
+        before = ModelRepository(demo_rows.repo).versions("loan_default")
         monkeypatch.setenv(FAULT_ENV, "training-worker-1")  # SIGKILL after its first epoch
         started = time.monotonic()
         with pytest.raises(TrainingError) as caught:
-            _fit(setup, workers=2)
+            _fit(demo_rows, workers=2)
         message = str(caught.value)
         assert "\n" not in message
         assert re.search(
@@ -106,21 +66,21 @@ class TestWorkers:
         ), message
         assert "nothing was registered" in message and "--workers=1" in message
         assert time.monotonic() - started < 200  # the surviving chief was stopped, no hang
-        assert ModelRepository(setup.repo).versions("loan_default") == before
+        assert ModelRepository(demo_rows.repo).versions("loan_default") == before
 
-    def test_workers_past_the_timeout_are_stopped(self, setup: Setup) -> None:
+    def test_workers_past_the_timeout_are_stopped(self, demo_rows: DemoRows) -> None:
         from training.fitting import TrainingError
 
         started = time.monotonic()
         with pytest.raises(TrainingError, match=r"did not finish within --worker_timeout=3s"):
-            _fit(setup, workers=2, worker_timeout_s=3)
+            _fit(demo_rows, workers=2, worker_timeout_s=3)
         assert time.monotonic() - started < 30
 
 
-def test_mixed_precision_keeps_a_float32_signature(setup: Setup) -> None:
+def test_mixed_precision_keeps_a_float32_signature(demo_rows: DemoRows) -> None:
     import tensorflow as tf
 
-    model = _fit(setup, mixed_precision=True)
+    model = _fit(demo_rows, mixed_precision=True)
     precision = model.metadata["training"]["precision"]
     assert precision["policy"] == "mixed_bfloat16"
     change = precision["change_vs_float32"]["heldout_auc"]
@@ -137,17 +97,17 @@ def test_mixed_precision_keeps_a_float32_signature(setup: Setup) -> None:
 
 class TestInputManifest:
     def test_lineage_pins_every_file_and_a_retrain_reads_exactly_them(
-        self, setup: Setup, tmp_path: Path
+        self, demo_rows: DemoRows, tmp_path: Path
     ) -> None:
         import pyarrow.parquet as pq
 
         from jobs import train
         from training.trainer import prepare
 
-        pinned = setup.rows.prepared.training_data  # what every version above carries
-        files = sorted(setup.data.rglob("*.parquet"))
+        pinned = demo_rows.rows.prepared.training_data  # what every version above carries
+        files = sorted(demo_rows.data.rglob("*.parquet"))
         assert [entry["path"] for entry in pinned["files"]] == [
-            p.relative_to(setup.data).as_posix() for p in files
+            p.relative_to(demo_rows.data).as_posix() for p in files
         ]
         for entry, path in zip(pinned["files"], files, strict=True):
             assert entry["bytes"] == path.stat().st_size
@@ -157,7 +117,7 @@ class TestInputManifest:
 
         # The data moved and new data arrived: the snapshot reads the pinned files only.
         data = tmp_path / "data"
-        shutil.copytree(setup.data, data)
+        shutil.copytree(demo_rows.data, data)
         extra = data / "dt=2099-01-01" / "part-00000.parquet"
         extra.parent.mkdir()
         shutil.copy(files[0], extra)
@@ -165,7 +125,7 @@ class TestInputManifest:
             f"--input={data}",
             f"--input_manifest={manifest}",
             f"--model_repo={tmp_path / 'models'}",
-            f"--key={setup.key}",
+            f"--key={demo_rows.key}",
             f"--train_rows={ROWS}",
         ]
         request = train.training_request(train.build_parser().parse_args(args), [])
@@ -181,12 +141,14 @@ class TestInputManifest:
         assert train.main(args) == 2
         assert not (tmp_path / "models").exists()
 
-    def test_changed_file_error_names_it_and_the_fix(self, setup: Setup, tmp_path: Path) -> None:
+    def test_changed_file_error_names_it_and_the_fix(
+        self, demo_rows: DemoRows, tmp_path: Path
+    ) -> None:
         from batch.core.errors import InputDataError
         from training import dataset
 
         data = tmp_path / "data"
-        shutil.copytree(setup.data, data)
+        shutil.copytree(demo_rows.data, data)
         files = sorted(data.rglob("*.parquet"))
         manifest = tmp_path / "snapshot.json"
         write_json_atomic(manifest, dataset.snapshot(data, files))

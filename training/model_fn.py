@@ -40,6 +40,13 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "max_embedding_dim": 16,
     "dropout": 0.0,
 }
+# What `python -m jobs.tune` searches for the default model_fn (training/tuning.py).
+DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+    "hidden_units": {"type": "choice", "values": [[32], [64, 32], [128, 64]]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "batch_size": {"type": "choice", "values": [256, 512, 1024]},
+}
 
 
 @dataclass(frozen=True)
@@ -163,3 +170,6 @@ def default_model_fn(
     model = tf_keras.Model(inputs=inputs, outputs=output)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
+
+
+default_model_fn.search_space = DEFAULT_SEARCH_SPACE  # type: ignore[attr-defined]

@@ -468,7 +468,7 @@ def _in_order(
 # -- fit and evaluate ------------------------------------------------------------------
 
 
-def _hyperparameters(
+def job_hyperparameters(
     request: TrainingRequest, prepared: _Prepared, task: TaskInfo, labels: np.ndarray
 ) -> dict[str, Any]:
     stats = {}
@@ -721,13 +721,14 @@ def fit_and_register(
     report: Callable[[str], None] | None,
     key: Path,
     extra_metadata: Mapping[str, Any] | None = None,
+    extra_lineage: Mapping[str, Any] | None = None,
 ) -> ResolvedModel:
     """Steps 4-8 on transformed rows: fit, export, evaluate, baseline, register."""
     say = report or (lambda _message: None)
     prepared = rows.prepared
     repo = ModelRepository(request.model_repo or demo_model_repo())
     rows.start_steps()
-    hyperparameters = _hyperparameters(request, prepared, rows.task, rows.labels)
+    hyperparameters = job_hyperparameters(request, prepared, rows.task, rows.labels)
     policy = mixed_policy() if request.mixed_precision else FLOAT32
     fitted = fit_model(rows, request, hyperparameters, policy)
     rows.lap("keras_fit")
@@ -811,7 +812,8 @@ def fit_and_register(
             model_fn=prepared.model_fn,
             hyperparameters=hyperparameters,
             frameworks=framework_versions(),
-        ),
+        )
+        | dict(extra_lineage or {}),
         **(extra_metadata or {}),
     }
     resolved = repo.register(
