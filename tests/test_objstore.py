@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from batch.model.remote import CACHE_ENV
 from batch.model.repository import ModelRepository
 from batch.output.commit import LATEST, SUCCESS, list_committed_runs, verify_run
 from batch.output.manifest import MANIFEST, read_manifest
-from batch.output.objstore import ATTEMPTS, LEASE_ENV
+from batch.output.objstore import (
+    ATTEMPTS,
+    LEASE_ENV,
+    ObjectRunLayout,
+    advance_latest,
+    clean_stale_object_runs,
+)
 from jobs.score import main as score_main
 from tests.conftest import PlainModels
 from tests.object_stores import ObjectStores, make_bucket, moto_server, object_stores, upload_tree
@@ -442,3 +449,56 @@ def test_a_backfill_over_a_bucket_scores_each_day_once(
     assert "skipped" in again.stdout, again.stdout
     for day in ("2026-01-01", "2026-01-02"):
         assert len(list_committed_runs(f"{bucket}/backfill/dt={day}")) == 1
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_racing_pointer_updates_leave_the_newest_run(
+    scheme: str, stores: ObjectStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight committers advance _LATEST at once: the conditional writes (S3 If-Match /
+    If-None-Match, GCS generation preconditions) let none of them move it backwards."""
+    bucket = f"{scheme}://batchscore-{scheme}-pointer"
+    make_bucket(bucket)
+    run_ids = [f"20261202T1200{i:02d}.000000Z-00000{i}" for i in range(8)]
+    layouts = [ObjectRunLayout(f"{bucket}/out", "m", "1", run_id) for run_id in run_ids]
+    threads = [threading.Thread(target=advance_latest, args=(layout,)) for layout in layouts]
+    for thread in reversed(threads):
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pointer = storage.read_json(f"{bucket}/out/m/1/{LATEST}")
+    assert pointer["run_id"] == max(run_ids)
+    # A stale committer cannot move it back either.
+    assert advance_latest(layouts[0]) is None
+    assert storage.read_json(f"{bucket}/out/m/1/{LATEST}")["run_id"] == max(run_ids)
+
+
+def test_cleanup_removes_dead_runs_and_never_a_live_or_committed_one(
+    stores: ObjectStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = "s3://batchscore-s3-cleanup"
+    make_bucket(bucket)
+    version = f"{bucket}/out/m/1"
+
+    def run(run_id: str, *names: str) -> None:
+        for name in names:
+            storage.write_bytes(f"{version}/run={run_id}/{name}", b"x")
+
+    run("dead", "_LEASE", "predictions/part-00000-a.parquet", "_attempts/part-00000-a.json")
+    run("orphan", "predictions/part-00001-b.parquet")  # a straggler's part, no lease
+    run("committed", "_LEASE", "predictions/part-00000-c.parquet", MANIFEST, SUCCESS)
+    monkeypatch.setenv(LEASE_ENV, "2")
+    time.sleep(3)  # the leases above are now older than the lease time
+    run("live", "_LEASE", "predictions/part-00000-d.parquet")  # renewed just now
+    run("mine", "_LEASE")
+    removed = clean_stale_object_runs(version, "mine")
+    assert removed == ["dead", "orphan"]
+    left = {o.uri.removeprefix(f"{version}/") for o in storage.list_files(version)}
+    assert left == {
+        "run=committed/predictions/part-00000-c.parquet",
+        f"run=committed/{MANIFEST}",
+        f"run=committed/{SUCCESS}",
+        "run=live/_LEASE",
+        "run=live/predictions/part-00000-d.parquet",
+        "run=mine/_LEASE",
+    }

@@ -252,6 +252,13 @@ def commit_object_run(
     for obj in storage.list_files(storage.join(run_dir, ATTEMPTS)):
         storage.delete(obj.uri)
     fault_point(COMMIT_CLEANED)
+    if storage.info(storage.join(run_dir, LEASE)) is None:
+        raise CommitError(
+            f"run {layout.run_id}: its lease {storage.join(run_dir, LEASE)} is gone: another "
+            f"run took it for dead (this driver stalled for longer than the lease time, "
+            f"{lease_seconds():g} s; {LEASE_ENV}) and removed its objects; nothing was "
+            "committed. Rerun"
+        )
     storage.write_bytes(storage.join(run_dir, SUCCESS), b"")
     warnings = tuple(w for w in [advance_latest(layout)] if w)
     if warnings:
