@@ -131,3 +131,30 @@ def test_recalibrated_version_improves_calibration_on_shifted_labels(
     np.testing.assert_allclose(
         parsed["default_probability"].numpy(), scores[:200], rtol=0, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_each_method_improves_calibration_and_the_graph_computes_the_same(method: str) -> None:
+    import tensorflow as tf
+
+    from training.recalibration import (
+        calibration_fn,
+        calibration_metrics,
+        fit_calibration,
+    )
+
+    rng = np.random.default_rng(5)
+    scores = rng.beta(2, 5, 20_000).astype(np.float32)  # the model's view
+    labels = (rng.random(scores.size) < np.clip(1.6 * scores + 0.05, 0, 1)).astype(np.float64)
+    fit, held = slice(0, 10_000), slice(10_000, None)
+    calibration = fit_calibration(method, scores[fit], labels[fit])
+    before = calibration_metrics(labels[held], scores[held])
+    after = calibration_metrics(labels[held], calibration.apply(scores[held]))
+    assert after["ece"] < before["ece"] / 3, (before, after)
+    assert after["log_loss"] < before["log_loss"]
+    if method == "isotonic":
+        values = np.asarray(calibration.parameters["values"])
+        assert np.all(np.diff(values) >= 0)  # monotone
+    probe = np.concatenate([scores[held][:2_000], [0.0, 1.0, 1e-7, 0.999999]]).astype(np.float32)
+    graph = calibration_fn(calibration)(tf.constant(probe)).numpy()
+    np.testing.assert_allclose(graph, calibration.apply(probe), rtol=0, atol=2e-5)

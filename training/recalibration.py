@@ -242,34 +242,37 @@ class CalibratedModel(tf.Module):
         }
 
 
-def calibrated_module(loaded: Any, calibration: Calibration, output: str) -> Any:
-    """A tf.Module around the loaded SavedModel whose serving signatures return
-    ``output`` calibrated (and every other output as it was)."""
-
+def calibration_fn(calibration: Calibration) -> Callable[[Any], Any]:
+    """The calibration as TensorFlow ops (what the exported graph applies)."""
     if calibration.method == "platt":
         a = tf.constant(calibration.parameters["a"], tf.float32)
         b = tf.constant(calibration.parameters["b"], tf.float32)
 
-        def calibrate(p: Any) -> Any:
+        def platt(p: Any) -> Any:
             p = tf.clip_by_value(p, _EPS, 1 - _EPS)
             return tf.sigmoid(a * tf.math.log(p / (1 - p)) + b)
 
-    else:
-        xs = tf.constant(calibration.parameters["thresholds"], tf.float32)
-        ys = tf.constant(calibration.parameters["values"], tf.float32)
+        return platt
+    xs = tf.constant(calibration.parameters["thresholds"], tf.float32)
+    ys = tf.constant(calibration.parameters["values"], tf.float32)
 
-        def calibrate(p: Any) -> Any:
-            # Piecewise-linear interpolation between the steps' centres, flat outside.
-            n = tf.shape(xs)[0]
-            upper = tf.clip_by_value(tf.searchsorted(xs, p, side="right"), 1, n - 1)
-            lower = upper - 1
-            x0, x1 = tf.gather(xs, lower), tf.gather(xs, upper)
-            y0, y1 = tf.gather(ys, lower), tf.gather(ys, upper)
-            t = tf.clip_by_value(tf.math.divide_no_nan(p - x0, x1 - x0), 0.0, 1.0)
-            single = tf.fill(tf.shape(p), ys[0])
-            return tf.where(n > 1, y0 + t * (y1 - y0), single)
+    def isotonic(p: Any) -> Any:
+        # Piecewise-linear between the steps' centres, flat outside (numpy's interp).
+        n = tf.shape(xs)[0]
+        upper = tf.clip_by_value(tf.searchsorted(xs, p, side="right"), 1, tf.maximum(n - 1, 1))
+        lower = upper - 1
+        x0, x1 = tf.gather(xs, lower), tf.gather(xs, tf.minimum(upper, n - 1))
+        y0, y1 = tf.gather(ys, lower), tf.gather(ys, tf.minimum(upper, n - 1))
+        t = tf.clip_by_value(tf.math.divide_no_nan(p - x0, x1 - x0), 0.0, 1.0)
+        return tf.where(p <= xs[0], ys[0], tf.where(p >= xs[-1], ys[-1], y0 + t * (y1 - y0)))
 
-    return CalibratedModel(loaded, calibrate, output)
+    return isotonic
+
+
+def calibrated_module(loaded: Any, calibration: Calibration, output: str) -> Any:
+    """A tf.Module around the loaded SavedModel whose serving signatures return
+    ``output`` calibrated (and every other output as it was)."""
+    return CalibratedModel(loaded, calibration_fn(calibration), output)
 
 
 def save_calibrated(module: Any, path: Path) -> None:
