@@ -30,12 +30,14 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-## bench: whole-job speed on generated data (ROWS=2000000, REPEAT=1, WIDE=2400 rows of 250 KB texts by default)
+## bench: whole-job speed on generated data (ROWS=2000000, REPEAT=1, WIDE=2400 rows of 250 KB texts by default),
+## the start-up table, and the rivals of the bench extra (Ray Data)
 ROWS ?= 2000000
 REPEAT ?= 1
 WIDE ?= 2400
 bench: venv
-	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT) --wide=$(WIDE)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT) --wide=$(WIDE) --startup
 
 clean-demo:
 	rm -rf .demo

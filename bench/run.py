@@ -16,11 +16,18 @@ Paths (all by default):
   spark_splits  the same with --spark_conf batchscore.input=splits
   stock_beam    stock Beam: ReadFromParquet rows -> RunInference -> WriteToParquet
   udf           stock Spark: predict_batch_udf over the SavedModel, local[2]
+  ray           Ray Data's batch inference: read_parquet -> map_batches(callable class
+                holding the SavedModel, batch_format="pyarrow", an actor pool of cores - 1)
+                -> write_parquet (bench/ray_data.py; needs the bench extra:
+                pip install -e '.[bench]'), in a network namespace of its own
   floor         one process: pyarrow batches -> signature -> ParquetWriter
   backfill      batchscore's backfill (jobs.backfill, DirectRunner) of the same rows
                 spread over 30 daily partitions (dt=...), each day its own committed run
   backfill_onejob  one jobs.score job over the same 30 days' folder: the backfill's
                 target is at most 1.3x its wall time
+  limit         the model-only limit (bench/model_limit.py): the same SavedModel on
+                pre-built tensors, batchscore's batch size, as many calls at once as cores,
+                plus the fixed start-up; every path is reported as a share of it
   example_columns  batchscore on Beam, the demo model re-saved with a second signature
                 that takes serialized tf.Examples (bench/tf_example_model.py), scored
                 through its serving_default (one column per input)
@@ -40,6 +47,11 @@ then hits all paths alike.
 mode with 1 and 2 workers, and the native Spark runner (both input modes) on
 local[1] and local[2].
 
+--startup adds the start-up table: a 100-row job's whole process beside a bare
+`python -c "import tensorflow"` and `python -c "import apache_beam"` (median of --repeat
+runs each, in rounds), and each piece of a job's start-up timed one after another in
+one process (bench/startup.py).
+
 --wide=ROWS adds the wide-row table (bench/wide.py): ROWS rows of 250 KB texts scored
 by batchscore on Beam with batches sized by bytes at several --worker_memory budgets,
 and with the fixed 65,536-row batches of before: peak RSS, throughput, batch rows.
@@ -54,6 +66,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -318,6 +332,30 @@ PATHS: dict[str, BenchPath] = {
             "--master=local[2]",
         ],
     ),
+    "ray": BenchPath(
+        "Ray Data: read_parquet -> map_batches(actor pool, pyarrow) -> write_parquet",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.ray_data",
+            f"--input={ctx.data}",
+            f"--model={ctx.model.saved_model_dir}",
+            f"--output={ctx.out / 'ray_data'}",
+            "--key_column=loan_id",
+            f"--inputs={_inputs(ctx)}",
+        ],
+    ),
+    "limit": BenchPath(
+        "model-only limit: SavedModel on pre-built tensors, one call per core",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.model_limit",
+            f"--input={ctx.data}",
+            f"--model={ctx.model.label}",
+            f"--model_repo={ctx.repo}",
+        ],
+    ),
     "example_columns": BenchPath(
         "batchscore, Beam DirectRunner, tf.Example model via its column signature",
         lambda ctx: _example_model_score(ctx),
@@ -403,17 +441,18 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
         f"### {rows:,} rows ({dt.date.today().isoformat()}, {os.cpu_count()} cores)",
         "",
         "| path | wall s | predictions/s | peak RSS MB | CPU s | vs stock Beam "
-        "| vs predict_batch_udf | share of floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs predict_batch_udf | share of floor | share of model limit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
-        floor = by_key.get("floor")
+        floor, limit = by_key.get("floor"), by_key.get("limit")
         share = f"{m.rate / floor.rate:.0%}" if floor and m.key != "floor" else ""
+        of_limit = f"{m.rate / limit.rate:.0%}" if limit and m.key != "limit" else ""
         runs = f" ({' / '.join(f'{s:.1f}' for s in m.runs)})" if m.runs else ""
         lines.append(
             f"| {m.label} | {m.seconds:.1f}{runs} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
             f"| {m.cpu_seconds:.0f} | {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
-            f"| {share} |"
+            f"| {share} | {of_limit} |"
         )
     if any(m.runs for m in results):
         lines += [
@@ -432,7 +471,9 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
     checks = [
         ("beam", "stock_beam", 6.0, "batchscore on Beam >= 6x stock Beam RunInference"),
         ("beam", "udf", 3.0, "batchscore on Beam >= 3x predict_batch_udf"),
+        ("beam", "ray", 3.0, "batchscore on Beam >= 3x Ray Data"),
         ("beam", "floor", 0.6, "batchscore on Beam >= 60% of the floor's throughput"),
+        ("beam", "limit", 0.75, "batchscore on Beam >= 75% of the model-only limit"),
         ("beam", "beam_nodrift", 0.9, "drift statistics cost < 10% (Beam, drift on / off)"),
         ("beam_s3", "beam", 1 / 1.5, "bucket to bucket within 1.5x of local disk (Beam, S3)"),
         ("spark", "udf", 2.5, "native Spark with default options >= 2.5x predict_batch_udf"),
@@ -534,6 +575,64 @@ def chart(results: Sequence[Measurement], rows: int) -> str:
     return name
 
 
+def startup_table(ctx: Context, repeat: int) -> str:
+    """A 100-row job beside bare imports of TensorFlow and Beam (median of ``repeat``
+    rounds), then each piece of the start-up timed alone (bench/startup.py)."""
+    from batch.demo.data import ensure_demo_data
+
+    small = ensure_demo_data(ctx.workdir / "data-100", rows=100, days=1, files_per_day=1)
+    commands = {
+        "tf_import": ('bare python -c "import tensorflow"', [PY, "-c", "import tensorflow"]),
+        "beam_import": ('bare python -c "import apache_beam"', [PY, "-c", "import apache_beam"]),
+        "job_100": (
+            "batchscore, Beam DirectRunner, a 100-row job (every check on)",
+            _score(ctx, "--runner=DirectRunner", data=small),
+        ),
+    }
+    by_key = {m.key: m for m in measure_all(100, commands, repeat)}
+    tf = by_key["tf_import"].seconds
+    lines = [
+        "#### Start-up: a 100-row job against a bare TensorFlow import (same invocation)",
+        "",
+        "| process | wall s | vs bare TensorFlow import | peak RSS MB |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in by_key.values():
+        runs = f" ({' / '.join(f'{s:.1f}' for s in m.runs)})" if m.runs else ""
+        lines.append(
+            f"| {m.label} | {m.seconds:.1f}{runs} | {m.seconds / tf:.2f}x | {m.peak_rss_mb:,.0f} |"
+        )
+    ratio = by_key["job_100"].seconds / tf
+    verdict = "met" if ratio <= 1.1 else "**not met**"
+    lines += ["", f"- a 100-row job <= 1.1x a bare TensorFlow import: {ratio:.2f}x ({verdict})"]
+    pieces = subprocess.run(
+        [
+            PY,
+            "-m",
+            "bench.startup",
+            f"--input={small}",
+            f"--model={ctx.model.label}",
+            f"--model_repo={ctx.repo}",
+        ],
+        cwd=PROJECT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    timed: dict[str, float] = json.loads(pieces.stdout.strip().splitlines()[-1])
+    lines += [
+        "",
+        "Each piece alone, one after another in one process (jobs.score overlaps the imports "
+        "and the model load with the checks):",
+        "",
+        "| piece | s |",
+        "|---|---:|",
+        *(f"| {name} | {seconds:.2f} |" for name, seconds in timed.items()),
+        f"| sum | {sum(timed.values()):.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def wide_table(rows: int, workdir: Path) -> str:
     """The wide-row paths (bench/wide.py), measured one after another."""
     from bench.wide import DEPTH_KEYS, TEXT_BYTES, WIDE_PATHS, batching_of, score_command
@@ -625,6 +724,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "at the last (largest) row count.",
     )
     parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="Also measure a 100-row job beside bare TensorFlow and Beam imports, and each "
+        "piece of the start-up (make bench does).",
+    )
+    parser.add_argument(
         "--wide",
         type=int,
         default=0,
@@ -646,6 +751,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, found {args.repeat}")
+    if "ray" in [*args.paths, *(args.large_paths or ())] and not importlib.util.find_spec("ray"):
+        parser.error(
+            "path ray needs Ray Data, which batchscore does not depend on: "
+            "pip install -e '.[bench]' (make bench does), or leave ray out of --paths"
+        )
 
     from batch.demo.data import ensure_demo_data
 
@@ -672,6 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     growth = rss_growth(everything)
     if growth:
         sections.append(growth)
+    if args.startup:
+        sections.append(startup_table(ctx, args.repeat))
     if args.wide:
         sections.append(wide_table(args.wide, args.workdir))
     command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])

@@ -202,7 +202,7 @@ class BatchScorer:
         if rows == 0:
             predictions = [pa.array([], type=f.type) for f in self._output_fields]
         else:
-            outputs = self.loaded.function(self._feeds(batch))
+            outputs = self.loaded.function(self.feeds(batch))
             predictions = [_to_arrow(outputs[f.name], f.type, rows) for f in self._output_fields]
         model = self.loaded.model
         columns = [batch.column(name) for name in (*self.key_columns, *self.passthrough)]
@@ -312,7 +312,8 @@ class BatchScorer:
         )
         return [scored.filter(pa.array(~bad))], [rejected]
 
-    def _feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
+    def feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
+        """What one model call on ``batch`` is fed (one entry per signature input)."""
         if self._example_input is not None:
             return {self._example_input: string_feed(serialized_examples(batch, self._columns))}
         feeds: dict[str, Feed] = {}
