@@ -89,6 +89,16 @@ class ServingModule(tf.Module):
     def raw_spec(self) -> dict[str, Feature]:
         return dict(self._raw_spec)
 
+    @property
+    def model_features(self) -> list[str]:
+        """The transformed features the Keras model consumes, in its input order."""
+        return list(self._features)
+
+    def predict_transformed(self, transformed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The served outputs for transformed features: ``serving_default`` after its
+        transform (what training.compress converts to TFLite)."""
+        return self._predict(transformed)
+
     def _transformed(self, raw: Mapping[str, Any]) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer(dict(raw))
         return {name: transformed[name] for name in self._features}

@@ -86,6 +86,7 @@ from batch.model.signature import (
     schema_problems,
 )
 from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_once
+from batch.model.tflite import model_backend
 from batch.observe.checks import FAIL, WARN, RunOutcome, run_checks, run_summary, worst
 from batch.observe.drift import (
     Baseline,
@@ -627,6 +628,8 @@ def model_manifest(model: ResolvedModel, verification: VerificationResult) -> di
         "registered": model.registered,
         "alias": model.alias,
         "signature": verification.to_manifest(),
+        # How its model part runs: tensorflow, or tflite (LiteRT after the transform graph).
+        "backend": model_backend(model.saved_model_dir),
         # Where the version's record lives, and what produced it (jobs.models show).
         "metadata_file": (
             absolute(Path(model.saved_model_dir).parent / "metadata.json")

@@ -33,6 +33,7 @@ from batch.model.signature import (
 )
 from batch.model.signing import TrustPolicy, VerificationResult, verify_model
 from batch.model.snapshot import private_copy
+from batch.model.tflite import TENSORFLOW, TFLiteFunction, backend_description
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ def _ragged_ranks(meta_graph: Any) -> list[int]:
 class LoadedModel:
     model: ResolvedModel
     signature: SignatureInfo
-    function: ServingFunction
+    # serving_default in a TF session, or the transform signature then LiteRT.
+    function: ServingFunction | TFLiteFunction
     load_seconds: float
     # What was checked before it was loaded.
     verification: VerificationResult | None = None
@@ -349,7 +351,7 @@ def _load(
     tf = import_tensorflow()
     start = time.perf_counter()
     try:
-        function = ServingFunction(tf, Path(model.saved_model_dir), model.label, choice)
+        function = _serving_function(tf, Path(model.saved_model_dir), model.label, choice)
     except ModelError:
         raise
     except Exception as exc:  # TF raises many types for a broken SavedModel.
@@ -360,3 +362,22 @@ def _load(
     elapsed = time.perf_counter() - start
     log.info("loaded model %s in %.2fs", model.label, elapsed)
     return LoadedModel(model, function.signature, function, elapsed, verification)
+
+
+def _serving_function(
+    tf: Any, saved_model_dir: Path, label: str, choice: SignatureChoice
+) -> ServingFunction | TFLiteFunction:
+    """The model's serving function for its backend (batch.model.tflite): a SavedModel's
+    signature ``choice``, or, for a TFLite version, its transform signature feeding LiteRT."""
+    described = backend_description(saved_model_dir)
+    if described["backend"] == TENSORFLOW:
+        return ServingFunction(tf, saved_model_dir, label, choice)
+    if not choice.is_default:
+        raise ModelError(
+            f"model {label} ({saved_model_dir}): a {described['backend']} version is scored "
+            f"through its own serving function; {choice.describe()} cannot be chosen. Drop "
+            "--signature/--tag/--input_format, or score its parent"
+        )
+    transform_choice = SignatureChoice(name=str(described["transform_signature"]))
+    transform = ServingFunction(tf, saved_model_dir, label, transform_choice)
+    return TFLiteFunction(transform, transform.signature, saved_model_dir, described, label)
