@@ -217,6 +217,8 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     check_input_output_disjoint(request.input, output)
     inputs = resolve_inputs(request.input, request.on_bad_file)
     files, bad_files = inputs.files, inputs.bad
+    if not request.dry_run:  # a dry run writes nothing there
+        check_output_writable(output)
     repo = ModelRepository(request.model_repo)
     model = (
         request.model
@@ -232,8 +234,6 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     )
     contract = job_contract(request.contract, model)
     key_columns = job_key_columns(request.key_columns, model, contract)
-    if not request.dry_run:  # a dry run writes nothing there
-        check_output_writable(output)
     if not request.force and not request.dry_run:
         current = find_up_to_date_run(
             output,

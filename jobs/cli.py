@@ -5,11 +5,14 @@ reporting (one line, exit 2), ``--summary_file``, and the options of ``jobs.scor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
 import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,6 +31,7 @@ from batch.engine.sizing import (
     MIN_BATCH_ROWS,
     parse_bytes,
 )
+from batch.model.loading import release_stderr
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS, SignatureChoice
 from batch.observe.checks import FAIL, job_summary
@@ -227,6 +231,7 @@ def exit_process(code: int) -> NoReturn:
     """
     logging.shutdown()
     sys.stdout.flush()
+    release_stderr()  # a job that ends while TensorFlow still imports keeps its last words
     sys.stderr.flush()
     os._exit(code)
 
@@ -503,6 +508,17 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser
+
+
+def preload_module(name: str) -> None:
+    """Import module ``name`` in a background thread (a later import of it waits for that
+    one), so that a slow import (an engine) overlaps a job's first checks."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the job's own import raises it again
+            importlib.import_module(name)
+
+    threading.Thread(target=load, name=f"import-{name}", daemon=True).start()
 
 
 def score_request(

@@ -20,13 +20,16 @@ from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.demo.data import input_or_demo
 from batch.engine.job import RunSummary
-from batch.model.loading import quiet_tensorflow
+from batch.engine.prepare import trust_policy
+from batch.model.loading import preload_model, quiet_tensorflow
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
+from batch.model.signature import SignatureChoice
 from batch.model.signing import short
 from jobs.cli import (
     build_score_parser,
     exit_process,
+    preload_module,
     run_main,
     score_request,
     setup_logging,
@@ -125,6 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
     exporter = OutcomeExporter(PROG, args.summary_file, args.metrics_textfile, args.pushgateway)
 
+    def on_model(model: ResolvedModel) -> None:
+        exporter.set_model(model)
+        # The arguments, the input's footers and the output folder are checked: the
+        # imports (seconds) overlap the checks that follow (the model's signature, the
+        # contract, the up-to-date check, planning).
+        if args.runner != "PySparkRunner" and not is_dry_run(pipeline_args):
+            preload_module("runners.beam")
+        if scores_in_this_process(args.runner, pipeline_args):
+            # TensorFlow imported and the model verified and loaded in the background:
+            # the worker (this process) then finds it loaded.
+            trust = trust_policy(args.public_key, args.allow_unsigned)
+            preload_model(
+                model, trust, SignatureChoice(args.signature, args.tag, args.input_format)
+            )
+
     def score() -> int:
         repo = ModelRepository(args.model_repo)
         request = score_request(
@@ -138,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run=is_dry_run(pipeline_args),
             started=started,
             on_outcome=exporter.report,
-            on_model=exporter.set_model,
+            on_model=on_model,
         )
         outcome = api_score(request)
         if outcome.status == "dry_run":
@@ -174,6 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Failed before any check ran (arguments, input, model): still tell the alerting side.
         exporter.report_failure(exporter.last_error)
     return code
+
+
+def scores_in_this_process(runner: str, pipeline_args: Sequence[str]) -> bool:
+    """Whether the job's worker is this process: Beam's DirectRunner unless it runs its
+    workers as processes (--direct_running_mode=multi_processing or subprocesses)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--direct_running_mode", default="in_memory")
+    known, _ = parser.parse_known_args(list(pipeline_args))
+    return runner == "DirectRunner" and known.direct_running_mode == "in_memory"
 
 
 def _demo_model(repo: ModelRepository) -> ResolvedModel:

@@ -6,6 +6,7 @@ their arguments before paying for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -54,25 +55,52 @@ def import_tensorflow() -> Any:
     TF_CPP_MIN_LOG_LEVEL is read, straight to file descriptor 2. They are caught
     here; anything else it prints is passed on.
     """
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    quiet_tensorflow()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+    with _TF_IMPORT:  # a module in sys.modules may still be importing in another thread
+        if _TF_IMPORTED:
+            return sys.modules["tensorflow"]
+        quiet_tensorflow()
+        sys.stderr.flush()
+        with _STDERR_LOCK:
+            saved = os.dup(2)
+            capture = tempfile.TemporaryFile()  # noqa: SIM115 (closed by release_stderr)
+            os.dup2(capture.fileno(), 2)
+            _HELD_STDERR.append((saved, capture))
         try:
             import tensorflow as tf
 
             tf.config.list_physical_devices()
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        capture.seek(0)
-        for line in capture.read().decode(errors="replace").splitlines():
-            if line and not line.startswith(_STARTUP_CHATTER):
-                print(line, file=sys.stderr)
+            release_stderr()
+        _TF_IMPORTED.append(True)
     return tf
+
+
+_TF_IMPORT = threading.Lock()
+_TF_IMPORTED: list[bool] = []  # [True] once import_tensorflow has imported it
+_STDERR_LOCK = threading.Lock()
+# (the real stderr, the file standing in for it) while TensorFlow imports.
+_HELD_STDERR: list[tuple[int, Any]] = []
+
+
+def release_stderr() -> None:
+    """Give file descriptor 2 back now if TensorFlow's import holds it, passing on what
+    was written to it meanwhile (TensorFlow's start-up chatter aside). A job that ends
+    while TensorFlow imports in the background (an error found by its first checks)
+    calls it before exiting, so that its message is not lost."""
+    with _STDERR_LOCK:
+        if not _HELD_STDERR:
+            return
+        saved, capture = _HELD_STDERR.pop()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+        capture.close()
+    for line in text.splitlines():
+        if line and not line.startswith(_STARTUP_CHATTER):
+            print(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 Feed = np.ndarray | tuple[bytes, np.ndarray]
@@ -308,6 +336,21 @@ def _signature_sha256(model: ResolvedModel) -> str | None:
         return file_sha256(model.signature_file)
     except OSError:
         return None
+
+
+def preload_model(
+    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice = DEFAULT_CHOICE
+) -> None:
+    """Verify and load ``model`` into this process's cache in a background thread, for a
+    job whose worker is this process (Beam's in-process DirectRunner): the load overlaps
+    the driver's checks and planning. A failure is raised again by the job's own
+    :func:`load_model`."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            load_model(model, trust, choice)
+
+    threading.Thread(target=load, name="load-model", daemon=True).start()
 
 
 def load_model(
