@@ -36,6 +36,7 @@ from jobs.score import main as score_main
 from tests.conftest import PlainModels
 from tests.object_stores import ObjectStores, make_bucket, moto_server, object_stores, upload_tree
 from tests.plain_model import write_plain_data
+from tests.signing_keys import KeyPair
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -147,15 +148,24 @@ def _check_committed(out: str, reference: pa.Table) -> None:
 
 @pytest.mark.slow
 def test_bucket_to_bucket_on_beam_equals_the_local_run(
-    buckets: dict[str, str], local_reference: pa.Table
+    buckets: dict[str, str], local_reference: pa.Table, signing_keys: KeyPair
 ) -> None:
+    """Input, model, public key, output and the Prometheus textfile all in GCS."""
     bucket = buckets["gs"]
     out = f"{bucket}/out-beam"
+    upload_tree(signing_keys.public, f"{bucket}/keys/public.pem")
     rc, err = _finish(
-        _score(f"--input={bucket}/in", f"--model={bucket}/models/model", f"--output={out}")
+        _score(
+            f"--input={bucket}/in",
+            f"--model={bucket}/models/model",
+            f"--output={out}",
+            f"--public_key={bucket}/keys/public.pem",
+            f"--metrics_textfile={bucket}/metrics/score.prom",
+        )
     )
     assert rc == 0, err[-3000:]
     _check_committed(out, local_reference)
+    assert b"batchscore_" in storage.read_bytes(f"{bucket}/metrics/score.prom")
     (run,) = list_committed_runs(out)
     verified = subprocess.run(
         [sys.executable, "-m", "jobs.verify", str(run.run_dir)],
