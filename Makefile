@@ -39,5 +39,13 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run --rows=$(ROWS) --repeat=$(REPEAT) --wide=$(WIDE) --startup
 
+## bench-train: training speed, 1 vs 2 worker processes, float32 vs mixed precision
+## (TRAIN_ROWS=50000, EPOCHS=3; bench/train.py says why 2 cores favour one float32 process)
+.PHONY: bench-train
+TRAIN_ROWS ?= 50000
+EPOCHS ?= 3
+bench-train: venv
+	$(BIN)/python -m bench.train --rows=$(TRAIN_ROWS) --epochs=$(EPOCHS) --workers=1,2
+
 clean-demo:
 	rm -rf .demo

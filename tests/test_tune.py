@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 
-def _request(demo_rows: DemoRows, **changes: Any) -> TuningRequest:
+def _request(demo_rows: DemoRows, epochs: int = 4, **changes: Any) -> TuningRequest:
     from training.tuning import TuningRequest
 
-    training = dataclasses.replace(demo_rows.request, epochs=4)
+    training = dataclasses.replace(demo_rows.request, epochs=epochs)
     return dataclasses.replace(
         TuningRequest(training=training, trials=4, objective="val_auc", patience=1), **changes
     )
@@ -67,7 +67,7 @@ def test_trials_recorded_and_the_best_registered_with_its_hyperparameters(
 def test_time_budget_stops_starting_trials(demo_rows: DemoRows) -> None:
     from training.tuning import tune_rows
 
-    request = _request(demo_rows, trials=50, time_budget_s=0.1)
+    request = _request(demo_rows, epochs=1, trials=50, time_budget_s=0.1)
     study = tune_rows(demo_rows.rows, request, None, demo_rows.key).study
     assert study["trials_run"] == 1 and study["trials_requested"] == 50
 
@@ -75,7 +75,7 @@ def test_time_budget_stops_starting_trials(demo_rows: DemoRows) -> None:
 def test_an_objective_the_fit_does_not_report(demo_rows: DemoRows) -> None:
     from training.tuning import tune_rows
 
-    request = _request(demo_rows, trials=1, objective="val_precision")
+    request = _request(demo_rows, epochs=1, trials=1, objective="val_precision")
     with pytest.raises(UsageError, match=re.escape("--objective=val_precision: not among")):
         tune_rows(demo_rows.rows, request, None, demo_rows.key)
 
