@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit a calibration (Platt or isotonic) of a registered binary model's probability "
             "on recent labeled data, export it as a new version whose serving signatures "
             "apply it inside the graph, register it (signed, not promoted), and compare it "
-            "with --baseline (production) on the same data with `jobs.compare`'s checks; a "
-            "pass blesses it, so `python -m jobs.models promote NAME@VERSION --to "
+            "with --baseline (production) on the same data as `jobs.compare` does (agreement, "
+            "score difference and PSI are reported, not required, unless --strict_compare); "
+            "a pass blesses it, so `python -m jobs.models promote NAME@VERSION --to "
             "production` may follow. Half of the recent rows (by key hash) fit the "
             "calibration; ECE and log loss before and after are measured on the other half."
         ),
