@@ -98,6 +98,7 @@ from batch.observe.drift import (
 )
 from batch.observe.metrics import (
     PartStats,
+    end_attempt,
     merge_part_stats,
     metrics_section,
     process_id,
@@ -447,14 +448,17 @@ def score_split(
         batch_rows = split.batch_rows or job.batch_size
         # An earlier execution of this split that died without an exception (the kernel's
         # OOM killer, a lost worker) left its marker.
-        attempt = (
+        attempt, marker = (
             start_attempt(job.layout.staging_dir, split.index)
             if isinstance(job.layout, RunLayout)
-            else 0
+            else (0, None)
         )
         batch_rows, restarted = rows_after_restarts(batch_rows, attempt, split.index)
         schema, batches = read_split(split, read_columns(job), batch_rows)
-        return score_batches(job, batches, schema, split.index, on_batch, restarted)
+        result = score_batches(job, batches, schema, split.index, on_batch, restarted)
+        if marker is not None:
+            end_attempt(marker)
+        return result
     except DamagedFileError as exc:
         if not job.skip_bad_files:
             raise

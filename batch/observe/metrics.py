@@ -218,16 +218,23 @@ def write_progress(staging_dir: Path, part_index: int, rows: int) -> None:
     os.replace(tmp, path)
 
 
-def start_attempt(staging_dir: Path, part_index: int) -> int:
-    """Mark that an execution of part ``part_index`` starts; how many started before it.
-    More than none means an earlier execution died without a Python exception the engine
-    could answer (the kernel's OOM killer, a lost worker) and the engine (Beam's bundle
-    retry, Spark's task retry) runs the part again."""
+def start_attempt(staging_dir: Path, part_index: int) -> tuple[int, Path]:
+    """Mark that an execution of part ``part_index`` starts: how many earlier executions
+    did not finish (their markers are still there), and this one's marker, which
+    :func:`end_attempt` removes when it finishes. An unfinished earlier execution died
+    without a Python exception the engine could answer (the kernel's OOM killer, a lost
+    worker) or raised one, and the engine (Beam's bundle retry, Spark's task retry) runs
+    the part again; a bundle Beam runs twice on purpose finds none."""
     folder = staging_dir / ATTEMPTS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     earlier = sum(1 for _ in folder.glob(f"part-{part_index:05d}.*"))
-    (folder / f"part-{part_index:05d}.{secrets.token_hex(4)}").touch()
-    return earlier
+    marker = folder / f"part-{part_index:05d}.{secrets.token_hex(4)}"
+    marker.touch()
+    return earlier, marker
+
+
+def end_attempt(marker: Path) -> None:
+    marker.unlink(missing_ok=True)
 
 
 def read_progress(staging_dir: Path) -> int | None:
