@@ -340,8 +340,11 @@ class OutcomeExporter:
         summary_file: str | None,
         metrics_textfile: str | None = None,
         pushgateway: str | None = None,
+        input_spec: str | None = None,
     ) -> None:
         self.prog = prog
+        # The input scored: the metrics' dataset and partition labels.
+        self.input_spec = input_spec
         self.summary_file = summary_file
         self.metrics_textfile = metrics_textfile
         self.pushgateway = pushgateway
@@ -365,7 +368,7 @@ class OutcomeExporter:
 
     def report_up_to_date(self, summary: dict[str, Any]) -> None:
         """Nothing was scored: an earlier committed run already holds this input's predictions."""
-        self._export(summary, None, None, *self._model_name_version())
+        self._export(summary, None, None, *self._model_name_version(), up_to_date=True)
 
     def report_failure(self, reason: str) -> None:
         model = self.model
@@ -389,15 +392,21 @@ class OutcomeExporter:
         drift: dict[str, Any] | None,
         model_name: str,
         model_version: str,
+        up_to_date: bool = False,
     ) -> None:
         self.reported = True
         if self.summary_file:
             write_summary_file(self.summary_file, summary, self.prog)
         if not (self.metrics_textfile or self.pushgateway):
             return
-        from batch.observe.prometheus import RunCollector, push, write_textfile
+        from batch.observe.prometheus import RunCollector, push, run_labels, write_textfile
 
-        collector = RunCollector(model_name, model_version, summary, metrics, drift)
+        labels = run_labels(model_name, model_version, self.input_spec)
+        collector = (
+            RunCollector(labels, summary, None, None, "up_to_date")
+            if up_to_date
+            else RunCollector.for_run(labels, summary, metrics, drift)
+        )
         for enabled, export in (
             (self.metrics_textfile, lambda: write_textfile(str(self.metrics_textfile), collector)),
             (self.pushgateway, lambda: push(str(self.pushgateway), collector)),

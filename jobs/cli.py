@@ -498,13 +498,16 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "--metrics_textfile",
         metavar="PATH",
         help="Write the run's metrics in Prometheus text format to this file (for "
-        "node_exporter's textfile collector; end the name in .prom).",
+        "node_exporter's textfile collector; end the name in .prom), or, for a folder "
+        "(ending in /), to a file in it named by model, dataset and partition. An up-to-date "
+        "or failed run keeps the last run's numbers and updates only its status.",
     )
     observe.add_argument(
         "--pushgateway",
         metavar="URL",
         help="Push the run's metrics to this Prometheus Pushgateway URL (job batchscore, "
-        "grouped by model), e.g. http://pushgateway:9091.",
+        "grouped by model, dataset and dt= partition; a committed run replaces its group, an "
+        "up-to-date or failed one updates only its status), e.g. http://pushgateway:9091.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress at INFO level.")
     return parser

@@ -126,7 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, pipeline_args = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
     quiet_tensorflow()
-    exporter = OutcomeExporter(PROG, args.summary_file, args.metrics_textfile, args.pushgateway)
+    exporter = OutcomeExporter(
+        PROG,
+        args.summary_file,
+        args.metrics_textfile,
+        args.pushgateway,
+        input_spec=args.input,
+    )
 
     def on_model(model: ResolvedModel) -> None:
         exporter.set_model(model)

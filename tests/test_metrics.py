@@ -25,7 +25,7 @@ from batch.observe.metrics import (
     write_progress,
 )
 from batch.observe.progress import ProgressMonitor, progress_line
-from batch.observe.prometheus import RunCollector, run_registry
+from batch.observe.prometheus import RunCollector, run_labels, run_registry
 
 
 def _part(rows: int, rejected: dict[str, int], latencies: list[float], process: str) -> PartStats:
@@ -121,7 +121,8 @@ class TestPrometheus:
             "checks": [{"name": "error_rate", "status": "ok"}],
         }
         drift = {"features": [{"name": "x", "psi": 0.3, "unseen_share": None}], "prediction": None}
-        text = _exposition(RunCollector("m", "1", summary, metrics, drift))
+        labels = run_labels("m", "1", "/data/loans/dt=2026-01-02")
+        text = _exposition(RunCollector.for_run(labels, summary, metrics, drift))
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert families["batchscore_rows_read"].samples[0].value == 100
         rejected = families["batchscore_rows_rejected"].samples
@@ -136,6 +137,36 @@ class TestPrometheus:
         assert families["batchscore_run_success"].samples[0].value == 1
         status = {s.labels["status"]: s.value for s in families["batchscore_run_status"].samples}
         assert status == {"ok": 0.0, "warn": 1.0, "fail": 0.0}
+        sample = families["batchscore_rows_read"].samples[0]
+        assert sample.labels == {
+            "model": "m",
+            "model_version": "1",
+            "dataset": "/data/loans",
+            "partition": "2026-01-02",
+        }
+
+    def test_a_failed_run_exports_no_rows_and_an_up_to_date_one_only_its_status(self) -> None:
+        stats = _part(100, {"null_value": 2}, [0.02], "h:1")
+        metrics = metrics_section(stats, 1.0)
+        labels = run_labels("m", "1", "/data")
+        failed = {"status": "fail", "run_dir": None, "error_rate": 0.02, "checks": []}
+        names = {
+            f.name
+            for f in text_string_to_metric_families(
+                _exposition(RunCollector.for_run(labels, failed, metrics, None))
+            )
+        }
+        assert "batchscore_rows_scored" not in names and "batchscore_rows_read" not in names
+        assert "batchscore_last_success_timestamp_seconds" not in names
+        assert {"batchscore_run_success", "batchscore_error_rate"} <= names
+        up_to_date = RunCollector(labels, {}, None, None, "up_to_date")
+        names = {f.name for f in text_string_to_metric_families(_exposition(up_to_date))}
+        assert names == {
+            "batchscore_run_success",
+            "batchscore_up_to_date",
+            "batchscore_last_success_timestamp_seconds",
+            "batchscore_last_run_timestamp_seconds",
+        }
 
 
 def _exposition(collector: RunCollector) -> str:

@@ -140,11 +140,18 @@ class TestMetrics:
         assert again["status"] == "ok" and again["run_dir"] == str(run.run_dir)
         assert again["reason"].startswith("up to date")
 
-    def test_textfile_parses_as_prometheus_exposition(self, beam_run: BeamRun) -> None:
+    def test_textfile_parses_as_prometheus_exposition(
+        self, beam_run: BeamRun, trained_model: TrainedModel
+    ) -> None:
         families = {f.name: f for f in text_string_to_metric_families(beam_run.textfile)}
         (read,) = families["batchscore_rows_read"].samples
         assert read.name == "batchscore_rows_read_total" and read.value == 20_000
-        assert read.labels == {"model": "loan_default", "model_version": "1"}
+        assert read.labels == {
+            "model": "loan_default",
+            "model_version": "1",
+            "dataset": str(trained_model.data_dir),
+            "partition": "",
+        }
         reasons = {
             s.labels["reason"]: s.value for s in families["batchscore_rows_rejected"].samples
         }
@@ -232,11 +239,15 @@ class TestDriftAndChecks:
         assert summary["drift_status"] == "fail"
         (request,) = received.requests
         method, url_path, body = request
-        assert method == "PUT"
-        assert url_path == "/metrics/job/batchscore/model/loan_default"
+        # A failed run updates its status in its group (POST), leaving the last success's
+        # numbers; it exports no rows as scored.
+        assert method == "POST"
+        assert url_path.startswith("/metrics/job/batchscore/dataset@base64/")
+        assert url_path.endswith("/model/loan_default")
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["batchscore_run_success"].samples[0].value == 0
-        assert families["batchscore_rows_read"].samples[0].value == 20_000
+        assert "batchscore_rows_read" not in families and "batchscore_rows_scored" not in families
+        assert families["batchscore_drift_psi"].samples
 
     def test_error_budget_failure_writes_a_fail_summary(
         self, trained_model: TrainedModel, tmp_path: Path
