@@ -1,49 +1,49 @@
-"""Airflow DAG ``score_daily``: score each day's input partition with batchscore.
+"""Airflow DAGs that score each day's input partition with batchscore, built on
+:class:`batchscore_operator.BatchScoreOperator` (in this folder).
 
-Every day (``@daily``) the task runs, in batchscore's own virtualenv::
+``score_daily`` runs every day (``@daily``, ``catchup=True``: unpaused, the scheduler
+runs every day from the start date, which is how a backfill is done from Airflow) and
+scores ``INPUT/dt={{ ds }}`` into ``OUTPUT/dt={{ ds }}/<model>/<version>/run=<id>/``,
+the layout ``python -m jobs.backfill`` writes too. A rerun of a day whose input and
+model did not change is a no-op that names the committed run.
 
-    PYTHON -m jobs.score --input=INPUT/dt={{ ds }} --output=OUTPUT/dt={{ ds }} \\
-        --model=MODEL --model_repo=MODEL_REPO EXTRA_ARGS
-
-so day D lands in ``OUTPUT/dt=D/<model>/<version>/run=<id>/``, the layout
-``python -m jobs.backfill`` writes too. ``catchup=True``: unpaused, the
-scheduler runs every day from the start date on, which is how a backfill is
-done from Airflow (``airflow backfill create`` works as well). A rerun of a
-day whose input and model did not change is a no-op that names the committed
-run (batchscore's incremental reruns), so clearing tasks is cheap.
-
-This file imports only Airflow and the standard library: batchscore and
-TensorFlow stay in their own virtualenv, never in Airflow's.
-
-Failures:
-
-- the run breaks its error budget, or the input, model or arguments are wrong
-  (``jobs.score`` exits 2 with a one-line error): the task fails at once,
-  without retries, since a rerun would fail the same way;
-- the day's input folder does not exist yet, or the job crashed or was killed:
-  the task fails and is retried (``retries``, ``retry_delay``).
-
-Settings, read when the task runs: an Airflow Variable, else the environment
-variable in capitals, else the default.
+Settings of ``score_daily``, Airflow Variables read when the task runs (templates):
 
 =========================  ==================================================
-batchscore_python          the project venv's interpreter
-                           (default: <project>/.venv/bin/python)
+batchscore_python          the interpreter of batchscore's venv
 batchscore_input           root of the dt=YYYY-MM-DD input partitions
-                           (default: <project>/.demo/data)
-batchscore_output          output root (default: <project>/.demo/output/daily)
-batchscore_model           model to score with (default: loan_default@latest;
-                           in production NAME@production, see jobs.models)
-batchscore_model_repo      model repository (default: <project>/.demo/models)
+batchscore_output          output root
+batchscore_model           model to score with, e.g. NAME@production
+batchscore_model_repo      model repository (optional)
 batchscore_extra_args      any other jobs.score options, shell-quoted, e.g.
                            "--max_error_rate=0.01 --public_key=/keys/pub.pem"
 =========================  ==================================================
 
-Settings read when the DAG file is parsed (environment only, so parsing never
-touches the metadata database): BATCHSCORE_START_DATE (first day, default
-2026-01-01, the demo data's first day), BATCHSCORE_RETRIES (default 2),
-BATCHSCORE_RETRY_DELAY_MINUTES (default 5), BATCHSCORE_MAX_ACTIVE_RUNS
-(days scored at once during catch-up, default 1: each run loads its own model).
+A setting left unset fails the task at once naming it: nothing falls back to the
+demo's folders.
+
+Per run, without touching the Variables: trigger with a conf (or edit the params in
+the trigger form)::
+
+    airflow dags trigger score_daily --conf '{"force": true}'           # rescore
+    airflow dags trigger score_daily --conf '{"model": "loans@7"}'      # another model
+    airflow dags trigger score_daily --conf '{"canary": "loans@canary", "canary_fraction": 0.1}'
+
+Several dataset/model pairs on one Airflow: point ``BATCHSCORE_PIPELINES`` at a JSON
+file ``{"NAME": {"python": ..., "input_root": ..., "output_root": ..., "model": ...,
+"model_repo": ..., "extra_args": ...}, ...}``; each entry becomes a DAG
+``score_daily__NAME`` with those values.
+
+Read when the file is parsed (environment only, so parsing never touches the metadata
+database): BATCHSCORE_START_DATE (first day, default 2026-01-01),
+BATCHSCORE_RETRIES (default 2), BATCHSCORE_RETRY_DELAY_MINUTES (default 5),
+BATCHSCORE_MAX_ACTIVE_RUNS (days scored at once during catch-up, default 1: each run
+loads its own model), BATCHSCORE_INPUT_WAIT_SECONDS (how long a task waits for its
+day's input before it fails and is retried, default 3600), BATCHSCORE_POKE_SECONDS
+(how often it looks, default 60), BATCHSCORE_PIPELINES.
+
+This file imports only Airflow and the standard library: batchscore and TensorFlow
+stay in their own virtualenv, never in Airflow's.
 """
 
 from __future__ import annotations
@@ -51,116 +51,82 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shlex
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Variable, dag, task
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk import DAG, Param
+from batchscore_operator import BatchScoreOperator
 
-# jobs/airflow/score_daily.py -> the project root, for defaults when run from the repository.
-PROJECT = Path(__file__).resolve().parents[2]
-PARTITION_COLUMN = "dt"
-# jobs.score's exit code for a one-line error (bad input, error budget, model, arguments).
-EXIT_REFUSED = 2
-
-DEFAULTS = {
-    "batchscore_python": str(PROJECT / ".venv" / "bin" / "python"),
-    "batchscore_input": str(PROJECT / ".demo" / "data"),
-    "batchscore_output": str(PROJECT / ".demo" / "output" / "daily"),
-    "batchscore_model": "loan_default@latest",
-    "batchscore_model_repo": str(PROJECT / ".demo" / "models"),
-    "batchscore_extra_args": "",
+SETTINGS = ("python", "input_root", "output_root", "model", "model_repo", "extra_args")
+# score_daily's settings: the Airflow Variable each comes from (empty when unset).
+VARIABLES = {
+    "python": "batchscore_python",
+    "input_root": "batchscore_input",
+    "output_root": "batchscore_output",
+    "model": "batchscore_model",
+    "model_repo": "batchscore_model_repo",
+    "extra_args": "batchscore_extra_args",
 }
 
 
-def setting(name: str) -> str:
-    """Airflow Variable ``name``, else environment variable ``NAME``, else the default."""
-    fallback = os.environ.get(name.upper(), DEFAULTS[name])
-    value: Any = Variable.get(name, default=fallback)
-    return str(value)
+def _env_number(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+def score_dag(dag_id: str, settings: dict[str, str]) -> DAG:
+    """A daily scoring DAG whose one task runs BatchScoreOperator with ``settings``."""
+    with DAG(
+        dag_id=dag_id,
+        schedule="@daily",
+        start_date=dt.datetime.fromisoformat(
+            os.environ.get("BATCHSCORE_START_DATE", "2026-01-01")
+        ).replace(tzinfo=dt.UTC),
+        catchup=True,
+        max_active_runs=int(_env_number("BATCHSCORE_MAX_ACTIVE_RUNS", 1)),
+        default_args={
+            "retries": int(_env_number("BATCHSCORE_RETRIES", 2)),
+            "retry_delay": dt.timedelta(minutes=_env_number("BATCHSCORE_RETRY_DELAY_MINUTES", 5)),
+        },
+        params={
+            "model": Param("", type="string", description="another model for this run"),
+            "canary": Param("", type="string", description="a canary model for this run"),
+            "canary_fraction": Param(0.1, type="number", minimum=0, maximum=1),
+            "force": Param(False, type="boolean", description="rescore an up-to-date day"),
+            "extra_args": Param("", type="string", description="more jobs.score options"),
+        },
+        tags=["batchscore"],
+        doc_md=__doc__,
+    ) as dag:
+        BatchScoreOperator(
+            task_id="score_partition",
+            input_timeout=_env_number("BATCHSCORE_INPUT_WAIT_SECONDS", 3600),
+            poke_interval=_env_number("BATCHSCORE_POKE_SECONDS", 60),
+            **settings,
+        )
+    return dag
 
 
-def score_command(day: str) -> list[str]:
-    """The jobs.score command line for one day (``day`` = YYYY-MM-DD)."""
-    partition = f"{PARTITION_COLUMN}={day}"
-    return [
-        setting("batchscore_python"),
-        "-m",
-        "jobs.score",
-        f"--input={Path(setting('batchscore_input')) / partition}",
-        f"--output={Path(setting('batchscore_output')) / partition}",
-        f"--model={setting('batchscore_model')}",
-        f"--model_repo={setting('batchscore_model_repo')}",
-        *shlex.split(setting("batchscore_extra_args")),
-    ]
+def _variable(name: str) -> str:
+    return "{{ var.value.get('" + name + "', '') }}"
 
 
-@dag(
-    dag_id="score_daily",
-    schedule="@daily",
-    start_date=dt.datetime.fromisoformat(
-        os.environ.get("BATCHSCORE_START_DATE", "2026-01-01")
-    ).replace(tzinfo=dt.UTC),
-    catchup=True,
-    max_active_runs=_env_int("BATCHSCORE_MAX_ACTIVE_RUNS", 1),
-    default_args={
-        "retries": _env_int("BATCHSCORE_RETRIES", 2),
-        "retry_delay": dt.timedelta(
-            minutes=float(os.environ.get("BATCHSCORE_RETRY_DELAY_MINUTES", 5))
-        ),
-    },
-    tags=["batchscore"],
-    doc_md=__doc__,
-)
-def score_daily() -> None:
-    @task(task_id="score_partition")
-    def score_partition(ds: str | None = None) -> str:
-        """Score day ``ds``; returns the committed run folder (pushed to XCom)."""
-        assert ds is not None, "Airflow passes the logical date as ds"
-        command = score_command(ds)
-        input_dir = Path(command[3].removeprefix("--input="))
-        if not input_dir.is_dir():
-            # The day's data may still be on its way: fail and let retries try again.
-            raise AirflowException(f"{input_dir}: no input for {ds} yet")
-        with tempfile.TemporaryDirectory(prefix="batchscore-airflow-") as scratch:
-            summary_file = Path(scratch) / "summary.json"
-            command.append(f"--summary_file={summary_file}")
-            print("batchscore: running " + shlex.join(command), flush=True)
-            # Stream jobs.score's output into the task log as it comes; the outcome is
-            # read from its summary file, never from that output.
-            with subprocess.Popen(
-                command,
-                cwd=PROJECT if (PROJECT / "jobs" / "score.py").is_file() else None,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-            ) as process:
-                assert process.stdout is not None
-                for line in process.stdout:
-                    print(line, end="", flush=True)
-                returncode = process.wait()
-            try:
-                summary = json.loads(summary_file.read_text())
-            except (OSError, ValueError):
-                summary = {}
-        reason = summary.get("reason") or "no summary written; see the log above"
-        if returncode == EXIT_REFUSED:
-            raise AirflowFailException(
-                f"jobs.score refused the run for {ds} (not retried): {reason}"
-            )
-        if returncode != 0:
-            raise AirflowException(f"jobs.score exited {returncode} for {ds}: {reason}")
-        return str(summary.get("run_dir") or "")
-
-    score_partition()
+def _pipelines() -> dict[str, dict[str, Any]]:
+    path = os.environ.get("BATCHSCORE_PIPELINES")
+    if not path:
+        return {}
+    pipelines: dict[str, dict[str, Any]] = json.loads(Path(path).read_text())
+    return pipelines
 
 
-score_daily()
+score_daily = score_dag("score_daily", {k: _variable(v) for k, v in VARIABLES.items()})
+
+for _name, _settings in _pipelines().items():
+    unknown = sorted(set(_settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"BATCHSCORE_PIPELINES entry '{_name}': unknown keys {unknown}; expected "
+            f"{', '.join(SETTINGS)}"
+        )
+    globals()[f"score_daily__{_name}"] = score_dag(
+        f"score_daily__{_name}", {k: str(v) for k, v in _settings.items()}
+    )
