@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test lint bench bench-compress clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ TRAIN_ROWS ?= 50000
 EPOCHS ?= 3
 bench-train: venv
 	$(BIN)/python -m bench.train --rows=$(TRAIN_ROWS) --epochs=$(EPOCHS) --workers=1,2
+
+## bench-compress: the float32 demo parent beside its int8, prune and distill versions
+## (size, rows/s, held-out metric, jobs.compare verdict, the model call alone) on
+## COMPRESS_ROWS generated rows, median of COMPRESS_REPEAT rounds
+COMPRESS_ROWS ?= 2000000
+COMPRESS_REPEAT ?= 3
+bench-compress: venv
+	$(BIN)/python -m bench.compress --rows=$(COMPRESS_ROWS) --repeat=$(COMPRESS_REPEAT)
 
 clean-demo:
 	rm -rf .demo

@@ -195,3 +195,18 @@ def test_compare_blesses_int8_and_blocks_a_variant_that_loses_auc(
     assert _compare(repo, data, int8.label, f"{repo.resolve(parent).name}@production") == 0
     assert repo.resolve(int8.label).metadata[BLESSINGS]
     assert repo.promote(int8.label, "production").forced is False
+
+
+def test_a_tflite_version_cannot_be_compressed_again(
+    variants: dict[str, ResolvedModel], repo: ModelRepository, trained_model: TrainedModel
+) -> None:
+    from batch.core.errors import UsageError
+    from training.compress import CompressRequest, compress
+
+    int8 = variants["int8"]
+    expected = (
+        f"model {int8.label} is a tflite version (it holds no Keras model to compress); "
+        f"compress its parent {trained_model.model.label} instead"
+    )
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        compress(CompressRequest(int8.label, "prune", model_repo=repo.root), report=None)

@@ -56,7 +56,14 @@ from batch.model.repository import (
 )
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import key_fingerprint, public_key_of, short, verify_model
-from batch.model.tflite import BACKEND_FILE, TFLITE, TFLITE_FILE, TFLiteModel
+from batch.model.tflite import (
+    BACKEND_FILE,
+    TENSORFLOW,
+    TFLITE,
+    TFLITE_FILE,
+    TFLiteModel,
+    model_backend,
+)
 from training import dataset
 from training.dataset import clean_rows, feature_spec, raw_features, raw_inputs, split_heldout
 from training.export import TRANSFORM_SIGNATURE, ServingModule, tft_raw_form
@@ -189,6 +196,14 @@ def compress(
     verify_model(
         parent_model, trust_policy(request.public_key, request.allow_unsigned)
     )  # before a byte of it is loaded
+    if model_backend(parent_model.saved_model_dir) != TENSORFLOW:
+        raise UsageError(
+            f"model {parent_model.label} is a {model_backend(parent_model.saved_model_dir)} "
+            "version (it holds no Keras model to compress); compress its parent "
+            f"{parent_model.name}@"
+            f"{parent_model.metadata.get('compression', {}).get('parent', {}).get('version')} "
+            "instead"
+        )
     started = time.perf_counter()
     parent = _rebuild(parent_model, request)
     work_dir = Path(tempfile.mkdtemp(prefix="batchscore-compress-"))
