@@ -144,6 +144,10 @@ class ScoreRequest:
     on_outcome: Callable[[RunOutcome], None] | None = None
     # Told the model once it is resolved (before anything can fail because of it).
     on_model: Callable[[ResolvedModel], None] | None = None
+    # Told the model once the run will score (not up to date, checks passed so far): the
+    # caller may start the imports and the model load the run needs (jobs.score does,
+    # in the background), so that a no-op rerun imports neither TensorFlow nor Beam.
+    on_scoring: Callable[[ResolvedModel], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,8 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                     model=model.label,
                 ),
             )
+    if request.on_scoring is not None:
+        request.on_scoring(model)
     try:
         summary = run_scoring(
             ScoringRun(

@@ -134,11 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_spec=args.input,
     )
 
-    def on_model(model: ResolvedModel) -> None:
-        exporter.set_model(model)
-        # The arguments, the input's footers and the output folder are checked: the
-        # imports (seconds) overlap the checks that follow (the model's signature, the
-        # contract, the up-to-date check, planning).
+    def on_scoring(model: ResolvedModel) -> None:
+        # The arguments, the input's footers, the output folder, the model's signature and
+        # the up-to-date check are done (a no-op rerun imports neither TensorFlow nor
+        # Beam): the imports (seconds) overlap what follows (input checks, planning).
         if args.runner != "PySparkRunner" and not is_dry_run(pipeline_args):
             preload_module("runners.beam")
         if scores_in_this_process(args.runner, pipeline_args):
@@ -162,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run=is_dry_run(pipeline_args),
             started=started,
             on_outcome=exporter.report,
-            on_model=on_model,
+            on_model=exporter.set_model,
+            on_scoring=on_scoring,
         )
         outcome = api_score(request)
         if outcome.status == "dry_run":
