@@ -149,7 +149,12 @@ class TestPrometheus:
         stats = _part(100, {"null_value": 2}, [0.02], "h:1")
         metrics = metrics_section(stats, 1.0)
         labels = run_labels("m", "1", "/data")
-        failed = {"status": "fail", "run_dir": None, "error_rate": 0.02, "checks": []}
+        failed: dict[str, object] = {
+            "status": "fail",
+            "run_dir": None,
+            "error_rate": 0.02,
+            "checks": [],
+        }
         names = {
             f.name
             for f in text_string_to_metric_families(
