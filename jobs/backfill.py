@@ -38,6 +38,7 @@ from batch.ops.backfill import (
 from jobs.cli import (
     JobParser,
     add_summary_file,
+    apply_storage_options,
     build_score_parser,
     exit_process,
     positive_int,
@@ -188,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nonlocal outcome
         # The jobs.score options every day is scored with.
         score_args, pipeline_args = build_score_parser().parse_known_args(forwarded)
+        apply_storage_options(score_args)
         for option in ("input", "output", "summary_file"):
             if getattr(score_args, option) is not None:
                 raise UsageError(f"--{option} is set by the backfill for each partition")

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batch.api import ScoreRequest, write_summary_file
+from batch.core import storage
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.engine.inputs import DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
@@ -441,6 +442,7 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "(whose error rate is within --max_error_rate) prints 'up to date: RUN_DIR' and exits "
         "0 without scoring.",
     )
+    add_storage_options(parser)
     observe = parser.add_argument_group(
         "observability", "progress, drift, run-level checks and metrics (README: Observability)"
     )
@@ -522,6 +524,33 @@ def preload_module(name: str) -> None:
             importlib.import_module(name)
 
     threading.Thread(target=load, name=f"import-{name}", daemon=True).start()
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """--s3_endpoint_url and --gcs_endpoint_url (apply_storage_options sets them)."""
+    group = parser.add_argument_group(
+        "object storage",
+        "gs:// and s3:// paths use the libraries' standard credentials (application default "
+        "credentials, the AWS environment or profile); these override the endpoints, as the "
+        "environment variables AWS_ENDPOINT_URL_S3 / STORAGE_EMULATOR_HOST do",
+    )
+    group.add_argument(
+        "--s3_endpoint_url",
+        metavar="URL",
+        help="An S3-compatible store or emulator for s3:// paths, e.g. http://127.0.0.1:9000.",
+    )
+    group.add_argument(
+        "--gcs_endpoint_url",
+        metavar="URL",
+        help="A GCS emulator for gs:// paths, e.g. http://127.0.0.1:4443.",
+    )
+
+
+def apply_storage_options(args: argparse.Namespace) -> None:
+    """Set the endpoints --s3_endpoint_url / --gcs_endpoint_url name, if given."""
+    storage.set_endpoints(
+        getattr(args, "s3_endpoint_url", None), getattr(args, "gcs_endpoint_url", None)
+    )
 
 
 def score_request(

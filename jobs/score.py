@@ -27,6 +27,7 @@ from batch.model.resolved import ResolvedModel
 from batch.model.signature import SignatureChoice
 from batch.model.signing import short
 from jobs.cli import (
+    apply_storage_options,
     build_score_parser,
     exit_process,
     preload_module,
@@ -125,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args, pipeline_args = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
+    apply_storage_options(args)
     quiet_tensorflow()
     exporter = OutcomeExporter(
         PROG,

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 
 from batch.api import verify, write_summary_file
 from batch.observe.checks import FAIL, OK, job_summary
-from jobs.cli import JobParser, add_summary_file, run_main
+from jobs.cli import (
+    JobParser,
+    add_storage_options,
+    add_summary_file,
+    apply_storage_options,
+    run_main,
+)
 
 PROG = "python -m jobs.verify"
 
@@ -36,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="OUTPUT/<model>/<version>/run=<run id>",
     )
     add_summary_file(parser)
+    add_storage_options(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_storage_options(args)
 
     def check() -> int:
         outcomes = [verify(run_dir) for run_dir in args.run_dirs]

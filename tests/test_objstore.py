@@ -167,9 +167,18 @@ def test_bucket_to_bucket_on_beam_equals_the_local_run(
     _check_committed(out, local_reference)
     assert b"batchscore_" in storage.read_bytes(f"{bucket}/metrics/score.prom")
     (run,) = list_committed_runs(out)
+    # The emulator named by the option instead of STORAGE_EMULATOR_HOST.
+    env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
     verified = subprocess.run(
-        [sys.executable, "-m", "jobs.verify", str(run.run_dir)],
+        [
+            sys.executable,
+            "-m",
+            "jobs.verify",
+            str(run.run_dir),
+            f"--gcs_endpoint_url={os.environ['STORAGE_EMULATOR_HOST']}",
+        ],
         cwd=PROJECT,
+        env=env,
         capture_output=True,
         text=True,
     )

@@ -63,6 +63,17 @@ def name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+def set_endpoints(s3: str | None = None, gcs: str | None = None) -> None:
+    """Point ``s3://`` at an S3-compatible store or emulator and ``gs://`` at a GCS
+    emulator, as the standard environment variables do (AWS_ENDPOINT_URL_S3,
+    STORAGE_EMULATOR_HOST): they are set, so the processes this one starts (local Beam
+    workers, Spark executors on this machine) and the cloud clients see the same."""
+    if s3:
+        os.environ[S3_ENDPOINT_ENVS[0]] = s3
+    if gcs:
+        os.environ[GCS_EMULATOR_ENV] = gcs
+
+
 def _s3_endpoint() -> str | None:
     for env in S3_ENDPOINT_ENVS:
         if os.environ.get(env):
