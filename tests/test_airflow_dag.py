@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,6 +207,39 @@ def test_a_run_conf_forces_a_rescore_or_picks_another_model_for_that_run_only(
         assert log.count(RUN_MARKER) == 1, "a bad model reference is not retried"
     finally:
         (airflow.home / "pipelines.json").write_text("{}")
+
+
+@pytest.mark.slow
+def test_drift_in_the_days_run_recalibrates_the_model_it_scored_with(
+    airflow: Airflow, trained_model: Any, tmp_path: Path
+) -> None:
+    """The optional task: the day's run reports drift (a threshold no data meets), so
+    jobs.recalibrate registers a new, unpromoted version from the day's labeled rows."""
+    repo = tmp_path / "repo"
+    shutil.copytree(trained_model.repo, repo)
+    settings = _settings(trained_model, tmp_path / "out", "--max_error_rate=0.01 --max_drift=1e-9")
+    pipeline = {
+        "python": settings["batchscore_python"],
+        "input_root": settings["batchscore_input"],
+        "output_root": settings["batchscore_output"],
+        "model": settings["batchscore_model"],
+        "model_repo": str(repo),
+        "extra_args": settings["batchscore_extra_args"],
+        "recalibrate_on_drift": "true",
+        "recalibrate_args": "--no_compare",
+    }
+    (airflow.home / "pipelines.json").write_text(json.dumps({"drifting": pipeline}))
+    try:
+        result = airflow.dags_test("2026-01-01", "score_daily__drifting")
+    finally:
+        (airflow.home / "pipelines.json").write_text("{}")
+    log = _log(result)
+    assert result.returncode == 0 and "state=success" in log, log[-5000:]
+    assert f"jobs.recalibrate {settings['batchscore_model']}" in log
+    name = trained_model.model.name
+    versions = sorted(p.name for p in (repo / name).iterdir() if p.name.isdigit())
+    scored = int(trained_model.model.version)
+    assert versions == [str(scored), str(scored + 1)], "a new version, registered"
 
 
 @pytest.mark.slow

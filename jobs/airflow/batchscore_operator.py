@@ -60,11 +60,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 PARTITION_COLUMN = "dt"
 # jobs.score's exit code for a one-line error (bad input, model, arguments, error budget).
 EXIT_REFUSED = 2
+# jobs.recalibrate: registered, but the comparison with production failed.
+EXIT_COMPARISON_FAILED = 3
 RUN_MARKER = "batchscore: running "
 # Per-run keys read from the DAG run's conf / the DAG's params.
 RUN_OPTIONS = ("model", "canary", "canary_fraction", "force", "extra_args")
@@ -73,7 +75,53 @@ _DATAFLOW_JOB = re.compile(r"(?:Created job with id|Dataflow job id)[:= ]+\[?([\
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
-class BatchScoreOperator(BaseOperator):
+class _JobOperator(BaseOperator):
+    """Runs one batchscore command line in batchscore's venv, streaming its output into
+    the task log; ``on_kill`` stops its process group."""
+
+    python: str
+    kill_grace: float
+    _process: subprocess.Popen[str] | None
+
+    def _run(self, command: list[str]) -> str | None:
+        """Run the job, streaming its output into the task log; the Dataflow job id, if
+        it printed one."""
+        project = Path(self.python).resolve().parents[2]
+        job_id = None
+        self._process = subprocess.Popen(
+            command,
+            # From a checkout (python = <project>/.venv/bin/python) run in the project, so
+            # that `-m jobs.<command>` finds it whether or not it is installed.
+            cwd=project if (project / "jobs" / "score.py").is_file() else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # its own process group: on_kill stops all of it
+        )
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            print(line, end="", flush=True)
+            found = _DATAFLOW_JOB.search(line)
+            if found:
+                job_id = found.group(1)
+        self._process.wait()
+        return job_id
+
+    def on_kill(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=self.kill_grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class BatchScoreOperator(_JobOperator):
     """Score one day's input partition with batchscore (see the module docstring)."""
 
     template_fields: Sequence[str] = (
@@ -221,43 +269,6 @@ class BatchScoreOperator(BaseOperator):
             raise AirflowException(f"jobs.score exited {returncode} for {self.day}: {reason}")
         return str(summary.get("run_dir") or "")
 
-    def _run(self, command: list[str]) -> str | None:
-        """Run the job, streaming its output into the task log; the Dataflow job id, if
-        it printed one."""
-        project = Path(self.python).resolve().parents[2]
-        job_id = None
-        self._process = subprocess.Popen(
-            command,
-            # From a checkout (python = <project>/.venv/bin/python) run in the project, so
-            # that `-m jobs.score` finds it whether or not it is installed.
-            cwd=project if (project / "jobs" / "score.py").is_file() else None,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # its own process group: on_kill stops all of it
-        )
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            print(line, end="", flush=True)
-            found = _DATAFLOW_JOB.search(line)
-            if found:
-                job_id = found.group(1)
-        self._process.wait()
-        return job_id
-
-    def on_kill(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=self.kill_grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
 
 def _join(root: str, part: str) -> str:
     return f"{root.rstrip('/')}/{part}" if _URI.match(root) else str(Path(root) / part)
@@ -267,3 +278,82 @@ def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+class RecalibrateOnDriftOperator(_JobOperator):
+    """After a scoring task: when the day's run reported drift (its XCom ``summary``
+    says ``drift_status`` warn or fail), recalibrate the model it scored with on the
+    day's labeled rows: ``python -m jobs.recalibrate NAME@VERSION --input=LABELS_ROOT/
+    dt={{ ds }}``, a new signed version, registered unpromoted and compared with
+    production. Skipped when ``enabled`` is false or there was no drift. Give it
+    ``trigger_rule="all_done"`` so that it also runs after a run --on_drift=fail refused.
+    """
+
+    template_fields: Sequence[str] = (
+        "python",
+        "labels_root",
+        "model_repo",
+        "day",
+        "extra_args",
+        "enabled",
+    )
+
+    def __init__(
+        self,
+        *,
+        score_task_id: str,
+        python: str,
+        labels_root: str,
+        model_repo: str = "",
+        day: str = "{{ ds }}",
+        extra_args: str = "",
+        enabled: str | bool = True,
+        kill_grace: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.score_task_id = score_task_id
+        self.python = python
+        self.labels_root = labels_root
+        self.model_repo = model_repo
+        self.day = day
+        self.extra_args = extra_args
+        self.enabled = enabled
+        self.kill_grace = kill_grace
+        self._process = None
+
+    def execute(self, context: Any) -> str:
+        if not _truthy(self.enabled):
+            raise AirflowSkipException("recalibration on drift is off for this DAG")
+        task_instance = context.get("ti") or context.get("task_instance")
+        summary = task_instance.xcom_pull(task_ids=self.score_task_id, key="summary") or {}
+        if summary.get("drift_status") not in ("warn", "fail") or not summary.get("model"):
+            raise AirflowSkipException(
+                f"the run for {self.day} reported no drift "
+                f"(drift_status={summary.get('drift_status')}): nothing to recalibrate"
+            )
+        command = [
+            self.python,
+            "-m",
+            "jobs.recalibrate",
+            str(summary["model"]),
+            f"--input={_join(self.labels_root, f'{PARTITION_COLUMN}={self.day}')}",
+        ]
+        if self.model_repo:
+            command.append(f"--model_repo={self.model_repo}")
+        command += shlex.split(self.extra_args)
+        print(RUN_MARKER + shlex.join(command), flush=True)
+        self._run(command)
+        assert self._process is not None
+        returncode = self._process.returncode
+        if returncode == EXIT_REFUSED:
+            raise AirflowFailException(f"jobs.recalibrate refused {summary['model']} (not retried)")
+        if returncode not in (0, EXIT_COMPARISON_FAILED):
+            raise AirflowException(f"jobs.recalibrate exited {returncode}")
+        if returncode == EXIT_COMPARISON_FAILED:
+            print(
+                "batchscore: the recalibrated version is registered but its comparison with "
+                "production failed; it is not blessed",
+                flush=True,
+            )
+        return str(summary["model"])

@@ -17,6 +17,14 @@ batchscore_model           model to score with, e.g. NAME@production
 batchscore_model_repo      model repository (optional)
 batchscore_extra_args      any other jobs.score options, shell-quoted, e.g.
                            "--max_error_rate=0.01 --public_key=/keys/pub.pem"
+batchscore_recalibrate_on_drift
+                           "true": when the day's run reports drift, the task
+                           recalibrate_on_drift runs jobs.recalibrate on the
+                           day's labeled rows (a new unpromoted version,
+                           compared with production); else it is skipped
+batchscore_labels          root of the labeled dt= partitions (default: the
+                           input root)
+batchscore_recalibrate_args  other jobs.recalibrate options
 =========================  ==================================================
 
 A setting left unset fails the task at once naming it: nothing falls back to the
@@ -55,9 +63,11 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param
-from batchscore_operator import BatchScoreOperator
+from batchscore_operator import BatchScoreOperator, RecalibrateOnDriftOperator
 
 SETTINGS = ("python", "input_root", "output_root", "model", "model_repo", "extra_args")
+# The optional recalibration task's settings (RecalibrateOnDriftOperator).
+RECALIBRATION = ("recalibrate_on_drift", "labels_root", "recalibrate_args")
 # score_daily's settings: the Airflow Variable each comes from (empty when unset).
 VARIABLES = {
     "python": "batchscore_python",
@@ -66,6 +76,9 @@ VARIABLES = {
     "model": "batchscore_model",
     "model_repo": "batchscore_model_repo",
     "extra_args": "batchscore_extra_args",
+    "recalibrate_on_drift": "batchscore_recalibrate_on_drift",
+    "labels_root": "batchscore_labels",
+    "recalibrate_args": "batchscore_recalibrate_args",
 }
 
 
@@ -97,17 +110,36 @@ def score_dag(dag_id: str, settings: dict[str, str]) -> DAG:
         tags=["batchscore"],
         doc_md=__doc__,
     ) as dag:
-        BatchScoreOperator(
+        scoring = {k: v for k, v in settings.items() if k not in RECALIBRATION}
+        score = BatchScoreOperator(
             task_id="score_partition",
             input_timeout=_env_number("BATCHSCORE_INPUT_WAIT_SECONDS", 3600),
             poke_interval=_env_number("BATCHSCORE_POKE_SECONDS", 60),
-            **settings,
+            **scoring,
         )
+        recalibrate = RecalibrateOnDriftOperator(
+            task_id="recalibrate_on_drift",
+            score_task_id="score_partition",
+            python=settings["python"],
+            model_repo=settings.get("model_repo", ""),
+            # The day's labeled rows: labels_root/dt=DAY, else the scored input itself.
+            labels_root=settings.get("labels_root") or settings["input_root"],
+            extra_args=settings.get("recalibrate_args", ""),
+            enabled=settings.get("recalibrate_on_drift", ""),
+            trigger_rule="all_done",
+            retries=0,
+        )
+        score >> recalibrate
     return dag
 
 
 def _variable(name: str) -> str:
     return "{{ var.value.get('" + name + "', '') }}"
+
+
+def _labels_variable() -> str:
+    # The labeled rows default to the scored input's root.
+    return "{{ var.value.get('batchscore_labels', '') or var.value.get('batchscore_input', '') }}"
 
 
 def _pipelines() -> dict[str, dict[str, Any]]:
@@ -118,14 +150,17 @@ def _pipelines() -> dict[str, dict[str, Any]]:
     return pipelines
 
 
-score_daily = score_dag("score_daily", {k: _variable(v) for k, v in VARIABLES.items()})
+score_daily = score_dag(
+    "score_daily",
+    {k: _variable(v) for k, v in VARIABLES.items()} | {"labels_root": _labels_variable()},
+)
 
 for _name, _settings in _pipelines().items():
-    unknown = sorted(set(_settings) - set(SETTINGS))
+    unknown = sorted(set(_settings) - set(SETTINGS) - set(RECALIBRATION))
     if unknown:
         raise ValueError(
             f"BATCHSCORE_PIPELINES entry '{_name}': unknown keys {unknown}; expected "
-            f"{', '.join(SETTINGS)}"
+            f"{', '.join(SETTINGS + RECALIBRATION)}"
         )
     globals()[f"score_daily__{_name}"] = score_dag(
         f"score_daily__{_name}", {k: str(v) for k, v in _settings.items()}
