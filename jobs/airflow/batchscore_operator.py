@@ -282,11 +282,12 @@ def _truthy(value: Any) -> bool:
 
 class RecalibrateOnDriftOperator(_JobOperator):
     """After a scoring task: when the day's run reported drift (its XCom ``summary``
-    says ``drift_status`` warn or fail), recalibrate the model it scored with on the
+    says ``drift_status`` warn), recalibrate the model it scored with on the
     day's labeled rows: ``python -m jobs.recalibrate NAME@VERSION --input=LABELS_ROOT/
     dt={{ ds }}``, a new signed version, registered unpromoted and compared with
-    production. Skipped when ``enabled`` is false or there was no drift. Give it
-    ``trigger_rule="all_done"`` so that it also runs after a run --on_drift=fail refused.
+    production. Skipped when ``enabled`` is false or there was no drift. It follows a
+    committed run (drift ``warn``, the default ``--on_drift``): a run that failed fails
+    the DAG run, and a downstream task must not turn that into a success.
     """
 
     template_fields: Sequence[str] = (
@@ -327,7 +328,7 @@ class RecalibrateOnDriftOperator(_JobOperator):
             raise AirflowSkipException("recalibration on drift is off for this DAG")
         task_instance = context.get("ti") or context.get("task_instance")
         summary = task_instance.xcom_pull(task_ids=self.score_task_id, key="summary") or {}
-        if summary.get("drift_status") not in ("warn", "fail") or not summary.get("model"):
+        if summary.get("drift_status") != "warn" or not summary.get("model"):
             raise AirflowSkipException(
                 f"the run for {self.day} reported no drift "
                 f"(drift_status={summary.get('drift_status')}): nothing to recalibrate"

@@ -126,7 +126,6 @@ def score_dag(dag_id: str, settings: dict[str, str]) -> DAG:
             labels_root=settings.get("labels_root") or settings["input_root"],
             extra_args=settings.get("recalibrate_args", ""),
             enabled=settings.get("recalibrate_on_drift", ""),
-            trigger_rule="all_done",
             retries=0,
         )
         score >> recalibrate
