@@ -164,10 +164,12 @@ class RowValidator:
             _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required{hint}"
         )
 
-    def _passed_on(self, batch: pa.RecordBatch) -> Partitioned:
-        """The rows that may reach the model, with the contract's fill values in place of
-        nulls; counts the fills and the unseen categories passed to the model's OOV
-        handling."""
+    def _passed_on(
+        self, batch: pa.RecordBatch, rejected: pa.RecordBatch | None = None
+    ) -> Partitioned:
+        """``batch``, the rows that may reach the model, with the contract's fill values in
+        place of nulls, beside ``rejected`` (none: an empty dead-letter batch); counts the
+        fills and the unseen categories passed to the model's OOV handling."""
         filled: dict[str, int] = {}
         oov: dict[str, int] = {}
         columns = list(batch.columns)
@@ -188,7 +190,9 @@ class RowValidator:
                 columns[index] = pc.fill_null(column, pa.scalar(rule.fill).cast(column.type))
         if filled:
             batch = pa.RecordBatch.from_arrays(columns, schema=batch.schema)
-        return Partitioned(batch, empty_rejects(batch.schema), filled, oov)
+        if rejected is None:
+            rejected = empty_rejects(batch.schema)
+        return Partitioned(batch, rejected, filled, oov)
 
     def _not_finite(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if not pa.types.is_floating(column.type):
@@ -293,16 +297,9 @@ class RowValidator:
         rejected = batch.take(pa.array(bad_rows))
         if any(p.reason == INVALID_UTF8 for p in problems):
             rejected = escape_invalid_utf8(rejected)
-        passed = self._passed_on(batch.filter(keep))
-        return Partitioned(
-            passed.valid,
-            with_reasons(
-                rejected,
-                pa.array(reasons, pa.string()),
-                pa.array(messages, pa.string()),
-            ),
-            passed.filled,
-            passed.passed_to_oov,
+        return self._passed_on(
+            batch.filter(keep),
+            with_reasons(rejected, pa.array(reasons, pa.string()), pa.array(messages, pa.string())),
         )
 
 
