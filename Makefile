@@ -47,13 +47,14 @@ EPOCHS ?= 3
 bench-train: venv
 	$(BIN)/python -m bench.train --rows=$(TRAIN_ROWS) --epochs=$(EPOCHS) --workers=1,2
 
-## bench-compress: the float32 demo parent beside its int8, prune and distill versions
-## (size, rows/s, held-out metric, jobs.compare verdict, the model call alone) on
-## COMPRESS_ROWS generated rows, median of COMPRESS_REPEAT rounds
+## bench-compress: make bench's compression paths alone: a float32 parent beside its int8,
+## prune and distill versions (size, rows/s and ratio to the parent, held-out metric,
+## jobs.compare verdict, the model call alone; bench/compress.py) on COMPRESS_ROWS
+## generated rows, median of COMPRESS_REPEAT rounds
 COMPRESS_ROWS ?= 2000000
 COMPRESS_REPEAT ?= 3
 bench-compress: venv
-	$(BIN)/python -m bench.compress --rows=$(COMPRESS_ROWS) --repeat=$(COMPRESS_REPEAT)
+	$(BIN)/python -m bench.run --paths=float32,int8,int8_dynamic,prune,distill --rows=$(COMPRESS_ROWS) --repeat=$(COMPRESS_REPEAT)
 
 clean-demo:
 	rm -rf .demo

@@ -34,6 +34,15 @@ Paths (all by default):
   example_tf    the same SavedModel through its tf.Example signature (--signature=
                 tf_example): each batch becomes serialized tf.Examples, parsed in the
                 graph; compare with example_columns
+  float32       batchscore on Beam, the float32 parent of the compressed versions (a
+                demo-shaped model trained once into WORKDIR/compress/models)
+  int8, int8_dynamic, prune, distill
+                the same with its jobs.compress versions (int8 full-integer and dynamic
+                range on LiteRT, 50% pruned, a distilled student; made once per parent,
+                bench/compress.py); after the runs, a table of size on disk, rows/s and the
+                ratio to float32 of the same rounds, held-out AUC and its change, the
+                jobs.compare verdict, and the model call alone (also prepended to
+                docs/compression.md)
 
 Each path runs as its own process and is timed from process start to exit
 (start-up, TensorFlow import and model load included); the peak resident
@@ -80,6 +89,7 @@ from typing import Any
 from batch.demo import paths as demo_paths
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
+from bench import compress
 from bench.bucket import bucket_score
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -385,6 +395,30 @@ PATHS: dict[str, BenchPath] = {
         ],
     ),
 }
+
+
+def _compressed(key: str, label: str) -> BenchPath:
+    """``key`` of bench/compress.py (the float32 parent or a variant), scored like beam."""
+
+    def command(ctx: Context) -> list[str]:
+        model = compress.versions(ctx.workdir / "compress")[key]
+        repo = ctx.workdir / "compress" / "models"
+        return _score(dataclasses.replace(ctx, model=model, repo=repo), "--runner=DirectRunner")
+
+    return BenchPath(f"batchscore, Beam DirectRunner, {label}", command)
+
+
+PATHS.update(
+    {
+        compress.FLOAT32: _compressed(
+            compress.FLOAT32, "float32 parent of the compressed versions"
+        ),
+        "int8": _compressed("int8", "int8 full-integer (TFLite on LiteRT)"),
+        "int8_dynamic": _compressed("int8_dynamic", "int8 dynamic range (TFLite on LiteRT)"),
+        "prune": _compressed("prune", "pruned to 50% sparsity"),
+        "distill": _compressed("distill", "distilled student (16 hidden units)"),
+    }
+)
 
 
 def _beam_workers(workers: int) -> BenchPath:
@@ -768,6 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run([PY, "-m", "jobs.train"], cwd=PROJECT, check=True)
     model = repo.resolve(demo_paths.DEMO_MODEL_NAME)
     sections: list[str] = []
+    compressed: list[str] = []
     everything: list[Measurement] = []
     for position, rows in enumerate(args.rows):
         data = ensure_demo_data(args.workdir / f"data-{rows}", rows=rows, days=8, files_per_day=1)
@@ -778,6 +813,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         everything += results
         picture = None if args.no_report else chart(results, rows)
         sections.append(markdown(results, rows, picture))
+        if any(m.key in compress.KEYS for m in results):
+            compressed.append(compress.section(rows, results, data, args.workdir / "compress"))
+            sections.append(compressed[-1])
         if args.scaling and position == len(args.rows) - 1:
             scaled = [
                 measure(key, path.label, rows, path.command(ctx)) for key, path in SCALING.items()
@@ -791,9 +829,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.wide:
         sections.append(wide_table(args.wide, args.workdir))
     command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
-    text = f"## {STARTED:%Y-%m-%d %H:%M}: `{command}`\n\n" + "\n".join(sections)
+    heading = f"## {STARTED:%Y-%m-%d %H:%M}: `{command}`"
+    text = f"{heading}\n\n" + "\n".join(sections)
     print(text)
     if not args.no_report:
+        if compressed:
+            compress.write_report(heading, compressed)
         body = REPORT.read_text().removeprefix(HEADER) if REPORT.is_file() else ""
         REPORT.parent.mkdir(exist_ok=True)
         REPORT.write_text(HEADER + text + "\n" + body)
