@@ -8,15 +8,17 @@ input is, and both re-raise a failure in the caller's thread.
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from batch.core.parallel import ordered_map
+
+__all__ = ["BackgroundWriter", "ordered_map", "read_ahead"]
+
 T = TypeVar("T")
-R = TypeVar("R")
 
 _DONE = object()
 
@@ -54,32 +56,6 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
-
-
-def ordered_map(
-    function: Callable[[T], R], items: Iterable[T], workers: int, depth: int | None = None
-) -> Iterator[R]:
-    """``map(function, items)`` on ``workers`` threads, results in input order.
-
-    At most ``depth`` (default ``2 * workers``) items are in flight, so a slow
-    consumer holds back the producer instead of piling up results.
-    """
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    limit = depth or 2 * workers
-    in_flight: collections.deque[Future[R]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batchscore-score") as pool:
-        try:
-            for item in items:
-                in_flight.append(pool.submit(function, item))
-                if len(in_flight) >= limit:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
-        finally:
-            for future in in_flight:
-                future.cancel()
 
 
 class BackgroundWriter:

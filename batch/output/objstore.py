@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from batch.core import storage
 from batch.core.errors import CommitError
 from batch.core.faults import COMMIT_CLEANED, COMMIT_MANIFEST, fault_point
+from batch.core.parallel import map_io
 from batch.observe.metrics import PartStats
 from batch.output.commit import (
     COMMIT_WARNINGS,
@@ -183,8 +184,9 @@ def choose_attempts(layout: ObjectRunLayout) -> ChosenAttempts:
     the run's part folders that no chosen attempt names is a loser (a retried or
     speculative execution, or one that died mid-write)."""
     chosen = ChosenAttempts()
-    for obj in storage.list_files(storage.join(layout.run_dir, ATTEMPTS)):
-        record = storage.read_json(obj.uri)
+    listed = storage.list_files(storage.join(layout.run_dir, ATTEMPTS))
+    # One round trip a record: read on a bounded pool, chosen in the listing's order.
+    for record in map_io(lambda obj: storage.read_json(obj.uri), listed, name="attempts"):
         index = int(record["part"])
         if index not in chosen.records:
             chosen.records[index] = record
@@ -215,8 +217,9 @@ def commit_object_run(
     run_dir = layout.run_dir
     predictions = chosen.parts(PREDICTIONS)
     rejected = chosen.parts(REJECTED)
-    for part in [*predictions, *rejected]:
-        found = storage.info(storage.join(run_dir, part["path"]))
+    parts = [*predictions, *rejected]
+    stored = map_io(lambda part: storage.info(storage.join(run_dir, part["path"])), parts)
+    for part, found in zip(parts, stored, strict=True):
         if found is None or found.size != part["bytes"]:
             raise CommitError(
                 f"{storage.join(run_dir, part['path'])}: the attempt recorded {part['bytes']} "
@@ -247,10 +250,8 @@ def commit_object_run(
         ).to_json(),
     )
     fault_point(COMMIT_MANIFEST)
-    for uri in chosen.losers:
-        storage.delete(uri)
-    for obj in storage.list_files(storage.join(run_dir, ATTEMPTS)):
-        storage.delete(obj.uri)
+    records = [obj.uri for obj in storage.list_files(storage.join(run_dir, ATTEMPTS))]
+    map_io(storage.delete, [*chosen.losers, *records], name="clean")
     fault_point(COMMIT_CLEANED)
     if storage.info(storage.join(run_dir, LEASE)) is None:
         raise CommitError(
