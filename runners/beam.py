@@ -24,6 +24,7 @@ driver after the pipeline finishes (batch.engine.job.run_scoring).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -142,6 +143,19 @@ LOCAL_RUNNER = "DirectRunner"
 DATAFLOW_RUNNER = "DataflowRunner"
 
 
+class BatchScoreOptions(PipelineOptions):
+    """What the job scores, as pipeline options of its own, so that the Dataflow UI and the
+    job description show them (jobs.score passes them on Dataflow). No step reads them:
+    the splits and the model are planned into the pipeline by the driver."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--input", help="batchscore: the input scored (--input)")
+        parser.add_argument("--model", help="batchscore: the model scored with (--model)")
+        parser.add_argument("--output", help="batchscore: the output root (--output)")
+        parser.add_argument("--run_id", help="batchscore: the run this job commits")
+
+
 def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline on the runner ``options`` name, with one exception for the DirectRunner.
 
@@ -206,10 +220,10 @@ class BeamRunner:
                 f"--dry_run builds a Dataflow job without submitting it; it applies to "
                 f"--runner={DATAFLOW_RUNNER}, not --runner={runner}"
             )
-        if self.dry_run:
-            from runners.dataflow import check_dry_run_options
+        if runner == DATAFLOW_RUNNER:
+            from runners.dataflow import check_dataflow_options
 
-            check_dry_run_options(self.pipeline_options)
+            check_dataflow_options(self.pipeline_options)
         _check_runner_name(runner)
         if standard.no_wait_until_finish:
             raise UsageError(
@@ -218,13 +232,22 @@ class BeamRunner:
                 "background instead)"
             )
 
+    def _staging(self) -> contextlib.AbstractContextManager[None]:
+        """On Dataflow, --setup_file's sdist is built outside the checkout."""
+        if self.pipeline_options.view_as(StandardOptions).runner != DATAFLOW_RUNNER:
+            return contextlib.nullcontext()
+        from runners.dataflow import setup_package_built_outside_checkout
+
+        return setup_package_built_outside_checkout()
+
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = self.pipeline_options.get_all_options(drop_default=True)
         return options
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
+        self.pipeline_options.view_as(BatchScoreOptions).run_id = job.layout.run_id
         # Leaving the block runs the pipeline and waits for it (a dry run returns at once).
-        with create_pipeline(self.pipeline_options) as pipeline:
+        with self._staging(), create_pipeline(self.pipeline_options) as pipeline:
             _ = (
                 pipeline
                 | "ListSplits" >> beam.Create(list(splits), reshuffle=False)
@@ -239,7 +262,7 @@ class BeamRunner:
 
     def execute_combined(self, jobs: Sequence[ScoringJob], units: Sequence[Unit]) -> None:
         """The splits of several runs (batch.engine.combined) as one pipeline."""
-        with create_pipeline(self.pipeline_options) as pipeline:
+        with self._staging(), create_pipeline(self.pipeline_options) as pipeline:
             _ = (
                 pipeline
                 | "ListSplits" >> beam.Create(list(units), reshuffle=False)

@@ -14,21 +14,40 @@ writes it itself, locally, so a dry run can be inspected and tested offline:
                                  of batchscore (workflow.tar.gz) and the submission
                                  environment's package list
 
+With ``--setup_file``, batchscore's sdist is built from a copy of the project in a
+temporary folder (:func:`setup_package_built_outside_checkout`): nothing is written into
+the source checkout (no ``*.egg-info``) and the build tools' warnings stay out of the
+job's output.
+
+A classic template (``--template_location`` without ``--dry_run``) is refused: the
+driver plans the splits from the input's footers and commits the run after the job, so
+a template built for one input and replayed later would commit nothing. The Flex
+Template (deploy/dataflow/) runs the whole ``jobs.score`` at each launch instead.
+
 Only used with the DataflowRunner; uses Beam's Dataflow client classes
 (pinned Beam version, covered by tests/test_dataflow.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    TestOptions,
+)
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -67,13 +86,15 @@ class DryRunJob:
 GCS_PATH = re.compile(r"^gs://[a-z0-9][-_a-z0-9.]{1,61}[a-z0-9]/.+")
 
 
-def check_dry_run_options(options: PipelineOptions) -> None:
-    """What a dry run needs to stay offline: a local --template_location, and a valid
-    --temp_location (or --staging_location) bucket, without which Beam tries to create a
-    default bucket over the network (and waits minutes for it without one)."""
+def check_dataflow_options(options: PipelineOptions) -> None:
+    """What a Dataflow job from batchscore needs: a --template_location only in a dry run,
+    and then a local one; in a dry run, a valid --temp_location (or --staging_location)
+    bucket, without which Beam tries to create a default bucket over the network (and
+    waits minutes for it without one)."""
     cloud = options.view_as(GoogleCloudOptions)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
     locations = [loc for loc in (cloud.temp_location, cloud.staging_location) if loc]
-    if not any(GCS_PATH.match(loc) for loc in locations):
+    if dry_run and not any(GCS_PATH.match(loc) for loc in locations):
         raise UsageError(
             f"--temp_location={cloud.temp_location}: a Dataflow job needs a GCS path with a "
             "valid bucket name (3 to 63 characters: a-z, 0-9, -, _ and .), or Beam tries to "
@@ -81,13 +102,93 @@ def check_dry_run_options(options: PipelineOptions) -> None:
             "(a dry run never touches it)"
         )
     location = cloud.template_location
-    if location and "://" in location:
+    if not location:
+        return
+    if not dry_run:
+        raise UsageError(
+            f"--template_location={location}: batchscore does not make classic templates. "
+            "This process plans the splits from the input's footers and commits the run once "
+            "the job has finished, so a template built for one input and model, launched "
+            "later, would score the same files again and commit nothing. Launch the Flex "
+            "Template instead (deploy/dataflow/, README: Dataflow), which runs the whole job "
+            "at each launch; drop --template_location to submit this run now, or add "
+            "--dry_run=True to write the job description locally"
+        )
+    if "://" in location:
         raise UsageError(
             f"--template_location={location}: a dry run writes the job description locally "
             "and reaches no Google Cloud service; give a local path (e.g. "
-            "--template_location=./dataflow/template.json), or drop --dry_run to create a "
-            "template in GCS"
+            "--template_location=./dataflow/template.json). To launch batchscore from a "
+            "template, use the Flex Template spec the dry run writes beside it (README: "
+            "Dataflow)"
         )
+
+
+# Not copied into the temporary source tree the sdist is built from: caches, virtual
+# environments, VCS folders (any dot-name), earlier build outputs.
+_NOT_SOURCE = ("__pycache__", "*.egg-info", "build", "dist")
+
+
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    return {
+        name
+        for name in names
+        if name.startswith(".") or any(Path(name).match(pattern) for pattern in _NOT_SOURCE)
+    }
+
+
+def build_setup_package(setup_file: str, dist_dir: str) -> str:
+    """Build the sdist of the project ``setup_file`` belongs to into ``dist_dir`` from a
+    copy of the project in a temporary folder, the build's output captured: the checkout
+    gets no ``*.egg-info`` and the terminal no setuptools warnings. Returns the sdist's
+    path."""
+    source = Path(setup_file).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="batchscore-sdist-") as scratch:
+        tree = Path(scratch) / source.name
+        shutil.copytree(source, tree, ignore=_not_source, symlinks=True)
+        built = subprocess.run(
+            [sys.executable, Path(setup_file).name, "-q", "sdist", "--dist-dir", dist_dir],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+    if built.returncode != 0:
+        last = (built.stderr or built.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(
+            f"--setup_file={setup_file}: building the sdist workers install failed "
+            f"(python {Path(setup_file).name} sdist, exit {built.returncode}): {last[0]}; "
+            "run that command in the file's folder to see the whole output"
+        )
+    found = sorted(Path(dist_dir).glob("*.tar.gz"))
+    if not found:
+        raise UsageError(
+            f"--setup_file={setup_file}: python {Path(setup_file).name} sdist made no "
+            f"*.tar.gz in {dist_dir}; check the project's packaging configuration"
+        )
+    return str(found[0])
+
+
+@contextlib.contextmanager
+def setup_package_built_outside_checkout() -> Iterator[None]:
+    """While a Dataflow pipeline is built, Beam's stager builds the ``--setup_file``
+    sdist with :func:`build_setup_package`. Beam 2.77 runs ``python -m build`` (absent
+    here: "No module named build" on stderr) then ``python setup.py sdist`` in the
+    checkout itself, leaving ``*.egg-info`` there and setuptools' warnings on stderr; it
+    has no option for either. A caller's own ``build_setup_args`` still goes to Beam."""
+    from apache_beam.runners.portability.stager import Stager
+
+    original = Stager.__dict__["_build_setup_package"]
+
+    def build(setup_file: str, temp_dir: str, build_setup_args: list[str] | None = None) -> str:
+        if build_setup_args is not None:
+            return str(original.__func__(setup_file, temp_dir, build_setup_args))
+        return build_setup_package(setup_file, temp_dir)
+
+    Stager._build_setup_package = staticmethod(build)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Stager._build_setup_package = original  # type: ignore[method-assign]
 
 
 def user_steps(pipeline: beam_runner_api_pb2.Pipeline) -> tuple[str, ...]:

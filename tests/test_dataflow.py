@@ -1,4 +1,5 @@
-"""--runner=DataflowRunner, built offline: the job description, its steps and what workers get.
+"""--runner=DataflowRunner, built offline: the job description, its steps, what workers get
+and the Flex Template that launches the job.
 
 The dry run runs in a network namespace of its own where that is possible
 (`unshare -n`: no network at all), which proves it reaches no Google service.
@@ -22,6 +23,8 @@ from jobs.score import main as score_main
 from tests.plain_model import write_plain_data
 
 PROJECT = Path(__file__).resolve().parent.parent
+METADATA = PROJECT / "deploy" / "dataflow" / "metadata.json"
+IMAGE = "us-central1-docker.pkg.dev/test-project/batchscore/batchscore:0.1.0"
 STEPS = ("ListSplits", "ScoreSplits/Redistribute", "ScoreSplits/ReadValidateScoreWrite")
 DATAFLOW_OPTIONS = (
     "--runner=DataflowRunner",
@@ -45,6 +48,18 @@ def _offline_prefix() -> list[str]:
     return []
 
 
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    return {n for n in names if n.startswith(".") or n.endswith(".egg-info") or n == "__pycache__"}
+
+
+def _files(root: Path) -> set[str]:
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if "__pycache__" not in p.parts and not p.name.endswith(".pyc")
+    }
+
+
 @pytest.mark.slow
 def test_dry_run_builds_the_dataflow_job_offline(
     plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
@@ -52,6 +67,11 @@ def test_dry_run_builds_the_dataflow_job_offline(
     data, _ = plain_data
     template = tmp_path / "dataflow" / "template.json"
     output = tmp_path / "out"
+    # A checkout of its own (the working tree, without caches, venv or egg-info), to see
+    # that building the job writes nothing into it.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(PROJECT, checkout, ignore=_not_source)
+    before = _files(checkout)
     env = {
         **os.environ,
         # Belt and braces: google-auth must not probe a metadata server.
@@ -70,10 +90,11 @@ def test_dry_run_builds_the_dataflow_job_offline(
             *DATAFLOW_OPTIONS,
             "--job_name=batchscore-dry-run",
             "--setup_file=./setup.py",
+            f"--sdk_container_image={IMAGE}",
             "--dry_run=True",
             f"--template_location={template}",
         ],
-        cwd=PROJECT,
+        cwd=checkout,
         env=env,
         capture_output=True,
         text=True,
@@ -84,6 +105,18 @@ def test_dry_run_builds_the_dataflow_job_offline(
     assert f"steps        {' -> '.join(STEPS)}" in result.stdout
     # Nothing was scored, staged or committed; the output was not even created.
     assert not output.exists()
+    # The sdist was built from a copy: no egg-info, build/ or dist/ in the checkout, and
+    # none of the build tools' chatter ("No module named build", setuptools warnings).
+    assert _files(checkout) == before, _files(checkout) - before
+    for chatter in ("No module named build", "setuptools", "bdist_wheel", "warn("):
+        assert chatter not in result.stderr, result.stderr[-3000:]
+
+    # The Flex Template spec beside it, as `gcloud dataflow flex-template build` writes it.
+    spec_path = template.parent / "flex_template.json"
+    assert f"flex template {spec_path} (image {IMAGE})" in result.stdout
+    spec = json.loads(spec_path.read_text())
+    assert spec["image"] == IMAGE and spec["sdkInfo"] == {"language": "PYTHON"}
+    assert spec["metadata"] == json.loads(METADATA.read_text())
 
     # The job description: a Dataflow batch job with the standard options.
     job = json.loads(template.read_text())
@@ -94,6 +127,10 @@ def test_dry_run_builds_the_dataflow_job_offline(
     assert options["project"] == "test-project"
     assert options["region"] == "us-central1"
     assert options["setup_file"] == "./setup.py"
+    # What the job scores, in its pipeline options (the Dataflow UI shows them).
+    assert options["input"] == str(data)
+    assert options["model"] == str(plain_model)
+    assert options["output"] == str(output)
     assert environment["tempStoragePrefix"].startswith("storage.googleapis.com/test-bucket/tmp")
     packages = {p["name"] for p in environment["workerPools"][0]["packages"]}
     assert {"workflow.tar.gz", "pipeline.pb"} - packages == {"pipeline.pb"}
@@ -115,6 +152,7 @@ def test_dry_run_builds_the_dataflow_job_offline(
         display[payload.label] = payload.string_value
     assert {"read", "validate", "score", "write"} <= display.keys(), display
     assert str(plain_model) in display["score"]
+    assert display["write"].endswith(f"/run={options['run_id']}"), display["write"]
     assert "Parquet row groups" in display["read"]
 
     # What workers install: batchscore's sdist, contract files included.
@@ -148,8 +186,18 @@ def test_dry_run_builds_the_dataflow_job_offline(
             "--runner=DataflowRunner, not --runner=DirectRunner",
         ),
         (
+            # Not "drop --dry_run": that path would make a classic template (refused below).
             [*DATAFLOW_OPTIONS, "--dry_run=True", "--template_location=gs://b/t.json"],
-            "--template_location=gs://b/t.json: a dry run writes the job description locally",
+            "--template_location=gs://b/t.json: a dry run writes the job description locally "
+            "and reaches no Google Cloud service; give a local path (e.g. "
+            "--template_location=./dataflow/template.json). To launch batchscore from a "
+            "template, use the Flex Template spec the dry run writes beside it",
+        ),
+        (
+            [*DATAFLOW_OPTIONS, "--template_location=gs://test-bucket/t.json"],
+            "--template_location=gs://test-bucket/t.json: batchscore does not make classic "
+            "templates. This process plans the splits from the input's footers and commits "
+            "the run once the job has finished",
         ),
         (
             [
@@ -190,18 +238,49 @@ def test_unsupported_dataflow_setups_fail_in_one_line(
     assert list(cwd.iterdir()) == [], "nothing is made in the working folder"
 
 
-def test_the_flex_template_spec_names_real_options() -> None:
-    from jobs.score import build_parser
+def test_the_flex_template_declares_every_option_of_the_job() -> None:
+    from jobs.score import NOT_TEMPLATE_PARAMETERS, build_parser, flex_template_metadata
 
-    metadata = json.loads((PROJECT / "deploy" / "dataflow" / "metadata.json").read_text())
-    assert metadata["name"] and metadata["description"]
-    known = {a.dest for a in build_parser()._actions}
-    names = [p["name"] for p in metadata["parameters"]]
-    assert {"input", "model", "output"} <= set(names)
-    assert set(names) <= known, set(names) - known
+    metadata = json.loads(METADATA.read_text())
+    assert metadata == flex_template_metadata(), (
+        "deploy/dataflow/metadata.json is generated from jobs.score's options: rewrite it with "
+        'python -c "from jobs.score import write_flex_template_metadata as w; w()"'
+    )
+    options = [a.dest for a in build_parser()._actions if a.dest not in NOT_TEMPLATE_PARAMETERS]
+    parameters = {p["name"]: p for p in metadata["parameters"]}
+    assert list(parameters) == options
+    assert {"input", "model", "output", "model_repo", "public_key", "pushgateway"} <= set(options)
+    assert [n for n, p in parameters.items() if not p["isOptional"]] == ["input", "model", "output"]
+    assert parameters["force"]["regexes"] == ["^(true|false)$"]
+    assert parameters["on_drift"]["regexes"] == ["^(warn|fail)$"]
+    # Demo defaults are local paths: none may leak into the template's texts.
+    assert str(PROJECT) not in json.dumps(metadata)
     dockerfile = (PROJECT / "deploy" / "dataflow" / "Dockerfile").read_text()
     assert "FLEX_TEMPLATE_PYTHON_PY_FILE" in dockerfile
     for line in dockerfile.splitlines():
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert (PROJECT / source).exists(), source
+
+
+def test_the_launcher_passes_flags_as_true_or_false_and_runs_on_dataflow() -> None:
+    from jobs.score import flex_template_argv
+
+    assert flex_template_argv(
+        ["--input=gs://b/in", "--force=true", "--allow_unsigned=false", "--verbose=TRUE"]
+    ) == ["--input=gs://b/in", "--force", "--verbose", "--runner=DataflowRunner"]
+    # A flag with another value is left for jobs.score to refuse in one line.
+    assert flex_template_argv(["--force=maybe", "--runner=DirectRunner"]) == [
+        "--force=maybe",
+        "--runner=DirectRunner",
+    ]
+
+
+def test_no_flex_template_spec_without_an_image(tmp_path: Path) -> None:
+    from jobs.score import write_flex_template_spec
+
+    template = tmp_path / "template.json"
+    line = write_flex_template_spec([f"--template_location={template}"])
+    assert "flex template not written: give --sdk_container_image=IMAGE" in line
+    assert not (tmp_path / "flex_template.json").exists()
+    assert write_flex_template_spec(["--dry_run=True"]) == ""
