@@ -253,6 +253,9 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
             "Any other --option is passed to Apache Beam as a pipeline option, e.g. "
             "--direct_num_workers=2 --direct_running_mode=multi_processing, or "
             "--runner=DataflowRunner --project=P --region=R --temp_location=gs://... "
+            "On Dataflow, --dry_run=True --template_location=DIR/template.json builds the job "
+            "offline and writes its description there, and with --sdk_container_image=IMAGE "
+            "the Flex Template spec (DIR/flex_template.json; classic templates are refused). "
             "See README.md for Dataflow and Spark."
         ),
     )
