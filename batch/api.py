@@ -32,7 +32,7 @@ from typing import Any, Literal
 from batch.core import storage
 from batch.core.errors import UsageError
 from batch.core.fsutil import write_json_atomic, write_text_atomic
-from batch.demo.paths import demo_model_repo
+from batch.demo.paths import model_repo_or_demo
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
@@ -110,7 +110,8 @@ class ScoreRequest:
     output: str | Path
     runner: Callable[[], Runner]
     model: str | ResolvedModel
-    model_repo: str | Path = field(default_factory=demo_model_repo)
+    # None: the demo's repository, where the demo's defaults apply (batch.demo.paths).
+    model_repo: str | Path | None = None
     public_key: str | Path | None = None
     allow_unsigned: bool = False
     contract: str | None = None
@@ -213,7 +214,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
         ("--input", request.input),
         ("--output", str(request.output)),
         ("--model", request.model if isinstance(request.model, str) else None),
-        ("--model_repo", str(request.model_repo)),
+        ("--model_repo", None if request.model_repo is None else str(request.model_repo)),
     ):
         check_local_path(option, value)
     output = request.output if storage.is_uri(str(request.output)) else Path(request.output)
@@ -223,7 +224,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     files, bad_files = inputs.files, inputs.bad
     if not request.dry_run:  # a dry run writes nothing there
         check_output_writable(output)
-    repo = ModelRepository(request.model_repo)
+    repo = ModelRepository(model_repo_or_demo(request.model_repo, request.model))
     model = (
         request.model
         if isinstance(request.model, ResolvedModel)
@@ -436,7 +437,8 @@ class CompareRequest:
     baseline: str
     candidate: str
     output_root: str | Path
-    model_repo: str | Path = field(default_factory=demo_model_repo)
+    # None: the demo's repository, where the demo's defaults apply (batch.demo.paths).
+    model_repo: str | Path | None = None
     public_key: str | Path | None = None
     allow_unsigned: bool = False
     contract: str | None = None
@@ -486,7 +488,7 @@ def compare(request: CompareRequest) -> CompareOutcome:
     output_root = Path(request.output_root)
     inputs = resolve_inputs(request.input, request.on_bad_file)
     files, bad_files = inputs.files, inputs.bad
-    repo = ModelRepository(request.model_repo)
+    repo = ModelRepository(model_repo_or_demo(request.model_repo, request.baseline))
     baseline = resolve_model(request.baseline, repo)
     candidate = resolve_model(request.candidate, repo)
     trust = trust_policy(request.public_key, request.allow_unsigned)

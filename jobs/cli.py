@@ -263,7 +263,8 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "--input",
         help="Parquet file, directory (searched recursively, hive partitions such as "
         "dt=2026-01-01/ included) or glob. Default: the demo data in "
-        f"{demo_paths.demo_data_dir()} (generated if missing).",
+        f"{demo_paths.demo_data_dir()} (generated if missing; from a source checkout only, "
+        "like every demo default).",
     )
     parser.add_argument(
         "--model",
@@ -315,8 +316,8 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     )
     parser.add_argument(
         "--model_repo",
-        default=str(demo_paths.demo_model_repo()),
-        help="Model repository folder for registered names (default: %(default)s).",
+        help="Model repository (a folder, gs:// or s3:// URI) for registered names. Default "
+        f"(from a source checkout only): the demo's, {demo_paths.demo_model_repo()}.",
     )
     parser.add_argument(
         "--output",
@@ -423,7 +424,8 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "--public_key",
         help="PEM EC public key the model's signature must verify with, on the driver and on "
         "every worker before TensorFlow loads the model. Default: $"
-        f"{demo_paths.PUBLIC_KEY_ENV}, else the demo's key {demo_paths.demo_public_key()}. "
+        f"{demo_paths.PUBLIC_KEY_ENV}, else (from a source checkout) the demo's key "
+        f"{demo_paths.demo_public_key()}. "
         "A registered model's signature is <version>/saved_model.sig; a SavedModel directory "
         "DIR's is DIR.sig beside it.",
     )

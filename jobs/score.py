@@ -288,18 +288,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     def score() -> int:
-        repo = ModelRepository(args.model_repo)
         request = score_request(
             args,
             input=input_or_demo(args.input),
-            output=args.output or demo_paths.demo_output_dir(),
+            output=args.output or demo_paths.demo_default("--output", demo_paths.demo_output_dir),
             runner=lambda: make_runner(
                 args.runner,
                 [*pipeline_args, *dataflow_job_options(args)],
                 args.spark_master,
                 args.spark_conf or (),
             ),
-            model=_demo_model(repo) if args.model is None else args.model,
+            model=_demo_model(args.model_repo) if args.model is None else args.model,
             dry_run=is_dry_run(pipeline_args),
             started=started,
             on_outcome=exporter.report,
@@ -354,8 +353,11 @@ def scores_in_this_process(runner: str, pipeline_args: Sequence[str]) -> bool:
     return runner == "DirectRunner" and known.direct_running_mode == "in_memory"
 
 
-def _demo_model(repo: ModelRepository) -> ResolvedModel:
-    """The demo model of ``repo``, trained and registered first if it has none."""
+def _demo_model(model_repo: str | None) -> ResolvedModel:
+    """The demo model of ``--model_repo`` (default: the demo's), trained and registered
+    first if it has none."""
+    demo_paths.demo_default("--model", demo_paths.demo_model_repo)
+    repo = ModelRepository(demo_paths.model_repo_or_demo(model_repo, demo_paths.DEMO_MODEL_NAME))
     if not repo.versions(demo_paths.DEMO_MODEL_NAME):
         print(f"{PROG}: no demo model in {repo.root} yet; training it first (about a minute)")
         from training.trainer import train_and_register

@@ -303,10 +303,12 @@ def test_the_demo_makes_its_own_key_pair_once(
     key = demo_paths.ensure_signing_key()
     assert key == tmp_path / "keys" / "signing_key.pem"
     assert key.stat().st_mode & 0o077 == 0, "the private key is its owner's alone"
-    public = demo_paths.default_public_key().read_bytes()
+    public_key = demo_paths.default_public_key()
+    assert public_key == demo_paths.demo_public_key()
+    public = public_key.read_bytes()
     assert demo_paths.ensure_signing_key() == key
-    assert demo_paths.default_public_key().read_bytes() == public, "made once, then reused"
-    TrustPolicy.from_key_file(demo_paths.default_public_key())
+    assert public_key.read_bytes() == public, "made once, then reused"
+    TrustPolicy.from_key_file(public_key)
 
 
 def test_the_trained_model_is_signed_at_registration(trained_model: TrainedModel) -> None:

@@ -12,7 +12,10 @@ ships it to its workers instead of every worker reading files.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
+import os
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +30,6 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from batch.core.errors import UsageError
 from batch.core.fsutil import file_sha256, records_sha256
 
-# The contracts that ship with batchscore: package data of ``schemas`` (also inside a zip
-# or wheel, where there is no folder beside this file).
-SCHEMAS_DIR = Path(str(importlib.resources.files("schemas")))
 SCHEMA_FILE = "schema.pbtxt"
 RULES_FILE = "rules.toml"
 
@@ -126,9 +126,39 @@ class Contract:
         return problems
 
 
+@functools.cache
+def packaged_contracts() -> Path:
+    """The folder of the contracts that ship with batchscore (package data of ``schemas``).
+
+    Read through importlib.resources: from a source checkout or an installed wheel it is
+    the package's own folder; when the code is imported from a zip (spark-submit
+    --py-files batchscore.zip) there is no such folder, so the contracts' files are
+    copied once per process into a temporary one named by their content hash."""
+    package = importlib.resources.files("schemas")
+    if isinstance(package, Path):
+        return package
+    found = sorted(
+        (folder.name, name, (folder / name).read_bytes())
+        for folder in package.iterdir()
+        if folder.is_dir() and (folder / SCHEMA_FILE).is_file()
+        for name in (SCHEMA_FILE, RULES_FILE)
+        if (folder / name).is_file()
+    )
+    digest = hashlib.sha256(repr(found).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"batchscore-schemas-{digest}"
+    for folder, name, content in found:
+        path = target / folder / name
+        if not path.is_file() or path.read_bytes() != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{name}.{os.getpid()}")
+            partial.write_bytes(content)
+            partial.replace(path)  # atomic: concurrent processes agree on the content
+    return target
+
+
 def schema_names() -> list[str]:
     """Names of the datasets whose contract ships in ``schemas/``."""
-    return sorted(p.parent.name for p in SCHEMAS_DIR.glob(f"*/{SCHEMA_FILE}"))
+    return sorted(p.parent.name for p in packaged_contracts().glob(f"*/{SCHEMA_FILE}"))
 
 
 def contract_dir(spec: str) -> Path:
@@ -136,12 +166,13 @@ def contract_dir(spec: str) -> Path:
     path = Path(spec).expanduser()
     if (path / SCHEMA_FILE).is_file():
         return path
-    if (SCHEMAS_DIR / spec / SCHEMA_FILE).is_file():
-        return SCHEMAS_DIR / spec
+    packaged = packaged_contracts()
+    if (packaged / spec / SCHEMA_FILE).is_file():
+        return packaged / spec
     known = ", ".join(schema_names())
     raise UsageError(
-        f"contract '{spec}': expected a name under {SCHEMAS_DIR} ({known or 'none'}) or a "
-        f"directory holding {SCHEMA_FILE}; found neither"
+        f"contract '{spec}': expected the name of a contract that ships with batchscore "
+        f"({known or 'none'}) or a directory holding {SCHEMA_FILE}; found neither"
     )
 
 

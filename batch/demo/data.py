@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from batch.contract.contract import feature_columns
 from batch.core.errors import UsageError
 from batch.core.fsutil import read_json, write_json_atomic
-from batch.demo.paths import demo_data_dir
+from batch.demo.paths import demo_data_dir, demo_default
 
 SCHEMA_NAME = "loans"
 MARKER_FILE = "_DEMO.json"
@@ -553,4 +553,5 @@ def input_or_demo(spec: str | None) -> str:
     """``spec``, or the demo data (written on first use) when it was not given."""
     if spec is not None:
         return spec
+    demo_default("--input", demo_data_dir)
     return str(ensure_demo_data(log=None))

@@ -15,7 +15,7 @@ from typing import Literal
 from batch.contract.contract import Contract, load_contract
 from batch.core import storage
 from batch.core.errors import InputDataError, UsageError
-from batch.demo.paths import default_public_key
+from batch.demo.paths import PUBLIC_KEY_ENV, default_public_key, demo_unavailable
 from batch.engine.inputs import BadFile, IgnoredFile, InputFile, inspect_inputs, scan_inputs
 from batch.model.resolved import ResolvedModel
 from batch.model.signing import TrustPolicy
@@ -32,6 +32,13 @@ def trust_policy(public_key: str | Path | None, allow_unsigned: bool) -> TrustPo
     if public_key is not None:
         return TrustPolicy.from_key_file(public_key, allow_unsigned)
     default = default_public_key()
+    if default is None:
+        reason = demo_unavailable()
+        return TrustPolicy(
+            None,
+            allow_unsigned,
+            key_source=f"no --public_key given, ${PUBLIC_KEY_ENV} unset, and no demo key: {reason}",
+        )
     if default.is_file():
         return TrustPolicy.from_key_file(default, allow_unsigned)
     return TrustPolicy(None, allow_unsigned, key_source=f"the default {default} does not exist")

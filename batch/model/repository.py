@@ -657,6 +657,17 @@ def resolve_model(spec: str, repository: ModelRepository) -> ResolvedModel:
             f"model '{spec}': the directory exists but holds no saved_model.pb; expected a "
             "SavedModel directory (tf.saved_model.save output) or a registered version folder"
         )
-    if os.sep in spec or spec.startswith("."):
+    if not is_registered_name(spec):
         raise ModelError(f"model '{spec}': no such directory")
     return repository.resolve(spec)
+
+
+def is_registered_name(spec: str) -> bool:
+    """Whether ``--model`` names a version in a repository (NAME, NAME@VERSION, NAME@ALIAS)
+    rather than a folder or a URI: only then is ``--model_repo`` read."""
+    return (
+        not storage.is_uri(spec)
+        and os.sep not in spec
+        and not spec.startswith(".")
+        and not Path(spec).expanduser().is_dir()
+    )

@@ -30,7 +30,7 @@ from typing import Any
 
 from batch.core import storage
 from batch.core.errors import BatchScoreError, CommitError, UsageError
-from batch.demo.paths import demo_model_repo
+from batch.demo.paths import model_repo_or_demo
 from batch.engine.combined import CombinedExecution
 from batch.engine.job import Runner
 from batch.engine.prepare import check_output_writable, trust_policy
@@ -114,7 +114,8 @@ class BackfillRequest:
     make_runner: Callable[[], Runner]
     partition_column: str = "dt"
     allow_missing: bool = False
-    model_repo: str | Path = field(default_factory=demo_model_repo)
+    # None: the demo's repository, where the demo's defaults apply (batch.demo.paths).
+    model_repo: str | Path | None = None
     public_key: str | Path | None = None
     allow_unsigned: bool = False
 
@@ -210,7 +211,9 @@ def backfill(request: BackfillRequest, report: Callable[[str], None] = print) ->
             f"{request.partition_column}=YYYY-MM-DD partitions; no such folder"
         )
     check_output_writable(request.output_root)
-    model = resolve_model(request.model, ModelRepository(request.model_repo))
+    model = resolve_model(
+        request.model, ModelRepository(model_repo_or_demo(request.model_repo, request.model))
+    )
     verify_once(model, trust_policy(request.public_key, request.allow_unsigned))
     partitions = plan_partitions(
         request.input_root,
