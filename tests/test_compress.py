@@ -210,3 +210,69 @@ def test_a_tflite_version_cannot_be_compressed_again(
     )
     with pytest.raises(UsageError, match=re.escape(expected)):
         compress(CompressRequest(int8.label, "prune", model_repo=repo.root), report=None)
+
+
+def test_int8_keeps_a_softmax_of_k_classes() -> None:
+    """A multiclass model's ``[None, k]`` softmax converts to int8 (full integer and dynamic
+    range) and LiteRT gives k probabilities a row, close to the float model's (the
+    multiclass path of jobs.compress --method=int8, on a small untrained model: seconds)."""
+    import tensorflow as tf
+    import tf_keras
+
+    from batch.model.tflite import TFLiteModel
+    from training.compress import QUANTIZATIONS, CompressOptions, int8_tflite
+
+    classes, rng = 4, np.random.default_rng(3)
+    train = {name: rng.normal(size=2000).astype(np.float32) for name in ("x", "y")}
+    tf_keras.utils.set_random_seed(3)
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input(shape=(2,)),
+            tf_keras.layers.Dense(16, activation="relu"),
+            tf_keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+
+    def predict(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {"probabilities": model(tf.stack([features["x"], features["y"]], axis=1))}
+
+    rows = {name: values[:500] for name, values in train.items()}
+    expected = predict({name: tf.constant(v) for name, v in rows.items()})["probabilities"]
+    for quantization in QUANTIZATIONS:
+        options = CompressOptions(quantization=quantization, representative_rows=200)
+        content, description = int8_tflite(predict, train, options, model)
+        assert description["output_info"] == {
+            "probabilities": {"dtype": "float32", "shape": [None, classes]}
+        }
+        got = TFLiteModel(content, description, f"multiclass {quantization}")(rows)
+        probabilities = got["probabilities"]
+        assert probabilities.shape == (500, classes)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
+        assert np.abs(probabilities - expected.numpy()).mean() < 0.01, quantization
+        agreement = (probabilities.argmax(axis=1) == expected.numpy().argmax(axis=1)).mean()
+        assert agreement > 0.95, (quantization, agreement)
+
+
+def test_compare_refuses_a_multiclass_pair_in_one_line() -> None:
+    """jobs.compare judges one score per row: a multiclass parent and its int8 version (both
+    ``[None, k]``) are refused with what they give and how to promote anyway."""
+    from batch.core.errors import ModelError
+    from batch.model.signature import SignatureInfo, TensorInfo
+    from batch.release.compare import choose_score_output
+
+    signature = SignatureInfo(
+        inputs={}, outputs={"probabilities": TensorInfo("float32", (None, 7))}
+    )
+    parent, int8 = (
+        ResolvedModel("weather", version, Path("unused"), "0" * 64, registered=True)
+        for version in ("1", "2")
+    )
+    expected = (
+        "weather@1 and weather@2 share no one-number-per-row output; they give probabilities "
+        "[None, 7] (several numbers a row, e.g. a multiclass model's class probabilities), and "
+        "jobs.compare compares one score per row, so it cannot judge or bless them: check the "
+        "candidate another way and promote it with python -m jobs.models promote --force "
+        "(recorded as forced)"
+    )
+    with pytest.raises(ModelError, match=re.escape(expected)):
+        choose_score_output(parent, signature, int8, signature, None)

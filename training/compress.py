@@ -429,31 +429,33 @@ def _distill(
     }
 
 
-def _int8(
-    parent: _Parent, teacher: tf_keras.Model, saved_model_dir: Path, options: CompressOptions
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The transform-only SavedModel with the TFLite model inside; held-out scores."""
-    module = _module(parent, teacher)
-    features = module.model_features
+def int8_tflite(
+    predict: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
+    train: Mapping[str, np.ndarray],
+    options: CompressOptions,
+    trackable: Any = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """``predict`` (transformed features, one ``[None]`` tensor each, -> served outputs of
+    any width: ``[None]`` for a score, ``[None, k]`` for a softmax's k classes) converted to
+    TFLite with post-training int8 quantization, calibrated on rows of ``train`` (the
+    transformed training features) for full_integer. Returns the model and the model part
+    of its backend description (inputs, outputs, output_info, quantization)."""
     specs = {
-        name: tf.TensorSpec([None], tf.as_dtype(parent.train[name].dtype), name=name)
-        for name in features
+        name: tf.TensorSpec([None], tf.as_dtype(values.dtype), name=name)
+        for name, values in train.items()
     }
-    function = tf.function(module.predict_transformed, input_signature=[specs])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], module
-    )
+    concrete = tf.function(predict, input_signature=[specs]).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    calibration_rows = 0
     if options.quantization == "full_integer":
-        rows = min(options.representative_rows, len(parent.train_labels))
-        calibration_rows = rows
-        chosen = np.random.default_rng(0).choice(len(parent.train_labels), rows, replace=False)
+        count = len(next(iter(train.values())))
+        rows = min(options.representative_rows, count)
+        chosen = np.random.default_rng(0).choice(count, rows, replace=False)
 
         def representative() -> Any:
             for start in range(0, rows, 100):
                 picked = chosen[start : start + 100]
-                yield {name: parent.train[name][picked] for name in features}
+                yield {name: values[picked] for name, values in train.items()}
 
         converter.representative_dataset = representative
     with warnings.catch_warnings():
@@ -461,6 +463,26 @@ def _int8(
         # scoring uses LiteRT's.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         content = converter.convert()
+    outputs = concrete.structured_outputs
+    return content, {
+        "inputs": {name: name for name in train},
+        "outputs": {name: name for name in outputs},
+        "output_info": {
+            name: {"dtype": tensor.dtype.name, "shape": tensor.shape.as_list()}
+            for name, tensor in outputs.items()
+        },
+        "quantization": options.quantization,
+    }
+
+
+def _int8(
+    parent: _Parent, teacher: tf_keras.Model, saved_model_dir: Path, options: CompressOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The transform-only SavedModel with the TFLite model inside; held-out scores."""
+    module = _module(parent, teacher)
+    features = module.model_features
+    train = {name: parent.train[name] for name in features}
+    content, model_part = int8_tflite(module.predict_transformed, train, options, module)
     # The SavedModel keeps the transform layer and its signature only (no Keras weights).
     holder = tf.Module()
     holder.tft_layer = module.tft_layer
@@ -471,22 +493,20 @@ def _int8(
     )
     (saved_model_dir / TFLITE_FILE).parent.mkdir(parents=True, exist_ok=True)
     (saved_model_dir / TFLITE_FILE).write_bytes(content)
-    outputs = module.serve.get_concrete_function().structured_outputs
     description = {
         "backend": TFLITE,
         "tflite_file": TFLITE_FILE,
         "transform_signature": TRANSFORM_SIGNATURE,
-        "inputs": {name: name for name in features},
-        "outputs": {name: name for name in outputs},
-        "output_info": {
-            name: {"dtype": tensor.dtype.name, "shape": tensor.shape.as_list()}
-            for name, tensor in outputs.items()
-        },
-        "quantization": options.quantization,
+        **model_part,
     }
     write_json_atomic(saved_model_dir / BACKEND_FILE, description)
     tflite = TFLiteModel(content, description, str(saved_model_dir))
     scores = tflite({name: parent.heldout_features[name] for name in features})
+    calibration_rows = (
+        min(options.representative_rows, len(parent.train_labels))
+        if options.quantization == "full_integer"
+        else 0
+    )
     return next(iter(scores.values())), {
         "backend": TFLITE,
         "quantization": options.quantization,

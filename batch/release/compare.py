@@ -126,6 +126,19 @@ def choose_score_output(
                 f"{', '.join(shared) or 'none'}"
             )
         return requested
+    wide = [
+        f"{name} {list(info.shape)}"
+        for name, info in base_sig.outputs.items()
+        if name in cand_sig.outputs and name not in shared
+    ]
+    if not shared and wide:
+        raise ModelError(
+            f"{baseline.label} and {candidate.label} share no one-number-per-row output; they "
+            f"give {', '.join(wide)} (several numbers a row, e.g. a multiclass model's class "
+            "probabilities), and jobs.compare compares one score per row, so it cannot judge "
+            "or bless them: check the candidate another way and promote it with "
+            "python -m jobs.models promote --force (recorded as forced)"
+        )
     if len(shared) != 1:
         raise ModelError(
             f"{baseline.label} and {candidate.label} share {len(shared)} one-number-per-row "
