@@ -138,16 +138,16 @@ def _not_source(folder: str, names: list[str]) -> set[str]:
 
 
 def build_setup_package(setup_file: str, dist_dir: str) -> str:
-    """Build the sdist of the project ``setup_file`` belongs to into ``dist_dir`` from a
-    copy of the project in a temporary folder, the build's output captured: the checkout
-    gets no ``*.egg-info`` and the terminal no setuptools warnings. Returns the sdist's
-    path."""
+    """Build the sdist of the project whose ``setup.py`` is ``setup_file`` into
+    ``dist_dir`` from a copy of the project in a temporary folder, the build's output
+    captured: the checkout gets no ``*.egg-info`` and the terminal no setuptools warnings.
+    Returns the sdist's path."""
     source = Path(setup_file).resolve().parent
     with tempfile.TemporaryDirectory(prefix="batchscore-sdist-") as scratch:
         tree = Path(scratch) / source.name
         shutil.copytree(source, tree, ignore=_not_source, symlinks=True)
         built = subprocess.run(
-            [sys.executable, Path(setup_file).name, "-q", "sdist", "--dist-dir", dist_dir],
+            [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", dist_dir],
             cwd=tree,
             capture_output=True,
             text=True,
@@ -156,13 +156,13 @@ def build_setup_package(setup_file: str, dist_dir: str) -> str:
         last = (built.stderr or built.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UsageError(
             f"--setup_file={setup_file}: building the sdist workers install failed "
-            f"(python {Path(setup_file).name} sdist, exit {built.returncode}): {last[0]}; "
+            f"(python setup.py sdist, exit {built.returncode}): {last[0]}; "
             "run that command in the file's folder to see the whole output"
         )
     found = sorted(Path(dist_dir).glob("*.tar.gz"))
     if not found:
         raise UsageError(
-            f"--setup_file={setup_file}: python {Path(setup_file).name} sdist made no "
+            f"--setup_file={setup_file}: python setup.py sdist made no "
             f"*.tar.gz in {dist_dir}; check the project's packaging configuration"
         )
     return str(found[0])
@@ -174,13 +174,14 @@ def setup_package_built_outside_checkout() -> Iterator[None]:
     sdist with :func:`build_setup_package`. Beam 2.77 runs ``python -m build`` (absent
     here: "No module named build" on stderr) then ``python setup.py sdist`` in the
     checkout itself, leaving ``*.egg-info`` there and setuptools' warnings on stderr; it
-    has no option for either. A caller's own ``build_setup_args`` still goes to Beam."""
+    has no option for either. A ``--setup_file=pyproject.toml`` (which needs ``build``)
+    or a caller's own ``build_setup_args`` still goes to Beam."""
     from apache_beam.runners.portability.stager import Stager
 
     original = Stager.__dict__["_build_setup_package"]
 
     def build(setup_file: str, temp_dir: str, build_setup_args: list[str] | None = None) -> str:
-        if build_setup_args is not None:
+        if build_setup_args is not None or Path(setup_file).name != "setup.py":
             return str(original.__func__(setup_file, temp_dir, build_setup_args))
         return build_setup_package(setup_file, temp_dir)
 

@@ -284,3 +284,20 @@ def test_no_flex_template_spec_without_an_image(tmp_path: Path) -> None:
     assert "flex template not written: give --sdk_container_image=IMAGE" in line
     assert not (tmp_path / "flex_template.json").exists()
     assert write_flex_template_spec(["--dry_run=True"]) == ""
+
+
+def test_a_failed_sdist_build_is_one_line_and_leaves_the_project_alone(tmp_path: Path) -> None:
+    """(A real build from a copy: test_dry_run_builds_the_dataflow_job_offline.)"""
+    from batch.core.errors import UsageError
+    from runners.dataflow import build_setup_package
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "setup.py").write_text("raise SystemExit('no such dependency: nope')\n")
+    with pytest.raises(UsageError) as failed:
+        build_setup_package(str(project / "setup.py"), str(tmp_path))
+    assert str(failed.value).startswith(
+        f"--setup_file={project / 'setup.py'}: building the sdist workers install failed "
+        "(python setup.py sdist, exit 1): no such dependency: nope; run that command"
+    ), failed.value
+    assert _files(project) == {"setup.py"}
