@@ -76,18 +76,22 @@ def test_dry_run_builds_the_dataflow_job_offline(
         **os.environ,
         # Belt and braces: google-auth must not probe a metadata server.
         "NO_GCE_CHECK": "True",
+        # The image pip-installs batchscore; here the copied checkout is the package.
+        "PYTHONPATH": str(checkout),
     }
+    # Through the Flex Template's entry point, with parameters as its launcher passes them
+    # (flags as true/false, no --runner: it is Dataflow): the same jobs.score main.
     result = subprocess.run(
         [
             *_offline_prefix(),
             sys.executable,
-            "-m",
-            "jobs.score",
+            "deploy/dataflow/main.py",
             f"--input={data}",
             f"--model={plain_model}",
             "--key_columns=id",
             f"--output={output}",
-            *DATAFLOW_OPTIONS,
+            "--force=false",
+            *(o for o in DATAFLOW_OPTIONS if not o.startswith("--runner=")),
             "--job_name=batchscore-dry-run",
             "--setup_file=./setup.py",
             f"--sdk_container_image={IMAGE}",
