@@ -147,7 +147,8 @@ class ScoreRequest:
     on_model: Callable[[ResolvedModel], None] | None = None
     # Told the model once the run will score (not up to date, checks passed so far): the
     # caller may start the imports and the model load the run needs (jobs.score does,
-    # in the background), so that a no-op rerun imports neither TensorFlow nor Beam.
+    # in the background), so that a no-op rerun imports neither TensorFlow nor Beam. The
+    # model's signature is verified next, while those imports run.
     on_scoring: Callable[[ResolvedModel], None] | None = None
 
 
@@ -233,40 +234,50 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     if request.on_model is not None:
         request.on_model(model)
     trust = trust_policy(request.public_key, request.allow_unsigned)
-    verify_once(model, trust)  # refuse an untrusted model before Beam or Spark start
-    canary = resolve_canary(
-        request.canary, request.canary_fraction, repo, model, trust, request.signature
-    )
-    contract = job_contract(request.contract, model)
-    key_columns = job_key_columns(request.key_columns, model, contract)
-    if not request.force and not request.dry_run:
-        current = find_up_to_date_run(
-            output,
-            model=model,
-            files=files,
-            skipped_files=bad_files,
-            contract=contract,
-            key_columns=key_columns,
-            max_error_rate=request.max_error_rate,
-            canary=canary,
-            signature=request.signature,
-            passthrough_columns=request.passthrough_columns,
+    # The model's signature (about a second: its files hashed) is verified once the run
+    # is known to score, while the imports on_scoring starts run; an untrusted model is
+    # still refused before anything else fails, before Beam or Spark start, and on an
+    # up-to-date rerun.
+    current = None
+    try:
+        canary = resolve_canary(
+            request.canary, request.canary_fraction, repo, model, trust, request.signature
         )
-        if current is not None:
-            return ScoreOutcome(
-                "up_to_date",
-                model,
-                canary,
-                run=current,
-                summary_json=run_summary(
-                    run_id=current.run_id,
-                    run_dir=str(current.run_dir),
-                    reason="up to date: a committed run already holds this input's predictions",
-                    model=model.label,
-                ),
+        contract = job_contract(request.contract, model)
+        key_columns = job_key_columns(request.key_columns, model, contract)
+        if not request.force and not request.dry_run:
+            current = find_up_to_date_run(
+                output,
+                model=model,
+                files=files,
+                skipped_files=bad_files,
+                contract=contract,
+                key_columns=key_columns,
+                max_error_rate=request.max_error_rate,
+                canary=canary,
+                signature=request.signature,
+                passthrough_columns=request.passthrough_columns,
             )
+    except Exception:
+        verify_once(model, trust)  # an untrusted model is the error, whatever else is
+        raise
+    if current is not None:
+        verify_once(model, trust)
+        return ScoreOutcome(
+            "up_to_date",
+            model,
+            canary,
+            run=current,
+            summary_json=run_summary(
+                run_id=current.run_id,
+                run_dir=str(current.run_dir),
+                reason="up to date: a committed run already holds this input's predictions",
+                model=model.label,
+            ),
+        )
     if request.on_scoring is not None:
         request.on_scoring(model)
+    verify_once(model, trust)
     try:
         summary = run_scoring(
             ScoringRun(

@@ -274,9 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def on_scoring(model: ResolvedModel) -> None:
-        # The arguments, the input's footers, the output folder, the model's signature and
-        # the up-to-date check are done (a no-op rerun imports neither TensorFlow nor
-        # Beam): the imports (seconds) overlap what follows (input checks, planning).
+        # The arguments, the input's footers, the output folder and the up-to-date check
+        # are done (a no-op rerun imports neither TensorFlow nor Beam): the imports
+        # (seconds) overlap what follows (the model's signature check, input checks,
+        # planning).
         if args.runner != "PySparkRunner" and not is_dry_run(pipeline_args):
             preload_module("runners.beam")
         if scores_in_this_process(args.runner, pipeline_args):

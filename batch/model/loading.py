@@ -343,13 +343,20 @@ def preload_model(
 ) -> None:
     """Verify and load ``model`` into this process's cache in a background thread, for a
     job whose worker is this process (Beam's in-process DirectRunner): the load overlaps
-    the driver's checks and planning. A failure is raised again by the job's own
-    :func:`load_model`."""
+    the driver's checks and planning. TensorFlow's import (seconds) starts at once in a
+    thread of its own, so the private copy's verification overlaps it too; TensorFlow
+    reads the model only once that verification has passed. A failure is raised again by
+    the job's own :func:`load_model`."""
 
     def load() -> None:
         with contextlib.suppress(Exception):
             load_model(model, trust, choice)
 
+    def load_tensorflow() -> None:
+        with contextlib.suppress(Exception):
+            import_tensorflow()
+
+    threading.Thread(target=load_tensorflow, name="import-tensorflow", daemon=True).start()
     threading.Thread(target=load, name="load-model", daemon=True).start()
 
 
