@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,6 +173,43 @@ def write_flex_template_spec(pipeline_args: Sequence[str]) -> str:
     return f"  flex template {spec} (image {known.sdk_container_image})"
 
 
+def is_classic_template(args: argparse.Namespace, pipeline_args: Sequence[str]) -> bool:
+    """A Dataflow job with --template_location and none of --input, --model and --output:
+    a classic template that takes them at launch (runners.dataflow.build_classic_template).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--template_location")
+    known, _ = parser.parse_known_args(list(pipeline_args))
+    unset = all(value is None for value in (args.input, args.model, args.output))
+    return args.runner == "DataflowRunner" and bool(known.template_location) and unset
+
+
+def _make_classic_template(argv: Sequence[str] | None, pipeline_args: Sequence[str]) -> int:
+    from runners.dataflow import build_classic_template
+
+    # What the template fixes: the options of this job given now, less --runner (its step
+    # runs the job on the worker with the DirectRunner).
+    beam_args = list(pipeline_args)
+    fixed: list[str] = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        if beam_args and arg == beam_args[0]:
+            beam_args.pop(0)
+        elif not arg.startswith("--runner="):
+            fixed.append(arg)
+    if "--runner" in fixed:
+        at = fixed.index("--runner")
+        del fixed[at : at + 2]
+    print(
+        build_classic_template(
+            ["--runner=DataflowRunner", *pipeline_args], "jobs.score:main", fixed
+        )
+    )
+    flex = write_flex_template_spec(pipeline_args)
+    if flex:
+        print(flex)
+    return 0
+
+
 def dataflow_job_options(args: argparse.Namespace) -> list[str]:
     """On Dataflow, what the job scores as pipeline options too (runners.beam's
     BatchScoreOptions), so that the Dataflow UI and the job description show them."""
@@ -264,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, pipeline_args = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
     apply_storage_options(args)
+    if is_classic_template(args, pipeline_args):
+        return run_main(lambda: _make_classic_template(argv, pipeline_args), PROG)
     quiet_tensorflow()
     exporter = OutcomeExporter(
         PROG,

@@ -36,6 +36,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
     TestOptions,
 )
+from apache_beam.options.value_provider import ValueProvider
 
 from batch.core.errors import BatchScoreError, UsageError
 from batch.engine.combined import Unit, score_unit
@@ -145,14 +146,16 @@ DATAFLOW_RUNNER = "DataflowRunner"
 
 class BatchScoreOptions(PipelineOptions):
     """What the job scores, as pipeline options of its own, so that the Dataflow UI and the
-    job description show them (jobs.score passes them on Dataflow). No step reads them:
-    the splits and the model are planned into the pipeline by the driver."""
+    job description show them (jobs.score passes them on Dataflow). A scoring job's steps
+    do not read them (the driver plans the splits and the model into the pipeline); a
+    classic template's step does (runners.dataflow.ScoreRunFn): there they are runtime
+    parameters, given at launch, hence ValueProviders."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument("--input", help="batchscore: the input scored (--input)")
-        parser.add_argument("--model", help="batchscore: the model scored with (--model)")
-        parser.add_argument("--output", help="batchscore: the output root (--output)")
+        parser.add_value_provider_argument("--input", help="batchscore: the input scored")
+        parser.add_value_provider_argument("--model", help="batchscore: the model scored with")
+        parser.add_value_provider_argument("--output", help="batchscore: the output root")
         parser.add_argument("--run_id", help="batchscore: the run this job commits")
 
 
@@ -241,8 +244,14 @@ class BeamRunner:
         return setup_package_built_outside_checkout()
 
     def options(self) -> dict[str, Any]:
+        """The pipeline options given, ValueProviders as their values (those without one,
+        runtime parameters of a template, left out)."""
         options: dict[str, Any] = self.pipeline_options.get_all_options(drop_default=True)
-        return options
+        return {
+            name: value.get() if isinstance(value, ValueProvider) else value
+            for name, value in options.items()
+            if not isinstance(value, ValueProvider) or value.is_accessible()
+        }
 
     def execute(self, job: ScoringJob, splits: Sequence[Split]) -> None:
         self.pipeline_options.view_as(BatchScoreOptions).run_id = job.layout.run_id

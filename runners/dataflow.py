@@ -19,10 +19,14 @@ temporary folder (:func:`setup_package_built_outside_checkout`): nothing is writ
 the source checkout (no ``*.egg-info``) and the build tools' warnings stay out of the
 job's output.
 
-A classic template (``--template_location`` without ``--dry_run``) is refused: the
-driver plans the splits from the input's footers and commits the run after the job, so
-a template built for one input and replayed later would commit nothing. The Flex
-Template (deploy/dataflow/) runs the whole ``jobs.score`` at each launch instead.
+A classic template (:func:`build_classic_template`) is a job of one step whose input,
+model and output are runtime parameters (Beam ValueProviders): at launch, one worker
+runs the whole scoring job with them (plans the splits, scores on the worker's own
+threads, commits the run), so no launcher or driver has to wait for it. A job built for
+one input (``--input`` given) cannot be a template: its driver plans the splits from
+the input's footers and commits the run after the job, so replayed later it would
+commit nothing. The Flex Template (deploy/dataflow/) runs the whole ``jobs.score`` at
+each launch and spreads the splits over the workers.
 
 Only used with the DataflowRunner; uses Beam's Dataflow client classes
 (pinned Beam version, covered by tests/test_dataflow.py).
@@ -32,22 +36,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
     TestOptions,
 )
+from apache_beam.options.value_provider import RuntimeValueProvider, ValueProvider
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -86,11 +93,11 @@ class DryRunJob:
 GCS_PATH = re.compile(r"^gs://[a-z0-9][-_a-z0-9.]{1,61}[a-z0-9]/.+")
 
 
-def check_dataflow_options(options: PipelineOptions) -> None:
-    """What a Dataflow job from batchscore needs: a --template_location only in a dry run,
-    and then a local one; in a dry run, a valid --temp_location (or --staging_location)
-    bucket, without which Beam tries to create a default bucket over the network (and
-    waits minutes for it without one)."""
+def check_dataflow_options(options: PipelineOptions, classic_template: bool = False) -> None:
+    """What a Dataflow job from batchscore needs: a --template_location only in a dry run
+    or for a ``classic_template``, and a local one in a dry run; in a dry run, a valid
+    --temp_location (or --staging_location) bucket, without which Beam tries to create a
+    default bucket over the network (and waits minutes for it without one)."""
     cloud = options.view_as(GoogleCloudOptions)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     locations = [loc for loc in (cloud.temp_location, cloud.staging_location) if loc]
@@ -104,23 +111,30 @@ def check_dataflow_options(options: PipelineOptions) -> None:
     location = cloud.template_location
     if not location:
         return
-    if not dry_run:
+    if not dry_run and not classic_template:
         raise UsageError(
-            f"--template_location={location}: batchscore does not make classic templates. "
-            "This process plans the splits from the input's footers and commits the run once "
-            "the job has finished, so a template built for one input and model, launched "
-            "later, would score the same files again and commit nothing. Launch the Flex "
-            "Template instead (deploy/dataflow/, README: Dataflow), which runs the whole job "
-            "at each launch; drop --template_location to submit this run now, or add "
-            "--dry_run=True to write the job description locally"
+            f"--template_location={location} with --input, --model or --output: this job is "
+            "built for that input and model (this process plans the splits from the input's "
+            "footers and commits the run once the job has finished), so as a template "
+            "launched later it would score the same files again and commit nothing. For a "
+            "classic template whose input, model and output are given at launch, leave out "
+            "all three; or launch the Flex Template (deploy/dataflow/, README: Dataflow); "
+            "drop --template_location to submit this run now, or add --dry_run=True to write "
+            "the job description locally"
         )
     if "://" in location:
+        # Dropping --dry_run makes the template in GCS only where it is a classic template.
+        instead = (
+            ", or drop --dry_run to make the classic template in GCS"
+            if classic_template
+            else "; to launch batchscore from a template, leave out --input, --model and "
+            "--output (a classic template), or use the Flex Template spec the dry run writes "
+            "beside it (README: Dataflow)"
+        )
         raise UsageError(
             f"--template_location={location}: a dry run writes the job description locally "
             "and reaches no Google Cloud service; give a local path (e.g. "
-            "--template_location=./dataflow/template.json). To launch batchscore from a "
-            "template, use the Flex Template spec the dry run writes beside it (README: "
-            "Dataflow)"
+            f"--template_location=./dataflow/template.json){instead}"
         )
 
 
@@ -281,4 +295,86 @@ def write_dry_run(result: Any, options: PipelineOptions) -> DryRunJob:
         steps=dry.steps,
         template=template,
         staged=tuple(sorted(staged)),
+    )
+
+
+# What a classic template's launch gives its one step (runners.beam.BatchScoreOptions).
+TEMPLATE_PARAMETERS = ("input", "model", "output")
+
+
+class ScoreRunFn(beam.DoFn):
+    """A classic template's step: the whole scoring job on one worker, with the input,
+    model and output given at launch (Dataflow passes them to the worker as runtime
+    pipeline options). ``job_main`` ("module:function") is the job's command line, run
+    with ``fixed_argv`` (the options given when the template was made) and
+    ``--runner=DirectRunner``: it plans, scores with the worker's threads and commits."""
+
+    def __init__(self, job_main: str, fixed_argv: Sequence[str], options: PipelineOptions) -> None:
+        from runners.beam import BatchScoreOptions
+
+        self._job_main = job_main
+        self._fixed = tuple(fixed_argv)
+        view = options.view_as(BatchScoreOptions)
+        self._parameters: dict[str, ValueProvider] = {
+            name: getattr(view, name) for name in TEMPLATE_PARAMETERS
+        }
+
+    def display_data(self) -> dict[str, Any]:
+        return {
+            "job": f"{self._job_main} {' '.join(self._fixed)} with the launch's "
+            f"{', '.join(TEMPLATE_PARAMETERS)}: plans, scores and commits the run on this worker"
+        }
+
+    def process(self, _: Any) -> Iterator[str]:
+        values = {name: vp.get() for name, vp in self._parameters.items()}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise UsageError(
+                f"template parameter(s) {', '.join(missing)}: missing; launch the template "
+                "with --parameters=input=gs://...,model=NAME@ALIAS,output=gs://..."
+            )
+        module, _, function = self._job_main.partition(":")
+        job_main = getattr(importlib.import_module(module), function)
+        argv = [*self._fixed, *(f"--{n}={v}" for n, v in values.items()), "--runner=DirectRunner"]
+        # The job's own (in-process) Beam runner clears the runtime options; a retry of
+        # this step in the same worker needs them back.
+        saved = RuntimeValueProvider.runtime_options
+        try:
+            code = job_main(argv)
+        finally:
+            RuntimeValueProvider.runtime_options = saved
+        if code != 0:
+            raise UsageError(
+                f"the scoring job failed (exit {code}; its one-line error is in the worker's "
+                f"log above): {self._job_main} {' '.join(argv)}"
+            )
+        yield str(values["output"])
+
+
+def build_classic_template(
+    pipeline_args: Sequence[str], job_main: str, fixed_argv: Sequence[str]
+) -> str:
+    """Make the classic template (``--template_location``; Beam stages it to GCS), or in a
+    dry run write its job description locally. Returns what to tell the user."""
+    options = PipelineOptions(list(pipeline_args))
+    check_dataflow_options(options, classic_template=True)
+    pipeline = beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | "Launch" >> beam.Create([None])
+        | "ScoreRun" >> beam.ParDo(ScoreRunFn(job_main, fixed_argv, options))
+    )
+    with setup_package_built_outside_checkout():
+        result = pipeline.run()  # Beam makes the template and returns; nothing runs
+    location = options.view_as(GoogleCloudOptions).template_location
+    how = (
+        "classic template: input, model and output are its runtime parameters; at launch "
+        "one worker plans, scores and commits the run"
+    )
+    if options.view_as(TestOptions).dry_run:
+        return f"{write_dry_run(result, options).describe()}\n  {how}"
+    return (
+        f"made the classic template {location} ({how}); launch it with: gcloud dataflow jobs "
+        f"run NAME --gcs-location={location} --region=REGION "
+        "--parameters=input=gs://...,model=NAME@ALIAS,output=gs://..."
     )

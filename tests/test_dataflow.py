@@ -190,18 +190,18 @@ def test_dry_run_builds_the_dataflow_job_offline(
             "--runner=DataflowRunner, not --runner=DirectRunner",
         ),
         (
-            # Not "drop --dry_run": that path would make a classic template (refused below).
+            # Not "drop --dry_run": with --input, --model and --output that is refused (below).
             [*DATAFLOW_OPTIONS, "--dry_run=True", "--template_location=gs://b/t.json"],
             "--template_location=gs://b/t.json: a dry run writes the job description locally "
             "and reaches no Google Cloud service; give a local path (e.g. "
-            "--template_location=./dataflow/template.json). To launch batchscore from a "
-            "template, use the Flex Template spec the dry run writes beside it",
+            "--template_location=./dataflow/template.json); to launch batchscore from a "
+            "template, leave out --input, --model and --output (a classic template), or use "
+            "the Flex Template spec",
         ),
         (
             [*DATAFLOW_OPTIONS, "--template_location=gs://test-bucket/t.json"],
-            "--template_location=gs://test-bucket/t.json: batchscore does not make classic "
-            "templates. This process plans the splits from the input's footers and commits "
-            "the run once the job has finished",
+            "--template_location=gs://test-bucket/t.json with --input, --model or --output: "
+            "this job is built for that input and model",
         ),
         (
             [
@@ -240,6 +240,18 @@ def test_unsupported_dataflow_setups_fail_in_one_line(
     assert rc == 2 and len(err) == 1 and expected in err[0], err
     assert list_committed_runs(tmp_path) == []
     assert list(cwd.iterdir()) == [], "nothing is made in the working folder"
+
+
+def test_a_classic_template_dry_run_to_gcs_suggests_dropping_dry_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc = score_main([*DATAFLOW_OPTIONS, "--dry_run=True", "--template_location=gs://b/t.json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].endswith(
+        "give a local path (e.g. --template_location=./dataflow/template.json), or drop "
+        "--dry_run to make the classic template in GCS"
+    ), err
 
 
 def test_the_flex_template_declares_every_option_of_the_job() -> None:
@@ -305,3 +317,63 @@ def test_a_failed_sdist_build_is_one_line_and_leaves_the_project_alone(tmp_path:
         "(python setup.py sdist, exit 1): no such dependency: nope; run that command"
     ), failed.value
     assert _files(project) == {"setup.py"}
+
+
+@pytest.mark.slow
+def test_a_classic_template_takes_input_model_and_output_at_launch_and_commits_on_its_worker(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    """The template is made (offline, as a dry run) without --input/--model/--output; its
+    step, unpickled from pipeline.pb and given them as Dataflow gives a worker a launch's
+    parameters (runtime pipeline options), plans, scores and commits the run."""
+    from apache_beam.internal import pickler
+    from apache_beam.options.value_provider import RuntimeValueProvider
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    data, table = plain_data
+    template = tmp_path / "classic" / "template.json"
+    result = subprocess.run(
+        [
+            *_offline_prefix(),
+            sys.executable,
+            "-m",
+            "jobs.score",
+            "--key_columns=id",
+            *DATAFLOW_OPTIONS,
+            "--job_name=batchscore-template",
+            "--dry_run=True",
+            f"--template_location={template}",
+        ],
+        cwd=PROJECT,
+        env={**os.environ, "NO_GCE_CHECK": "True"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "steps        Launch -> ScoreRun" in result.stdout
+    assert "classic template: input, model and output are its runtime parameters" in (result.stdout)
+    options = json.loads(template.read_text())["environment"]["sdkPipelineOptions"]["options"]
+    # Declared, without a value: Dataflow fills them in at launch.
+    assert {name: options[name] for name in ("input", "model", "output")} == dict.fromkeys(
+        ("input", "model", "output")
+    )
+    assert "run_id" not in options, "the run id is made at launch, on the worker"
+
+    pipeline = beam_runner_api_pb2.Pipeline.FromString(
+        (template.parent / "staging" / "pipeline.pb").read_bytes()
+    )
+    (step,) = [t for t in pipeline.components.transforms.values() if t.unique_name == "ScoreRun"]
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(step.spec.payload)
+    score_run = pickler.loads(payload.do_fn.payload)[0]
+    output = tmp_path / "out"
+    launch = {"input": str(data), "model": str(plain_model), "output": str(output)}
+    RuntimeValueProvider.set_runtime_options(launch)
+    try:
+        assert list(score_run.process(None)) == [str(output)]
+        # Restored after the job's own Beam runner cleared them: a retry still has them.
+        assert RuntimeValueProvider.runtime_options == launch
+    finally:
+        RuntimeValueProvider.set_runtime_options(None)
+    (run,) = list_committed_runs(output)
+    assert run.manifest().counts.rows_scored == table.num_rows
