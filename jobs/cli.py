@@ -255,7 +255,8 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
             "--runner=DataflowRunner --project=P --region=R --temp_location=gs://... "
             "On Dataflow, --dry_run=True --template_location=DIR/template.json builds the job "
             "offline and writes its description there, and with --sdk_container_image=IMAGE "
-            "the Flex Template spec (DIR/flex_template.json; classic templates are refused). "
+            "the Flex Template spec (DIR/flex_template.json). Without --input, --model and "
+            "--output, --template_location makes a classic template that takes them at launch. "
             "See README.md for Dataflow and Spark."
         ),
     )
