@@ -18,10 +18,12 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Threads for the driver's per-file work: enough to hide a bucket's round trip (tens of
-# ms) behind the others; local disks gain less (the Python part of each read holds the
-# GIL) and lose nothing.
-IO_THREADS = 16
+# Threads for the driver's per-file work: enough to hide most of a bucket's round trips
+# (tens of ms each) behind the others; local disks gain less (the Python part of each
+# read holds the GIL) and lose nothing. At most 10: the boto3 and google-cloud-storage
+# clients keep 10 connections per host, and more threads would open and discard extra
+# ones (a warning line each from urllib3).
+IO_THREADS = 8
 
 
 def ordered_map(
