@@ -25,6 +25,7 @@ import functools
 import json
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,8 +67,6 @@ def folder_bytes(folder: Path) -> int:
 
 
 def _run(*args: str) -> None:
-    import sys
-
     subprocess.run([sys.executable, "-m", *args], cwd=PROJECT, check=True)
 
 
@@ -105,8 +104,6 @@ def versions(workdir: Path) -> dict[str, ResolvedModel]:
 def _verdict(repo: Path, data: Path, rows: int, parent: ResolvedModel, model: ResolvedModel) -> str:
     """jobs.compare of ``model`` against ``parent`` (no blessing written): pass or the
     checks that failed."""
-    import sys
-
     summary = repo.parent / f"compare-{model.version}.json"
     done = subprocess.run(
         [
