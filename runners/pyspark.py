@@ -129,6 +129,10 @@ CACHE_DIR_ENV = "BATCHSCORE_CACHE_DIR"
 QUIET_CDS = "-Xlog:cds=off,cds+dynamic=off"
 # Writing the class archive as the JVM exits takes several seconds, once.
 JVM_EXIT_TIMEOUT_S = 300
+# Archives Spark ships to executors (spark-submit --archives; YARN's own key).
+ARCHIVES_CONFS = ("spark.archives", "spark.yarn.dist.archives")
+# When no part has finished this long after the job starts, say why (an archive unpacking).
+SLOW_START_NOTE_S = 20.0
 
 
 class SparkRunnerError(BatchScoreError):
@@ -373,10 +377,11 @@ class PySparkRunner:
             )
             self._recorded.update(input=mode, input_reason=reason)
             log.info("spark input: %s (%s)", mode, reason)
-            if mode == INPUT_SPLITS:
-                results = self._score_splits(spark, job, splits)
-            else:
-                results = self._score_spark_input(spark, job, splits)
+            with explain_slow_start(spark.sparkContext):
+                if mode == INPUT_SPLITS:
+                    results = self._score_splits(spark, job, splits)
+                else:
+                    results = self._score_spark_input(spark, job, splits)
         except BatchScoreError:
             raise
         except Exception as exc:
@@ -675,6 +680,53 @@ def stop_in_background(spark: SparkSession) -> None:
     thread = threading.Thread(target=spark.stop, name="batchscore-spark-stop", daemon=True)
     thread.start()
     _STOPPING.append(thread)
+
+
+@contextlib.contextmanager
+def explain_slow_start(context: Any, after_s: float = SLOW_START_NOTE_S) -> Iterator[None]:
+    """While the job runs: if no task has finished ``after_s`` after it started and the
+    application ships archives, log once that executors are unpacking them (a packed venv
+    of about 0.8 GB takes a minute or more per executor, on each new application)."""
+    archives = [
+        a for key in ARCHIVES_CONFS for a in (context.getConf().get(key) or "").split(",") if a
+    ]
+    if not archives:
+        yield
+        return
+    done = threading.Event()
+
+    def note() -> None:
+        if done.wait(after_s):
+            return
+        tracker = context.statusTracker()
+        stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+        if any(stage is not None and stage.numCompletedTasks for stage in stages):
+            return
+        log.warning(
+            "no part has finished %.0f s after the job started: each executor first fetches "
+            "and unpacks %s into its work folder before its first task (a minute or more "
+            "per executor for a packed venv, on every new application; README: Spark "
+            "clusters). Scoring starts once they are unpacked",
+            after_s,
+            ", ".join(_archive_shown(a) for a in archives),
+        )
+
+    watcher = threading.Thread(target=note, name="batchscore-slow-start", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _archive_shown(archive: str) -> str:
+    """An --archives entry with its size where the driver can see the file."""
+    location = archive.split("#", 1)[0]
+    path = Path(location.removeprefix("file://").removeprefix("file:"))
+    try:
+        return f"{location} ({path.stat().st_size / 2**30:.1f} GiB)"
+    except OSError:
+        return location
 
 
 def wait_for_stops() -> None:

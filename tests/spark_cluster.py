@@ -31,6 +31,9 @@ class SparkCluster:
     web_url: str  # the master's web UI (its /json/ says which workers are alive)
     folder: Path  # logs and the workers' work directories
     pids: tuple[int, ...]  # master first, then the workers
+    # The workers' spark.worker.cleanup interval and TTL (seconds): a finished application's
+    # folder goes within about twice this (the README sets hours for a real cluster).
+    cleanup_s: int = 0
 
     def status(self) -> dict[str, Any]:
         return _master_status(self.web_url)
@@ -85,8 +88,13 @@ def _master_status(web_url: str) -> dict[str, Any]:
         return payload
 
 
+# Seconds: short, so that a test sees a finished application's folder removed.
+CLEANUP_S = 15
+
+
 def cluster_env(folder: Path) -> dict[str, str]:
-    """Environment for the daemons: loopback only, no user Spark config, logs in ``folder``."""
+    """Environment for the daemons: loopback only, no user Spark config, logs in ``folder``,
+    and the workers' cleanup of finished applications' folders on (as the README sets it)."""
     conf_dir = folder / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
     return {
@@ -100,6 +108,10 @@ def cluster_env(folder: Path) -> dict[str, str]:
         "PYSPARK_PYTHON": sys.executable,
         # No REST submission server (it would take the fixed port 6066).
         "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+        "SPARK_WORKER_OPTS": (
+            f"-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval={CLEANUP_S} "
+            f"-Dspark.worker.cleanup.appDataTtl={CLEANUP_S}"
+        ),
     }
 
 
@@ -182,7 +194,9 @@ def standalone_cluster(
                     master_url,
                 )
             )
-        cluster = SparkCluster(master_url, web_url, folder, tuple(p.pid for p in processes))
+        cluster = SparkCluster(
+            master_url, web_url, folder, tuple(p.pid for p in processes), CLEANUP_S
+        )
         _wait_for_workers(cluster, processes, workers)
         yield cluster
     finally:

@@ -3,9 +3,9 @@
 - Apache Airflow 3.3 (:func:`ensure_airflow_venv`). Airflow never goes into the
   project venv (its pins clash with Beam's and TensorFlow's); the DAG shells
   out to the project's interpreter instead.
-- batchscore's dependencies packed with venv-pack for Spark executors
-  (:func:`packed_dependencies`), shipped with --archives as the README's
-  spark-submit section does it.
+- batchscore's dependencies packed for Spark executors by the README's script,
+  deploy/spark/pack-env.sh (:func:`packed_dependencies`), shipped with --archives as
+  the README's spark-submit section does it.
 
 Both live in the test cache folder (:func:`cache_dir`, outside the clone, so
 later sessions and CI runs on the same machine reuse them); a file lock keeps
@@ -39,14 +39,12 @@ def cache_dir() -> Path:
     return Path(xdg) / "batchscore-tests"
 
 
-def make_venv(venv: Path, *requirements: str, copies: bool = False) -> None:
+def make_venv(venv: Path, *requirements: str) -> None:
     """A fresh venv at ``venv`` with ``requirements`` pip-installed (quietly; the end of
-    pip's output in the error if it fails). ``copies``: copy the interpreter instead of
-    symlinking it (an archive with a link pointing outside itself is refused by Spark)."""
+    pip's output in the error if it fails)."""
     shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from a killed session
     # `python -m venv` from inside a venv bases the new one on the base interpreter.
-    flags = ["--copies"] if copies else []
-    subprocess.run([sys.executable, "-m", "venv", *flags, str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     for command in (
@@ -79,22 +77,27 @@ def ensure_airflow_venv() -> tuple[Path, float]:
         return venv, time.perf_counter() - started
 
 
-def _pyproject_key() -> str:
-    return hashlib.sha256((PROJECT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+PACK_SCRIPT = PROJECT / "deploy" / "spark" / "pack-env.sh"
+
+
+def _pack_key() -> str:
+    digest = hashlib.sha256()
+    for path in (PROJECT / "pyproject.toml", PACK_SCRIPT):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def packed_dependencies() -> tuple[Path, float]:
-    """batchscore's dependencies packed with venv-pack (a .tar.gz: Spark unpacks that
-    format keeping file permissions), made once per pyproject.toml version and cached;
-    returns the archive and the seconds spent making it (0 when reused).
+    """batchscore's dependencies packed by the README's script (deploy/spark/pack-env.sh:
+    venv-pack, .tar.gz, slimmed), made once per pyproject.toml and script version and
+    cached; returns the archive and the seconds spent making it (0 when reused).
 
     batchscore itself is not inside: tests ship this checkout's code next to it with
     --py-files (:func:`zip_batchscore`), as the README's spark-submit recipe does.
     """
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = _pyproject_key()
-    archive = cache / f"spark-deps-{key}.tar.gz"
+    archive = cache / f"spark-deps-{_pack_key()}.tar.gz"
     with (cache / "spark-deps.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if archive.is_file():
@@ -105,33 +108,16 @@ def packed_dependencies() -> tuple[Path, float]:
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-        venv = cache / f"spark-deps-{key}"
-        # --copies: an archive holding a link to the base interpreter is refused by Spark.
-        make_venv(venv, str(PROJECT), "venv-pack", copies=True)
-        partial = archive.with_name(archive.name + ".partial")
-        for command in (
-            [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--quiet", "-y", "batchscore"],
-            [
-                str(venv / "bin" / "venv-pack"),
-                "--prefix",
-                str(venv),
-                "--output",
-                str(partial),
-                "--format",
-                "tar.gz",
-                "--compress-level",
-                "1",
-                "--force",
-                "--quiet",
-            ],
-        ):
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, cwd=cache
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        shutil.rmtree(venv, ignore_errors=True)  # the archive is all that is needed
-        partial.rename(archive)
+        # The base interpreter: the packed venv must be made from the same Python 3.11 as
+        # the executors run (here, this machine's).
+        base = getattr(sys, "_base_executable", sys.executable)
+        command = ["bash", str(PACK_SCRIPT), str(archive), base]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, cwd=cache
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
         return archive, time.perf_counter() - started
 
 
