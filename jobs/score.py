@@ -10,7 +10,6 @@ output folder), so a mistake fails in seconds, before Beam or TensorFlow start.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -47,176 +46,55 @@ def build_parser() -> argparse.ArgumentParser:
     return build_score_parser(PROG)
 
 
-# The Flex Template (deploy/dataflow/): its launcher runs this job (deploy/dataflow/main.py)
-# with the template's parameters, one for each option of build_parser() but these.
-NOT_TEMPLATE_PARAMETERS = {
-    "help": "not a job parameter",
-    "runner": "the launcher always submits to Dataflow (--runner=DataflowRunner)",
-    "spark_master": "PySparkRunner only",
-    "spark_conf": "PySparkRunner only",
-}
-# Parameters whose --help names the demo's local defaults, which do not apply on Dataflow:
-# their text in the template, and whether they may be left out.
-TEMPLATE_PARAMETER_TEXTS: dict[str, tuple[str, bool]] = {
-    "input": (
-        "A Parquet object or a prefix in GCS (searched recursively, dt= partitions included). "
-        "Example: gs://my-bucket/loans/dt=2026-01-01",
-        False,
-    ),
-    "model": (
-        "NAME@VERSION or NAME@ALIAS registered in model_repo, or the gs:// URI of a registered "
-        "version or SavedModel folder. Example: loan_default@production",
-        False,
-    ),
-    "model_repo": ("The model repository in GCS. Example: gs://my-bucket/models", True),
-    "output": (
-        "Output root in GCS; the run is committed under OUTPUT/<model>/<version>/run=<id>/ "
-        "without rename (docs/commit-protocol.md). Example: gs://my-bucket/scores",
-        False,
-    ),
-    "public_key": (
-        "PEM EC public key the model's signature must verify with (scoring refuses unsigned "
-        "or changed models). Example: gs://my-bucket/keys/public_key.pem",
-        True,
-    ),
-}
-FLEX_TEMPLATE_DESCRIPTION = (
-    "Scores Parquet data with a signed TensorFlow SavedModel (tf.Transform preprocessing "
-    "included) on Dataflow and commits a versioned run: OUTPUT/<model>/<version>/run=<id>/ "
-    "with predictions, dead-letter rows and a manifest. input, model_repo, public_key and "
-    "output are gs:// URIs (no shared file system is needed; see README.md, Dataflow). "
-    "Flags take true or false."
-)
-FLEX_TEMPLATE_METADATA = Path("deploy") / "dataflow" / "metadata.json"
-FLEX_TEMPLATE_SPEC = "flex_template.json"
-
-
-def _template_actions() -> list[argparse.Action]:
-    return [a for a in build_parser()._actions if a.dest not in NOT_TEMPLATE_PARAMETERS]
-
-
-def flex_template_metadata() -> dict[str, Any]:
-    """The Flex Template's metadata (``gcloud dataflow flex-template build
-    --metadata-file``): a parameter for every option of this job the launcher takes, with
-    its --help text. deploy/dataflow/metadata.json is this, as
-    :func:`write_flex_template_metadata` writes it (tests/test_dataflow.py compares)."""
-    parser = build_parser()
-    parameters = []
-    for action in _template_actions():
-        help_text, optional = TEMPLATE_PARAMETER_TEXTS.get(
-            action.dest, (" ".join(parser._get_formatter()._expand_help(action).split()), True)
-        )
-        parameter: dict[str, Any] = {
-            "name": action.dest,
-            "label": action.dest.replace("_", " ").capitalize(),
-            "helpText": help_text,
-            "isOptional": optional,
-        }
-        if action.nargs == 0:  # a flag: true or false (flex_template_argv)
-            parameter["regexes"] = ["^(true|false)$"]
-        elif action.choices:
-            parameter["regexes"] = [f"^({'|'.join(map(str, action.choices))})$"]
-        parameters.append(parameter)
-    return {
-        "name": "batchscore",
-        "description": FLEX_TEMPLATE_DESCRIPTION,
-        "parameters": parameters,
-    }
-
-
-def write_flex_template_metadata(path: Path = FLEX_TEMPLATE_METADATA) -> None:
-    """(Re)write deploy/dataflow/metadata.json after an option of jobs.score changed:
+def write_flex_template_metadata(path: Path | None = None) -> None:
+    """(Re)write deploy/dataflow/metadata.json after an option of this job changed
+    (runners.dataflow.write_flex_template_metadata with this job's parser):
     ``python -c "from jobs.score import write_flex_template_metadata as w; w()"``."""
-    path.write_text(json.dumps(flex_template_metadata(), indent=2) + "\n")
+    from runners.dataflow import FLEX_TEMPLATE_METADATA
+    from runners.dataflow import write_flex_template_metadata as write
+
+    write(build_parser(), path or FLEX_TEMPLATE_METADATA)
 
 
-def flex_template_argv(argv: Sequence[str]) -> list[str]:
-    """The launcher's arguments as this job takes them (deploy/dataflow/main.py): Dataflow
-    passes every parameter as ``--name=value``, so a flag's ``--FLAG=true`` becomes
-    ``--FLAG`` and ``--FLAG=false`` is dropped; the runner is Dataflow."""
-    flags = {option for a in _template_actions() if a.nargs == 0 for option in a.option_strings}
-    args: list[str] = []
-    for arg in argv:
-        option, _, value = arg.partition("=")
-        if option in flags and value.lower() in ("true", "false"):
-            args += [option] if value.lower() == "true" else []
-        else:  # anything else is jobs.score's to accept or refuse (in one line)
-            args.append(arg)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args.append("--runner=DataflowRunner")
-    return args
+def _is_classic_template(args: argparse.Namespace, pipeline_args: Sequence[str]) -> bool:
+    # runners.dataflow imports Beam: not this early for a job on another runner or with
+    # --input, --model or --output (a no-op rerun or a refused argument imports no Beam).
+    if args.runner != "DataflowRunner" or any(
+        value is not None for value in (args.input, args.model, args.output)
+    ):
+        return False
+    from runners.dataflow import is_classic_template
+
+    return is_classic_template(args, pipeline_args)
 
 
-def write_flex_template_spec(pipeline_args: Sequence[str]) -> str:
-    """After a Dataflow dry run with --template_location: the Flex Template spec (what
-    ``gcloud dataflow flex-template build`` writes: image, sdkInfo, metadata) beside it,
-    for the --sdk_container_image (deploy/dataflow/Dockerfile builds one image for the
-    launcher and the workers). Returns the line that says what was written, if anything."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--template_location")
-    parser.add_argument("--sdk_container_image")
-    known, _ = parser.parse_known_args(list(pipeline_args))
-    if not known.template_location:
-        return ""
-    spec = Path(known.template_location).expanduser().resolve().parent / FLEX_TEMPLATE_SPEC
-    if not known.sdk_container_image:
-        return (
-            f"  flex template not written: give --sdk_container_image=IMAGE (built from "
-            f"deploy/dataflow/Dockerfile; also the launcher's image) to get {spec}"
-        )
-    document = {
-        "image": known.sdk_container_image,
-        "sdkInfo": {"language": "PYTHON"},
-        "metadata": flex_template_metadata(),
-    }
-    spec.write_text(json.dumps(document, indent=2) + "\n")
-    return f"  flex template {spec} (image {known.sdk_container_image})"
+def _dataflow_job_options(args: argparse.Namespace) -> list[str]:
+    if args.runner != "DataflowRunner":  # no runners.dataflow (Beam) for other runners
+        return []
+    from runners.dataflow import dataflow_job_options
+
+    return dataflow_job_options(args)
 
 
-def is_classic_template(args: argparse.Namespace, pipeline_args: Sequence[str]) -> bool:
-    """A Dataflow job with --template_location and none of --input, --model and --output:
-    a classic template that takes them at launch (runners.dataflow.build_classic_template).
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--template_location")
-    known, _ = parser.parse_known_args(list(pipeline_args))
-    unset = all(value is None for value in (args.input, args.model, args.output))
-    return args.runner == "DataflowRunner" and bool(known.template_location) and unset
+def _print_flex_template_spec(pipeline_args: Sequence[str]) -> None:
+    from runners.dataflow import write_flex_template_spec
+
+    flex = write_flex_template_spec(build_parser(), pipeline_args)
+    if flex:
+        print(flex)
 
 
 def _make_classic_template(argv: Sequence[str] | None, pipeline_args: Sequence[str]) -> int:
-    from runners.dataflow import build_classic_template
+    from runners.dataflow import build_classic_template, classic_template_fixed_argv
 
-    # What the template fixes: the options of this job given now, less --runner (its step
-    # runs the job on the worker with the DirectRunner).
-    beam_args = list(pipeline_args)
-    fixed: list[str] = []
-    for arg in sys.argv[1:] if argv is None else argv:
-        if beam_args and arg == beam_args[0]:
-            beam_args.pop(0)
-        elif not arg.startswith("--runner="):
-            fixed.append(arg)
-    if "--runner" in fixed:
-        at = fixed.index("--runner")
-        del fixed[at : at + 2]
+    fixed = classic_template_fixed_argv(sys.argv[1:] if argv is None else argv, pipeline_args)
     print(
         build_classic_template(
             ["--runner=DataflowRunner", *pipeline_args], "jobs.score:main", fixed
         )
     )
-    flex = write_flex_template_spec(pipeline_args)
-    if flex:
-        print(flex)
+    _print_flex_template_spec(pipeline_args)
     return 0
-
-
-def dataflow_job_options(args: argparse.Namespace) -> list[str]:
-    """On Dataflow, what the job scores as pipeline options too (runners.beam's
-    BatchScoreOptions), so that the Dataflow UI and the job description show them."""
-    if args.runner != "DataflowRunner":
-        return []
-    named = (("input", args.input), ("model", args.model), ("output", args.output))
-    return [f"--{name}={value}" for name, value in named if value is not None]
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -302,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, pipeline_args = build_parser().parse_known_args(argv)
     setup_logging(args.verbose)
     apply_storage_options(args)
-    if is_classic_template(args, pipeline_args):
+    if _is_classic_template(args, pipeline_args):
         return run_main(lambda: _make_classic_template(argv, pipeline_args), PROG)
     quiet_tensorflow()
     exporter = OutcomeExporter(
@@ -335,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output=args.output or demo_paths.demo_default("--output", demo_paths.demo_output_dir),
             runner=lambda: make_runner(
                 args.runner,
-                [*pipeline_args, *dataflow_job_options(args)],
+                [*pipeline_args, *_dataflow_job_options(args)],
                 args.spark_master,
                 args.spark_conf or (),
             ),
@@ -349,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = api_score(request)
         if outcome.status == "dry_run":
             print(outcome.message)
-            flex = write_flex_template_spec(pipeline_args)
-            if flex:
-                print(flex)
+            _print_flex_template_spec(pipeline_args)
         elif outcome.status == "up_to_date":
             assert outcome.run is not None
             print(f"up to date: {outcome.run.run_dir}")

@@ -26,7 +26,9 @@ threads, commits the run), so no launcher or driver has to wait for it. A job bu
 one input (``--input`` given) cannot be a template: its driver plans the splits from
 the input's footers and commits the run after the job, so replayed later it would
 commit nothing. The Flex Template (deploy/dataflow/) runs the whole ``jobs.score`` at
-each launch and spreads the splits over the workers.
+each launch and spreads the splits over the workers; its metadata, spec and launcher
+arguments are made here from the job's parser (:func:`flex_template_metadata`,
+:func:`write_flex_template_spec`, :func:`flex_template_argv`), which the caller passes.
 
 Only used with the DataflowRunner; uses Beam's Dataflow client classes
 (pinned Beam version, covered by tests/test_dataflow.py).
@@ -34,9 +36,11 @@ Only used with the DataflowRunner; uses Beam's Dataflow client classes
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -378,3 +382,173 @@ def build_classic_template(
         f"run NAME --gcs-location={location} --region=REGION "
         "--parameters=input=gs://...,model=NAME@ALIAS,output=gs://..."
     )
+
+
+def is_classic_template(args: argparse.Namespace, pipeline_args: Sequence[str]) -> bool:
+    """A Dataflow job with --template_location and none of --input, --model and --output:
+    a classic template that takes them at launch (:func:`build_classic_template`).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--template_location")
+    known, _ = parser.parse_known_args(list(pipeline_args))
+    unset = all(value is None for value in (args.input, args.model, args.output))
+    return args.runner == "DataflowRunner" and bool(known.template_location) and unset
+
+
+def classic_template_fixed_argv(argv: Sequence[str], pipeline_args: Sequence[str]) -> list[str]:
+    """What a classic template fixes: the options of the job given now (``argv``, the
+    job's command line), less its Beam ``pipeline_args`` and --runner (the template's
+    step runs the job on the worker with the DirectRunner)."""
+    beam_args = list(pipeline_args)
+    fixed: list[str] = []
+    for arg in argv:
+        if beam_args and arg == beam_args[0]:
+            beam_args.pop(0)
+        elif not arg.startswith("--runner="):
+            fixed.append(arg)
+    if "--runner" in fixed:
+        at = fixed.index("--runner")
+        del fixed[at : at + 2]
+    return fixed
+
+
+def dataflow_job_options(args: argparse.Namespace) -> list[str]:
+    """On Dataflow, what the job scores as pipeline options too (runners.beam's
+    BatchScoreOptions), so that the Dataflow UI and the job description show them."""
+    if args.runner != "DataflowRunner":
+        return []
+    named = (("input", args.input), ("model", args.model), ("output", args.output))
+    return [f"--{name}={value}" for name, value in named if value is not None]
+
+
+# The Flex Template (deploy/dataflow/): its launcher runs jobs.score (deploy/dataflow/main.py)
+# with the template's parameters, one for each option of its parser but these.
+NOT_TEMPLATE_PARAMETERS = {
+    "help": "not a job parameter",
+    "runner": "the launcher always submits to Dataflow (--runner=DataflowRunner)",
+    "spark_master": "PySparkRunner only",
+    "spark_conf": "PySparkRunner only",
+}
+# Parameters whose --help names the demo's local defaults, which do not apply on Dataflow:
+# their text in the template, and whether they may be left out.
+TEMPLATE_PARAMETER_TEXTS: dict[str, tuple[str, bool]] = {
+    "input": (
+        "A Parquet object or a prefix in GCS (searched recursively, dt= partitions included). "
+        "Example: gs://my-bucket/loans/dt=2026-01-01",
+        False,
+    ),
+    "model": (
+        "NAME@VERSION or NAME@ALIAS registered in model_repo, or the gs:// URI of a registered "
+        "version or SavedModel folder. Example: loan_default@production",
+        False,
+    ),
+    "model_repo": ("The model repository in GCS. Example: gs://my-bucket/models", True),
+    "output": (
+        "Output root in GCS; the run is committed under OUTPUT/<model>/<version>/run=<id>/ "
+        "without rename (docs/commit-protocol.md). Example: gs://my-bucket/scores",
+        False,
+    ),
+    "public_key": (
+        "PEM EC public key the model's signature must verify with (scoring refuses unsigned "
+        "or changed models). Example: gs://my-bucket/keys/public_key.pem",
+        True,
+    ),
+}
+FLEX_TEMPLATE_DESCRIPTION = (
+    "Scores Parquet data with a signed TensorFlow SavedModel (tf.Transform preprocessing "
+    "included) on Dataflow and commits a versioned run: OUTPUT/<model>/<version>/run=<id>/ "
+    "with predictions, dead-letter rows and a manifest. input, model_repo, public_key and "
+    "output are gs:// URIs (no shared file system is needed; see README.md, Dataflow). "
+    "Flags take true or false."
+)
+FLEX_TEMPLATE_METADATA = Path("deploy") / "dataflow" / "metadata.json"
+FLEX_TEMPLATE_SPEC = "flex_template.json"
+
+
+def _template_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.dest not in NOT_TEMPLATE_PARAMETERS]
+
+
+def flex_template_metadata(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The Flex Template's metadata (``gcloud dataflow flex-template build
+    --metadata-file``): a parameter for every option of the job's ``parser``
+    (jobs.score's) the launcher takes, with its --help text. deploy/dataflow/metadata.json
+    is this, as :func:`write_flex_template_metadata` writes it (tests/test_dataflow.py
+    compares)."""
+    parameters = []
+    for action in _template_actions(parser):
+        help_text, optional = TEMPLATE_PARAMETER_TEXTS.get(
+            action.dest, (" ".join(parser._get_formatter()._expand_help(action).split()), True)
+        )
+        parameter: dict[str, Any] = {
+            "name": action.dest,
+            "label": action.dest.replace("_", " ").capitalize(),
+            "helpText": help_text,
+            "isOptional": optional,
+        }
+        if action.nargs == 0:  # a flag: true or false (flex_template_argv)
+            parameter["regexes"] = ["^(true|false)$"]
+        elif action.choices:
+            parameter["regexes"] = [f"^({'|'.join(map(str, action.choices))})$"]
+        parameters.append(parameter)
+    return {
+        "name": "batchscore",
+        "description": FLEX_TEMPLATE_DESCRIPTION,
+        "parameters": parameters,
+    }
+
+
+def write_flex_template_metadata(
+    parser: argparse.ArgumentParser, path: Path = FLEX_TEMPLATE_METADATA
+) -> None:
+    """(Re)write deploy/dataflow/metadata.json from the job's ``parser`` after an option
+    of jobs.score changed:
+    ``python -c "from jobs.score import write_flex_template_metadata as w; w()"``."""
+    path.write_text(json.dumps(flex_template_metadata(parser), indent=2) + "\n")
+
+
+def flex_template_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """The launcher's arguments as the job whose ``parser`` this is takes them
+    (deploy/dataflow/main.py): Dataflow passes every parameter as ``--name=value``, so a
+    flag's ``--FLAG=true`` becomes ``--FLAG`` and ``--FLAG=false`` is dropped; the runner
+    is Dataflow."""
+    flags = {
+        option for a in _template_actions(parser) if a.nargs == 0 for option in a.option_strings
+    }
+    args: list[str] = []
+    for arg in argv:
+        option, _, value = arg.partition("=")
+        if option in flags and value.lower() in ("true", "false"):
+            args += [option] if value.lower() == "true" else []
+        else:  # anything else is jobs.score's to accept or refuse (in one line)
+            args.append(arg)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=DataflowRunner")
+    return args
+
+
+def write_flex_template_spec(parser: argparse.ArgumentParser, pipeline_args: Sequence[str]) -> str:
+    """After a Dataflow dry run with --template_location: the Flex Template spec (what
+    ``gcloud dataflow flex-template build`` writes: image, sdkInfo, metadata from the
+    job's ``parser``) beside it, for the --sdk_container_image (deploy/dataflow/Dockerfile
+    builds one image for the launcher and the workers). Returns the line that says what
+    was written, if anything."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--template_location")
+    options.add_argument("--sdk_container_image")
+    known, _ = options.parse_known_args(list(pipeline_args))
+    if not known.template_location:
+        return ""
+    spec = Path(known.template_location).expanduser().resolve().parent / FLEX_TEMPLATE_SPEC
+    if not known.sdk_container_image:
+        return (
+            f"  flex template not written: give --sdk_container_image=IMAGE (built from "
+            f"deploy/dataflow/Dockerfile; also the launcher's image) to get {spec}"
+        )
+    document = {
+        "image": known.sdk_container_image,
+        "sdkInfo": {"language": "PYTHON"},
+        "metadata": flex_template_metadata(parser),
+    }
+    spec.write_text(json.dumps(document, indent=2) + "\n")
+    return f"  flex template {spec} (image {known.sdk_container_image})"

@@ -255,10 +255,11 @@ def test_a_classic_template_dry_run_to_gcs_suggests_dropping_dry_run(
 
 
 def test_the_flex_template_declares_every_option_of_the_job() -> None:
-    from jobs.score import NOT_TEMPLATE_PARAMETERS, build_parser, flex_template_metadata
+    from jobs.score import build_parser
+    from runners.dataflow import NOT_TEMPLATE_PARAMETERS, flex_template_metadata
 
     metadata = json.loads(METADATA.read_text())
-    assert metadata == flex_template_metadata(), (
+    assert metadata == flex_template_metadata(build_parser()), (
         "deploy/dataflow/metadata.json is generated from jobs.score's options: rewrite it with "
         'python -c "from jobs.score import write_flex_template_metadata as w; w()"'
     )
@@ -280,26 +281,29 @@ def test_the_flex_template_declares_every_option_of_the_job() -> None:
 
 
 def test_the_launcher_passes_flags_as_true_or_false_and_runs_on_dataflow() -> None:
-    from jobs.score import flex_template_argv
+    from jobs.score import build_parser
+    from runners.dataflow import flex_template_argv
 
+    parser = build_parser()
     assert flex_template_argv(
-        ["--input=gs://b/in", "--force=true", "--allow_unsigned=false", "--verbose=TRUE"]
+        parser, ["--input=gs://b/in", "--force=true", "--allow_unsigned=false", "--verbose=TRUE"]
     ) == ["--input=gs://b/in", "--force", "--verbose", "--runner=DataflowRunner"]
     # A flag with another value is left for jobs.score to refuse in one line.
-    assert flex_template_argv(["--force=maybe", "--runner=DirectRunner"]) == [
+    assert flex_template_argv(parser, ["--force=maybe", "--runner=DirectRunner"]) == [
         "--force=maybe",
         "--runner=DirectRunner",
     ]
 
 
 def test_no_flex_template_spec_without_an_image(tmp_path: Path) -> None:
-    from jobs.score import write_flex_template_spec
+    from jobs.score import build_parser
+    from runners.dataflow import write_flex_template_spec
 
     template = tmp_path / "template.json"
-    line = write_flex_template_spec([f"--template_location={template}"])
+    line = write_flex_template_spec(build_parser(), [f"--template_location={template}"])
     assert "flex template not written: give --sdk_container_image=IMAGE" in line
     assert not (tmp_path / "flex_template.json").exists()
-    assert write_flex_template_spec(["--dry_run=True"]) == ""
+    assert write_flex_template_spec(build_parser(), ["--dry_run=True"]) == ""
 
 
 def test_a_failed_sdist_build_is_one_line_and_leaves_the_project_alone(tmp_path: Path) -> None:
