@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from batch.core.errors import UsageError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_NAME = "loan_default"
 DEMO_DIR_ENV = "BATCHSCORE_DEMO_DIR"
@@ -52,8 +54,6 @@ def demo_default(option: str, default: Callable[[], Path]) -> Path:
     reason = demo_unavailable()
     if reason is None:
         return default()
-    from batch.core.errors import UsageError
-
     raise UsageError(
         f"{option} is required: the demo's folders are defaults only when batchscore runs "
         f"from its source checkout, and {reason}. Pass {option} (or set {DEMO_DIR_ENV} to "
@@ -135,7 +135,6 @@ def ensure_demo_keys() -> None:
     staging folder that is renamed into place, so concurrent first runs agree on one pair."""
     if demo_signing_key().is_file():
         return
-    from batch.core.errors import UsageError
     from batch.model.signing import generate_key_pair
 
     keys = demo_keys_dir()
