@@ -500,6 +500,10 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
     return "\n".join(lines) + "\n"
 
 
+# The targets that allow a slowdown against their base (shown as a time factor).
+SLOWDOWN_TARGETS = frozenset({"beam_s3", "backfill", "example_tf"})
+
+
 def targets(by_key: dict[str, Measurement]) -> list[str]:
     """The issue's targets, each with the measured figure; absent paths are skipped."""
     checks = [
@@ -531,7 +535,10 @@ def targets(by_key: dict[str, Measurement]) -> list[str]:
         if key in by_key and base in by_key:
             ratio = by_key[key].rate / by_key[base].rate
             verdict = "met" if ratio >= target else "**not met**"
-            lines.append(f"- {text}: {ratio:.2f}x ({verdict})")
+            # A slowdown allowed ("within 1.3x the wall time") is shown as that factor: the
+            # base's throughput over this path's.
+            shown = f"{1 / ratio:.2f}x the time" if key in SLOWDOWN_TARGETS else f"{ratio:.2f}x"
+            lines.append(f"- {text}: {shown} ({verdict})")
     return ["Targets, same run:", "", *lines] if lines else []
 
 
