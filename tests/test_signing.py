@@ -23,6 +23,7 @@ import pytest
 
 from batch.demo import paths as demo_paths
 from batch.engine.job import ScoringJob, score_batches
+from batch.model import signing
 from batch.model.loading import load_model
 from batch.model.repository import ModelRepository, resolve_model
 from batch.model.resolved import ResolvedModel, signature_path
@@ -292,6 +293,48 @@ def test_a_damaged_signature_file_is_refused(model: Path, signing_keys: KeyPair)
     signature_path(model).write_text('{"mediaType": "truncated')
     with pytest.raises(BadSignatureError, match="does not verify"):
         verify_model(_resolved(model), TrustPolicy.from_key_file(signing_keys.public))
+
+
+@pytest.mark.parametrize("case", TAMPERING)
+def test_the_check_runs_in_a_child_and_here_alike(
+    case: str,
+    model: Path,
+    signing_keys: KeyPair,
+    other_keys: KeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The library's check runs in a child Python (its import would hold the GIL for
+    about a second); where no child can run it (here: its Python is missing), this
+    process checks the files itself and refuses them the same way."""
+    trust = TrustPolicy.from_key_file(signing_keys.public)
+    assert verify_model(_resolved(model), trust).verified
+    TAMPERING[case][0](model, signing_keys, other_keys)
+    error = WrongKeyError if case == "another key" else SignatureMismatchError
+    with pytest.raises(error) as in_child:
+        verify_model(_resolved(model), trust)
+    monkeypatch.setattr(sys, "executable", str(model / "no-such-python"))
+    signing._CHECKING_CHILD.close()  # the next check would start a child: it cannot
+    with pytest.raises(error) as here:
+        verify_model(_resolved(model), trust)
+    assert str(here.value) == str(in_child.value)
+
+
+def test_the_library_is_not_imported_by_the_verifying_process(
+    model: Path, signing_keys: KeyPair
+) -> None:
+    code = (
+        "import sys; from pathlib import Path; "
+        "from batch.model.repository import ModelRepository, resolve_model; "
+        "from batch.model.signing import TrustPolicy, verify_model; "
+        f"trust = TrustPolicy.from_key_file({str(signing_keys.public)!r}); "
+        f"m = resolve_model({str(model)!r}, ModelRepository(Path({str(model.parent / 'repo')!r}))); "
+        "print(verify_model(m, trust).verified, "
+        "'model_signing' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True", "False"]
 
 
 def test_the_demo_makes_its_own_key_pair_once(

@@ -18,18 +18,23 @@ Where the signature lives: beside the signed directory, never inside it, as
 
 :func:`verify_once` is what the scorer calls before ``tf.saved_model.load`` in
 every process that loads a model; it verifies a model once per process and
-trust policy. This module imports neither TensorFlow nor any engine; the
-library itself is imported on first use (about 0.7 s).
+trust policy. This module imports neither TensorFlow nor any engine; the library's
+check runs in a child Python (its import takes about a second, which a job's
+imports of TensorFlow and Beam, running meanwhile, would otherwise wait for).
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -414,6 +419,118 @@ def _warn_unverified(where: str, why: str) -> None:
     )
 
 
+# The library's check, run by a child Python: importing ``model_signing`` takes about a
+# second of CPU with the GIL held (its ``verifying`` module imports every signer it
+# supports), which in this process would hold up TensorFlow's and Beam's imports, which
+# run meanwhile in threads. One child per process serves every check (a job checks the
+# model in its driver, then each private copy its worker loads), so the library is
+# imported once, on a core of its own; this process only waits. A request is one JSON
+# line (folder, signature, key file), the answer one JSON line: the outcome, or the
+# library's exception and message. The child ends when this process closes its stdin.
+_CHECKER = """
+import json, os, sys
+answers = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # whatever the library prints stays out of the answers
+try:
+    from model_signing import verifying
+except ImportError as exc:
+    print(json.dumps({"unavailable": str(exc)}), file=answers, flush=True)
+    sys.exit(0)
+for line in sys.stdin:
+    ask = json.loads(line)
+    try:
+        verifying.Config().use_elliptic_key_verifier(public_key=ask["key"]).verify(
+            ask["model"], ask["sig"]
+        )
+        answer = {"ok": True}
+    except Exception as exc:
+        answer = {"ok": False, "type": type(exc).__name__, "message": str(exc)}
+    print(json.dumps(answer), file=answers, flush=True)
+"""
+
+
+class _LibraryFailure(Exception):
+    """The library's refusal as the child reported it: its exception's type and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class _Checker:
+    """This process's checking child, started on first use (and again after a fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[str] | None = None
+        self._pid = 0
+        self._unavailable = False
+
+    def check(self, model_dir: Path, sig: Path, key_file: Path) -> tuple[bool, Exception | None]:
+        """(True, None) if the files verify, (True, the failure) if not, (False, None)
+        where no child could give a verdict (then the caller checks them itself)."""
+        ask = json.dumps({"model": str(model_dir), "sig": str(sig), "key": str(key_file)})
+        with self._lock:
+            if self._unavailable:
+                return False, None
+            try:
+                child = self._running()
+                assert child.stdin is not None and child.stdout is not None
+                child.stdin.write(ask + "\n")
+                child.stdin.flush()
+                verdict = json.loads(child.stdout.readline() or "{}")
+            except (OSError, ValueError) as exc:
+                log.debug("signature check in a child process failed (%s); checking here", exc)
+                self.close()
+                return False, None
+        if verdict.get("ok") is True:
+            return True, None
+        if verdict.get("ok") is False:
+            failure = _LibraryFailure(str(verdict.get("type")), str(verdict.get("message", "")))
+            return True, failure
+        log.debug("no signature check in a child process (%s); checking here", verdict)
+        with self._lock:
+            self._unavailable = "unavailable" in verdict
+            self.close()
+        return False, None
+
+    def _running(self) -> subprocess.Popen[str]:
+        if self._child is None or self._pid != os.getpid() or self._child.poll() is not None:
+            self._child = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CHECKER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            self._pid = os.getpid()
+        return self._child
+
+    def close(self) -> None:
+        """End the child (it exits when its stdin closes)."""
+        if self._child is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                if self._child.stdin is not None:
+                    self._child.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(timeout=5)
+        self._child = None
+
+
+_CHECKING_CHILD = _Checker()
+atexit.register(_CHECKING_CHILD.close)
+
+
+def _check_here(model_dir: Path, sig: Path, key_file: Path) -> Exception | None:
+    from model_signing import verifying
+
+    try:
+        verifying.Config().use_elliptic_key_verifier(public_key=key_file).verify(model_dir, sig)
+    except Exception as exc:  # the library raises ValueError, InvalidSignature, JSON errors
+        return exc
+    return None
+
+
 def _verify_with_library(
     where: str,
     model_dir: Path,
@@ -423,17 +540,16 @@ def _verify_with_library(
     sign_hint: str,
     sig_shown: Path | None = None,
 ) -> None:
-    from model_signing import verifying
-
     with tempfile.TemporaryDirectory(prefix="batchscore-pubkey-") as folder:
         key_file = Path(folder) / "public_key.pem"
         key_file.write_bytes(public_pem)
-        try:
-            verifying.Config().use_elliptic_key_verifier(public_key=key_file).verify(model_dir, sig)
-            return
-        except Exception as exc:  # the library raises ValueError, InvalidSignature, JSON errors
-            failure = exc
+        decided, failure = _CHECKING_CHILD.check(model_dir, sig, key_file)
+        if not decided:
+            failure = _check_here(model_dir, sig, key_file)
+    if failure is None:
+        return
     message = str(failure)
+    kind = failure.type_name if isinstance(failure, _LibraryFailure) else type(failure).__name__
     shown = sig_shown or sig
     if message.startswith("Signature mismatch"):
         changes = describe_changes(model_dir, sig) or _first_line(message)
@@ -449,7 +565,7 @@ def _verify_with_library(
         ) from failure
     raise BadSignatureError(
         f"{where}: the signature {shown} does not verify with the public key {source} "
-        f"({type(failure).__name__}: {_first_line(message) or 'invalid signature'}). Expected "
+        f"({kind}: {_first_line(message) or 'invalid signature'}). Expected "
         f"a model-signing bundle made by that key's pair; re-sign it with {sign_hint}"
     ) from failure
 

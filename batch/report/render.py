@@ -32,16 +32,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from batch.core.columns import CONSTANT_COLUMNS, MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.errors import CommitError, UsageError
@@ -57,6 +53,10 @@ from batch.output.commit import (
     SUCCESS,
 )
 from batch.output.manifest import read_manifest
+
+if TYPE_CHECKING:  # matplotlib and jinja2 load with the first report (~0.5 s)
+    import jinja2
+    from matplotlib.figure import Figure
 
 # Enough for a smooth histogram; a 20M-row run is read one column at a time and
 # only every k-th value is kept, so memory stays flat whatever the run's size.
@@ -307,6 +307,9 @@ class Plot:
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -384,6 +387,8 @@ def _latency_plot(latency: Mapping[str, Any]) -> Plot:
     )
     axes.set_title("Batches by latency", fontsize=9, loc="left")
     axes.set_ylabel("batches", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     _style_axes(axes)
     return _embed(figure, "histogram of batch latencies")
@@ -1094,6 +1099,8 @@ def template_environment() -> jinja2.Environment:
     """The templates in batch/report/templates, read through the package's loader (so they
     are found in a wheel or a zip as well as in a checkout). Every template is HTML, so
     every value is escaped unless a template marks it otherwise (none does)."""
+    import jinja2
+
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, "templates"),
         autoescape=True,
