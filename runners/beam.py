@@ -29,6 +29,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from runners import beam_import  # noqa: F401 (first: Beam without Pub/Sub's client, see there)
+
+# isort: split
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import (
