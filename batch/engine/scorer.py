@@ -17,7 +17,7 @@ from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
 from batch.core.errors import InputDataError
 from batch.engine.examples import serialize_examples
-from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, with_reasons
+from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, filter_rows, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
 from batch.model.signature import InputColumn, convert_column, sparse_inputs
 
@@ -306,11 +306,11 @@ class BatchScorer:
         if not bad.any():
             return [scored], []
         rejected = with_reasons(
-            batch.filter(pa.array(bad)),
+            filter_rows(batch, bad),
             NON_FINITE_PREDICTION,
             pa.array(messages[bad].tolist(), pa.string()),
         )
-        return [scored.filter(pa.array(~bad))], [rejected]
+        return [filter_rows(scored, ~bad)], [rejected]
 
     def feeds(self, batch: pa.RecordBatch) -> dict[str, Feed]:
         """What one model call on ``batch`` is fed (one entry per signature input)."""

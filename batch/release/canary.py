@@ -17,6 +17,7 @@ from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN
 from batch.core.errors import ModelError, UsageError
 from batch.engine.job import ScoringJob, model_manifest, model_signature
 from batch.engine.scorer import BatchScorer
+from batch.engine.validate import filter_rows
 from batch.model.loading import LoadedModel, load_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
@@ -122,8 +123,8 @@ class CanaryScorer:
         if mask.all():
             return self.canary.score_isolating(batch)
         to_canary = pa.array(mask)
-        scored, rejected = self.production.score_isolating(batch.filter(pc.invert(to_canary)))
-        canary_scored, canary_rejected = self.canary.score_isolating(batch.filter(to_canary))
+        scored, rejected = self.production.score_isolating(filter_rows(batch, pc.invert(to_canary)))
+        canary_scored, canary_rejected = self.canary.score_isolating(filter_rows(batch, to_canary))
         return scored + canary_scored, rejected + canary_rejected
 
 
