@@ -469,7 +469,13 @@ class _Checker:
     def check(self, model_dir: Path, sig: Path, key_file: Path) -> tuple[bool, Exception | None]:
         """(True, None) if the files verify, (True, the failure) if not, (False, None)
         where no child could give a verdict (then the caller checks them itself)."""
-        ask = json.dumps({"model": str(model_dir), "sig": str(sig), "key": str(key_file)})
+        # Absolute: the child keeps the folder it started in, this process may have moved.
+        ask = json.dumps(
+            {
+                k: os.path.abspath(p)
+                for k, p in (("model", model_dir), ("sig", sig), ("key", key_file))
+            }
+        )
         with self._lock:
             if self._unavailable:
                 return False, None
