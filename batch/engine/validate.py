@@ -387,11 +387,11 @@ def with_reasons(
     )
 
 
-def filter_rows(batch: pa.RecordBatch, keep: np.ndarray | pa.Array) -> pa.RecordBatch:
+def filter_rows(batch: pa.RecordBatch, keep: np.ndarray) -> pa.RecordBatch:
     """The rows of ``batch`` where ``keep`` (bool per row) is true: ``batch.filter(keep)``
     one column at a time, which in Arrow 25 costs about half of filtering the record batch
     whole (0.47 s against 0.87 s per 10M rows of the loans input, 19 columns)."""
-    mask = keep if isinstance(keep, pa.Array) else pa.array(keep)
+    mask = pa.array(keep)
     return pa.RecordBatch.from_arrays([c.filter(mask) for c in batch.columns], schema=batch.schema)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN
@@ -122,9 +121,8 @@ class CanaryScorer:
             return self.production.score_isolating(batch)
         if mask.all():
             return self.canary.score_isolating(batch)
-        to_canary = pa.array(mask)
-        scored, rejected = self.production.score_isolating(filter_rows(batch, pc.invert(to_canary)))
-        canary_scored, canary_rejected = self.canary.score_isolating(filter_rows(batch, to_canary))
+        scored, rejected = self.production.score_isolating(filter_rows(batch, ~mask))
+        canary_scored, canary_rejected = self.canary.score_isolating(filter_rows(batch, mask))
         return scored + canary_scored, rejected + canary_rejected
 
 
