@@ -628,6 +628,10 @@ def startup_table(ctx: Context, repeat: int) -> str:
     small = ensure_demo_data(ctx.workdir / "data-100", rows=100, days=1, files_per_day=1)
     commands = {
         "tf_import": ('bare python -c "import tensorflow"', [PY, "-c", "import tensorflow"]),
+        "tf_import_batchscore": (
+            "TensorFlow imported as batchscore does (batch.model.loading, no Keras)",
+            [PY, "-c", "from batch.model.loading import import_tensorflow; import_tensorflow()"],
+        ),
         "beam_import": ('bare python -c "import apache_beam"', [PY, "-c", "import apache_beam"]),
         "job_100": (
             "batchscore, Beam DirectRunner, a 100-row job (every check on)",

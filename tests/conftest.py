@@ -14,6 +14,8 @@ copies), but copy one before changing it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +139,41 @@ def score(
     from jobs.score import main
 
     return main(score_args(data, output, *options, model=model))
+
+
+_REPORT_MODULES = """
+import atexit, os, runpy, sys
+modules = sys.argv.pop(1)
+def report(*_):
+    with open(modules, "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+exit_now = os._exit
+os._exit = lambda code: (report(), exit_now(code))
+atexit.register(report)
+runpy.run_module("jobs.score", run_name="__main__", alter_sys=True)
+"""
+
+
+def score_in_a_new_process(
+    data: Path, output: Path, *options: str, model: Path | str | TrainedModel | None = None
+) -> tuple[int, str, set[str]]:
+    """Run ``jobs.score`` (arguments as ``score_args``) as a new process, as its users do:
+    its exit status, its stderr and the modules it had imported when it exited."""
+    modules = output.parent / f"{output.name}.modules"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _REPORT_MODULES,
+            str(modules),
+            *score_args(data, output, *options, model=model),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stderr, set(modules.read_text().split())
 
 
 @pytest.fixture(scope="session")

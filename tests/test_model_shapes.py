@@ -7,6 +7,7 @@ scored run must equal a direct call of the signature within 1e-6, every key once
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from batch.model.loading import import_tensorflow
 from batch.model.signature import CONVERSIONS, InputColumn, castable, column_problem
 from batch.output.commit import CommittedRun, list_committed_runs
-from tests.conftest import score
+from tests.conftest import score, score_in_a_new_process
 from tests.model_zoo import (
     build_keras3_model,
     build_predict_only_model,
@@ -121,11 +122,9 @@ def test_keras3_model_on_spark_takes_the_fixed_size_list_column(
     )
 
 
-def test_tf_keras_inputs_of_shape_1_with_int_and_string_and_a_two_value_output(
-    models: dict[str, Path], tmp_path: Path
-) -> None:
+def _tf_keras_table() -> pa.Table:
     rng = np.random.default_rng(2)
-    table = pa.table(
+    return pa.table(
         {
             "id": pa.array(np.arange(ROWS), pa.int64()),
             "x": pa.array(rng.normal(size=ROWS), pa.float32()),
@@ -133,6 +132,12 @@ def test_tf_keras_inputs_of_shape_1_with_int_and_string_and_a_two_value_output(
             "s": pa.array([f"v{'z' * (i % 7)}" for i in range(ROWS)], pa.string()),
         }
     )
+
+
+def test_tf_keras_inputs_of_shape_1_with_int_and_string_and_a_two_value_output(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    table = _tf_keras_table()
     data = _write(tmp_path / "in", table)
     assert score(data, tmp_path / "out", "--key_columns=id", model=models["tf_keras"]) == 0
     predictions = _scored(_only_run(tmp_path / "out"))
@@ -147,6 +152,32 @@ def test_tf_keras_inputs_of_shape_1_with_int_and_string_and_a_two_value_output(
     )["probs"]
     got = np.stack(predictions["probs"].to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "output"),
+    [("keras3", _keras3_table, "output_0"), ("tf_keras", _tf_keras_table, "probs")],
+)
+def test_a_job_process_scores_keras_exports_without_importing_keras(
+    models: dict[str, Path],
+    tmp_path: Path,
+    name: str,
+    table: Callable[[], pa.Table],
+    output: str,
+) -> None:
+    """A job's own process imports TensorFlow without Keras (batch.core.imports): the
+    Keras 3 ``model.export`` and tf-keras ``model.save`` SavedModels load and score as in
+    this test process, where Keras is loaded."""
+    data = _write(tmp_path / "in", table())
+    assert score(data, tmp_path / "here", "--key_columns=id", model=models[name]) == 0
+    rc, err, imported = score_in_a_new_process(
+        data, tmp_path / "new", "--key_columns=id", model=models[name]
+    )
+    assert rc == 0, err
+    assert not imported & {"keras", "tf_keras"}, "Keras was imported"
+    assert "tensorflow" in imported and "apache_beam" in imported
+    here = _scored(_only_run(tmp_path / "here"))[output].to_pylist()
+    assert _scored(_only_run(tmp_path / "new"))[output].to_pylist() == here
 
 
 class TestChosenSignature:

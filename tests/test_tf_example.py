@@ -23,7 +23,7 @@ from batch.engine.scorer import serialized_examples
 from batch.model.loading import ServingFunction, import_tensorflow
 from batch.model.signature import ExampleFeature, InputColumn, SignatureChoice
 from batch.output.commit import CommittedRun, list_committed_runs
-from tests.conftest import score
+from tests.conftest import score, score_in_a_new_process
 from tests.model_zoo import (
     REVIEWS_KEY,
     REVIEWS_LABEL,
@@ -95,6 +95,24 @@ def test_beam_scores_like_a_direct_call_on_tf_examples(reviews: Reviews, tmp_pat
         model=reviews.model,
     )
     assert rc == 0
+    _check_run(reviews, _only_run(tmp_path / "out"))
+
+
+def test_a_job_process_scores_the_tfx_export_without_importing_keras(
+    reviews: Reviews, tmp_path: Path
+) -> None:
+    """A job's own process imports TensorFlow without Keras (batch.core.imports); the
+    TFX-style export (tf-keras, compiled with its optimizer, a tf.Transform layer) loads
+    and scores like a direct call of its signature."""
+    rc, err, imported = score_in_a_new_process(
+        reviews.data,
+        tmp_path / "out",
+        f"--key_columns={REVIEWS_KEY}",
+        BUDGET,
+        model=reviews.model,
+    )
+    assert rc == 0, err
+    assert not imported & {"keras", "tf_keras"}, "Keras was imported"
     _check_run(reviews, _only_run(tmp_path / "out"))
 
 

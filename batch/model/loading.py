@@ -21,6 +21,7 @@ import numpy as np
 
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256
+from batch.core.imports import import_without
 from batch.model.examples import parsed_features
 from batch.model.remote import local_model
 from batch.model.resolved import ResolvedModel
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = DEFAULT_SIGNATURE
 
+KERAS_NOT_LOADED = "by batchscore while TensorFlow imports; tf.keras loads it on first use"
 _STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
 
 
@@ -53,7 +55,8 @@ def import_tensorflow() -> Any:
 
     TensorFlow 2.21 prints CUDA and oneDNN notices through absl before
     TF_CPP_MIN_LOG_LEVEL is read, straight to file descriptor 2. They are caught
-    here; anything else it prints is passed on.
+    here; anything else it prints is passed on. Keras is left out of the import
+    (batch.core.imports); ``tf.keras`` or ``import keras`` loads it when used.
     """
     with _TF_IMPORT:  # a module in sys.modules may still be importing in another thread
         if _TF_IMPORTED:
@@ -66,8 +69,9 @@ def import_tensorflow() -> Any:
             os.dup2(capture.fileno(), 2)
             _HELD_STDERR.append((saved, capture))
         try:
-            import tensorflow as tf
-
+            # Keras, which TensorFlow imports eagerly, is not needed to load or call a
+            # SavedModel (Keras 3, tf-keras and TFX exports alike): about 1 s of GIL time.
+            tf = import_without("tensorflow", ("keras", "tf_keras"), KERAS_NOT_LOADED)
             tf.config.list_physical_devices()
         finally:
             release_stderr()
