@@ -69,8 +69,9 @@ def import_tensorflow() -> Any:
             os.dup2(capture.fileno(), 2)
             _HELD_STDERR.append((saved, capture))
         try:
-            # Keras, which TensorFlow imports eagerly, is not needed to load or call a
-            # SavedModel (Keras 3, tf-keras and TFX exports alike): about 1 s of GIL time.
+            # Keras, which TensorFlow imports eagerly (about 1 s of GIL time), is not
+            # needed: the session loader below, TF Serving's, revives no Python objects,
+            # so Keras 3, tf-keras and TFX exports load and run alike without it.
             tf = import_without("tensorflow", ("keras", "tf_keras"), KERAS_NOT_LOADED)
             tf.config.list_physical_devices()
         finally:
