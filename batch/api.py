@@ -48,6 +48,7 @@ from batch.engine.job import (
     model_signature,
     run_scoring,
 )
+from batch.engine.local import InProcessRunner
 from batch.engine.prepare import (
     OnBadFile,
     check_local_path,
@@ -145,11 +146,15 @@ class ScoreRequest:
     on_outcome: Callable[[RunOutcome], None] | None = None
     # Told the model once it is resolved (before anything can fail because of it).
     on_model: Callable[[ResolvedModel], None] | None = None
-    # Told the model once the run will score (not up to date, checks passed so far): the
+    # An input of at most this many rows is scored in this process, without ``runner``
+    # (batch.engine.local: an engine's start is most of a small job's time); 0: never.
+    in_process_rows: int = 0
+    # Told the model once the run will score (not up to date, checks passed so far), and
+    # whether it scores in this process (in_process_rows) rather than on ``runner``: the
     # caller may start the imports and the model load the run needs (jobs.score does,
     # in the background), so that a no-op rerun imports neither TensorFlow nor Beam. The
     # model's signature is verified next, while those imports run.
-    on_scoring: Callable[[ResolvedModel], None] | None = None
+    on_scoring: Callable[[ResolvedModel, bool], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -275,8 +280,11 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 model=model.label,
             ),
         )
+    input_rows = sum(f.num_rows for f in files)
+    in_process = request.in_process_rows > 0 and input_rows <= request.in_process_rows
+    in_process = in_process and not request.dry_run
     if request.on_scoring is not None:
-        request.on_scoring(model)
+        request.on_scoring(model, in_process)
     verify_once(model, trust)
     try:
         summary = run_scoring(
@@ -307,7 +315,9 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 progress=request.progress,
                 progress_every_s=request.progress_every_s,
             ),
-            request.runner(),
+            InProcessRunner(input_rows, request.in_process_rows)
+            if in_process
+            else request.runner(),
             on_outcome=request.on_outcome,
         )
     except DryRunComplete as done:

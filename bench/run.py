@@ -634,8 +634,13 @@ def startup_table(ctx: Context, repeat: int) -> str:
         ),
         "beam_import": ('bare python -c "import apache_beam"', [PY, "-c", "import apache_beam"]),
         "job_100": (
-            "batchscore, Beam DirectRunner, a 100-row job (every check on)",
+            "batchscore, --runner=DirectRunner, a 100-row job (every check on; scored in "
+            "process, Beam not started)",
             _score(ctx, "--runner=DirectRunner", data=small),
+        ),
+        "job_100_beam": (
+            "the same job on Beam (--in_process_rows=0)",
+            _score(ctx, "--runner=DirectRunner", "--in_process_rows=0", data=small),
         ),
     }
     by_key = {m.key: m for m in measure_all(100, commands, repeat)}

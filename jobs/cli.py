@@ -69,6 +69,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
+    return value
+
+
 def row_count(text: str) -> int:
     """A positive number of rows, at most MAX_BATCH_ROWS."""
     value = positive_int(text)

@@ -21,6 +21,7 @@ from batch.api import score as api_score
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
 from batch.demo.data import input_or_demo
+from batch.engine.inputs import DEFAULT_SPLIT_ROWS
 from batch.engine.job import RunSummary
 from batch.engine.prepare import trust_policy
 from batch.model.loading import preload_model, quiet_tensorflow
@@ -32,18 +33,31 @@ from jobs.cli import (
     apply_storage_options,
     build_score_parser,
     exit_process,
+    non_negative_int,
     preload_module,
     run_main,
     score_request,
     setup_logging,
 )
-from runners import is_dry_run, make_runner
+from runners import in_process_limit, is_dry_run, make_runner
 
 PROG = "python -m jobs.score"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return build_score_parser(PROG)
+    parser = build_score_parser(PROG)
+    parser.add_argument(
+        "--in_process_rows",
+        type=non_negative_int,
+        default=DEFAULT_SPLIT_ROWS,
+        metavar="ROWS",
+        help="With --runner=DirectRunner and no other Beam option: an input of at most this "
+        "many rows is scored in this process without starting Beam, whose import and "
+        "pipeline are most of a small job's time (about 1 s); the run, its checks and its "
+        "outputs are the same, and the manifest's runner says in-process. 0: always start "
+        "Beam. Default: %(default)s (one split's worth).",
+    )
+    return parser
 
 
 def write_flex_template_metadata(path: Path | None = None) -> None:
@@ -191,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_spec=args.input,
     )
 
-    def on_scoring(model: ResolvedModel) -> None:
+    def on_scoring(model: ResolvedModel, in_process: bool) -> None:
         # The arguments, the input's footers, the output folder and the up-to-date check
         # are done (a no-op rerun imports neither TensorFlow nor Beam): the imports
         # (seconds) overlap what follows (the model's signature check, input checks,
-        # planning).
-        if args.runner != "PySparkRunner" and not is_dry_run(pipeline_args):
+        # planning). A job scored in this process imports no Beam at all.
+        if not in_process and args.runner != "PySparkRunner" and not is_dry_run(pipeline_args):
             preload_module("runners.beam")
-        if scores_in_this_process(args.runner, pipeline_args):
+        if in_process or scores_in_this_process(args.runner, pipeline_args):
             # TensorFlow imported and the model verified and loaded in the background:
             # the worker (this process) then finds it loaded.
             trust = trust_policy(args.public_key, args.allow_unsigned)
@@ -223,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_outcome=exporter.report,
             on_model=exporter.set_model,
             on_scoring=on_scoring,
+            in_process_rows=in_process_limit(
+                args.runner,
+                pipeline_args,
+                args.in_process_rows,
+                args.spark_master,
+                args.spark_conf or (),
+            ),
         )
         outcome = api_score(request)
         if outcome.status == "dry_run":

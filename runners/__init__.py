@@ -22,6 +22,23 @@ def is_dry_run(pipeline_args: Sequence[str]) -> bool:
     return bool(known.dry_run)
 
 
+def in_process_limit(
+    runner: str,
+    pipeline_args: Sequence[str],
+    rows: int,
+    spark_master: str | None = None,
+    spark_conf: Sequence[str] = (),
+) -> int:
+    """The most input rows a job on ``runner`` scores in this process without starting the
+    engine (batch.api.ScoreRequest.in_process_rows): ``rows`` on the DirectRunner without
+    other options for an engine, since it runs a job's splits in this process one after
+    another just as batch.engine.local does; else 0. A Beam option given (workers, running
+    mode, experiments) is Beam's to honour, Spark's options are refused by
+    :func:`make_runner`, and every other runner scores elsewhere."""
+    engine_options = bool(pipeline_args) or spark_master is not None or bool(spark_conf)
+    return rows if runner == "DirectRunner" and not engine_options else 0
+
+
 def make_runner(
     runner: str,
     pipeline_args: Sequence[str],

@@ -428,6 +428,7 @@ NOT_TEMPLATE_PARAMETERS = {
     "runner": "the launcher always submits to Dataflow (--runner=DataflowRunner)",
     "spark_master": "PySparkRunner only",
     "spark_conf": "PySparkRunner only",
+    "in_process_rows": "DirectRunner only",
 }
 # Parameters whose --help names the demo's local defaults, which do not apply on Dataflow:
 # their text in the template, and whether they may be left out.

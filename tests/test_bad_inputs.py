@@ -177,14 +177,19 @@ class TestCorruptFiles:
         assert self.REASONS[kind] in skipped["reason"]
 
 
+@pytest.mark.parametrize("engine", [(), ("--in_process_rows=0",)], ids=["in_process", "beam"])
 def test_a_damaged_data_page_fails_naming_the_file(
-    plain_model: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    plain_model: Path,
+    data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    engine: tuple[str, ...],
 ) -> None:
     victim = data / "part-000.parquet"
     damaged = bytearray(victim.read_bytes())
     damaged[4:40] = b"\xff" * 36  # the first page header; the footer stays intact
     victim.write_bytes(bytes(damaged))
-    rc = score(data, tmp_path / "out", "--key_columns=id", model=plain_model)
+    rc = score(data, tmp_path / "out", "--key_columns=id", *engine, model=plain_model)
     err = capsys.readouterr().err
     assert rc == 2
     assert f"{victim}: row groups [0, 1, 2, 3] cannot be read as Parquet" in err

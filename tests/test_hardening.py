@@ -368,7 +368,12 @@ def test_unsigned_scoring_fields_of_a_signed_version_are_ignored(
 
 
 @pytest.mark.parametrize(
-    "runner", [("--runner=DirectRunner",), ("--runner=PySparkRunner", "--spark_master=local[2]")]
+    "runner",
+    [
+        ("--runner=DirectRunner",),  # in this process (batch.engine.local)
+        ("--runner=DirectRunner", "--in_process_rows=0"),  # on Beam
+        ("--runner=PySparkRunner", "--spark_master=local[2]"),
+    ],
 )
 def test_a_damaged_data_page_under_skip_skips_the_whole_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, plain_model: Path, runner: tuple[str, ...]
