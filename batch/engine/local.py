@@ -5,9 +5,8 @@ and, on Beam, Beam's own import and pipeline (about 1 s on a 2-core machine). Be
 DirectRunner, in memory, runs a job's splits one after another in this process with
 :func:`batch.engine.job.score_split`; :class:`InProcessRunner` runs the same function on
 the same splits without Beam, so the run's parts, checks, manifest and commit are those
-of the engine's run. Only the engine's own machinery is left out: its options, its
-metrics (the manifest's counts come from the parts' stats files either way) and its
-retries.
+of the engine's run. Only the engine's own machinery is left out: its options and its
+live metrics (the manifest's counts come from the parts' stats files either way).
 
 :func:`batch.api.score` picks it for an input of at most ``in_process_rows`` rows
 (``python -m jobs.score --in_process_rows``, for the DirectRunner without other Beam
