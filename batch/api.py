@@ -281,8 +281,8 @@ def score(request: ScoreRequest) -> ScoreOutcome:
             ),
         )
     input_rows = sum(f.num_rows for f in files)
-    in_process = request.in_process_rows > 0 and input_rows <= request.in_process_rows
-    in_process = in_process and not request.dry_run
+    limit = request.in_process_rows
+    in_process = not request.dry_run and limit > 0 and input_rows <= limit
     if request.on_scoring is not None:
         request.on_scoring(model, in_process)
     verify_once(model, trust)

@@ -59,24 +59,22 @@ def text_table(
 
 
 # Argument types shared by the command lines: the message says what was expected and found.
-def positive_int(text: str) -> int:
+def _integer_from(text: str, lowest: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, found '{text}'") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer_from(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
-    return value
+    return _integer_from(text, 0, "an integer >= 0")
 
 
 def row_count(text: str) -> int:
