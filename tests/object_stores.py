@@ -156,3 +156,80 @@ def upload_tree(local: Path, uri: str) -> None:
         storage.write_bytes(
             storage.join(uri, path.relative_to(local).as_posix()), path.read_bytes()
         )
+
+
+# Headers that belong to one hop and are not forwarded by the proxy.
+_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
+)
+
+
+@dataclass
+class CountingProxy:
+    """What :func:`counting_proxy` saw: one ``"METHOD /path"`` per request, in order."""
+
+    endpoint: str
+    requests: list[str]
+
+
+@contextmanager
+def counting_proxy(target: str, delay_s: float = 0.0) -> Iterator[CountingProxy]:
+    """An HTTP server on 127.0.0.1 that forwards every request to ``target`` (one of the
+    servers above) and records it, each after ``delay_s`` (a store's round trip). Runs
+    in a thread of the test process, stopped at the end of the block."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    upstream = urlparse(target)
+    seen = CountingProxy("", [])
+    lock = threading.Lock()
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            with lock:
+                seen.requests.append(f"{self.command} {self.path}")
+            time.sleep(delay_s)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+            connection = http.client.HTTPConnection(
+                upstream.hostname or "127.0.0.1", upstream.port, timeout=60
+            )
+            try:
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+            finally:
+                connection.close()
+            self.send_response(response.status, response.reason)
+            for key, value in response.getheaders():
+                if key.lower() not in _HOP_HEADERS and key.lower() != "content-length":
+                    self.send_header(key, value)
+            length_header = response.getheader("Content-Length")
+            if self.command == "HEAD" and length_header is not None:
+                self.send_header("Content-Length", length_header)
+            else:
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    seen.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="counting-proxy", daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -21,6 +21,7 @@ import pytest
 from batch.core import storage
 from batch.core.faults import ATTEMPT_WRITTEN, FAULT_ENV, FAULT_ONCE_ENV, OBJECT_POINTS
 from batch.demo.paths import ensure_signing_key
+from batch.engine.inputs import FOOTER_READ_BYTES, inspect_inputs, scan_inputs
 from batch.model.remote import CACHE_ENV
 from batch.model.repository import ModelRepository
 from batch.output.commit import LATEST, SUCCESS, list_committed_runs, verify_run
@@ -34,7 +35,14 @@ from batch.output.objstore import (
 )
 from jobs.score import main as score_main
 from tests.conftest import PlainModels
-from tests.object_stores import ObjectStores, make_bucket, moto_server, object_stores, upload_tree
+from tests.object_stores import (
+    ObjectStores,
+    counting_proxy,
+    make_bucket,
+    moto_server,
+    object_stores,
+    upload_tree,
+)
 from tests.plain_model import write_plain_data
 from tests.signing_keys import KeyPair
 
@@ -392,6 +400,59 @@ def test_permission_denied_fails_in_one_line_naming_the_uri(
             err = capsys.readouterr().err.strip().splitlines()
             assert rc == 2 and len(err) == 1, err
             assert uri in err[0] and "permission denied" in err[0], err[0]
+
+
+# Requests per file when planning: S3 answers a suffix-range GET with the bytes, the size,
+# the ETag and the time; GCS needs the object's metadata, then the range.
+REQUESTS_PER_FOOTER = {"s3": 1, "gs": 2}
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_planning_reads_each_footer_in_one_request_on_s3_and_two_on_gcs(
+    scheme: str, stores: ObjectStores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's footer reads, counted by a proxy in front of the store: per file one
+    request on S3 and two on GCS (twice that for a footer longer than the first read),
+    where pyarrow's open and the version's lookup took four; and the facts read are
+    those the workers check (size and time as storage.info, version as version_token)."""
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    narrow.mkdir()
+    wide.mkdir()
+    for i in range(12):
+        pq.write_table(pa.table({"id": [i] * 10, "x": [0.5] * 10}), narrow / f"p{i:02d}.parquet")
+    for i in range(2):
+        columns = {f"c{c:03d}": [float(c)] * 4 for c in range(700)}
+        pq.write_table(pa.table(columns), wide / f"w{i}.parquet", row_group_size=2)
+    bucket = f"{scheme}://batchscore-footers-{scheme}"
+    make_bucket(bucket)
+    upload_tree(tmp_path, bucket)
+    variable = "AWS_ENDPOINT_URL" if scheme == "s3" else "STORAGE_EMULATOR_HOST"
+    endpoint = stores.s3_endpoint if scheme == "s3" else stores.gcs_endpoint
+    per_file = REQUESTS_PER_FOOTER[scheme]
+    with counting_proxy(endpoint) as proxy:
+        monkeypatch.setenv(variable, proxy.endpoint)
+        for folder, files, reads in (("narrow", 12, 1), ("wide", 2, 2)):
+            local = sorted((tmp_path / folder).glob("*.parquet"))
+            assert (local[0].stat().st_size > FOOTER_READ_BYTES) == (reads == 2)
+            uris = scan_inputs(f"{bucket}/{folder}").uris
+            proxy.requests.clear()
+            found, bad = inspect_inputs(uris)
+            assert bad == [] and len(found) == files
+            per_object = [r for r in proxy.requests if folder in r]
+            assert len(per_object) == files * reads * per_file, proxy.requests
+            # Beside them at most one lookup of the bucket (pyarrow's GCS filesystem, once).
+            assert len(proxy.requests) - len(per_object) <= 1, proxy.requests
+            for path, file in zip(local, found, strict=True):
+                expected = pq.read_metadata(path)
+                assert file.num_rows == expected.num_rows
+                assert len(file.row_group_rows) == expected.num_row_groups
+                state = storage.info(file.path)
+                assert state is not None and (file.size, file.mtime_ns) == (
+                    state.size,
+                    state.mtime_ns,
+                )
+                assert file.size == path.stat().st_size
+                assert file.version == storage.version_token(file.path) != ""
 
 
 @pytest.mark.slow
