@@ -166,32 +166,54 @@ _HOP_HEADERS = frozenset(
 
 @dataclass
 class CountingProxy:
-    """What :func:`counting_proxy` saw: one ``"METHOD /path"`` per request, in order."""
+    """A running :func:`counting_proxy`: its endpoint, and the requests it forwarded."""
 
     endpoint: str
-    requests: list[str]
+    log: Path
+    _seen: int = 0
+
+    def requests(self) -> list[str]:
+        """``"METHOD /path"`` of each request forwarded since :meth:`mark` (in order)."""
+        return self.log.read_text().splitlines()[self._seen :]
+
+    def mark(self) -> None:
+        self._seen = len(self.log.read_text().splitlines())
 
 
 @contextmanager
-def counting_proxy(target: str, delay_s: float = 0.0) -> Iterator[CountingProxy]:
-    """An HTTP server on 127.0.0.1 that forwards every request to ``target`` (one of the
-    servers above) and records it, each after ``delay_s`` (a store's round trip). Runs
-    in a thread of the test process, stopped at the end of the block."""
+def counting_proxy(target: str, folder: Path, delay_s: float = 0.0) -> Iterator[CountingProxy]:
+    """An HTTP proxy process on 127.0.0.1 that forwards every request to ``target`` (one
+    of the servers above) after ``delay_s`` (a store's round trip) and logs it; stopped
+    by its PID. A process of its own: pyarrow holds the GIL while it waits for some
+    responses, which would stall a proxy thread of the test process."""
+    port = free_port()
+    log = folder / f"proxy-{port}.log"
+    log.write_text("")
+    command = [sys.executable, "-m", "tests.object_stores", target, str(port), str(delay_s)]
+    process = _start([*command, str(log)], folder / f"proxy-{port}.out")
+    try:
+        _wait_listening(port, process, folder / f"proxy-{port}.out")
+        yield CountingProxy(f"http://127.0.0.1:{port}", log)
+    finally:
+        _stop(process)
+
+
+def _serve_proxy(target: str, port: int, delay_s: float, log_path: Path) -> None:
     import http.client
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import urlparse
 
     upstream = urlparse(target)
-    seen = CountingProxy("", [])
     lock = threading.Lock()
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the server's life)
 
     class Forward(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _forward(self) -> None:
             with lock:
-                seen.requests.append(f"{self.command} {self.path}")
+                log.write(f"{self.command} {self.path}\n")
             time.sleep(delay_s)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
@@ -223,13 +245,9 @@ def counting_proxy(target: str, delay_s: float = 0.0) -> Iterator[CountingProxy]
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    seen.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="counting-proxy", daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    ThreadingHTTPServer(("127.0.0.1", port), Forward).serve_forever()
+
+
+if __name__ == "__main__":
+    # python -m tests.object_stores TARGET PORT DELAY_S LOG: the proxy of counting_proxy.
+    _serve_proxy(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4]))

@@ -415,8 +415,9 @@ def test_planning_reads_each_footer_in_one_request_on_s3_and_two_on_gcs(
     request on S3 and two on GCS (twice that for a footer longer than the first read),
     where pyarrow's open and the version's lookup took four; and the facts read are
     those the workers check (size and time as storage.info, version as version_token)."""
-    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
-    narrow.mkdir()
+    data = tmp_path / "data"
+    narrow, wide = data / "narrow", data / "wide"
+    narrow.mkdir(parents=True)
     wide.mkdir()
     for i in range(12):
         pq.write_table(pa.table({"id": [i] * 10, "x": [0.5] * 10}), narrow / f"p{i:02d}.parquet")
@@ -425,23 +426,24 @@ def test_planning_reads_each_footer_in_one_request_on_s3_and_two_on_gcs(
         pq.write_table(pa.table(columns), wide / f"w{i}.parquet", row_group_size=2)
     bucket = f"{scheme}://batchscore-footers-{scheme}"
     make_bucket(bucket)
-    upload_tree(tmp_path, bucket)
+    upload_tree(data, bucket)
     variable = "AWS_ENDPOINT_URL" if scheme == "s3" else "STORAGE_EMULATOR_HOST"
     endpoint = stores.s3_endpoint if scheme == "s3" else stores.gcs_endpoint
     per_file = REQUESTS_PER_FOOTER[scheme]
-    with counting_proxy(endpoint) as proxy:
+    with counting_proxy(endpoint, tmp_path) as proxy:
         monkeypatch.setenv(variable, proxy.endpoint)
         for folder, files, reads in (("narrow", 12, 1), ("wide", 2, 2)):
-            local = sorted((tmp_path / folder).glob("*.parquet"))
+            local = sorted((data / folder).glob("*.parquet"))
             assert (local[0].stat().st_size > FOOTER_READ_BYTES) == (reads == 2)
             uris = scan_inputs(f"{bucket}/{folder}").uris
-            proxy.requests.clear()
+            proxy.mark()
             found, bad = inspect_inputs(uris)
+            requests = proxy.requests()
             assert bad == [] and len(found) == files
-            per_object = [r for r in proxy.requests if folder in r]
-            assert len(per_object) == files * reads * per_file, proxy.requests
+            per_object = [r for r in requests if folder in r]
+            assert len(per_object) == files * reads * per_file, requests
             # Beside them at most one lookup of the bucket (pyarrow's GCS filesystem, once).
-            assert len(proxy.requests) - len(per_object) <= 1, proxy.requests
+            assert len(requests) - len(per_object) <= 1, requests
             for path, file in zip(local, found, strict=True):
                 expected = pq.read_metadata(path)
                 assert file.num_rows == expected.num_rows
