@@ -1,8 +1,9 @@
 """One filesystem layer for local paths and object-store URIs (``gs://``, ``s3://``).
 
 Everything batchscore reads or writes in a bucket goes through here: listing, file
-information, Parquet footers and row groups (pyarrow reads them through the
-:class:`pyarrow.fs.FileSystem` this module returns), part writes, small JSON objects,
+information, the driver's footer reads (:func:`read_tail`, one or two requests a file),
+row groups (pyarrow reads them through the :class:`pyarrow.fs.FileSystem` this module
+returns), part writes, small JSON objects,
 and the one operation pyarrow cannot do: a conditional write (:func:`put_if`), which
 the run pointer of the object-store commit protocol needs (docs/commit-protocol.md).
 
