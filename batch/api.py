@@ -315,9 +315,7 @@ def score(request: ScoreRequest) -> ScoreOutcome:
                 progress=request.progress,
                 progress_every_s=request.progress_every_s,
             ),
-            InProcessRunner(input_rows, request.in_process_rows)
-            if in_process
-            else request.runner(),
+            InProcessRunner(input_rows, limit) if in_process else request.runner(),
             on_outcome=request.on_outcome,
         )
     except DryRunComplete as done:

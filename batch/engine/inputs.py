@@ -329,23 +329,21 @@ def open_parquet(path: Path | str) -> pq.ParquetFile:
 def read_input_file(path: Path | str) -> InputFile:
     """Footer facts of one file; a file that is not readable Parquet fails naming it. An
     object in a bucket costs one request on S3 and two on GCS (:func:`_object_footer`)."""
+    local = not storage.is_uri(path)
+    size, mtime_ns = _file_state(path) if local else (0, 0)
     version = ""
-    if storage.is_uri(path):
-        try:
-            metadata, tail = _object_footer(str(path))
-        except (OSError, pa.ArrowException) as exc:
-            raise _not_parquet(path, exc) from exc
-        size, mtime_ns, version = tail.size, tail.mtime_ns, tail.version
-    else:
-        size, mtime_ns = _file_state(path)
-        try:
-            metadata = open_parquet(path).metadata
-        except (OSError, pa.ArrowException) as exc:
-            raise _not_parquet(path, exc) from exc
     try:
+        if local:
+            metadata = open_parquet(path).metadata
+        else:
+            metadata, tail = _object_footer(str(path))
+            size, mtime_ns, version = tail.size, tail.mtime_ns, tail.version
         schema = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
-        raise _not_parquet(path, exc) from exc
+        raise InputDataError(
+            f"{path}: expected a Parquet file, but it cannot be read as one ({exc}). "
+            "Remove or replace the file"
+        ) from exc
     return InputFile(
         path=str(path),
         size=size,
@@ -358,13 +356,6 @@ def read_input_file(path: Path | str) -> InputFile:
         null_counts=footer_null_counts(metadata),
         row_group_bytes=_row_group_bytes(metadata, schema),
         version=version,
-    )
-
-
-def _not_parquet(path: Path | str, exc: BaseException) -> InputDataError:
-    return InputDataError(
-        f"{path}: expected a Parquet file, but it cannot be read as one ({exc}). "
-        "Remove or replace the file"
     )
 
 
