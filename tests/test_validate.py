@@ -253,3 +253,55 @@ def test_large_batches_give_the_per_row_reasons() -> None:
     wanted = {row["id"]: expected(row) for row in rows}
     assert got == {i: reason for i, reason in wanted.items() if reason is not None}
     assert result.valid.column("id").to_pylist() == [i for i, r in wanted.items() if r is None]
+
+
+# -- the character-class fast path gives the regex's answer ---------------------------------
+
+PATTERNS = (r"^[\w\-\s]+$", r"^[A-Z0-9]*$", r"^[^;]+$", r"^[a-z.]+$", r"^\w+$", r"^[\w]+-\d$")
+CHARACTERS = "aZ09_- \t\n\x0b;.é€\x00"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.text(CHARACTERS, max_size=5)), max_size=40),
+    pattern=st.sampled_from(PATTERNS),
+    large=st.booleans(),
+    start=st.integers(0, 5),
+    nulls=st.sampled_from([0, 400]),
+)
+def test_a_pattern_check_rejects_what_the_regex_rejects(
+    values: list[str | None], pattern: str, large: bool, start: int, nulls: int
+) -> None:
+    """Whatever the values (empty, null, non-ASCII, in a sliced or large_string column)
+    and whether or not the pattern is a bare character class, the rows rejected for
+    bad_characters are the regex's non-matches. (``nulls`` pads the column so that a few
+    suspect rows are checked alone.)"""
+    padded = [None] * nulls + values
+    column = pa.array(padded, pa.large_string() if large else pa.string()).slice(start)
+    batch = pa.RecordBatch.from_arrays([column], names=["code"])
+    rule = ColumnRule("code", "string", required=False, pattern=pattern)
+    result = RowValidator({}, (rule,)).partition(batch)
+    wanted = [
+        v
+        for v in column.to_pylist()
+        if v is not None and not pa.compute.match_substring_regex(pa.array([v]), pattern)[0].as_py()
+    ]
+    assert result.rejected.column("code").to_pylist() == wanted
+    assert set(result.rejected.column(REASON_COLUMN).to_pylist()) <= {"bad_characters"}
+
+
+def test_the_regex_runs_only_on_the_suspect_rows() -> None:
+    """The fast paths are taken where they may be, and only there."""
+    from batch.engine.validate import _suspects, _utf8_ok
+
+    codes = pa.array(["PL-GOLD 07", None, "AUTO_1"] * 1000 + ["a;b", "", "é", "x"])
+    assert _suspects(codes, r"^[\w\-\s]+$").tolist() == [3000, 3001, 3002]
+    assert _suspects(codes, r"^[\w\-\s]*$").tolist() == [3000, 3002]  # empty matches '*'
+    assert _suspects(codes.slice(2000), r"^[\w\-\s]+$").tolist() == [1000, 1001, 1002]
+    assert _suspects(codes, r"^[A-Z]+$") is None  # suspects everywhere: the regex, every row
+    assert _suspects(codes, r"^[\w\-\s]+-\d$") is None  # not a bare class: the regex
+    # Bytes that are not UTF-8 outside a slice do not count; inside, they do.
+    raw = pa.array([b"ok", b"\xff", b"fine"], pa.binary()).view(pa.string())
+    assert _utf8_ok(raw.slice(2)) and _utf8_ok(raw.slice(0, 1))
+    assert not _utf8_ok(raw.slice(1, 1))
+    assert _utf8_ok(pa.array(["é€", None]))  # not ASCII, valid: Arrow's check says so
