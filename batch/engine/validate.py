@@ -124,7 +124,6 @@ class _CharacterClass:
     """What a pattern of the form ``^[...]+$`` or ``^[...]*$`` allows, as byte tables."""
 
     allowed: bytes  # the ASCII characters the class allows
-    flags: bytes  # a bytes.translate table: 0 for an allowed byte, 1 for any other
     empty_matches: bool  # '*'
 
 
@@ -139,8 +138,7 @@ def _character_class(pattern: str) -> _CharacterClass | None:
     characters = pa.array([chr(code) for code in range(0x80)], pa.string())
     matched = pc.match_substring_regex(characters, f"^{found.group(1)}$").to_pylist()
     allowed = bytes(code for code, ok in enumerate(matched) if ok)
-    flags = bytes(0 if code in allowed else 1 for code in range(256))
-    return _CharacterClass(allowed, flags, found.group(2) == "*")
+    return _CharacterClass(allowed, found.group(2) == "*")
 
 
 def _suspects(column: pa.Array, pattern: str) -> np.ndarray | None:
@@ -156,13 +154,17 @@ def _suspects(column: pa.Array, pattern: str) -> np.ndarray | None:
     offsets, data = _text_bytes(column)
     raw = bytes(data)
     rows = np.zeros(0, np.int64)
-    if raw.translate(None, found.allowed):
-        flags = raw.translate(found.flags)
-        if flags.count(1) > len(column) // _SUSPECT_SHARE:
+    outside = raw.translate(None, found.allowed)  # the bytes the class does not allow
+    if outside:
+        distinct = set(outside)
+        if len(outside) > len(column) // _SUSPECT_SHARE or len(distinct) > _SUSPECT_BYTES:
             return None
-        where = [flags.find(1)]
-        while (at := flags.find(1, where[-1] + 1)) >= 0:
-            where.append(at)
+        where = []
+        for byte in distinct:  # each found by memchr, one pass over the bytes
+            at = raw.find(byte)
+            while at >= 0:
+                where.append(at)
+                at = raw.find(byte, at + 1)
         rows = np.unique(np.searchsorted(offsets, np.add(where, offsets[0]), side="right") - 1)
     if not found.empty_matches:
         empty = np.diff(offsets) == 0
@@ -173,8 +175,10 @@ def _suspects(column: pa.Array, pattern: str) -> np.ndarray | None:
     return rows
 
 
-# Above one suspect byte in this many rows, the regex runs on every row instead.
+# Above one suspect byte in this many rows, or more distinct suspect bytes than this, the
+# regex runs on every row instead.
 _SUSPECT_SHARE = 16
+_SUSPECT_BYTES = 8
 
 
 def _mismatches(column: pa.Array, pattern: str) -> np.ndarray:
