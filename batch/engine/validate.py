@@ -121,7 +121,7 @@ _CHARACTER_CLASS = re.compile(r"\^(\[(?:\\.|[^\\\]])+\])([+*])\$")
 
 @dataclass(frozen=True)
 class _CharacterClass:
-    """What a pattern of the form ``^[...]+$`` or ``^[...]*$`` allows, as byte tables."""
+    """What a pattern of the form ``^[...]+$`` or ``^[...]*$`` allows."""
 
     allowed: bytes  # the ASCII characters the class allows
     empty_matches: bool  # '*'
