@@ -29,7 +29,7 @@ from batch.contract.contract import load_contract
 from batch.demo import paths as demo_paths
 from batch.demo.data import ensure_demo_data
 from batch.engine.inputs import DEFAULT_BATCH_SIZE
-from batch.engine.validate import RowValidator, _invalid_utf8
+from batch.engine.validate import INVALID_UTF8, RowValidator, _invalid_utf8
 from batch.model.repository import ModelRepository
 from batch.observe.drift import Baseline, count_features
 
@@ -45,22 +45,13 @@ def _timed(seconds: dict[str, float], key: str, call: Callable[[], object]) -> N
 def one_pass(
     batches: Sequence[pa.RecordBatch], validator: RowValidator, baseline: Baseline | None
 ) -> dict[str, float]:
-    """Thread CPU seconds of each check over ``batches``."""
+    """Thread CPU seconds of each check over ``batches``, by the reason it finds."""
     seconds: dict[str, float] = defaultdict(float)
-    present = set(batches[0].schema.names)
-    rules = {r.name: r for r in validator.rules if r.name in present}
-    names = list(dict.fromkeys([*validator.input_types, *rules]))
-    checks = {
-        "nulls": validator._nulls,
-        "not finite": validator._not_finite,
-        "ranges": validator._range,
-        "categories": validator._categories,
-        "patterns": validator._pattern,
-    }
     for batch in batches:
         for column, name in zip(batch.columns, batch.schema.names, strict=True):
-            _timed(seconds, "UTF-8", lambda: _invalid_utf8(column, name))  # noqa: B023
-        for label, check in checks.items():
+            _timed(seconds, INVALID_UTF8, lambda: _invalid_utf8(column, name))  # noqa: B023
+        names, rules = validator.checked_columns(batch)
+        for label, check in validator.column_checks().items():
             for name in names:
                 column = batch.column(name)
                 _timed(seconds, label, lambda: check(column, name, rules.get(name)))  # noqa: B023

@@ -318,11 +318,11 @@ def test_the_checks_benchmark_times_every_check() -> None:
 
     seconds = one_pass([_batch(), _batch(code="a;b")], RowValidator({}, RULES), None)
     assert set(seconds) == {
-        "UTF-8",
-        "nulls",
-        "not finite",
-        "ranges",
-        "categories",
-        "patterns",
+        "invalid_utf8",
+        "null_value",
+        "not_finite",
+        "out_of_range",
+        "unseen_category",
+        "bad_characters",
         "whole validation (partition)",
     }

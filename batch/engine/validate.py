@@ -25,7 +25,7 @@ reason:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -73,6 +73,10 @@ class _Problem:
     reason: str
     # One message per failing row (in row order), or one message for all of them.
     message: pa.Array | str
+
+
+# One check of one column: its problem, or None when every row passes.
+ColumnCheck = Callable[[pa.Array, str, ColumnRule | None], _Problem | None]
 
 
 def _as_mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -240,15 +244,29 @@ class RowValidator:
     def problems(self, batch: pa.RecordBatch) -> list[_Problem]:
         # First: no other check may turn a value that is not UTF-8 into text.
         found = [p for p in map(_invalid_utf8, batch.columns, batch.schema.names) if p]
-        rules = {r.name: r for r in self.rules if batch.schema.get_field_index(r.name) >= 0}
-        names = list(dict.fromkeys([*self.input_types, *rules]))
-        checks = (self._nulls, self._not_finite, self._range, self._categories, self._pattern)
-        for check in checks:
+        names, rules = self.checked_columns(batch)
+        for check in self.column_checks().values():
             for name in names:
                 problem = check(batch.column(name), name, rules.get(name))
                 if problem is not None:
                     found.append(problem)
         return found
+
+    def checked_columns(self, batch: pa.RecordBatch) -> tuple[list[str], dict[str, ColumnRule]]:
+        """The columns of ``batch`` the checks look at (model inputs, then the contract's
+        other columns), and the rules of those the contract names."""
+        rules = {r.name: r for r in self.rules if batch.schema.get_field_index(r.name) >= 0}
+        return list(dict.fromkeys([*self.input_types, *rules])), rules
+
+    def column_checks(self) -> dict[str, ColumnCheck]:
+        """Reason -> the check that finds it, in precedence order (after invalid_utf8)."""
+        return {
+            NULL_VALUE: self._nulls,
+            NOT_FINITE: self._not_finite,
+            OUT_OF_RANGE: self._range,
+            UNSEEN_CATEGORY: self._categories,
+            BAD_CHARACTERS: self._pattern,
+        }
 
     def _nulls(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if column.null_count == 0 or (rule is not None and rule.fill is not None):
