@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batch.contract.contract import load_contract
 from batch.demo import paths as demo_paths
 from batch.demo.data import ensure_demo_data
-from batch.engine.inputs import DEFAULT_BATCH_SIZE
+from batch.engine.inputs import DEFAULT_BATCH_SIZE, open_parquet
+from batch.engine.job import encoded_columns
 from batch.engine.validate import INVALID_UTF8, RowValidator, _invalid_utf8
 from batch.model.repository import ModelRepository
 from batch.observe.drift import Baseline, count_features
@@ -81,13 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = sorted(data.rglob("*.parquet"))[0]
     inputs = list(model.metadata["signature"]["inputs"])
     contract = load_contract(str(model.metadata.get("contract", "loans")))
-    table = pq.read_table(first, columns=[*contract.key_columns, *inputs])
+    baseline = Baseline.load(model.saved_model_dir, model.label)
+    # Read as a job reads it: category columns dictionary-encoded.
+    encoded = encoded_columns(contract.columns.values(), baseline)
+    table = open_parquet(first, encoded).read(columns=[*contract.key_columns, *inputs])
     batches = table.to_batches(max_chunksize=DEFAULT_BATCH_SIZE)
     validator = RowValidator(
         {name: table.schema.field(name).type for name in inputs},
         tuple(contract.columns.values()),
     )
-    baseline = Baseline.load(model.saved_model_dir, model.label)
     passes = [one_pass(batches, validator, baseline) for _ in range(args.repeat + 1)][1:]
     scale = PER / table.num_rows
     print(

@@ -68,8 +68,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.core import errors, storage
+from batch.core.dictionaries import decoded_schema
 from batch.core.errors import BatchScoreError, UsageError
-from batch.engine.inputs import Split, decoded_schema
+from batch.engine.inputs import Split
 from batch.engine.job import (
     ScoringJob,
     SplitResult,

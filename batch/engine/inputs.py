@@ -10,7 +10,7 @@ import glob
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.core import storage
+from batch.core.dictionaries import decoded_schema
 from batch.core.errors import InputDataError, UsageError
 from batch.core.fsutil import absolute, records_sha256
 from batch.core.parallel import map_io
@@ -319,11 +320,35 @@ def _file_state(path: Path | str) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def open_parquet(path: Path | str) -> pq.ParquetFile:
-    """A Parquet file on disk or in a bucket (read through batch.core.storage)."""
-    if storage.is_uri(path):
-        return pq.ParquetFile(storage.open_input(str(path)), pre_buffer=True)
-    return pq.ParquetFile(path)
+def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetFile:
+    """A Parquet file on disk or in a bucket (read through batch.core.storage).
+
+    The text columns named in ``encoded`` that every row group stores with a dictionary
+    page are read dictionary-encoded: a lookup in them then runs once per distinct value
+    (batch.core.dictionaries). A column stored plain (a writer that keeps no dictionary,
+    or one that overflowed) is read plain: encoding it would hash every value."""
+    bucket = storage.is_uri(path)
+    source = storage.open_input(str(path)) if bucket else path
+    parquet = pq.ParquetFile(source, pre_buffer=bucket)
+    dictionaries = _dictionary_columns(parquet.metadata, encoded)
+    if not dictionaries:
+        return parquet
+    return pq.ParquetFile(
+        source, metadata=parquet.metadata, read_dictionary=dictionaries, pre_buffer=bucket
+    )
+
+
+def _dictionary_columns(metadata: pq.FileMetaData, names: Collection[str]) -> list[str]:
+    """The columns of ``names`` stored as text with a dictionary page in every row group."""
+    found = []
+    for index in range(metadata.num_columns):
+        column = metadata.schema.column(index)
+        if column.path not in names or column.physical_type != "BYTE_ARRAY":
+            continue
+        groups = range(metadata.num_row_groups)
+        if all(metadata.row_group(g).column(index).has_dictionary_page for g in groups):
+            found.append(column.path)
+    return found
 
 
 def read_input_file(path: Path | str) -> InputFile:
@@ -383,29 +408,6 @@ def _object_footer(uri: str) -> tuple[pq.FileMetaData, storage.ObjectTail]:
                 )
             data = longer.data
     return pq.ParquetFile(pa.BufferReader(data)).metadata, tail
-
-
-def decoded_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` as the engine sees it: a dictionary-encoded column (pandas ``category``,
-    Spark's dictionary pages kept by Arrow) as its value type; the engine decodes such
-    columns as it reads them (:func:`decode_dictionaries`)."""
-    if not any(pa.types.is_dictionary(f.type) for f in schema):
-        return schema
-    return pa.schema(
-        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
-        metadata=schema.metadata,
-    )
-
-
-def decode_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """``batch`` with dictionary-encoded columns decoded to their value type."""
-    if not any(pa.types.is_dictionary(f.type) for f in batch.schema):
-        return batch
-    columns = [
-        column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
-        for column in batch.columns
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=decoded_schema(batch.schema))
 
 
 def footer_null_counts(metadata: pq.FileMetaData) -> dict[str, int]:
@@ -619,10 +621,11 @@ def check_split_unchanged(split: Split) -> None:
         )
 
 
-def open_split(split: Split) -> pq.ParquetFile:
-    """The split's file, opened after checking it is the file that was planned."""
+def open_split(split: Split, encoded: Collection[str] = ()) -> pq.ParquetFile:
+    """The split's file, opened after checking it is the file that was planned (``encoded``:
+    as :func:`open_parquet`)."""
     check_split_unchanged(split)
-    return open_parquet(split.path)
+    return open_parquet(split.path, encoded)
 
 
 def null_counts_from_data(file: InputFile, columns: Sequence[str]) -> dict[str, int | None]:

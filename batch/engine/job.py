@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from batch.core import storage
 from batch.core.columns import (
     CONSTANT_COLUMNS,
 )
+from batch.core.dictionaries import decode_dictionaries, decoded_schema
 from batch.core.errors import (
     DamagedFileError,
     DriftExceeded,
@@ -46,8 +47,6 @@ from batch.engine.inputs import (
     Split,
     check_split_unchanged,
     complete_null_counts,
-    decode_dictionaries,
-    decoded_schema,
     fingerprint,
     open_split,
     plan_splits,
@@ -89,6 +88,7 @@ from batch.model.signing import STRICT, TrustPolicy, VerificationResult, verify_
 from batch.model.tflite import model_backend
 from batch.observe.checks import FAIL, WARN, RunOutcome, run_checks, run_summary, worst
 from batch.observe.drift import (
+    CATEGORICAL,
     Baseline,
     DriftCounts,
     DriftThresholds,
@@ -270,6 +270,16 @@ class Runner(Protocol):
 def read_columns(job: ScoringJob) -> list[str]:
     """The input columns a job reads: keys, model inputs, other contract columns."""
     return list(job.columns)
+
+
+def encoded_columns(rules: Iterable[ColumnRule], baseline: Baseline | None) -> frozenset[str]:
+    """The columns read dictionary-encoded where a file stores them so: those whose values
+    are looked up in a list of categories (the contract's string_domain, the drift
+    baseline's categories), which then costs one lookup per distinct value."""
+    names = {rule.name for rule in rules if rule.categories is not None}
+    if baseline is not None:
+        names.update(f.name for f in baseline.features if f.kind == CATEGORICAL)
+    return frozenset(names)
 
 
 def job_scorer(job: ScoringJob, backoff: MemoryBackoff | None = None) -> Scorer:
@@ -454,7 +464,9 @@ def score_split(
             else (0, None)
         )
         batch_rows, restarted = rows_after_restarts(batch_rows, attempt, split.index)
-        schema, batches = read_split(split, read_columns(job), batch_rows)
+        schema, batches = read_split(
+            split, read_columns(job), batch_rows, encoded_columns(job.rules, job.baseline)
+        )
         result = score_batches(job, batches, schema, split.index, on_batch, restarted)
         if marker is not None:
             end_attempt(marker)
@@ -511,15 +523,19 @@ def drop_damaged_files(staging_dir: Path, splits: Sequence[Split]) -> list[BadFi
 
 
 def read_split(
-    split: Split, columns: Sequence[str], batch_size: int
+    split: Split, columns: Sequence[str], batch_size: int, encoded: Collection[str] = ()
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed."""
-    parquet = open_split(split)
+    """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed.
+
+    The text columns named in ``encoded`` stay dictionary-encoded where the file stores
+    them with dictionaries (:func:`open_split`; the validator and drift counting take them
+    so, and decode them); every other column is decoded. The schema is the decoded one."""
+    parquet = open_split(split, encoded)
     schema = decoded_schema(pa.schema([parquet.schema_arrow.field(name) for name in columns]))
     batches = parquet.iter_batches(
         batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)
     )
-    return schema, map(decode_dictionaries, _naming_file(batches, split))
+    return schema, (decode_dictionaries(b, encoded) for b in _naming_file(batches, split))
 
 
 def _naming_file(batches: Iterator[pa.RecordBatch], split: Split) -> Iterator[pa.RecordBatch]:

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from batch.contract.contract import ColumnRule
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.dictionaries import decode_dictionaries, per_value
 
 INVALID_UTF8 = "invalid_utf8"
 NULL_VALUE = "null_value"
@@ -96,6 +97,11 @@ def _join(*parts: pa.Array | str) -> pa.Array:
 @lru_cache(maxsize=256)
 def _value_set(categories: tuple[str, ...], arrow_type: pa.DataType) -> pa.Array:
     return pa.array(categories, arrow_type)
+
+
+def _known(column: pa.Array, categories: tuple[str, ...]) -> pa.Array:
+    """Bool per row: the value is one of ``categories`` (null for a null value)."""
+    return per_value(column, lambda values: pc.is_in(values, _value_set(categories, values.type)))
 
 
 def _text_bytes(column: pa.Array) -> tuple[np.ndarray, memoryview]:
@@ -189,6 +195,8 @@ def _mismatches(column: pa.Array, pattern: str) -> np.ndarray:
     """Bool per row: the value is not null and does not match ``pattern`` (RE2, as
     ``pc.match_substring_regex``); the regex runs on the suspect rows only when the pattern
     just restricts characters."""
+    if pa.types.is_dictionary(column.type):
+        return _as_mask(per_value(column, lambda values: pa.array(_mismatches(values, pattern))))
     suspects = _suspects(column, pattern)
     if suspects is None:
         return _as_mask(pc.invert(_matches(column, pattern)))
@@ -235,6 +243,10 @@ class RowValidator:
     Every check first asks cheaply whether any row fails (null count, min/max,
     one vectorized pass) and builds messages for the failing rows only, so a
     clean batch costs a few passes over its columns and no string formatting.
+
+    A text column may come dictionary-encoded (batch.core.dictionaries: jobs read category
+    columns so): the UTF-8, category and pattern checks then look at each distinct value
+    once. :meth:`partition` returns every column decoded.
     """
 
     input_types: Mapping[str, pa.DataType]
@@ -292,6 +304,7 @@ class RowValidator:
         fills and the unseen categories passed to the model's OOV handling."""
         filled: dict[str, int] = {}
         oov: dict[str, int] = {}
+        encoded, batch = batch, decode_dictionaries(batch)
         columns = list(batch.columns)
         for rule in self.rules:
             index = batch.schema.get_field_index(rule.name)
@@ -301,7 +314,7 @@ class RowValidator:
             if rule.categories is not None and rule.unseen == "oov":
                 unseen = len(column) - column.null_count
                 if unseen:
-                    known = pc.is_in(column, value_set=_value_set(rule.categories, column.type))
+                    known = _known(encoded.column(index), rule.categories)
                     unseen -= pc.sum(known).as_py() or 0
                 if unseen:
                     oov[rule.name] = unseen
@@ -354,7 +367,7 @@ class RowValidator:
     def _categories(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if rule is None or rule.categories is None or rule.unseen != "reject":
             return None
-        known = pc.is_in(column, value_set=_value_set(rule.categories, column.type))
+        known = _known(column, rule.categories)
         # A null is no category: whether it may be there is the null check's business (an
         # optional column's null is a missing value, not an unseen category).
         mask = _as_mask(pc.and_(pc.invert(known), column.is_valid()))
@@ -413,7 +426,7 @@ class RowValidator:
                 messages[mine] = problem.message.take(pa.array(position)).to_numpy(
                     zero_copy_only=False
                 )
-        rejected = batch.take(pa.array(bad_rows))
+        rejected = decode_dictionaries(batch.take(pa.array(bad_rows)))
         if any(p.reason == INVALID_UTF8 for p in problems):
             rejected = escape_invalid_utf8(rejected)
         return self._passed_on(
@@ -454,6 +467,10 @@ def _decodes(value: bytes | None) -> bool:
 
 
 def _invalid_utf8(column: pa.Array, name: str) -> _Problem | None:
+    if pa.types.is_dictionary(column.type):
+        if _is_text(column.dictionary) and _utf8_ok(column.dictionary):
+            return None
+        column = column.dictionary_decode()
     if not _is_text(column) or _utf8_ok(column):
         return None
     # Only a batch that holds such bytes gets here: finding the rows may take Python.

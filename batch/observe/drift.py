@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from batch.contract.contract import Kind as ContractKind
 from batch.contract.contract import arrow_kind
+from batch.core.dictionaries import per_value
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256, read_json
 from batch.observe.checks import OK, worst
@@ -118,13 +119,16 @@ class FeatureBaseline:
                     values = values[~nan]
             counts = np.bincount(_bin_index(values, self.edges), minlength=len(self.edges) + 1)
         else:
-            categories = pa.array(self.categories, type=column.type)
-            index = pc.fill_null(pc.index_in(column, value_set=categories), len(self.categories))
+            index = pc.fill_null(per_value(column, self._category_index), len(self.categories))
             counts = np.bincount(
                 index.to_numpy(zero_copy_only=False), minlength=len(self.categories) + 1
             )
             counts[-1] -= nulls  # nulls match no category: counted as (other) above
         return np.append(counts, nulls).astype(np.int64)
+
+    def _category_index(self, values: pa.Array) -> pa.Array:
+        """Per value, its index in :attr:`categories` (null: none of them)."""
+        return pc.index_in(values, value_set=pa.array(self.categories, type=values.type))
 
     def to_json(self) -> dict[str, Any]:
         payload: dict[str, Any] = {

@@ -1,0 +1,234 @@
+"""Category columns read dictionary-encoded (batch.core.dictionaries): the checks and
+drift counting run once per distinct value, and every answer, output and count is the
+one the plain column gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batch.contract.contract import ColumnRule, load_contract
+from batch.core.columns import REASON_COLUMN, RUN_ID_COLUMN
+from batch.core.dictionaries import decode_dictionaries, per_value
+from batch.engine.inputs import open_parquet
+from batch.engine.job import encoded_columns
+from batch.engine.validate import INVALID_UTF8, UNSEEN_CATEGORY, RowValidator
+from batch.observe.drift import CATEGORICAL, FeatureBaseline
+from batch.output.commit import MANIFEST, list_committed_runs
+from tests.conftest import score
+from tests.plain_model import write_plain_data
+
+# Values as a Parquet reader hands them over: unchecked bytes, some not UTF-8.
+VALUES = [b"web", b"branch", b"phone", b"", b"x y", "caf\u00e9".encode(), b"bad-\xff", None]
+KNOWN = ("web", "branch", "phone", "caf\u00e9")
+
+
+def _text(values: list[bytes | None]) -> pa.Array:
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+def _encoded(batch: pa.RecordBatch, names: tuple[str, ...]) -> pa.RecordBatch:
+    columns = [
+        pc.dictionary_encode(column) if name in names else column
+        for column, name in zip(batch.columns, batch.schema.names, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def test_per_value_spreads_a_result_computed_once_per_distinct_value() -> None:
+    plain = _text([b"a", None, b"b", b"a", b"c"]).slice(1)
+    encoded = pc.dictionary_encode(plain)
+    calls: list[int] = []
+
+    def upper(values: pa.Array) -> pa.Array:
+        calls.append(len(values))
+        return pc.utf8_upper(values)
+
+    assert per_value(encoded, upper).to_pylist() == [None, "B", "A", "C"]
+    assert calls == [3]
+    assert per_value(plain, upper).to_pylist() == [None, "B", "A", "C"]
+
+
+def test_decoding_keeps_only_the_columns_asked_for() -> None:
+    batch = _encoded(
+        pa.RecordBatch.from_pydict({"a": ["x", "y"], "b": ["p", None], "n": [1, 2]}), ("a", "b")
+    )
+    kept = decode_dictionaries(batch, keep=("a",))
+    assert pa.types.is_dictionary(kept.schema.field("a").type)
+    assert kept.schema.field("b").type == pa.string()
+    assert kept.column("b").to_pylist() == ["p", None]
+    plain = decode_dictionaries(batch)
+    assert [f.type for f in plain.schema] == [pa.string(), pa.string(), pa.int64()]
+
+
+RULES = (
+    ColumnRule(name="cat", kind="string", required=True, categories=KNOWN, unseen="reject"),
+    ColumnRule(
+        name="free",
+        kind="string",
+        required=False,
+        categories=KNOWN,
+        unseen="oov",
+        pattern="^[a-z]+$",
+        fill="web",
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cat=st.lists(st.sampled_from(VALUES), min_size=1, max_size=60),
+    free=st.lists(st.sampled_from(VALUES), min_size=60, max_size=60),
+    start=st.integers(0, 20),
+)
+def test_an_encoded_batch_partitions_exactly_as_its_plain_batch(
+    cat: list[bytes | None], free: list[bytes | None], start: int
+) -> None:
+    rows = len(cat)
+    plain = pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.arange(rows, dtype=np.int64)),
+            _text(cat),
+            _text(free[:rows]),
+            pa.array(np.linspace(0, 1, rows)),
+        ],
+        names=["id", "cat", "free", "x"],
+    ).slice(min(start, rows - 1))
+    validator = RowValidator({"x": pa.float64(), "cat": pa.string()}, RULES)
+    expected = validator.partition(plain)
+    got = validator.partition(_encoded(plain, ("cat", "free")).slice(0))
+    assert got.valid.schema == expected.valid.schema
+    assert got.valid.equals(expected.valid)
+    assert got.rejected.equals(expected.rejected)
+    assert got.filled == expected.filled
+    assert got.passed_to_oov == expected.passed_to_oov
+
+
+def test_the_checks_on_an_encoded_column_name_each_value() -> None:
+    plain = pa.RecordBatch.from_arrays(
+        [_text([b"web", b"bad-\xff", b"nope", None, b"phone"]), pa.array([1.0] * 5)],
+        names=["cat", "x"],
+    )
+    part = RowValidator({"x": pa.float64()}, RULES[:1]).partition(_encoded(plain, ("cat",)))
+    assert part.valid.column("cat").to_pylist() == ["web", "phone"]
+    assert part.rejected.column(REASON_COLUMN).to_pylist() == [
+        INVALID_UTF8,
+        UNSEEN_CATEGORY,
+        "null_value",
+    ]
+    messages = part.rejected.column("reject_message").to_pylist()
+    assert "column 'cat' = 'bad-\\xff' is not valid UTF-8" in messages[0]
+    assert messages[1].startswith("column 'cat' = 'nope' is not a known category (web, ")
+    part.rejected.validate(full=True)
+
+
+@given(st.lists(st.sampled_from([v for v in VALUES if v != b"bad-\xff"]), max_size=80))
+def test_drift_counts_an_encoded_column_as_its_plain_column(values: list[bytes | None]) -> None:
+    feature = FeatureBaseline("cat", CATEGORICAL, (0.25, 0.25, 0.25, 0.25), categories=KNOWN[:2])
+    plain = _text(values)
+    encoded = pc.dictionary_encode(plain)
+    np.testing.assert_array_equal(feature.count(encoded), feature.count(plain))
+    assert feature.count(encoded).sum() == len(values)
+
+
+def test_only_text_columns_stored_with_dictionaries_are_read_encoded(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "a": ["web", "branch"] * 50,
+            "b": ["p", "q"] * 50,
+            "n": list(range(100)),
+            "c": ["x", "y"] * 50,
+        }
+    )
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(table, path, use_dictionary=["a", "n", "c"], row_group_size=30)
+    read = open_parquet(path, {"a", "b", "n"}).read()
+    assert pa.types.is_dictionary(read.schema.field("a").type)  # asked, and a dictionary
+    assert read.schema.field("b").type == pa.string()  # asked, but stored plain
+    assert read.schema.field("n").type == pa.int64()  # asked, but not text
+    assert read.schema.field("c").type == pa.string()  # a dictionary, but not asked
+    assert read.column("a").cast(pa.string()).equals(table.column("a"))
+    assert open_parquet(path).read().equals(table)
+
+
+def _outputs(output: Path, kind: str) -> pa.Table:
+    (run,) = list_committed_runs(output)
+    table = pq.read_table(run.run_dir / kind).sort_by("id")
+    return table.drop_columns([n for n in (RUN_ID_COLUMN,) if n in table.column_names])
+
+
+def test_a_job_scores_dictionary_pages_as_it_scores_plain_pages(
+    plain_model: Path, tmp_path: Path
+) -> None:
+    """The same messy rows, written with dictionary pages (as most writers do for such
+    columns) and without: the same predictions, rejected rows and counts."""
+    table = write_plain_data(tmp_path / "rows", files=1, rows_per_file=900, row_group_rows=300)
+    s = [v.encode() for v in table.column("s").to_pylist()]
+    s[5], s[6], s[400] = b"code-\xff", b"nope", b""
+    channel = [VALUES[i % len(VALUES)] for i in range(table.num_rows)]
+    table = table.set_column(3, "s", _text(s)).append_column("channel", _text(channel))
+    for name, dictionary in (("dictionary", True), ("plain", False)):
+        (tmp_path / name).mkdir()
+        pq.write_table(
+            table, tmp_path / name / "part-0.parquet", row_group_size=300, use_dictionary=dictionary
+        )
+    contract = tmp_path / "contract"
+    contract.mkdir()
+    codes = " ".join(f'value: "code-{i}"' for i in range(90))
+    (contract / "schema.pbtxt").write_text(
+        f'feature {{ name: "s" type: BYTES domain: "s" }}\n'
+        f'feature {{ name: "channel" type: BYTES domain: "channel" }}\n'
+        f'string_domain {{ name: "s" {codes} }}\n'
+        'string_domain { name: "channel" value: "web" value: "branch" value: "phone" }\n'
+    )
+    (contract / "rules.toml").write_text(
+        '[unseen_categories]\ns = "reject"\nchannel = "oov"\n[fill]\nchannel = "web"\n'
+    )
+    # The job reads both category columns dictionary-encoded where the file allows it.
+    rules = load_contract(str(contract)).columns.values()
+    assert encoded_columns(rules, None) == {"s", "channel"}
+    manifests = []
+    for name in ("dictionary", "plain"):
+        rc = score(
+            tmp_path / name,
+            tmp_path / f"out-{name}",
+            "--key_columns=id",
+            "--passthrough_columns=channel",
+            f"--contract={contract}",
+            "--max_error_rate=0.3",
+            model=plain_model,
+        )
+        assert rc == 0
+        (run,) = list_committed_runs(tmp_path / f"out-{name}")
+        manifests.append(json.loads((run.run_dir / MANIFEST).read_text()))
+    for kind in ("predictions", "rejected"):
+        encoded, plain = (
+            _outputs(tmp_path / "out-dictionary", kind),
+            _outputs(tmp_path / "out-plain", kind),
+        )
+        assert encoded.schema == plain.schema
+        assert encoded.equals(plain), kind
+    assert manifests[0]["counts"] == manifests[1]["counts"]
+    assert manifests[0]["contract"] == manifests[1]["contract"]
+    counts = manifests[0]["counts"]["rejected_by_reason"]
+    assert counts[INVALID_UTF8] >= 1 and counts[UNSEEN_CATEGORY] > 0
+    assert manifests[0]["contract"]["passed_to_oov"]["channel"] > 0
+    rejected = _outputs(tmp_path / "out-dictionary", "rejected")
+    assert "code-\\xff" in rejected.column("s").to_pylist()
+    assert pa.types.is_string(rejected.schema.field("channel").type)
+
+
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_the_file_stores_what_the_test_expects(tmp_path: Path, dictionary: bool) -> None:
+    """The job test above compares two real encodings: check that they are."""
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"s": ["a", "b"]}), path, use_dictionary=dictionary)
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).has_dictionary_page is dictionary
