@@ -159,6 +159,13 @@ def test_only_text_columns_stored_with_dictionaries_are_read_encoded(tmp_path: P
     assert open_parquet(path).read().equals(table)
 
 
+def test_a_large_string_column_keeps_its_type(tmp_path: Path) -> None:
+    """Read encoded, a large_string column would come back as string: it is read plain."""
+    table = pa.table({"a": pa.array(["web", "branch"] * 5, pa.large_string())})
+    pq.write_table(table, tmp_path / "large.parquet")
+    assert open_parquet(tmp_path / "large.parquet", {"a"}).read().equals(table)
+
+
 def _outputs(output: Path, kind: str) -> pa.Table:
     (run,) = list_committed_runs(output)
     table = pq.read_table(run.run_dir / kind).sort_by("id")

@@ -326,7 +326,8 @@ def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetF
     The text columns named in ``encoded`` that every row group stores with a dictionary
     page are read dictionary-encoded: a lookup in them then runs once per distinct value
     (batch.core.dictionaries). A column stored plain (a writer that keeps no dictionary,
-    or one that overflowed) is read plain: encoding it would hash every value."""
+    or one that overflowed) is read plain: encoding it would hash every value; so is a
+    large_string column, which would come back as string."""
     bucket = storage.is_uri(path)
     source = storage.open_input(str(path)) if bucket else path
     parquet = pq.ParquetFile(source, pre_buffer=bucket)
@@ -339,11 +340,20 @@ def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetF
 
 
 def _dictionary_columns(metadata: pq.FileMetaData, names: Collection[str]) -> list[str]:
-    """The columns of ``names`` stored as text with a dictionary page in every row group."""
+    """The columns of ``names`` stored as text with a dictionary page in every row group.
+    A large_string column is left out: read encoded, it would come back as string."""
+    arrow = metadata.schema.to_arrow_schema()
     found = []
     for index in range(metadata.num_columns):
         column = metadata.schema.column(index)
         if column.path not in names or column.physical_type != "BYTE_ARRAY":
+            continue
+        if arrow.get_field_index(column.path) < 0:
+            continue
+        kind = arrow.field(column.path).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if kind not in (pa.string(), pa.binary()):
             continue
         groups = range(metadata.num_row_groups)
         if all(metadata.row_group(g).column(index).has_dictionary_page for g in groups):
