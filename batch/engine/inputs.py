@@ -345,19 +345,17 @@ def _dictionary_columns(metadata: pq.FileMetaData, names: Collection[str]) -> li
     arrow = metadata.schema.to_arrow_schema()
     found = []
     for index in range(metadata.num_columns):
-        column = metadata.schema.column(index)
-        if column.path not in names or column.physical_type != "BYTE_ARRAY":
+        name = metadata.schema.column(index).path
+        if name not in names or arrow.get_field_index(name) < 0:
             continue
-        if arrow.get_field_index(column.path) < 0:
-            continue
-        kind = arrow.field(column.path).type
+        kind = arrow.field(name).type
         if pa.types.is_dictionary(kind):
             kind = kind.value_type
         if kind not in (pa.string(), pa.binary()):
             continue
         groups = range(metadata.num_row_groups)
         if all(metadata.row_group(g).column(index).has_dictionary_page for g in groups):
-            found.append(column.path)
+            found.append(name)
     return found
 
 

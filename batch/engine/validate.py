@@ -214,8 +214,9 @@ def _matches(column: pa.Array, pattern: str) -> pa.Array:
     sample = column.slice(0, _DISTINCT_SAMPLE)
     if len(sample) < _DISTINCT_SAMPLE or len(pc.unique(sample)) > _DISTINCT_SAMPLE // 2:
         return pc.match_substring_regex(column, pattern)
-    encoded = pc.dictionary_encode(column)
-    return pc.take(pc.match_substring_regex(encoded.dictionary, pattern), encoded.indices)
+    return per_value(
+        pc.dictionary_encode(column), lambda values: pc.match_substring_regex(values, pattern)
+    )
 
 
 # Rows looked at to decide whether a column repeats its values enough.
