@@ -21,7 +21,7 @@ import pytest
 from batch.core import storage
 from batch.core.faults import ATTEMPT_WRITTEN, FAULT_ENV, FAULT_ONCE_ENV, OBJECT_POINTS
 from batch.demo.paths import ensure_signing_key
-from batch.engine.inputs import FOOTER_READ_BYTES, inspect_inputs, scan_inputs
+from batch.engine.inputs import FOOTER_READ_BYTES, inspect_inputs, open_parquet, scan_inputs
 from batch.model.remote import CACHE_ENV
 from batch.model.repository import ModelRepository
 from batch.output.commit import LATEST, SUCCESS, list_committed_runs, verify_run
@@ -584,3 +584,22 @@ def test_cleanup_removes_dead_runs_and_never_a_live_or_committed_one(
         "run=live/predictions/part-00000-d.parquet",
         "run=mine/_LEASE",
     }
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_category_column_in_a_bucket_is_read_encoded(
+    scheme: str, stores: ObjectStores, tmp_path: Path
+) -> None:
+    """The worker's open in a bucket: a category column stored with dictionary pages comes
+    back dictionary-encoded (the file opened once, its footer reused), the others plain,
+    and every value equals the plain read."""
+    table = pa.table({"cat": ["web", "branch", None] * 40, "free": [f"v{i}" for i in range(120)]})
+    pq.write_table(table, tmp_path / "p.parquet", row_group_size=50, use_dictionary=["cat"])
+    bucket = f"{scheme}://batchscore-encoded-{scheme}"
+    make_bucket(bucket)
+    upload_tree(tmp_path / "p.parquet", f"{bucket}/p.parquet")
+    read = open_parquet(f"{bucket}/p.parquet", {"cat", "free"}).read()
+    assert pa.types.is_dictionary(read.schema.field("cat").type)
+    assert read.schema.field("free").type == pa.string()
+    assert read.column("cat").cast(pa.string()).equals(table.column("cat"))
+    assert read.column("free").equals(table.column("free"))
