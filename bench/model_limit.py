@@ -1,7 +1,8 @@
 """The model's own limit: the SavedModel called on pre-built tensors, nothing else.
 
 What no scoring path can beat on this machine: the fixed start-up (TensorFlow's import,
-the model verified and loaded as batchscore loads it) plus the model calls a dataset of
+the model verified and loaded, as batchscore does them: without Keras, and without
+garbage collection until the model is loaded) plus the model calls a dataset of
 the input's row count needs, fed tensors built once before the clock of the calls starts,
 in batches of the rows batchscore's planner chooses for the input (its footer bytes per
 row), with as many calls at once as the machine has cores. No reading, validation,
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.compute as pc
 
+from batch.core.imports import pause_collection
 from batch.engine.inputs import find_input_files, inspect_inputs, open_parquet, plan_splits
 from batch.engine.prepare import trust_policy
 from batch.engine.scorer import BatchScorer
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     quiet_tensorflow()
+    pause_collection()  # as jobs.score does: no garbage collection until the model is loaded
     files, _ = inspect_inputs(find_input_files(args.input))
     rows = sum(f.num_rows for f in files)
     model = resolve_model(args.model, ModelRepository(args.model_repo))

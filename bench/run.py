@@ -629,8 +629,14 @@ def startup_table(ctx: Context, repeat: int) -> str:
     commands = {
         "tf_import": ('bare python -c "import tensorflow"', [PY, "-c", "import tensorflow"]),
         "tf_import_batchscore": (
-            "TensorFlow imported as batchscore does (batch.model.loading, no Keras)",
-            [PY, "-c", "from batch.model.loading import import_tensorflow; import_tensorflow()"],
+            "TensorFlow imported as batchscore does (batch.model.loading: no Keras, no "
+            "garbage collection)",
+            [
+                PY,
+                "-c",
+                "from batch.core.imports import pause_collection; pause_collection(); "
+                "from batch.model.loading import import_tensorflow; import_tensorflow()",
+            ],
         ),
         "beam_import": ('bare python -c "import apache_beam"', [PY, "-c", "import apache_beam"]),
         "job_100": (

@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--model_repo", required=True)
     args = parser.parse_args(argv)
+    from batch.core.imports import pause_collection
+
+    pause_collection()  # as jobs.score does, until the model is loaded
     pieces: dict[str, float] = {}
     found: dict[str, Any] = {}
 

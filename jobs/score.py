@@ -19,6 +19,7 @@ from typing import Any
 from batch.api import OutcomeExporter
 from batch.api import score as api_score
 from batch.core.errors import BatchScoreError
+from batch.core.imports import pause_collection, settle_collection
 from batch.demo import paths as demo_paths
 from batch.demo.data import input_or_demo
 from batch.engine.inputs import DEFAULT_SPLIT_ROWS
@@ -197,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _is_classic_template(args, pipeline_args):
         return run_main(lambda: _make_classic_template(argv, pipeline_args), PROG)
     quiet_tensorflow()
+    # No cyclic garbage collection while TensorFlow (and Beam) import: it walks their
+    # objects again and again (batch.core.imports). It is back on once the process has
+    # loaded the model, or at once where the workers are other processes.
+    pause_collection()
     exporter = OutcomeExporter(
         PROG,
         args.summary_file,
@@ -219,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             preload_model(
                 model, trust, SignatureChoice(args.signature, args.tag, args.input_format)
             )
+        else:  # this process loads no model: its start-up ends here
+            settle_collection()
 
     def score() -> int:
         request = score_request(

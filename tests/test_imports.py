@@ -2,11 +2,14 @@
 
 Real packages written to a temporary folder on sys.path, TensorFlow without Keras and
 Beam without Pub/Sub's client in new processes; Keras exports scored by a job process
-without Keras: tests/test_model_shapes.py and tests/test_tf_example.py.
+without Keras: tests/test_model_shapes.py and tests/test_tf_example.py. Start-up without
+the garbage collector: in new processes (the collector is the process's), a real model
+load and real jobs.score processes.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from batch.core.imports import import_without
+from tests.conftest import PlainModels, score_args
+from tests.plain_model import write_plain_data
 
 NAMES = ("host_lib", "optional_lib", "optional_lib.extra")
 
@@ -97,10 +102,119 @@ def test_beam_loads_without_the_pub_sub_client_which_still_imports_after() -> No
     assert _new_python(code) == ["False True", "PublisherClient"]
 
 
-def _new_python(code: str) -> list[str]:
-    """The lines ``python -c code`` prints, run in the project folder."""
+def test_the_collector_is_off_until_start_up_ends_then_what_it_made_is_frozen() -> None:
+    code = (
+        "import gc\n"
+        "from batch.core.imports import pause_collection, settle_collection, start_up\n"
+        "pause_collection()\n"
+        "print(gc.isenabled())\n"
+        "with start_up():\n"
+        "    print(gc.isenabled())\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "frozen = gc.get_freeze_count()\n"
+        "pause_collection()\n"
+        "with start_up():\n"
+        "    print(gc.isenabled())\n"
+        "settle_collection()\n"
+        "print(gc.get_freeze_count() == frozen)\n"
+    )
+    # Once settled, pausing does nothing and nothing more is frozen.
+    assert _new_python(code) == ["False", "False", "True True", "True", "True"]
+
+
+def test_a_collector_the_process_turned_off_itself_stays_off() -> None:
+    code = (
+        "import gc\n"
+        "from batch.core.imports import start_up\n"
+        "gc.disable()\n"
+        "with start_up():\n"
+        "    pass\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 0)\n"
+    )
+    assert _new_python(code) == ["False True"]
+
+
+_LOAD = """
+import gc, sys
+from pathlib import Path
+import batch.model.loading as loading
+from batch.core.errors import ModelError
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.signing import TrustPolicy
+importing = []
+def watched():
+    importing.append(gc.isenabled())
+    return original()
+original, loading.import_tensorflow = loading.import_tensorflow, watched
+model = resolve_model(sys.argv[1], ModelRepository(Path(sys.argv[2])))
+try:
+    loading.load_model(model, TrustPolicy(None, allow_unsigned=True))
+    print("loaded")
+except ModelError as exc:
+    print("refused")
+print(importing, gc.isenabled(), gc.get_freeze_count() > 100_000)
+"""
+
+
+def test_a_workers_first_model_load_imports_tensorflow_without_the_collector(
+    plain_models: PlainModels, tmp_path: Path
+) -> None:
+    """As a Spark or Beam worker process loads its model: TensorFlow's import (inside the
+    first load) runs with the collector off; after it, on again, TensorFlow's objects
+    frozen. A load that fails settles the process too."""
+    model = plain_models(sign=False)
+    assert _new_python(_LOAD, str(model), str(tmp_path / "repo")) == [
+        "loaded",
+        "[False] True True",
+    ]
+    broken = tmp_path / "broken" / "model"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    assert _new_python(_LOAD, str(broken), str(tmp_path / "repo")) == [
+        "refused",
+        "[False] True True",
+    ]
+
+
+_SCORE_AND_REPORT_COLLECTOR = """
+import gc, json, sys
+from jobs.score import main
+code = main(sys.argv[1:])
+print(json.dumps([code, gc.isenabled(), gc.get_freeze_count() > 100_000]))
+"""
+
+
+def test_jobs_score_runs_start_up_without_the_collector_and_turns_it_back_on(
+    plain_models: PlainModels, tmp_path: Path
+) -> None:
+    """Scored in this process: the collector is back on once the model is loaded, with
+    TensorFlow's objects frozen. With Beam's workers as processes of their own, the
+    driver turns it back on when scoring starts (it may load no model at all)."""
+    data = tmp_path / "data"
+    write_plain_data(data, files=1, rows_per_file=100, row_group_rows=100)
+    model = plain_models(sign=False)
+
+    def run(name: str, *options: str) -> list[object]:
+        args = score_args(
+            data, tmp_path / name, "--allow_unsigned", "--key_columns=id", *options, model=model
+        )
+        return json.loads(_new_python(_SCORE_AND_REPORT_COLLECTOR, *args)[-1])
+
+    assert run("in-process", "--runner=DirectRunner") == [0, True, True]
+    workers = run(
+        "workers",
+        "--runner=DirectRunner",
+        "--in_process_rows=0",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=1",
+    )
+    assert workers[:2] == [0, True]
+
+
+def _new_python(code: str, *args: str) -> list[str]:
+    """The lines ``python -c code args`` prints, run in the project folder."""
     done = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ import numpy as np
 
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256
-from batch.core.imports import import_without
+from batch.core.imports import import_without, start_up
 from batch.model.examples import parsed_features
 from batch.model.remote import local_model
 from batch.model.resolved import ResolvedModel
@@ -379,7 +379,8 @@ def load_model(
     :class:`batch.model.signing.ModelVerificationError`.
     """
     model = local_model(model)  # a worker without the driver's model cache downloads it
-    with _LOCK:
+    # The first load ends the process's start-up (batch.core.imports.start_up).
+    with start_up(), _LOCK:
         # The same bytes with the same signature under the same policy verify the same:
         # a hit returns a copy verified earlier (whatever the folder holds by now).
         check = (model.content_hash, _signature_sha256(model), trust)
