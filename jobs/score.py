@@ -283,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
 
     code = run_main(guarded, PROG)
+    settle_collection()  # a job that ended before loading its model (main called in-process)
     if code != 0 and not exporter.reported:
         # Failed before any check ran (arguments, input, model): still tell the alerting side.
         exporter.report_failure(exporter.last_error)

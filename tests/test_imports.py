@@ -189,18 +189,21 @@ def test_jobs_score_runs_start_up_without_the_collector_and_turns_it_back_on(
 ) -> None:
     """Scored in this process: the collector is back on once the model is loaded, with
     TensorFlow's objects frozen. With Beam's workers as processes of their own, the
-    driver turns it back on when scoring starts (it may load no model at all)."""
+    driver turns it back on when scoring starts (it may load no model at all); a job
+    that fails first, when main returns."""
     data = tmp_path / "data"
     write_plain_data(data, files=1, rows_per_file=100, row_group_rows=100)
     model = plain_models(sign=False)
 
-    def run(name: str, *options: str) -> list[object]:
+    def run(name: str, *options: str, source: Path = data) -> list[object]:
         args = score_args(
-            data, tmp_path / name, "--allow_unsigned", "--key_columns=id", *options, model=model
+            source, tmp_path / name, "--allow_unsigned", "--key_columns=id", *options, model=model
         )
         return json.loads(_new_python(_SCORE_AND_REPORT_COLLECTOR, *args)[-1])
 
     assert run("in-process", "--runner=DirectRunner") == [0, True, True]
+    # A job that fails before it loads its model (main called in a process that goes on).
+    assert run("failed", "--runner=DirectRunner", source=tmp_path / "nowhere")[:2] == [2, True]
     workers = run(
         "workers",
         "--runner=DirectRunner",
