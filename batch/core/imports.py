@@ -113,10 +113,7 @@ def settle_collection() -> None:
 def start_up() -> Iterator[None]:
     """A stretch of start-up (a worker's first model load, TensorFlow's import within
     it): the collector paused while it runs, the process settled when it ends, however
-    it ends. Once the process has settled, a plain block."""
-    if _SETTLED:
-        yield
-        return
+    it ends. Once the process has settled, a plain block (both calls do nothing)."""
     pause_collection()
     try:
         yield
