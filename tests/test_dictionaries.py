@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from batch.contract.contract import ColumnRule, load_contract
 from batch.core.columns import REASON_COLUMN, RUN_ID_COLUMN
-from batch.core.dictionaries import decode_dictionaries, per_value
+from batch.core.dictionaries import decode_dictionaries, dictionary_indices, per_value, row_flags
 from batch.engine.inputs import open_parquet
 from batch.engine.job import encoded_columns
 from batch.engine.validate import INVALID_UTF8, UNSEEN_CATEGORY, RowValidator
@@ -239,3 +239,24 @@ def test_the_file_stores_what_the_test_expects(tmp_path: Path, dictionary: bool)
     path = tmp_path / "f.parquet"
     pq.write_table(pa.table({"s": ["a", "b"]}), path, use_dictionary=dictionary)
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).has_dictionary_page is dictionary
+
+
+def test_row_flags_reads_a_sliced_column_and_ignores_what_a_null_row_indexes() -> None:
+    """A null row's index may hold anything (here 99, past the dictionary's end); an
+    encoded column may start inside its buffers (a slice)."""
+    validity = pa.py_buffer(bytes([0b111011]))  # row 2 is null
+    raw = pa.py_buffer(np.array([0, 1, 99, 2, 1, 0], np.int32).tobytes())
+    indices = pa.Array.from_buffers(pa.int32(), 6, [validity, raw])
+    encoded = pa.DictionaryArray.from_arrays(indices, pa.array(["web", "phone", "nope"]))
+    plain = encoded.dictionary_decode()
+
+    def unseen(values: pa.Array) -> np.ndarray:
+        known = pc.is_in(values, pa.array(["web", "phone"]))
+        return ~np.asarray(known.to_numpy(zero_copy_only=False), bool)
+
+    for start in range(6):
+        expected = [v is not None and v not in ("web", "phone") for v in plain[start:].to_pylist()]
+        assert row_flags(encoded.slice(start), unseen).tolist() == expected
+        assert row_flags(plain.slice(start), unseen).tolist() == expected
+    assert dictionary_indices(encoded.slice(3)).tolist() == [2, 1, 0]
+    assert row_flags(encoded.slice(6), unseen).tolist() == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,3 +53,32 @@ def per_value(column: pa.Array, compute: Callable[[pa.Array], pa.Array]) -> pa.A
     if not pa.types.is_dictionary(column.type):
         return compute(column)
     return pc.take(compute(column.dictionary), column.indices)
+
+
+def dictionary_indices(column: pa.DictionaryArray) -> np.ndarray:
+    """The indices of a dictionary-encoded column as numpy, without a copy. A null row's
+    index is whatever the writer left there: mask it with the column's validity."""
+    indices = column.indices
+    dtype = np.dtype(indices.type.to_pandas_dtype())
+    if len(indices) == 0:
+        return np.zeros(0, dtype)
+    return np.frombuffer(
+        indices.buffers()[1], dtype, count=len(indices), offset=indices.offset * dtype.itemsize
+    )
+
+
+def row_flags(column: pa.Array, flags: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+    """Bool per row: ``flags`` (a bool per value of the array it is given) is true for the
+    row's value; a null row never is. For a dictionary-encoded column ``flags`` looks at
+    each distinct value once and the rows pick their answer up by index (numpy, no Arrow
+    take); a column none of whose distinct values is flagged costs nothing per row."""
+    if pa.types.is_dictionary(column.type):
+        per_distinct = flags(column.dictionary)
+        if len(column) == 0 or not per_distinct.any():
+            return np.zeros(len(column), dtype=bool)
+        mask = np.take(per_distinct, dictionary_indices(column), mode="clip")
+    else:
+        mask = flags(column)
+    if column.null_count:
+        mask = mask & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return mask

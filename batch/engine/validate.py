@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from batch.contract.contract import ColumnRule
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
-from batch.core.dictionaries import decode_dictionaries, per_value
+from batch.core.dictionaries import decode_dictionaries, per_value, row_flags
 
 INVALID_UTF8 = "invalid_utf8"
 NULL_VALUE = "null_value"
@@ -99,9 +99,10 @@ def _value_set(categories: tuple[str, ...], arrow_type: pa.DataType) -> pa.Array
     return pa.array(categories, arrow_type)
 
 
-def _known(column: pa.Array, categories: tuple[str, ...]) -> pa.Array:
-    """Bool per row: the value is one of ``categories`` (null for a null value)."""
-    return per_value(column, lambda values: pc.is_in(values, _value_set(categories, values.type)))
+def _unseen(values: pa.Array, categories: tuple[str, ...]) -> np.ndarray:
+    """Bool per value: not one of ``categories`` (use through :func:`row_flags`, which
+    leaves null rows out)."""
+    return ~_as_mask(pc.is_in(values, _value_set(categories, values.type)))
 
 
 def _text_bytes(column: pa.Array) -> tuple[np.ndarray, memoryview]:
@@ -196,7 +197,7 @@ def _mismatches(column: pa.Array, pattern: str) -> np.ndarray:
     ``pc.match_substring_regex``); the regex runs on the suspect rows only when the pattern
     just restricts characters."""
     if pa.types.is_dictionary(column.type):
-        return _as_mask(per_value(column, lambda values: pa.array(_mismatches(values, pattern))))
+        return row_flags(column, partial(_mismatches, pattern=pattern))
     suspects = _suspects(column, pattern)
     if suspects is None:
         return _as_mask(pc.invert(_matches(column, pattern)))
@@ -312,13 +313,16 @@ class RowValidator:
             if index < 0:
                 continue
             column = columns[index]
-            if rule.categories is not None and rule.unseen == "oov":
-                unseen = len(column) - column.null_count
-                if unseen:
-                    known = _known(encoded.column(index), rule.categories)
-                    unseen -= pc.sum(known).as_py() or 0
-                if unseen:
-                    oov[rule.name] = unseen
+            if (
+                rule.categories is not None
+                and rule.unseen == "oov"
+                and column.null_count < len(column)
+            ):
+                unseen = row_flags(
+                    encoded.column(index), partial(_unseen, categories=rule.categories)
+                )
+                if unseen.any():
+                    oov[rule.name] = int(np.count_nonzero(unseen))
             if rule.fill is not None and column.null_count:
                 filled[rule.name] = column.null_count
                 columns[index] = pc.fill_null(column, pa.scalar(rule.fill).cast(column.type))
@@ -368,10 +372,9 @@ class RowValidator:
     def _categories(self, column: pa.Array, name: str, rule: ColumnRule | None) -> _Problem | None:
         if rule is None or rule.categories is None or rule.unseen != "reject":
             return None
-        known = _known(column, rule.categories)
         # A null is no category: whether it may be there is the null check's business (an
         # optional column's null is a missing value, not an unseen category).
-        mask = _as_mask(pc.and_(pc.invert(known), column.is_valid()))
+        mask = row_flags(column, partial(_unseen, categories=rule.categories))
         if not mask.any():
             return None
         shown = ", ".join(rule.categories[:8]) + (", ..." if len(rule.categories) > 8 else "")

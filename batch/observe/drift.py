@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from batch.contract.contract import Kind as ContractKind
 from batch.contract.contract import arrow_kind
-from batch.core.dictionaries import per_value
+from batch.core.dictionaries import dictionary_indices
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256, read_json
 from batch.observe.checks import OK, worst
@@ -119,12 +119,27 @@ class FeatureBaseline:
                     values = values[~nan]
             counts = np.bincount(_bin_index(values, self.edges), minlength=len(self.edges) + 1)
         else:
-            index = pc.fill_null(per_value(column, self._category_index), len(self.categories))
-            counts = np.bincount(
-                index.to_numpy(zero_copy_only=False), minlength=len(self.categories) + 1
-            )
-            counts[-1] -= nulls  # nulls match no category: counted as (other) above
+            counts = self._count_categories(column)
         return np.append(counts, nulls).astype(np.int64)
+
+    def _count_categories(self, column: pa.Array) -> np.ndarray:
+        """Non-null rows of a text column per category, then (other). A dictionary-encoded
+        column is counted per distinct value (numpy's bincount of its indices), its
+        distinct values then looked up once."""
+        other = len(self.categories)
+        if pa.types.is_dictionary(column.type):
+            codes = pc.fill_null(self._category_index(column.dictionary), other)
+            rows = dictionary_indices(column)
+            if column.null_count:
+                rows = rows[np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)]
+            per_distinct = np.bincount(rows, minlength=len(column.dictionary))
+            return np.bincount(
+                codes.to_numpy(zero_copy_only=False), weights=per_distinct, minlength=other + 1
+            ).astype(np.int64)
+        index = pc.fill_null(self._category_index(column), other)
+        counts = np.bincount(index.to_numpy(zero_copy_only=False), minlength=other + 1)
+        counts[-1] -= column.null_count  # nulls match no category: counted as (other) above
+        return counts
 
     def _category_index(self, values: pa.Array) -> pa.Array:
         """Per value, its index in :attr:`categories` (null: none of them)."""
@@ -329,11 +344,11 @@ def feature_sample(batch: pa.RecordBatch, rows: int = FEATURE_SAMPLE_ROWS) -> pa
 def count_features(baseline: Baseline, batch: pa.RecordBatch) -> DriftCounts:
     """The bins of one input batch (every baseline feature it has), counted on
     :func:`feature_sample` of it."""
-    batch = feature_sample(batch)
-    names = set(batch.schema.names)
-    return DriftCounts(
-        {f.name: f.count(batch.column(f.name)) for f in baseline.features if f.name in names}
-    )
+    present = set(batch.schema.names)
+    features = [f for f in baseline.features if f.name in present]
+    # Only the baseline's columns are sampled (not keys, labels or passthrough columns).
+    batch = feature_sample(batch.select([f.name for f in features]))
+    return DriftCounts({f.name: f.count(batch.column(f.name)) for f in features})
 
 
 def count_prediction(baseline: Baseline, batch: pa.RecordBatch) -> np.ndarray | None:
