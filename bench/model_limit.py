@@ -28,7 +28,7 @@ from batch.engine.inputs import find_input_files, inspect_inputs, open_parquet, 
 from batch.engine.prepare import trust_policy
 from batch.engine.scorer import BatchScorer
 from batch.engine.sizing import BatchSizing, bytes_per_row
-from batch.model.loading import load_model, quiet_tensorflow
+from batch.model.loading import load_model, plan_model_threads, quiet_tensorflow
 from batch.model.repository import ModelRepository, resolve_model
 from jobs.cli import exit_process
 
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, _ = inspect_inputs(find_input_files(args.input))
     rows = sum(f.num_rows for f in files)
     model = resolve_model(args.model, ModelRepository(args.model_repo))
+    plan_model_threads(args.calls)  # each call's ops get their share of the cores, as in a job
     scorer = BatchScorer(load_model(model, trust_policy(None, False)), (), "limit")
     inputs = list(scorer.input_types)
     first = files[0]

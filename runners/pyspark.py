@@ -368,7 +368,9 @@ class PySparkRunner:
         try:
             # One scoring thread per core a task holds.
             task_cpus = int(spark.sparkContext.getConf().get(TASK_CPUS_CONF, "1"))
-            job = dataclasses.replace(job, scoring_threads=max(1, task_cpus))
+            job = dataclasses.replace(
+                job, scoring_threads=max(1, task_cpus), scoring_cpus=max(1, task_cpus)
+            )
             mode, reason = choose_input(
                 self.input_mode,
                 self.master(),

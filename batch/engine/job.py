@@ -76,7 +76,7 @@ from batch.engine.sizing import (
     plan_batches,
 )
 from batch.engine.validate import RowValidator, reject_schema
-from batch.model.loading import LoadedModel, load_model
+from batch.model.loading import MODEL_CALLS_AT_ONCE, LoadedModel, load_model, plan_model_threads
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
     DEFAULT_CHOICE,
@@ -135,7 +135,7 @@ log = logging.getLogger(__name__)
 # In a staged run: notes of splits whose file was found damaged (--on_bad_file=skip).
 SKIPPED_FOLDER = "_skipped"
 
-DEFAULT_SCORING_THREADS = 2
+DEFAULT_SCORING_THREADS = MODEL_CALLS_AT_ONCE
 DEFAULT_MAX_ERROR_RATE = 0.001
 DEFAULT_DRIFT_THRESHOLDS = DriftThresholds()
 
@@ -157,6 +157,9 @@ class ScoringJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     # Concurrent model calls per split: one call leaves cores idle between ops.
     scoring_threads: int = DEFAULT_SCORING_THREADS
+    # The cores those calls share in a worker process (None: every core it may run on);
+    # each op of a call uses its share (batch.model.loading.plan_model_threads).
+    scoring_cpus: int | None = None
     # What a worker accepts as loadable (public key bytes, --allow_unsigned); every
     # worker verifies the model itself before loading it (default: batch.model.signing.STRICT).
     trust: TrustPolicy = STRICT
@@ -285,6 +288,7 @@ def encoded_columns(rules: Iterable[ColumnRule], baseline: Baseline | None) -> f
 def job_scorer(job: ScoringJob, backoff: MemoryBackoff | None = None) -> Scorer:
     """The job's model as this process's scorer, wrapped by the job's variant if any;
     ``backoff``: the split's batch limit after a call ran out of memory."""
+    plan_model_threads(job.scoring_threads, job.scoring_cpus)  # before this process's first load
     scorer = BatchScorer(
         load_model(job.model, job.trust, job.signature),
         job.key_columns,
