@@ -149,7 +149,7 @@ def session_config(tf: Any) -> Any:
     spin-wait for the next op. A worker here makes several calls at once beside threads
     that read, check and write, so each op uses its share of the cores
     (:func:`intra_op_threads`) and idle threads sleep; on 2 cores the 10M-row job's wall
-    time fell by about a tenth, and the model's calls alone by as much (docs/benchmarks.md)."""
+    time fell by about 5%, the model-only limit's by about 8% (docs/benchmarks.md)."""
     config = tf.compat.v1.ConfigProto()
     config.intra_op_parallelism_threads = intra_op_threads()
     config.experimental.disable_thread_spinning = True
