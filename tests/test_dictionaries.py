@@ -20,11 +20,13 @@ from batch.core.columns import REASON_COLUMN, RUN_ID_COLUMN
 from batch.core.dictionaries import decode_dictionaries, dictionary_indices, per_value, row_flags
 from batch.engine.inputs import open_parquet
 from batch.engine.job import encoded_columns
+from batch.engine.scorer import dictionary_inputs
 from batch.engine.validate import INVALID_UTF8, UNSEEN_CATEGORY, RowValidator
+from batch.model.loading import ServingFunction, import_tensorflow
 from batch.observe.drift import CATEGORICAL, FeatureBaseline
 from batch.output.commit import MANIFEST, list_committed_runs
 from tests.conftest import score
-from tests.plain_model import write_plain_data
+from tests.plain_model import plain_model_expected, write_plain_data
 
 # Values as a Parquet reader hands them over: unchecked bytes, some not UTF-8.
 VALUES = [b"web", b"branch", b"phone", b"", b"x y", "caf\u00e9".encode(), b"bad-\xff", None]
@@ -231,6 +233,62 @@ def test_a_job_scores_dictionary_pages_as_it_scores_plain_pages(
     rejected = _outputs(tmp_path / "out-dictionary", "rejected")
     assert "code-\\xff" in rejected.column("s").to_pylist()
     assert pa.types.is_string(rejected.schema.field("channel").type)
+
+
+def test_rows_passed_on_keep_the_encoding_the_scorer_takes() -> None:
+    """The rows passed on keep a column encoded for the model (no decode); a column a fill
+    value completes, and every dead-letter row, come decoded; the values are the plain
+    batch's."""
+    plain = pa.RecordBatch.from_arrays(
+        [_text([b"web", None, b"nope", b"phone"]), _text([b"a", b"b", None, b"c"])],
+        names=["cat", "free"],
+    )
+    rules = (
+        ColumnRule("cat", "string", required=True, categories=KNOWN, unseen="reject"),
+        ColumnRule("free", "string", required=False, fill="z"),
+    )
+    validator = RowValidator(
+        {"cat": pa.string(), "free": pa.string()}, rules, keep_encoded=frozenset({"cat", "free"})
+    )
+    part = validator.partition(_encoded(plain, ("cat", "free")))
+    assert pa.types.is_dictionary(part.valid.schema.field("cat").type)
+    assert pa.types.is_string(part.valid.schema.field("free").type)  # filled: decoded
+    assert part.valid.column("cat").to_pylist() == ["web", "phone"]
+    assert part.valid.column("free").to_pylist() == ["a", "c"]
+    assert all(pa.types.is_string(f.type) for f in part.rejected.schema)
+    assert part.rejected.column("cat").to_pylist() == [None, "nope"]
+
+
+def test_a_string_input_stored_with_dictionary_pages_scores_as_plain_pages(
+    plain_model: Path, tmp_path: Path
+) -> None:
+    """Without a contract or baseline naming it, the model's string input is read encoded
+    (the model is fed from its dictionary) and scores exactly as the plain column."""
+    table = write_plain_data(tmp_path / "rows", files=1, rows_per_file=700, row_group_rows=300)
+    s = table.column("s").to_pylist()
+    s[3], s[500] = "", "code with spaces; and more"
+    table = table.set_column(3, "s", pa.array(s, pa.string()))
+    for name, dictionary in (("dictionary", True), ("plain", False)):
+        (tmp_path / name).mkdir()
+        pq.write_table(
+            table, tmp_path / name / "part-0.parquet", row_group_size=300, use_dictionary=dictionary
+        )
+        out = tmp_path / f"out-{name}"
+        assert score(tmp_path / name, out, "--key_columns=id", model=plain_model) == 0
+    encoded, plain = (
+        _outputs(tmp_path / "out-dictionary", "predictions"),
+        _outputs(tmp_path / "out-plain", "predictions"),
+    )
+    # Equal to the last bit but where the two files' batches end at other rows (the
+    # kernels' vector tails round differently).
+    assert encoded.schema == plain.schema and encoded.column("id").equals(plain.column("id"))
+    expected = plain_model_expected(table.sort_by("id"))
+    for scored in (encoded, plain):
+        assert np.allclose(scored.column("score").to_numpy(), expected, atol=1e-6)
+    # What made the job read the column encoded and feed it from the dictionary:
+    signature = ServingFunction(import_tensorflow(), plain_model, "plain").signature
+    assert dictionary_inputs(signature, ("id",)) == {"s"}
+    assert dictionary_inputs(signature, ("id",), passthrough=("s",)) == set()
 
 
 @pytest.mark.parametrize("dictionary", [True, False])

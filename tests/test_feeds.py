@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batch.core.dictionaries import dictionary_indices
 from batch.core.errors import ModelError
-from batch.engine.scorer import string_feed
+from batch.engine.scorer import dictionary_feed, string_feed
 from batch.model.loading import ServingFunction, import_tensorflow
 
 VALUES = ["PL-GOLD 07", "", "é€ü", "a" * 300, "x", "", "AUTO-STD 12;rm -rf", "tab\there"]
@@ -71,6 +72,23 @@ def test_all_empty_strings_and_a_large_batch(echo: ServingFunction) -> None:
     assert _round_trip(echo, pa.array(many, pa.string()).slice(1234)) == [
         v.encode() for v in many[1234:]
     ]
+
+
+@pytest.mark.parametrize("start", [0, 3])
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_dictionary_column_reaches_tensorflow_as_its_decoded_values(
+    echo: ServingFunction, start: int, binary: bool
+) -> None:
+    """Fed from its dictionary (values the rows never use, empty and multi-byte values, a
+    sliced column and dictionary): each row gets its own value."""
+    rows = [VALUES[i % 5 + 2] for i in range(40)]
+    dictionary = pa.array(["unused", *VALUES], pa.binary() if binary else pa.string())
+    indices = pa.array([VALUES.index(v) + 1 for v in rows], pa.int32())
+    column = pa.DictionaryArray.from_arrays(indices, dictionary.slice(0)).slice(start)
+    assert pa.types.is_dictionary(column.type) and column.offset == start
+    x = np.arange(len(column), dtype=np.float32)
+    out = echo({"s": dictionary_feed(column.dictionary, dictionary_indices(column)), "x": x})
+    assert list(out["echo"]) == [v.encode() for v in rows[start:]]
 
 
 def test_product_code_parts_match_the_per_row_regular_expressions() -> None:

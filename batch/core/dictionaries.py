@@ -3,8 +3,9 @@
 Parquet writers store such columns (categories, codes, states) as a dictionary of their
 distinct values and one small index per row. Read that way, a check of each value
 (is it a known category, does it match a pattern) runs once per distinct value instead
-of once per row: :func:`per_value`. Outputs and the model get plain columns
-(:func:`decode_dictionaries`), so a dictionary never shows in a schema the user sees.
+of once per row: :func:`per_value`. Outputs get plain columns (:func:`decode_dictionaries`),
+so a dictionary never shows in a schema the user sees; a string input of the model is fed
+from the dictionary itself (batch.engine.scorer.dictionary_feed).
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ def decode_dictionaries(batch: pa.RecordBatch, keep: Collection[str] = ()) -> pa
     if not any(pa.types.is_dictionary(f.type) and f.name not in keep for f in batch.schema):
         return batch
     columns = [
-        column.dictionary_decode()
-        if pa.types.is_dictionary(column.type) and name not in keep
-        else column
+        column if name in keep else decoded(column)
         for column, name in zip(batch.columns, batch.schema.names, strict=True)
     ]
     schema = pa.schema(
@@ -44,6 +43,11 @@ def decode_dictionaries(batch: pa.RecordBatch, keep: Collection[str] = ()) -> pa
         metadata=batch.schema.metadata,
     )
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def decoded(column: pa.Array) -> pa.Array:
+    """``column`` with its values in place of a dictionary's indices (as it is if plain)."""
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def per_value(column: pa.Array, compute: Callable[[pa.Array], pa.Array]) -> pa.Array:

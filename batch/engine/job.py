@@ -67,7 +67,7 @@ from batch.engine.memory import (
     target_batch_bytes,
 )
 from batch.engine.overlap import BackgroundWriter
-from batch.engine.scorer import BatchScorer, MemoryBackoff
+from batch.engine.scorer import BatchScorer, MemoryBackoff, dictionary_inputs
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
     BatchPlan,
@@ -179,6 +179,9 @@ class ScoringJob:
     skip_bad_files: bool = False
     # The worker's memory budget and the largest batch (None: today's depths, no limit).
     memory: WorkerMemory | None = None
+    # The text columns read dictionary-encoded where a file stores them so: the
+    # category columns of the checks (encoded_columns) and the model's string inputs.
+    encoded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,11 @@ class Scorer(Protocol):
 
     @property
     def input_types(self) -> dict[str, pa.DataType]: ...
+
+    @property
+    def takes_encoded(self) -> frozenset[str]:
+        """Input columns it takes dictionary-encoded (batch.engine.scorer.dictionary_feed)."""
+        ...
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema: ...
 
@@ -276,9 +284,10 @@ def read_columns(job: ScoringJob) -> list[str]:
 
 
 def encoded_columns(rules: Iterable[ColumnRule], baseline: Baseline | None) -> frozenset[str]:
-    """The columns read dictionary-encoded where a file stores them so: those whose values
-    are looked up in a list of categories (the contract's string_domain, the drift
-    baseline's categories), which then costs one lookup per distinct value."""
+    """The columns read dictionary-encoded where a file stores them so, for the checks:
+    those whose values are looked up in a list of categories (the contract's string_domain,
+    the drift baseline's categories), which then costs one lookup per distinct value. A job
+    also reads so the model's string inputs (batch.engine.scorer.dictionary_inputs)."""
     names = {rule.name for rule in rules if rule.categories is not None}
     if baseline is not None:
         names.update(f.name for f in baseline.features if f.kind == CATEGORICAL)
@@ -326,7 +335,10 @@ def score_batches(
     scorer = job_scorer(job, backoff)
     depths, gate = worker_depths(job)  # after the model is loaded: its RSS counts
     validator = RowValidator(
-        scorer.input_types, job.rules, scorer.loaded.signature.optional_columns()
+        scorer.input_types,
+        job.rules,
+        scorer.loaded.signature.optional_columns(),
+        keep_encoded=scorer.takes_encoded,
     )
     baseline = job.baseline
     stats = PartStats(model_loads={process_id(): scorer.loaded.load_seconds})
@@ -468,9 +480,7 @@ def score_split(
             else (0, None)
         )
         batch_rows, restarted = rows_after_restarts(batch_rows, attempt, split.index)
-        schema, batches = read_split(
-            split, read_columns(job), batch_rows, encoded_columns(job.rules, job.baseline)
-        )
+        schema, batches = read_split(split, read_columns(job), batch_rows, job.encoded)
         result = score_batches(job, batches, schema, split.index, on_batch, restarted)
         if marker is not None:
             end_attempt(marker)
@@ -828,6 +838,8 @@ def run_scoring(
         signature=run.signature,
         passthrough_columns=tuple(run.passthrough_columns),
         memory=worker_memory,
+        encoded=encoded_columns(contract.columns.values() if contract else (), baseline)
+        | dictionary_inputs(signature, key_columns, run.passthrough_columns),
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),

@@ -15,24 +15,40 @@ import pyarrow.compute as pc
 
 from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
+from batch.core.dictionaries import decoded, dictionary_indices
 from batch.core.errors import InputDataError
 from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, filter_rows, with_reasons
 from batch.model.loading import Feed, LoadedModel, import_tensorflow
-from batch.model.signature import InputColumn, convert_column, sparse_inputs
+from batch.model.signature import InputColumn, SignatureInfo, convert_column, sparse_inputs
 
 log = logging.getLogger(__name__)
 
 
-def string_feed(column: pa.Array) -> tuple[bytes, np.ndarray]:
-    """A string or binary column (no nulls) as its values' bytes and int32 offsets from 0."""
+StringFeed = tuple[bytes, np.ndarray, np.ndarray]
+"""A string input as batch.model.loading.ServingFunction takes it: bytes, and each value's
+int32 start in them and length."""
+
+
+def string_feed(column: pa.Array) -> StringFeed:
+    """A string or binary column (no nulls) as its values' bytes and each value's start and
+    length in them."""
     _, offsets_buffer, data = column.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
         column.offset : column.offset + len(column) + 1
     ]
     first, last = int(offsets[0]), int(offsets[-1])
     values = data[first:last].to_pybytes() if data is not None else b""
-    return values, offsets - first
+    return values, offsets[:-1] - first, np.diff(offsets)
+
+
+def dictionary_feed(dictionary: pa.Array, indices: np.ndarray) -> StringFeed:
+    """A dictionary-encoded string column (no nulls; ``dictionary``: its distinct values,
+    string or binary) as the distinct values' bytes, each row's start and length picked by
+    its index: the rows are neither decoded nor copied (numpy gathers two int32 per row),
+    about 3x cheaper than Arrow's decode before :func:`string_feed`."""
+    values, starts, lengths = string_feed(dictionary)
+    return values, starts[indices], lengths[indices]
 
 
 _TF_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
@@ -94,12 +110,18 @@ def sparse_parts(
         values = values.filter(pa.array(present))
         parents, positions = parents[present], positions[present]
     if arrow_type == pa.string():
-        text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-        values = convert_column(values, pa.string() if text else pa.binary(), name)
+        values = _string_values(values, name)
     else:
         values = convert_column(values, arrow_type, name)
     indices = np.stack([parents, positions], axis=1).astype(np.int64).reshape(-1, 2)
     return indices, values, np.array([rows, max(width, 1)], dtype=np.int64)
+
+
+def _string_values(column: pa.Array, name: str) -> pa.Array:
+    """The values of a column for a string input, with int32 offsets: text as string, any
+    other type as binary (a string input takes bytes)."""
+    text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    return convert_column(column, pa.string() if text else pa.binary(), name)
 
 
 def _fixed_width_values(column: pa.Array, name: str, width: int | None) -> pa.Array:
@@ -123,6 +145,27 @@ def constant_string(value: str, length: int) -> pa.Array:
     offsets = np.arange(length + 1, dtype=np.int32) * len(encoded)
     return pa.StringArray.from_buffers(
         length, pa.py_buffer(offsets.tobytes()), pa.py_buffer(encoded * length)
+    )
+
+
+def dictionary_inputs(
+    signature: SignatureInfo, key_columns: Sequence[str], passthrough: Sequence[str] = ()
+) -> frozenset[str]:
+    """The input columns a :class:`BatchScorer` feeds from their dictionary when they come
+    dictionary-encoded (:func:`dictionary_feed`): the model's dense string inputs, but not
+    a key or passthrough column, which the outputs show decoded. A job reads them encoded
+    where the file stores them so (batch.engine.job.ScoringJob.encoded)."""
+    if signature.example_input is not None:
+        return frozenset()
+    sparse = sparse_inputs(signature.inputs)
+    return frozenset(
+        name
+        for name, need in signature.input_columns().items()
+        if ARROW_TYPE_FOR_DTYPE[need.dtype] == pa.string()
+        and name not in sparse
+        and name not in signature.ragged
+        and name not in key_columns
+        and name not in passthrough
     )
 
 
@@ -177,6 +220,8 @@ class BatchScorer:
             name: ARROW_TYPE_FOR_DTYPE[need.dtype] for name, need in self._columns.items()
         }
         self._output_fields = signature.output_fields()
+        # Input columns fed straight from their dictionary when encoded (dictionary_feed).
+        self.takes_encoded = dictionary_inputs(signature, self.key_columns, self.passthrough)
         self._tf = import_tensorflow()
         self._out_of_memory = (self._tf.errors.ResourceExhaustedError, MemoryError)
 
@@ -205,7 +250,7 @@ class BatchScorer:
             outputs = self.loaded.function(self.feeds(batch))
             predictions = [_to_arrow(outputs[f.name], f.type, rows) for f in self._output_fields]
         model = self.loaded.model
-        columns = [batch.column(name) for name in (*self.key_columns, *self.passthrough)]
+        columns = [decoded(batch.column(name)) for name in (*self.key_columns, *self.passthrough)]
         columns += predictions
         columns += [
             constant_string(model.name, rows),
@@ -319,6 +364,13 @@ class BatchScorer:
         feeds: dict[str, Feed] = {}
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
+            if pa.types.is_dictionary(column.type):
+                if name in self.takes_encoded and not column.null_count:
+                    feeds[name] = dictionary_feed(
+                        _string_values(column.dictionary, name), dictionary_indices(column)
+                    )
+                    continue
+                column = column.dictionary_decode()
             if name in self._sparse or name in self._ragged:
                 indices, values, dense_shape = sparse_parts(column, name, arrow_type)
                 if name in self._sparse:
@@ -337,10 +389,7 @@ class BatchScorer:
             if _is_list(column.type):  # [None, k]: the rows' values, flat
                 column = _fixed_width_values(column, name, self._shapes[name][-1])
             if arrow_type == pa.string():
-                text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-                feeds[name] = string_feed(
-                    convert_column(column, pa.string() if text else pa.binary(), name)
-                )
+                feeds[name] = string_feed(_string_values(column, name))
             else:
                 values = convert_column(column, arrow_type, name).to_numpy(zero_copy_only=False)
                 shape = self._shapes[name]

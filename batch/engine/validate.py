@@ -248,12 +248,16 @@ class RowValidator:
 
     A text column may come dictionary-encoded (batch.core.dictionaries: jobs read category
     columns so): the UTF-8, category and pattern checks then look at each distinct value
-    once. :meth:`partition` returns every column decoded.
+    once. :meth:`partition` returns every column decoded, but the rows passed on keep the
+    encoding of the columns in ``keep_encoded`` (those the scorer feeds the model from the
+    dictionary, batch.engine.scorer.BatchScorer.takes_encoded) unless a fill value
+    replaces their nulls; dead-letter rows are always decoded.
     """
 
     input_types: Mapping[str, pa.DataType]
     rules: tuple[ColumnRule, ...] = ()
     optional: frozenset[str] = frozenset()
+    keep_encoded: frozenset[str] = frozenset()
 
     def problems(self, batch: pa.RecordBatch) -> list[_Problem]:
         # First: no other check may turn a value that is not UTF-8 into text.
@@ -306,7 +310,8 @@ class RowValidator:
         fills and the unseen categories passed to the model's OOV handling."""
         filled: dict[str, int] = {}
         oov: dict[str, int] = {}
-        encoded, batch = batch, decode_dictionaries(batch)
+        keep = self.keep_encoded - {r.name for r in self.rules if r.fill is not None}
+        encoded, batch = batch, decode_dictionaries(batch, keep)
         columns = list(batch.columns)
         for rule in self.rules:
             index = batch.schema.get_field_index(rule.name)
@@ -519,7 +524,8 @@ def reject_schema(schema: pa.Schema) -> pa.Schema:
 def with_reasons(
     rows: pa.RecordBatch, reason: pa.Array | str, message: pa.Array | str
 ) -> pa.RecordBatch:
-    """``rows`` as dead-letter rows: their columns, a reason code and a message."""
+    """``rows`` as dead-letter rows: their columns (decoded), a reason code and a message."""
+    rows = decode_dictionaries(rows)
     count = rows.num_rows
     if isinstance(reason, str):
         reason = pa.array(np.full(count, reason, dtype=object), pa.string())

@@ -156,8 +156,9 @@ def session_config(tf: Any) -> Any:
     return config
 
 
-Feed = np.ndarray | tuple[bytes, np.ndarray]
-"""One input column: a numpy array, or a string column as (its bytes, int32 offsets)."""
+Feed = np.ndarray | tuple[bytes, np.ndarray, np.ndarray]
+"""One input column: a numpy array, or a string column as (bytes, each value's int32 start
+in them, each value's int32 length)."""
 
 
 class ServingFunction:
@@ -167,8 +168,10 @@ class ServingFunction:
     The SavedModel's MetaGraph is imported into a graph of its own (the loader
     TF Serving uses, about 3x quicker to load than ``tf.saved_model.load``,
     which rebuilds every saved Python object). Each string input is fed as
-    Arrow lays it out: the column's bytes as one scalar and its offsets, cut
-    into values by ``tf.strings.substr`` inside the graph. Handing TensorFlow a
+    Arrow lays it out: bytes as one scalar and each value's start and length in
+    them, cut into values by ``tf.strings.substr`` inside the graph (a
+    dictionary-encoded column as its distinct values' bytes, each row pointing
+    into them: its rows are never decoded; batch.engine.scorer). Handing TensorFlow a
     string column as numpy builds a Python object per value with the GIL held
     (about 50 ns a value, once the largest cost of feeding a batch); the cut
     runs in TensorFlow's kernels without the GIL (about 15 ns a value). A string input of
@@ -204,12 +207,13 @@ class ServingFunction:
                     if info.dtype != "string":
                         continue
                     data = tf.compat.v1.placeholder(tf.string, [], name=f"{name}_bytes")
-                    offsets = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_offsets")
-                    cut = tf.strings.substr(data, offsets[:-1], offsets[1:] - offsets[:-1])
+                    starts = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_starts")
+                    lengths = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_lengths")
+                    cut = tf.strings.substr(data, starts, lengths)
                     if len(info.shape) > 1:
                         cut = tf.reshape(cut, [-1, *info.shape[1:]])
                     input_map[signature_def.inputs[name].name] = cut
-                    placeholders += [data, offsets]
+                    placeholders += [data, starts, lengths]
                     string_inputs.append(name)
             self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(tf))
             # The loader logs that TF2 code should call tf.saved_model.load instead; this

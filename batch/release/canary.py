@@ -110,6 +110,10 @@ class CanaryScorer:
     def input_types(self) -> dict[str, pa.DataType]:
         return self.production.input_types
 
+    @property
+    def takes_encoded(self) -> frozenset[str]:
+        return self.production.takes_encoded & self.canary.takes_encoded
+
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return self.production.output_schema(input_schema)
 
