@@ -161,6 +161,28 @@ def test_only_text_columns_stored_with_dictionaries_are_read_encoded(tmp_path: P
     assert open_parquet(path).read().equals(table)
 
 
+@pytest.mark.parametrize("length", [5, 25, 20_000])
+def test_a_column_whose_dictionary_overflowed_is_read_plain(tmp_path: Path, length: int) -> None:
+    """A writer whose dictionary outgrows its page limit writes the rest of the row group
+    plain (the footer still lists a dictionary page): that column is read plain, not
+    hashed back into a dictionary; a column of few values beside it stays encoded."""
+    rows = 2_000
+    table = pa.table(
+        {
+            "few": [f"c{i % 40}" for i in range(rows)],
+            "many": [f"{i:0{length}d}" for i in range(rows)],
+        }
+    )
+    path = tmp_path / "overflow.parquet"
+    pq.write_table(table, path, dictionary_pagesize_limit=4_000, row_group_size=1_000)
+    metadata = pq.ParquetFile(path).metadata
+    assert all(metadata.row_group(g).column(1).has_dictionary_page for g in range(2))
+    read = open_parquet(path, {"few", "many"}).read()
+    assert pa.types.is_dictionary(read.schema.field("few").type)
+    assert read.schema.field("many").type == pa.string()
+    assert read.column("many").equals(table.column("many"))
+
+
 def test_a_large_string_column_keeps_its_type(tmp_path: Path) -> None:
     """Read encoded, a large_string column would come back as string: it is read plain."""
     table = pa.table({"a": pa.array(["web", "branch"] * 5, pa.large_string())})

@@ -323,11 +323,12 @@ def _file_state(path: Path | str) -> tuple[int, int]:
 def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetFile:
     """A Parquet file on disk or in a bucket (read through batch.core.storage).
 
-    The text columns named in ``encoded`` that every row group stores with a dictionary
-    page are read dictionary-encoded: a lookup in them then runs once per distinct value
-    (batch.core.dictionaries). A column stored plain (a writer that keeps no dictionary,
-    or one that overflowed) is read plain: encoding it would hash every value; so is a
-    large_string column, which would come back as string."""
+    The text columns named in ``encoded`` that every row group stores as a dictionary page
+    and indices (:func:`_dictionary_only`) are read dictionary-encoded: a lookup in them
+    then runs once per distinct value (batch.core.dictionaries). A column stored plain (a
+    writer that keeps no dictionary, or one whose dictionary outgrew its page and wrote the
+    rest plain) is read plain: encoding it would hash every value; so is a large_string
+    column, which would come back as string."""
     bucket = storage.is_uri(path)
     source = storage.open_input(str(path)) if bucket else path
     parquet = pq.ParquetFile(source, pre_buffer=bucket)
@@ -339,9 +340,28 @@ def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetF
     )
 
 
+def _dictionary_only(chunk: pq.ColumnChunkMetaData) -> bool:
+    """Whether a column chunk holds a dictionary page and data pages of indices only, as
+    its footer tells: the data pages' bytes (the chunk's uncompressed bytes less the
+    dictionary page's compressed bytes, an upper bound) stay within what an index and its
+    levels take a row. A writer whose dictionary outgrows its page limit (1 MiB in Arrow
+    and parquet-mr) writes the chunk's later pages plain: values of several bytes each."""
+    start = chunk.dictionary_page_offset
+    if not chunk.has_dictionary_page or start is None or chunk.data_page_offset <= start:
+        return False
+    data_bytes = chunk.total_uncompressed_size - (chunk.data_page_offset - start)
+    return data_bytes <= _INDEX_BYTES_PER_ROW * max(chunk.num_values, 1)
+
+
+# At most 4 bytes of a bit-packed index a row (2^32 distinct values), plus the levels of a
+# nullable column and page headers.
+_INDEX_BYTES_PER_ROW = 6
+
+
 def _dictionary_columns(metadata: pq.FileMetaData, names: Collection[str]) -> list[str]:
-    """The columns of ``names`` stored as text with a dictionary page in every row group.
-    A large_string column is left out: read encoded, it would come back as string."""
+    """The columns of ``names`` stored as text, every row group as a dictionary page and
+    indices. A large_string column is left out: read encoded, it would come back as
+    string."""
     arrow = metadata.schema.to_arrow_schema()
     found = []
     for index in range(metadata.num_columns):
@@ -354,7 +374,7 @@ def _dictionary_columns(metadata: pq.FileMetaData, names: Collection[str]) -> li
         if kind not in (pa.string(), pa.binary()):
             continue
         groups = range(metadata.num_row_groups)
-        if all(metadata.row_group(g).column(index).has_dictionary_page for g in groups):
+        if all(_dictionary_only(metadata.row_group(g).column(index)) for g in groups):
             found.append(name)
     return found
 

@@ -365,7 +365,14 @@ class BatchScorer:
         for name, arrow_type in self._input_types.items():
             column = batch.column(name)
             if pa.types.is_dictionary(column.type):
-                if name in self.takes_encoded and not column.null_count:
+                # The dictionary pays where it holds fewer values than the batch has rows
+                # (a row group's dictionary of long unique texts, cut into small batches,
+                # would be copied whole for each).
+                if (
+                    name in self.takes_encoded
+                    and not column.null_count
+                    and len(column.dictionary) <= len(column)
+                ):
                     feeds[name] = dictionary_feed(
                         _string_values(column.dictionary, name), dictionary_indices(column)
                     )
