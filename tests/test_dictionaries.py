@@ -183,6 +183,18 @@ def test_a_column_whose_dictionary_overflowed_is_read_plain(tmp_path: Path, leng
     assert read.column("many").equals(table.column("many"))
 
 
+def test_row_groups_much_smaller_than_a_batch_are_read_plain(tmp_path: Path) -> None:
+    """Each row group's dictionary ends a batch: read in batches of more than twice its row
+    groups, a file is read plain, so that its batches keep their size."""
+    path = tmp_path / "small-groups.parquet"
+    pq.write_table(pa.table({"few": ["a", "b", "c"] * 100}), path, row_group_size=100)
+    for batch_rows, encoded in ((150, True), (200, True), (201, False), (65_536, False)):
+        parquet = open_parquet(path, {"few"}, batch_rows)
+        assert pa.types.is_dictionary(parquet.schema_arrow.field("few").type) is encoded
+        sizes = [b.num_rows for b in parquet.iter_batches(batch_size=batch_rows)]
+        assert sum(sizes) == 300 and (max(sizes) <= 100) is encoded
+
+
 def test_a_large_string_column_keeps_its_type(tmp_path: Path) -> None:
     """Read encoded, a large_string column would come back as string: it is read plain."""
     table = pa.table({"a": pa.array(["web", "branch"] * 5, pa.large_string())})

@@ -232,3 +232,25 @@ class TestBackgroundWriter:
         with pytest.raises(Boom, match="first write"):
             writer.submit(write, 1)  # two pending: waits on the first, which failed
         writer.drain()
+
+    def test_the_first_failure_is_the_one_raised_not_what_follows_it(self) -> None:
+        """A full disk fails one write; the writes queued behind it then fail on the closed
+        file. The caller sees the first failure, once: from submit, not again from the
+        drain in its cleanup, and from drain when submit never saw one."""
+
+        def write(item: int) -> None:
+            if item >= 1:
+                raise Boom("disk full" if item == 1 else "closed file")
+
+        writer = BackgroundWriter(depth=1)
+        with pytest.raises(Boom, match="disk full"):
+            try:
+                for item in range(4):
+                    writer.submit(write, item)
+            finally:
+                writer.drain()
+        writer = BackgroundWriter(depth=5)
+        for item in range(4):
+            writer.submit(write, item)
+        with pytest.raises(Boom, match="disk full"):
+            writer.drain()

@@ -320,7 +320,9 @@ def _file_state(path: Path | str) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetFile:
+def open_parquet(
+    path: Path | str, encoded: Collection[str] = (), batch_rows: int = 0
+) -> pq.ParquetFile:
     """A Parquet file on disk or in a bucket (read through batch.core.storage).
 
     The text columns named in ``encoded`` that every row group stores as a dictionary page
@@ -328,11 +330,15 @@ def open_parquet(path: Path | str, encoded: Collection[str] = ()) -> pq.ParquetF
     then runs once per distinct value (batch.core.dictionaries). A column stored plain (a
     writer that keeps no dictionary, or one whose dictionary outgrew its page and wrote the
     rest plain) is read plain: encoding it would hash every value; so is a large_string
-    column, which would come back as string."""
+    column, which would come back as string. Each row group's dictionary ends a batch, so
+    a file read in batches of ``batch_rows`` whose row groups hold on average fewer than
+    half that many rows is read plain: its batches would shrink to the row groups."""
     bucket = storage.is_uri(path)
     source = storage.open_input(str(path)) if bucket else path
     parquet = pq.ParquetFile(source, pre_buffer=bucket)
-    dictionaries = _dictionary_columns(parquet.metadata, encoded)
+    metadata = parquet.metadata
+    small_groups = metadata.num_rows < metadata.num_row_groups * batch_rows // 2
+    dictionaries = [] if small_groups else _dictionary_columns(metadata, encoded)
     if not dictionaries:
         return parquet
     return pq.ParquetFile(
@@ -649,11 +655,11 @@ def check_split_unchanged(split: Split) -> None:
         )
 
 
-def open_split(split: Split, encoded: Collection[str] = ()) -> pq.ParquetFile:
-    """The split's file, opened after checking it is the file that was planned (``encoded``:
-    as :func:`open_parquet`)."""
+def open_split(split: Split, encoded: Collection[str] = (), batch_rows: int = 0) -> pq.ParquetFile:
+    """The split's file, opened after checking it is the file that was planned (``encoded``
+    and ``batch_rows``: as :func:`open_parquet`)."""
     check_split_unchanged(split)
-    return open_parquet(split.path, encoded)
+    return open_parquet(split.path, encoded, batch_rows)
 
 
 def null_counts_from_data(file: InputFile, columns: Sequence[str]) -> dict[str, int | None]:

@@ -542,9 +542,10 @@ def read_split(
     """The schema of ``columns`` in one split, and its rows as Arrow batches, streamed.
 
     The text columns named in ``encoded`` stay dictionary-encoded where the file stores
-    them with dictionaries (:func:`open_split`; the validator and drift counting take them
-    so, and decode them); every other column is decoded. The schema is the decoded one."""
-    parquet = open_split(split, encoded)
+    them with dictionaries and its row groups are not much smaller than the batches
+    (:func:`open_split`; the validator, the drift counting and the model's feeds take them
+    so); every other column is decoded. The schema is the decoded one."""
+    parquet = open_split(split, encoded, batch_size)
     schema = decoded_schema(pa.schema([parquet.schema_arrow.field(name) for name in columns]))
     batches = parquet.iter_batches(
         batch_size=batch_size, row_groups=list(split.row_groups), columns=list(columns)

@@ -59,23 +59,42 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 
 class BackgroundWriter:
-    """Runs write calls one after another in a single thread, at most ``depth`` queued."""
+    """Runs write calls one after another in a single thread, at most ``depth`` queued.
+
+    The first failure is what the caller sees: the writes queued behind it fail too (on a
+    writer the failure closed), and their errors are dropped."""
 
     def __init__(self, depth: int = 2) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchscore-write")
         self._pending: list[Future[None]] = []
         self._depth = depth
+        self._raised = False
 
     def submit(self, write: Callable[..., None], *args: Any) -> None:
         self._pending.append(self._executor.submit(write, *args))
         while len(self._pending) > self._depth:
-            self._pending.pop(0).result()
+            self._result(self._pending.pop(0))
+
+    def _result(self, future: Future[None]) -> None:
+        try:
+            future.result()
+        except BaseException:
+            self._raised = True
+            raise
 
     def drain(self) -> None:
-        """Wait for every queued write; re-raise the first failure."""
+        """Wait for every queued write; re-raise the first failure, unless :meth:`submit`
+        raised it already (``drain`` then runs in the caller's cleanup)."""
+        first: BaseException | None = None
         try:
             for future in self._pending:
-                future.result()
+                try:
+                    future.result()
+                except BaseException as exc:
+                    first = first or exc
         finally:
             self._pending.clear()
             self._executor.shutdown(wait=True)
+        if first is not None and not self._raised:
+            self._raised = True
+            raise first
