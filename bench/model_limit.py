@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One batch of rows the model takes as they are (no nulls), built into feeds once; its
     # string inputs read as a job reads them (dictionary-encoded where the file stores them
     # so), so that the model is fed as in a job.
-    read = open_parquet(first.path, scorer.takes_encoded).iter_batches(
+    read = open_parquet(first.path, scorer.takes_encoded, batch_rows).iter_batches(
         batch_size=2 * batch_rows, columns=inputs
     )
     batch = next(read)

@@ -19,15 +19,10 @@ from batch.core.dictionaries import decoded, dictionary_indices
 from batch.core.errors import InputDataError
 from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, filter_rows, with_reasons
-from batch.model.loading import Feed, LoadedModel, import_tensorflow
+from batch.model.loading import Feed, LoadedModel, StringFeed, import_tensorflow
 from batch.model.signature import InputColumn, SignatureInfo, convert_column, sparse_inputs
 
 log = logging.getLogger(__name__)
-
-
-StringFeed = tuple[bytes, np.ndarray, np.ndarray]
-"""A string input as batch.model.loading.ServingFunction takes it: bytes, and each value's
-int32 start in them and length."""
 
 
 def string_feed(column: pa.Array) -> StringFeed:

@@ -156,9 +156,12 @@ def session_config(tf: Any) -> Any:
     return config
 
 
-Feed = np.ndarray | tuple[bytes, np.ndarray, np.ndarray]
-"""One input column: a numpy array, or a string column as (bytes, each value's int32 start
-in them, each value's int32 length)."""
+StringFeed = tuple[bytes, np.ndarray, np.ndarray]
+"""A string input column as :class:`ServingFunction` takes it: bytes, each value's int32
+start in them and each value's int32 length (batch.engine.scorer builds it)."""
+
+Feed = np.ndarray | StringFeed
+"""One input column: a numpy array, or a string column as a :data:`StringFeed`."""
 
 
 class ServingFunction:
