@@ -35,7 +35,6 @@ from batch.core.fsutil import write_json_atomic, write_text_atomic
 from batch.demo.paths import model_repo_or_demo
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SPLIT_ROWS,
     check_input_output_disjoint,
 )
 from batch.engine.job import (
@@ -130,7 +129,8 @@ class ScoreRequest:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     # Bytes each worker may use; None: its cgroup's or machine's memory less headroom.
     worker_memory: int | None = None
-    split_rows: int = DEFAULT_SPLIT_ROWS
+    # Rows per split; None: chosen for the engine (batch.engine.inputs.engine_split_rows).
+    split_rows: int | None = None
     drift: bool = True
     drift_thresholds: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS
     progress: ProgressMode = "off"

@@ -24,7 +24,7 @@ from batch.api import ScoreRequest, write_summary_file
 from batch.core import storage
 from batch.core.errors import BatchScoreError
 from batch.demo import paths as demo_paths
-from batch.engine.inputs import DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS
+from batch.engine.inputs import DEFAULT_SPLIT_ROWS, MAX_BATCH_ROWS, SPLITS_PER_SLOT
 from batch.engine.job import DEFAULT_MAX_ERROR_RATE, Runner
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
@@ -395,9 +395,11 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
     parser.add_argument(
         "--split_rows",
         type=row_count,
-        default=DEFAULT_SPLIT_ROWS,
-        help="About this many rows (whole row groups) per unit of parallel work "
-        "(default: %(default)s).",
+        default=None,
+        help="About this many rows (whole row groups) per unit of parallel work. Default: "
+        f"{DEFAULT_SPLIT_ROWS:,}, or larger splits on an engine known to score few at once "
+        f"(Beam's DirectRunner in this process: one), about {SPLITS_PER_SLOT} for each split "
+        "it scores at once; the manifest's batching.splits records the choice.",
     )
     parser.add_argument(
         "--contract",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from runners import beam_import  # noqa: F401 (first: Beam without Pub/Sub's cli
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     PipelineOptions,
     StandardOptions,
     TestOptions,
@@ -193,6 +195,18 @@ if not any(isinstance(f, _QuietBatchScoreErrors) for f in _BEAM_STEP_LOGGER.filt
     _BEAM_STEP_LOGGER.addFilter(_QuietBatchScoreErrors())
 
 
+def _local_splits_at_once(options: PipelineOptions, runner: str) -> int | None:
+    """Splits the DirectRunner scores at once: one in this process (in_memory, its
+    default), --direct_num_workers with threads or processes (0: one a core); None for
+    other runners, whose workers are not known before they start."""
+    if runner != LOCAL_RUNNER:
+        return None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+        return 1
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
 def _check_runner_name(runner: str | Any) -> None:
     """Refuse a runner Beam does not know now, in one line, rather than as a traceback
     when the pipeline is built."""
@@ -218,6 +232,7 @@ class BeamRunner:
         standard = self.pipeline_options.view_as(StandardOptions)
         runner = standard.runner or LOCAL_RUNNER
         self.name = f"beam:{runner}"
+        self.splits_at_once = _local_splits_at_once(self.pipeline_options, runner)
         # Beam's --dry_run (any non-empty value): build the job, submit nothing.
         self.dry_run = bool(self.pipeline_options.view_as(TestOptions).dry_run)
         self.dry_run_report = ""

@@ -270,6 +270,9 @@ class PySparkRunner:
     """
 
     name = "pyspark"
+    # Spark's task slots are known once its session runs, after the splits are planned:
+    # the default split size.
+    splits_at_once: int | None = None
 
     def __init__(self, master: str | None = None, confs: Mapping[str, str] | None = None) -> None:
         self.requested_master = master

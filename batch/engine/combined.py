@@ -191,6 +191,12 @@ class DeferredRunner:
     def name(self, value: str) -> None:
         self._name = value
 
+    @property
+    def splits_at_once(self) -> int | None:
+        # The runs' splits are interleaved in one engine job: the default size (asking the
+        # real runner would start it before a run is known to score).
+        return None
+
     def options(self) -> dict[str, Any]:
         return self._combined.real_runner().options()
 

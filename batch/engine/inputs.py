@@ -33,6 +33,14 @@ DEFAULT_BATCH_SIZE = 1 << 16
 # The most rows one model call or one split may hold (16,777,216): beyond it Arrow's and
 # TensorFlow's row counts stop fitting the types they use, and no worker has the memory.
 MAX_BATCH_ROWS = 1 << 24
+# Where --split_rows is not given and the engine is known to score few splits at once
+# (Beam's DirectRunner in this process: one), a split gets up to 1/SPLITS_PER_SLOT of each
+# slot's rows. Every split's start (its file opened, its first batch read on one thread)
+# and end (the last calls, the writer drained) leave a core idle, and with one split at a
+# time nothing else fills it: 40 splits of 262,144 rows cost about 0.8 s of a 12 s job on
+# 10M rows against 8 (docs/benchmarks.md, issue 21's thirteenth look). Eight a slot still
+# even out the slots' finish where several run at once.
+SPLITS_PER_SLOT = 8
 
 
 @dataclass(frozen=True)
@@ -544,6 +552,17 @@ def _schema_difference(
         if n in mine and mine[n] != theirs[n]
     ]
     return f"its schema differs from its {siblings} sibling file(s): " + "; ".join(parts)
+
+
+def engine_split_rows(total_rows: int, splits_at_once: int | None) -> int:
+    """Rows per split where ``--split_rows`` is not given: DEFAULT_SPLIT_ROWS, or for an
+    engine that scores ``splits_at_once`` splits at a time (known before it starts) as
+    many as give each of them about SPLITS_PER_SLOT splits; never fewer than the default
+    (small inputs keep their parallelism) nor more than MAX_BATCH_ROWS."""
+    if not splits_at_once or splits_at_once < 1:
+        return DEFAULT_SPLIT_ROWS
+    share = -(-total_rows // (splits_at_once * SPLITS_PER_SLOT))
+    return min(MAX_BATCH_ROWS, max(DEFAULT_SPLIT_ROWS, share))
 
 
 def plan_splits(files: Sequence[InputFile], split_rows: int = DEFAULT_SPLIT_ROWS) -> list[Split]:

@@ -41,12 +41,14 @@ from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
     MAX_BATCH_ROWS,
+    SPLITS_PER_SLOT,
     BadFile,
     IgnoredFile,
     InputFile,
     Split,
     check_split_unchanged,
     complete_null_counts,
+    engine_split_rows,
     fingerprint,
     open_split,
     plan_splits,
@@ -268,6 +270,13 @@ class Runner(Protocol):
     """An engine that executes :func:`score_split` for every split."""
 
     name: str
+
+    @property
+    def splits_at_once(self) -> int | None:
+        """How many splits the engine scores at the same time, where that is known before
+        it starts (None: not known, e.g. a cluster that scales); without --split_rows the
+        splits are planned larger where few run at once (engine_split_rows)."""
+        ...
 
     def options(self) -> dict[str, Any]:
         """The engine options worth recording in the manifest."""
@@ -724,7 +733,8 @@ class ScoringRun:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     # Bytes a worker may use (--worker_memory); None: its cgroup's or machine's, less headroom.
     worker_memory: int | None = None
-    split_rows: int = DEFAULT_SPLIT_ROWS
+    # Rows per split (--split_rows); None: chosen for the engine (engine_split_rows).
+    split_rows: int | None = None
     started: float | None = None
     trust: TrustPolicy = STRICT
     variant: ScoringVariant | None = None
@@ -780,6 +790,17 @@ def plan_batching(
     return batching, WorkerMemory(run.worker_memory, batching.largest_bytes, reader)
 
 
+def planned_split_rows(run: ScoringRun, runner: Runner) -> tuple[int, str]:
+    """Rows per split and how they were chosen (the manifest's ``batching.splits``)."""
+    if run.split_rows is not None:
+        return run.split_rows, "--split_rows"
+    at_once = runner.splits_at_once
+    rows = engine_split_rows(sum(f.num_rows for f in run.files), at_once)
+    if rows == DEFAULT_SPLIT_ROWS:
+        return rows, "default"
+    return rows, f"the engine scores {at_once} split(s) at once: about {SPLITS_PER_SLOT} each"
+
+
 def run_scoring(
     run: ScoringRun,
     runner: Runner,
@@ -806,7 +827,8 @@ def run_scoring(
     )
     check_passthrough(run.passthrough_columns, key_columns, signature)
     check_inputs(files, signature, key_columns, contract, run.passthrough_columns)
-    splits = plan_splits(files, run.split_rows)
+    split_rows, split_rule = planned_split_rows(run, runner)
+    splits = plan_splits(files, split_rows)
     # Absolute, so that the manifest and the summary name the run wherever they are read.
     layout: RunLayout | ObjectRunLayout
     if storage.is_uri(str(run.output_root)):
@@ -822,6 +844,11 @@ def run_scoring(
         else ()
     )
     batching, worker_memory = plan_batching(run, splits, columns)
+    batching.section["splits"] = {
+        "count": len(splits),
+        "split_rows": split_rows,
+        "rule": split_rule,
+    }
     splits = batching.splits
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
     job = ScoringJob(

@@ -29,6 +29,7 @@ class InProcessRunner:
     calls and writing overlapped by :func:`score_split` itself, as on an engine's worker)."""
 
     name = IN_PROCESS
+    splits_at_once = 1
 
     def __init__(self, input_rows: int, max_rows: int) -> None:
         self._input_rows = input_rows
