@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -57,9 +58,10 @@ def test_runners_say_how_many_splits_they_score_at_once() -> None:
     assert PySparkRunner("local[2]").splits_at_once is None
 
 
-def _manifest(out: Path) -> dict:
+def _manifest(out: Path) -> dict[str, Any]:
     (run,) = list_committed_runs(out)
-    return json.loads((run.run_dir / MANIFEST).read_text())
+    manifest: dict[str, Any] = json.loads((run.run_dir / MANIFEST).read_text())
+    return manifest
 
 
 @pytest.mark.slow
@@ -76,7 +78,7 @@ def test_beam_job_without_split_rows_plans_larger_splits_and_scores_every_row(
     assert len(plan_splits(files)) == 10  # the default size
 
     expected = plain_model_expected(table)
-    runs = {
+    runs: dict[str, tuple[list[str], dict[str, Any]]] = {
         "engine": ([], {"count": 8, "split_rows": rows // 8}),
         "given": (
             [f"--split_rows={DEFAULT_SPLIT_ROWS}"],
