@@ -398,8 +398,9 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         default=None,
         help="About this many rows (whole row groups) per unit of parallel work. Default: "
         f"{DEFAULT_SPLIT_ROWS:,}, or larger splits on an engine known to score few at once "
-        f"(Beam's DirectRunner in this process: one), about {SPLITS_PER_SLOT} for each split "
-        "it scores at once; the manifest's batching.splits records the choice.",
+        "(Beam's DirectRunner in this process: one; a local Spark master: its cores), about "
+        f"{SPLITS_PER_SLOT} for each split it scores at once; the manifest's batching.splits "
+        "records the choice.",
     )
     parser.add_argument(
         "--contract",

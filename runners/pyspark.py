@@ -270,9 +270,6 @@ class PySparkRunner:
     """
 
     name = "pyspark"
-    # Spark's task slots are known once its session runs, after the splits are planned:
-    # the default split size.
-    splits_at_once: int | None = None
 
     def __init__(self, master: str | None = None, confs: Mapping[str, str] | None = None) -> None:
         self.requested_master = master
@@ -334,6 +331,20 @@ class PySparkRunner:
         if self.shared_paths:
             self._recorded["shared_paths"] = list(self.shared_paths)
         return self._recorded
+
+    @property
+    def splits_at_once(self) -> int | None:
+        """A local master's task slots: its cores over ``--spark_conf spark.task.cpus``.
+        None for a cluster, whose executors are known once its session runs, after the
+        splits are planned (they get the default size)."""
+        master = self.master()
+        if not (master == "local" or master.startswith("local[")):
+            return None
+        try:
+            task_cpus = max(1, int(self.confs.get(TASK_CPUS_CONF, "1")))
+        except ValueError:
+            task_cpus = 1
+        return max(1, local_cores(master) // task_cpus)
 
     def master(self) -> str:
         """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""

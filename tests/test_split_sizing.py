@@ -54,8 +54,13 @@ def test_runners_say_how_many_splits_they_score_at_once() -> None:
     every_core = ["--direct_num_workers=0", "--direct_running_mode=multi_processing"]
     assert BeamRunner(every_core).splits_at_once == os.cpu_count()
     assert InProcessRunner(10, 100).splits_at_once == 1
-    # Spark's slots are known once its session runs, after planning: the default size.
-    assert PySparkRunner("local[2]").splits_at_once is None
+    # A local Spark master's task slots; a cluster's are known once its session runs.
+    assert PySparkRunner("local[2]").splits_at_once == 2
+    assert PySparkRunner("local[*]").splits_at_once == os.cpu_count()
+    assert PySparkRunner("local").splits_at_once == 1
+    halves = {"spark.task.cpus": "2"}
+    assert PySparkRunner("local[4]", halves).splits_at_once == 2
+    assert PySparkRunner("k8s://https://127.0.0.1:6443").splits_at_once is None
 
 
 def _manifest(out: Path) -> dict[str, Any]:
@@ -64,13 +69,21 @@ def _manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
+ENGINES = {
+    "beam": ((), "beam:DirectRunner"),
+    "spark": (("--runner=PySparkRunner", "--spark_master=local[1]"), "pyspark"),
+}
+
+
 @pytest.mark.slow
-def test_beam_job_without_split_rows_plans_larger_splits_and_scores_every_row(
-    plain_model: Path, tmp_path: Path
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_job_without_split_rows_plans_larger_splits_and_scores_every_row(
+    engine: str, plain_model: Path, tmp_path: Path
 ) -> None:
-    """2,621,440 rows in row groups of 65,536: the DirectRunner in this process scores one
-    split at a time, so it gets 8 splits of 327,680 rows instead of the default's 10 of
-    262,144; every row is scored as the numpy expectation says, either way."""
+    """2,621,440 rows in row groups of 65,536: the DirectRunner in this process and Spark's
+    local[1] score one split at a time, so they get 8 splits of 327,680 rows instead of the
+    default's 10 of 262,144; every row is scored as the numpy expectation says, either way."""
+    engine_options, runner_name = ENGINES[engine]
     data = tmp_path / "data"
     rows = 40 * 65_536
     table = write_plain_data(data, files=1, rows_per_file=rows, row_group_rows=65_536)
@@ -87,15 +100,16 @@ def test_beam_job_without_split_rows_plans_larger_splits_and_scores_every_row(
     }
     for name, (options, wanted) in runs.items():
         out = tmp_path / name
-        assert score(data, out, "--key_columns=id", *options, model=plain_model) == 0
+        options = [*engine_options, "--key_columns=id", *options]
+        assert score(data, out, *options, model=plain_model) == 0
         manifest = _manifest(out)
         splits = manifest["batching"]["splits"]
         assert {k: splits[k] for k in wanted} == wanted, splits
-        assert manifest["runner"]["name"] == "beam:DirectRunner"
+        assert manifest["runner"]["name"] == runner_name
         (run,) = list_committed_runs(out)
         predictions = pq.read_table(run.run_dir / "predictions").sort_by("id")
         assert predictions.num_rows == rows
         assert len(list((run.run_dir / "predictions").glob("*.parquet"))) == wanted["count"]
         np.testing.assert_allclose(predictions.column("score").to_numpy(), expected, atol=1e-6)
-    engine = _manifest(tmp_path / "engine")["batching"]["splits"]
-    assert engine["rule"] == "the engine scores 1 split(s) at once: about 8 each"
+    chosen = _manifest(tmp_path / "engine")["batching"]["splits"]
+    assert chosen["rule"] == "the engine scores 1 split(s) at once: about 8 each"
