@@ -181,16 +181,23 @@ class CountingProxy:
 
 
 @contextmanager
-def counting_proxy(target: str, folder: Path, delay_s: float = 0.0) -> Iterator[CountingProxy]:
+def counting_proxy(
+    target: str, folder: Path, delay_s: float = 0.0, s3_empty_ranges: bool = False
+) -> Iterator[CountingProxy]:
     """An HTTP proxy process on 127.0.0.1 that forwards every request to ``target`` (one
     of the servers above) after ``delay_s`` (a store's round trip) and logs it; stopped
     by its PID. A process of its own: pyarrow holds the GIL while it waits for some
-    responses, which would stall a proxy thread of the test process."""
+    responses, which would stall a proxy thread of the test process.
+
+    ``s3_empty_ranges``: a suffix-range GET of an empty object gets Amazon S3's answer,
+    416 InvalidRange (an empty object has no byte to range over), where moto answers 200
+    with no body."""
     port = free_port()
     log = folder / f"proxy-{port}.log"
     log.write_text("")
     command = [sys.executable, "-m", "tests.object_stores", target, str(port), str(delay_s)]
-    process = _start([*command, str(log)], folder / f"proxy-{port}.out")
+    command += [str(log), "s3_empty_ranges" if s3_empty_ranges else "as_is"]
+    process = _start(command, folder / f"proxy-{port}.out")
     try:
         _wait_listening(port, process, folder / f"proxy-{port}.out")
         yield CountingProxy(f"http://127.0.0.1:{port}", log)
@@ -198,7 +205,18 @@ def counting_proxy(target: str, folder: Path, delay_s: float = 0.0) -> Iterator[
         _stop(process)
 
 
-def _serve_proxy(target: str, port: int, delay_s: float, log_path: Path) -> None:
+# Amazon S3's answer to a range no byte of the object satisfies (a suffix range of an
+# empty object): https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html
+_S3_INVALID_RANGE = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRange</Code>'
+    b"<Message>The requested range is not satisfiable</Message>"
+    b"<ActualObjectSize>0</ActualObjectSize></Error>"
+)
+
+
+def _serve_proxy(
+    target: str, port: int, delay_s: float, log_path: Path, s3_empty_ranges: bool = False
+) -> None:
     import http.client
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -227,6 +245,19 @@ def _serve_proxy(target: str, port: int, delay_s: float, log_path: Path) -> None
                 payload = response.read()
             finally:
                 connection.close()
+            if (
+                s3_empty_ranges
+                and self.command == "GET"
+                and response.status == 200
+                and (self.headers.get("Range") or "").startswith("bytes=-")
+                and payload == b""
+            ):
+                self.send_response(416, "Requested Range Not Satisfiable")
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(_S3_INVALID_RANGE)))
+                self.end_headers()
+                self.wfile.write(_S3_INVALID_RANGE)
+                return
             self.send_response(response.status, response.reason)
             for key, value in response.getheaders():
                 if key.lower() not in _HOP_HEADERS and key.lower() != "content-length":
@@ -249,5 +280,11 @@ def _serve_proxy(target: str, port: int, delay_s: float, log_path: Path) -> None
 
 
 if __name__ == "__main__":
-    # python -m tests.object_stores TARGET PORT DELAY_S LOG: the proxy of counting_proxy.
-    _serve_proxy(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4]))
+    # python -m tests.object_stores TARGET PORT DELAY_S LOG MODE: the proxy of counting_proxy.
+    _serve_proxy(
+        sys.argv[1],
+        int(sys.argv[2]),
+        float(sys.argv[3]),
+        Path(sys.argv[4]),
+        sys.argv[5] == "s3_empty_ranges",
+    )

@@ -603,3 +603,60 @@ def test_a_category_column_in_a_bucket_is_read_encoded(
     assert read.schema.field("free").type == pa.string()
     assert read.column("cat").cast(pa.string()).equals(table.column("cat"))
     assert read.column("free").equals(table.column("free"))
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_an_empty_object_in_a_bucket_is_a_bad_file(
+    scheme: str,
+    buckets: dict[str, str],
+    local_data: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A 0-byte object has no byte for a suffix range (S3 answers InvalidRange; the tail
+    then comes from the object's metadata): its tail is empty, a job over a folder holding
+    it fails listing it as a bad file, and with --on_bad_file=skip scores the other file."""
+    folder = f"{buckets[scheme]}/with-an-empty-object"
+    empty = f"{folder}/empty.parquet"
+    storage.write_bytes(empty, b"")
+    good = sorted(local_data.glob("*.parquet"))[0]
+    upload_tree(good, f"{folder}/good.parquet")
+    tail = storage.read_tail(empty, FOOTER_READ_BYTES)
+    assert (tail.data, tail.size) == (b"", 0) and tail.version
+    args = [
+        f"--input={folder}",
+        f"--model={buckets[scheme]}/models/model",
+        "--key_columns=id",
+    ]
+    capsys.readouterr()
+    assert score_main([*args, f"--output={tmp_path / 'fail'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # The bad-file list: a heading, then one line for the file, naming it and the cause.
+    assert len(err) == 2 and "--on_bad_file=skip" in err[0], err
+    assert empty in err[1] and "0 bytes" in err[1], err
+    out = tmp_path / "skip"
+    assert score_main([*args, f"--output={out}", "--on_bad_file=skip"]) == 0
+    (run,) = list_committed_runs(out)
+    manifest = json.loads((Path(run.run_dir) / MANIFEST).read_text())
+    assert manifest["metrics"]["rows_read"] == pq.ParquetFile(good).metadata.num_rows
+    assert empty in json.dumps(manifest["input"])
+
+
+def test_an_empty_s3_object_answered_invalid_range_reads_from_its_metadata(
+    buckets: dict[str, str], stores: ObjectStores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Amazon S3 answers a suffix-range GET of an empty object with 416 InvalidRange (moto
+    with 200: a proxy gives S3's answer): the tail then comes from the object's metadata,
+    one HEAD more, and the object reads as empty."""
+    empty = f"{buckets['s3']}/invalid-range/empty.parquet"
+    storage.write_bytes(empty, b"")
+    expected = storage.version_token(empty)
+    with counting_proxy(stores.s3_endpoint, tmp_path, s3_empty_ranges=True) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        proxy.mark()
+        tail = storage.read_tail(empty, FOOTER_READ_BYTES)
+        requests = proxy.requests()
+    assert (tail.data, tail.size, tail.version) == (b"", 0, expected)
+    key = "/invalid-range/empty.parquet"
+    assert [r.split(" ")[0] for r in requests] == ["GET", "HEAD"], requests
+    assert all(key in r for r in requests), requests
