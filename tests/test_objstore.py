@@ -232,6 +232,10 @@ def _dead_runs(version_dir: str) -> set[str]:
     } - {r.run_id for r in list_committed_runs(storage.parent(storage.parent(version_dir)))}
 
 
+# The lease time of the rerun that cleans up after the killed runs (seconds).
+RERUN_LEASE_S = 3
+
+
 @pytest.mark.slow
 def test_sigkill_at_each_step_commits_nothing_and_a_rerun_commits_exactly_one(
     buckets: dict[str, str], local_reference: pa.Table
@@ -250,6 +254,11 @@ def test_sigkill_at_each_step_commits_nothing_and_a_rerun_commits_exactly_one(
     }
     dead = _dead_runs(version_dir)
     assert len(dead) == len(OBJECT_POINTS), dead
+    # The killed runs renewed their leases last before they were killed: once the rerun's
+    # lease time has passed, its cleanup must see every one of them dead, however quickly
+    # it starts (a run killed late, and a rerun started within that time, would still be
+    # live: its lease says so, rightly).
+    time.sleep(RERUN_LEASE_S + 0.5)
     # A live run's lease is renewed while the rerun cleans up: its objects stay.
     live = storage.join(version_dir, "run=29990101T000000.000000Z-live00")
     storage.write_bytes(storage.join(live, "predictions", "part-00000-live.parquet"), b"x")
@@ -263,7 +272,7 @@ def test_sigkill_at_each_step_commits_nothing_and_a_rerun_commits_exactly_one(
     storage.write_json(storage.join(live, "_LEASE"), {"pid": 0})
     keeper.start()
     try:
-        rc, err = _finish(_score(*common, env=_env(**{LEASE_ENV: "3"})))
+        rc, err = _finish(_score(*common, env=_env(**{LEASE_ENV: str(RERUN_LEASE_S)})))
     finally:
         stop.set()
         keeper.join()
