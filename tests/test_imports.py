@@ -20,6 +20,7 @@ import pytest
 from batch.core.imports import import_without
 from tests.conftest import PlainModels, score_args
 from tests.plain_model import write_plain_data
+from tests.signing_keys import KeyPair
 
 NAMES = ("host_lib", "optional_lib", "optional_lib.extra")
 
@@ -163,17 +164,50 @@ def test_a_workers_first_model_load_imports_tensorflow_without_the_collector(
     first load) runs with the collector off; after it, on again, TensorFlow's objects
     frozen. A load that fails settles the process too."""
     model = plain_models(sign=False)
+    # import_tensorflow is called twice: by the thread that starts the import at once,
+    # and by the load, which waits for it.
     assert _new_python(_LOAD, str(model), str(tmp_path / "repo")) == [
         "loaded",
-        "[False] True True",
+        "[False, False] True True",
     ]
     broken = tmp_path / "broken" / "model"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
     assert _new_python(_LOAD, str(broken), str(tmp_path / "repo")) == [
         "refused",
-        "[False] True True",
+        "[False, False] True True",
     ]
+
+
+_LOAD_SIGNED = """
+import sys, threading
+from pathlib import Path
+import batch.model.loading as loading
+from batch.model.repository import ModelRepository, resolve_model
+from batch.model.signing import TrustPolicy
+seen = []
+def watched(*args, **kwargs):
+    importing = [t.name for t in threading.enumerate() if t.name == "import-tensorflow"]
+    seen.append(bool(importing))
+    return original(*args, **kwargs)
+original, loading.verify_model = loading.verify_model, watched
+model = resolve_model(sys.argv[1], ModelRepository(Path(sys.argv[2])))
+loaded = loading.load_model(model, TrustPolicy.from_key_file(sys.argv[3]))
+print(loaded.verification.verified, seen)
+print(sorted(loaded.signature.inputs))
+"""
+
+
+def test_a_workers_first_load_imports_tensorflow_while_it_verifies_the_model(
+    plain_models: PlainModels, signing_keys: KeyPair, tmp_path: Path
+) -> None:
+    """As a Spark or Beam worker process loads its model: TensorFlow's import (seconds)
+    runs in a thread of its own from the start of the first load, beside the private
+    copy and the signature check (a child process), instead of after them. TensorFlow
+    reads the model only once it has verified (a real signed model, the session key)."""
+    model = plain_models(sign=True)
+    lines = _new_python(_LOAD_SIGNED, str(model), str(tmp_path / "repo"), str(signing_keys.public))
+    assert lines == ["True [True]", "['n', 's', 'x']"]
 
 
 _SCORE_AND_REPORT_COLLECTOR = """

@@ -412,12 +412,31 @@ def preload_model(
         with contextlib.suppress(Exception):
             load_model(model, trust, choice)
 
-    def load_tensorflow() -> None:
+    start_tensorflow_import()
+    threading.Thread(target=load, name="load-model", daemon=True).start()
+
+
+def start_tensorflow_import() -> None:
+    """Start TensorFlow's import in a thread of its own, unless it is imported or a thread
+    imports it already: what comes before the model's load (the download, the private
+    copy, the verification in a child process) then overlaps it. A failed import is
+    raised by the next :func:`import_tensorflow` call, which imports again."""
+
+    def run() -> None:
         with contextlib.suppress(Exception):
             import_tensorflow()
 
-    threading.Thread(target=load_tensorflow, name="import-tensorflow", daemon=True).start()
-    threading.Thread(target=load, name="load-model", daemon=True).start()
+    with _TF_IMPORT_STARTED_LOCK:
+        if _TF_IMPORTED or _TF_IMPORT_STARTED.get(os.getpid()):
+            return
+        _TF_IMPORT_STARTED[os.getpid()] = True
+    threading.Thread(target=run, name="import-tensorflow", daemon=True).start()
+
+
+_TF_IMPORT_STARTED_LOCK = threading.Lock()
+# Process id -> True once start_tensorflow_import started a thread there (a forked child
+# inherits the dict but not the thread).
+_TF_IMPORT_STARTED: dict[int, bool] = {}
 
 
 def load_model(
@@ -433,9 +452,18 @@ def load_model(
     policy; a model that fails raises a
     :class:`batch.model.signing.ModelVerificationError`.
     """
-    model = local_model(model)  # a worker without the driver's model cache downloads it
-    # The first load ends the process's start-up (batch.core.imports.start_up).
-    with start_up(), _LOCK:
+    # The first load ends the process's start-up (batch.core.imports.start_up). A worker's
+    # first load imports TensorFlow meanwhile: its seconds overlap the download, the
+    # private copy and the verification (a child process) instead of following them.
+    with start_up():
+        start_tensorflow_import()
+        return _load_verified(local_model(model), trust, choice)
+
+
+def _load_verified(
+    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice
+) -> LoadedModel:
+    with _LOCK:
         # The same bytes with the same signature under the same policy verify the same:
         # a hit returns a copy verified earlier (whatever the folder holds by now).
         check = (model.content_hash, _signature_sha256(model), trust)
