@@ -594,7 +594,9 @@ def model_signature(
         # string input may be serialized tf.Examples, which only the graph tells.
         if signature.examples is not None or not (len(lone) == 1 and lone[0].dtype == "string"):
             return signature
-    return load_model(model, trust, choice).signature
+    # The driver's own load: Spark's JVM may be starting meanwhile (runners.pyspark), and
+    # must not inherit the file descriptor 2 that TensorFlow's import holds.
+    return load_model(model, trust, choice, import_early=False).signature
 
 
 def check_inputs(

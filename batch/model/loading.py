@@ -440,7 +440,11 @@ _TF_IMPORT_STARTED: dict[int, bool] = {}
 
 
 def load_model(
-    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice = DEFAULT_CHOICE
+    model: ResolvedModel,
+    trust: TrustPolicy,
+    choice: SignatureChoice = DEFAULT_CHOICE,
+    *,
+    import_early: bool = True,
 ) -> LoadedModel:
     """The process-wide instance of ``model`` (its signature ``choice``): verified against
     ``trust`` and loaded on first use, shared by all threads.
@@ -451,12 +455,18 @@ def load_model(
     changed after the check is never loaded. It runs once per process, content and
     policy; a model that fails raises a
     :class:`batch.model.signing.ModelVerificationError`.
+
+    ``import_early``: TensorFlow's import starts at once (:func:`start_tensorflow_import`),
+    so that its seconds overlap the download, the private copy and the verification (a
+    child process) instead of following them, as a worker's first load wants. Pass False
+    where another thread of this process may start a child process meanwhile (a driver
+    whose runner launches Spark's JVM): while TensorFlow imports, file descriptor 2 is
+    held (:func:`import_tensorflow`), and a child started then would write its stderr there.
     """
-    # The first load ends the process's start-up (batch.core.imports.start_up). A worker's
-    # first load imports TensorFlow meanwhile: its seconds overlap the download, the
-    # private copy and the verification (a child process) instead of following them.
+    # The first load ends the process's start-up (batch.core.imports.start_up).
     with start_up():
-        start_tensorflow_import()
+        if import_early:
+            start_tensorflow_import()
         return _load_verified(local_model(model), trust, choice)
 
 
