@@ -426,17 +426,17 @@ def start_tensorflow_import() -> None:
         with contextlib.suppress(Exception):
             import_tensorflow()
 
-    with _TF_IMPORT_STARTED_LOCK:
-        if _TF_IMPORTED or _TF_IMPORT_STARTED.get(os.getpid()):
+    with _TF_IMPORT_THREAD_LOCK:
+        if _TF_IMPORTED or (_TF_IMPORT_THREAD and _TF_IMPORT_THREAD[0].is_alive()):
             return
-        _TF_IMPORT_STARTED[os.getpid()] = True
-    threading.Thread(target=run, name="import-tensorflow", daemon=True).start()
+        thread = threading.Thread(target=run, name="import-tensorflow", daemon=True)
+        _TF_IMPORT_THREAD[:] = [thread]
+        thread.start()
 
 
-_TF_IMPORT_STARTED_LOCK = threading.Lock()
-# Process id -> True once start_tensorflow_import started a thread there (a forked child
-# inherits the dict but not the thread).
-_TF_IMPORT_STARTED: dict[int, bool] = {}
+_TF_IMPORT_THREAD_LOCK = threading.Lock()
+# The thread start_tensorflow_import started last (in a forked child it is not alive).
+_TF_IMPORT_THREAD: list[threading.Thread] = []
 
 
 def load_model(
