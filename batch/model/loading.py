@@ -247,6 +247,28 @@ class ServingFunction:
             self._run = self.session.make_callable(fetches, feed_list=placeholders)
         self.graph.finalize()
 
+    def prepare_first_call(self) -> None:
+        """Call the signature once on no rows, so that TensorFlow prepares the call (the
+        graph's optimization passes, the executor and its kernels: about 0.3-0.4 s on one
+        core for the demo model, with the GIL released) during the load rather than in
+        the first batch's call, where a job waits for it. A graph that refuses an empty
+        batch (a shape check, a fixed batch size) keeps that cost for its first call; a
+        real batch's error is raised by that call."""
+        empty: dict[str, Feed] = {}
+        row_splits = set(self.signature.ragged.values())
+        try:
+            for name, info in self.signature.inputs.items():
+                if name in self._strings:
+                    empty[name] = (b"", np.zeros(0, np.int32), np.zeros(0, np.int32))
+                elif name in row_splits:  # a ragged input's row splits: [0], no rows
+                    empty[name] = np.zeros(1, dtype=info.dtype)
+                else:  # the batch dimension (and any other unknown one) empty
+                    shape = tuple(0 if size is None else size for size in info.shape)
+                    empty[name] = np.zeros(shape, dtype=info.dtype)
+            self(empty)
+        except Exception as exc:  # TensorFlow raises many types; the first batch says
+            log.debug("model call on no rows refused (%s); prepared by the first batch", exc)
+
     def __call__(self, feeds: dict[str, Feed]) -> dict[str, np.ndarray]:
         """The signature's outputs for one batch of ``feeds`` (one entry per input)."""
         values: list[Any] = []
@@ -434,6 +456,16 @@ def start_tensorflow_import() -> None:
         thread.start()
 
 
+def wait_for_tensorflow_import() -> None:
+    """Wait until the import :func:`start_tensorflow_import` started last has ended (at
+    once where none is under way). Another slow import started after it (Beam's) then
+    does not take turns with it on the GIL and on the module locks both need."""
+    with _TF_IMPORT_THREAD_LOCK:
+        thread = _TF_IMPORT_THREAD[0] if _TF_IMPORT_THREAD else None
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
+
+
 _TF_IMPORT_THREAD_LOCK = threading.Lock()
 # The thread start_tensorflow_import started last (in a forked child it is not alive).
 _TF_IMPORT_THREAD: list[threading.Thread] = []
@@ -508,11 +540,15 @@ def _load(
             f"model {model.label} ({shown_as}): TensorFlow could not load it: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
+    loaded = time.perf_counter()
+    function.prepare_first_call()
     elapsed = time.perf_counter() - start
     log.info(
-        "loaded model %s in %.2fs (%d calls at once, threads per op: %s)",
+        "loaded model %s in %.2fs (its first call prepared in %.2fs; %d calls at once, "
+        "threads per op: %s)",
         model.label,
         elapsed,
+        elapsed - (loaded - start),
         _THREAD_PLAN[0][0],
         intra_op_threads() or "TF_NUM_INTRAOP_THREADS",
     )

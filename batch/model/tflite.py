@@ -18,9 +18,9 @@ so each thread gets its own (``threading.local``); the model's bytes are read on
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -105,13 +105,21 @@ class TFLiteModel:
         return {name: np.asarray(outputs[tflite]) for name, tflite in self.outputs.items()}
 
 
+class TransformFunction(Protocol):
+    """The transform signature in a session (batch.model.loading.ServingFunction)."""
+
+    def __call__(self, feeds: Any) -> Mapping[str, np.ndarray]: ...
+
+    def prepare_first_call(self) -> None: ...
+
+
 class TFLiteFunction:
     """``transform`` (the transform signature in a session: raw feeds -> transformed
     features) then the TFLite model on those features: the function the scorer calls."""
 
     def __init__(
         self,
-        transform: Callable[[Any], Mapping[str, np.ndarray]],
+        transform: TransformFunction,
         transform_signature: SignatureInfo,
         saved_model_dir: Path,
         description: Mapping[str, Any],
@@ -141,6 +149,10 @@ class TFLiteFunction:
                 for name, info in description["output_info"].items()
             },
         )
+
+    def prepare_first_call(self) -> None:
+        """The transform's first call prepared (LiteRT's interpreter is ready once built)."""
+        self._transform.prepare_first_call()
 
     def __call__(self, feeds: Any) -> dict[str, np.ndarray]:
         return self._model(self._transform(feeds))
