@@ -247,13 +247,13 @@ class ServingFunction:
             self._run = self.session.make_callable(fetches, feed_list=placeholders)
         self.graph.finalize()
 
-    def prepare_first_call(self) -> None:
+    def prepare_first_call(self) -> bool:
         """Call the signature once on no rows, so that TensorFlow prepares the call (the
         graph's optimization passes, the executor and its kernels: about 0.3-0.4 s on one
         core for the demo model, with the GIL released) during the load rather than in
-        the first batch's call, where a job waits for it. A graph that refuses an empty
-        batch (a shape check, a fixed batch size) keeps that cost for its first call; a
-        real batch's error is raised by that call."""
+        the first batch's call, where a job waits for it. Whether it ran: a graph that
+        refuses an empty batch (a shape check, a fixed batch size) keeps that cost for
+        its first call, and a real batch's error is raised by that call."""
         empty: dict[str, Feed] = {}
         row_splits = set(self.signature.ragged.values())
         try:
@@ -268,6 +268,8 @@ class ServingFunction:
             self(empty)
         except Exception as exc:  # TensorFlow raises many types; the first batch says
             log.debug("model call on no rows refused (%s); prepared by the first batch", exc)
+            return False
+        return True
 
     def __call__(self, feeds: dict[str, Feed]) -> dict[str, np.ndarray]:
         """The signature's outputs for one batch of ``feeds`` (one entry per input)."""
@@ -541,13 +543,14 @@ def _load(
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     loaded = time.perf_counter()
-    function.prepare_first_call()
+    prepared = function.prepare_first_call()
     elapsed = time.perf_counter() - start
     log.info(
-        "loaded model %s in %.2fs (its first call prepared in %.2fs; %d calls at once, "
+        "loaded model %s in %.2fs (its first call %s in %.2fs; %d calls at once, "
         "threads per op: %s)",
         model.label,
         elapsed,
+        "prepared" if prepared else "not prepared: its graph refuses an empty batch",
         elapsed - (loaded - start),
         _THREAD_PLAN[0][0],
         intra_op_threads() or "TF_NUM_INTRAOP_THREADS",

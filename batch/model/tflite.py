@@ -110,7 +110,7 @@ class TransformFunction(Protocol):
 
     def __call__(self, feeds: Any) -> Mapping[str, np.ndarray]: ...
 
-    def prepare_first_call(self) -> None: ...
+    def prepare_first_call(self) -> bool: ...
 
 
 class TFLiteFunction:
@@ -150,9 +150,9 @@ class TFLiteFunction:
             },
         )
 
-    def prepare_first_call(self) -> None:
+    def prepare_first_call(self) -> bool:
         """The transform's first call prepared (LiteRT's interpreter is ready once built)."""
-        self._transform.prepare_first_call()
+        return self._transform.prepare_first_call()
 
     def __call__(self, feeds: Any) -> dict[str, np.ndarray]:
         return self._model(self._transform(feeds))
