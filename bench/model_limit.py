@@ -1,14 +1,14 @@
 """The model's own limit: the SavedModel called on pre-built tensors, nothing else.
 
 What no scoring path can beat on this machine: the fixed start-up (TensorFlow's import,
-the model verified and loaded, as batchscore does them: without Keras, and without
-garbage collection until the model is loaded) plus the model calls a dataset of
-the input's row count needs, fed tensors built once before the clock of the calls starts,
-in batches of the rows batchscore's planner chooses for the input (its footer bytes per
-row), fed as a job feeds them (string columns from their dictionary where the file stores
-one), with as many calls at once as the machine has cores. No reading, validation,
-checks or writing; it ends without the interpreter's teardown, as jobs.score does. The
-benchmark reports every path as a share of it.
+the model verified, loaded and its first call prepared, as batchscore does them: without
+Keras, and without garbage collection until the model is loaded) plus the model calls a
+dataset of the input's row count needs, fed tensors built once before the clock of the
+calls starts, in batches of the rows batchscore's planner chooses for the input (its
+footer bytes per row), fed as a job feeds them (string columns from their dictionary
+where the file stores one), with as many calls at once as the machine has cores. No
+reading, validation, checks or writing; it ends without the interpreter's teardown, as
+jobs.score does. The benchmark reports every path as a share of it.
 
     python -m bench.model_limit --input=DIR --model=NAME@VERSION --model_repo=REPO
 """

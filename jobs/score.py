@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the two take turns on the GIL and wait on each other's module locks; one
             # after the other, Beam's overlaps the model's load and the preparation of its
             # first call, which run mostly without the GIL. A 10M-row job's first batch
-            # is scored about 0.7 s sooner (docs/benchmarks.md, fifteenth look).
+            # is scored about 0.9 s sooner (docs/benchmarks.md, fifteenth look).
             wait_for_tensorflow_import()
         return make_runner(
             args.runner,
