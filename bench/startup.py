@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     timed("verify the model's signature", lambda: verify_once(found["resolve the model"], trust))
     timed("import TensorFlow", import_tensorflow)
     timed("import Beam (runners.beam)", lambda: importlib.import_module("runners.beam"))
-    timed("load the model", lambda: load_model(found["resolve the model"], trust))
+    timed(
+        "load the model, prepare its first call",
+        lambda: load_model(found["resolve the model"], trust),
+    )
     print(json.dumps(pieces))
     return 0
 
