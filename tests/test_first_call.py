@@ -10,6 +10,7 @@ preparation instead of taking turns with TensorFlow's import on the GIL.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.model.loading import ServingFunction, import_tensorflow
+from batch.engine.prepare import trust_policy
+from batch.model.loading import ServingFunction, import_tensorflow, load_model
+from batch.model.repository import ModelRepository, resolve_model
 from batch.model.signature import SignatureChoice
 from batch.output.commit import list_committed_runs
 from tests.conftest import score, score_args
@@ -76,6 +79,28 @@ def test_a_model_with_only_a_named_signature_has_its_first_call_prepared(
     model = build_predict_only_model(tmp_path / "model")
     function = ServingFunction(import_tensorflow(), model, "predict", SignatureChoice("predict"))
     assert function.prepare_first_call()
+
+
+def test_a_load_for_the_signature_only_prepares_nothing_and_a_load_to_call_prepares_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A driver reads the signature only (batch.engine.job.model_signature): no call is
+    # prepared that no call will use. A worker's load of the same model prepares it once.
+    model = resolve_model(
+        str(build_plain_model(tmp_path / "model", weight=0.25)),
+        ModelRepository(tmp_path / "repo"),
+    )
+    trust = trust_policy(None, False)
+    caplog.set_level(logging.INFO, logger="batch.model.loading")
+
+    def prepared() -> int:
+        return sum("its first call prepared" in r.getMessage() for r in caplog.records)
+
+    signature_only = load_model(model, trust, to_call=False)
+    assert prepared() == 0
+    assert load_model(model, trust) is signature_only
+    assert load_model(model, trust) is signature_only
+    assert prepared() == 1
 
 
 def test_a_model_that_refuses_an_empty_batch_still_scores_every_row(tmp_path: Path) -> None:

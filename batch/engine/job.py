@@ -594,9 +594,10 @@ def model_signature(
         # string input may be serialized tf.Examples, which only the graph tells.
         if signature.examples is not None or not (len(lone) == 1 and lone[0].dtype == "string"):
             return signature
-    # The driver's own load: Spark's JVM may be starting meanwhile (runners.pyspark), and
-    # must not inherit the file descriptor 2 that TensorFlow's import holds.
-    return load_model(model, trust, choice, import_early=False).signature
+    # The driver's own load, for the signature only (no call prepared); Spark's JVM may be
+    # starting meanwhile (runners.pyspark), and must not inherit the file descriptor 2
+    # that TensorFlow's import holds.
+    return load_model(model, trust, choice, to_call=False).signature
 
 
 def check_inputs(

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -478,7 +479,7 @@ def load_model(
     trust: TrustPolicy,
     choice: SignatureChoice = DEFAULT_CHOICE,
     *,
-    import_early: bool = True,
+    to_call: bool = True,
 ) -> LoadedModel:
     """The process-wide instance of ``model`` (its signature ``choice``): verified against
     ``trust`` and loaded on first use, shared by all threads.
@@ -490,22 +491,26 @@ def load_model(
     policy; a model that fails raises a
     :class:`batch.model.signing.ModelVerificationError`.
 
-    ``import_early``: TensorFlow's import starts at once (:func:`start_tensorflow_import`),
-    so that its seconds overlap the download, the private copy and the verification (a
-    child process) instead of following them, as a worker's first load wants. Pass False
-    where another thread of this process may start a child process meanwhile (a driver
-    whose runner launches Spark's JVM): while TensorFlow imports, file descriptor 2 is
-    held (:func:`import_tensorflow`), and a child started then would write its stderr there.
+    ``to_call``: the caller will call the model, as a worker does. TensorFlow's import
+    then starts at once (:func:`start_tensorflow_import`), so that its seconds overlap the
+    download, the private copy and the verification (a child process) instead of
+    following them, and the model's first call is prepared once it is loaded
+    (:meth:`ServingFunction.prepare_first_call`). Pass False where the caller only reads
+    the signature (a driver): nothing is prepared that no call will use, and TensorFlow's
+    import follows the verification, since another thread may start a child process
+    meanwhile (a runner launching Spark's JVM) and, while TensorFlow imports, file
+    descriptor 2 is held (:func:`import_tensorflow`): a child started then would write its
+    stderr there. A later load to call the model prepares it then.
     """
     # The first load ends the process's start-up (batch.core.imports.start_up).
     with start_up():
-        if import_early:
+        if to_call:
             start_tensorflow_import()
-        return _load_verified(local_model(model), trust, choice)
+        return _load_verified(local_model(model), trust, choice, to_call)
 
 
 def _load_verified(
-    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice
+    model: ResolvedModel, trust: TrustPolicy, choice: SignatureChoice, prepare: bool
 ) -> LoadedModel:
     with _LOCK:
         # The same bytes with the same signature under the same policy verify the same:
@@ -522,7 +527,30 @@ def _load_verified(
         if cached is None:
             cached = _load(copy, verification, choice, Path(model.saved_model_dir))
             _LOADED[key] = cached
+        if prepare and cached.function not in _PREPARED:
+            _PREPARED.add(cached.function)
+            _prepare_first_call(cached)
         return cached
+
+
+# The loaded models' functions whose first call was prepared (or refused to be).
+_PREPARED: weakref.WeakSet[ServingFunction | TFLiteFunction] = weakref.WeakSet()
+
+
+def _prepare_first_call(loaded: LoadedModel) -> None:
+    began = time.perf_counter()
+    if loaded.function.prepare_first_call():
+        log.info(
+            "model %s: its first call prepared in %.2fs",
+            loaded.model.label,
+            time.perf_counter() - began,
+        )
+    else:
+        log.info(
+            "model %s: its first call is not prepared (its graph refuses an empty batch); "
+            "the first batch prepares it",
+            loaded.model.label,
+        )
 
 
 def _load(
@@ -542,16 +570,11 @@ def _load(
             f"model {model.label} ({shown_as}): TensorFlow could not load it: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
-    loaded = time.perf_counter()
-    prepared = function.prepare_first_call()
     elapsed = time.perf_counter() - start
     log.info(
-        "loaded model %s in %.2fs (its first call %s in %.2fs; %d calls at once, "
-        "threads per op: %s)",
+        "loaded model %s in %.2fs (%d calls at once, threads per op: %s)",
         model.label,
         elapsed,
-        "prepared" if prepared else "not prepared: its graph refuses an empty batch",
-        elapsed - (loaded - start),
         _THREAD_PLAN[0][0],
         intra_op_threads() or "TF_NUM_INTRAOP_THREADS",
     )
