@@ -301,13 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+# Beam's DirectRunner modes whose workers are threads of the process that runs the job.
+THREAD_MODES = ("in_memory", "multi_threading")
+
+
 def scores_in_this_process(runner: str, pipeline_args: Sequence[str]) -> bool:
-    """Whether the job's worker is this process: Beam's DirectRunner unless it runs its
-    workers as processes (--direct_running_mode=multi_processing or subprocesses)."""
+    """Whether the job's workers are this process: Beam's DirectRunner in its default mode
+    (in_memory) or with worker threads (multi_threading), not with worker processes
+    (multi_processing)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--direct_running_mode", default="in_memory")
     known, _ = parser.parse_known_args(list(pipeline_args))
-    return runner == "DirectRunner" and known.direct_running_mode == "in_memory"
+    return runner == "DirectRunner" and known.direct_running_mode in THREAD_MODES
 
 
 def _demo_model(model_repo: str | None) -> ResolvedModel:

@@ -145,8 +145,13 @@ runpy.run_module("jobs.score", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [(), ("--direct_running_mode=multi_threading", "--direct_num_workers=2")],
+    ids=["in_memory", "multi_threading"],
+)
 def test_a_job_scored_in_its_process_on_beam_imports_beam_after_tensorflow(
-    tmp_path: Path, plain_model: Path
+    tmp_path: Path, plain_model: Path, mode: tuple[str, ...]
 ) -> None:
     data = tmp_path / "in"
     write_plain_data(data, files=2, rows_per_file=200, row_group_rows=100)
@@ -163,6 +168,7 @@ def test_a_job_scored_in_its_process_on_beam_imports_beam_after_tensorflow(
                 "--key_columns=id",
                 "--runner=DirectRunner",
                 "--in_process_rows=0",
+                *mode,
                 model=plain_model,
             ),
         ],
