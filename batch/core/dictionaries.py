@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch.core.masks import valid_rows
+
 
 def decoded_schema(schema: pa.Schema) -> pa.Schema:
     """``schema`` as the engine sees it: a dictionary-encoded column (pandas ``category``,
@@ -84,5 +86,5 @@ def row_flags(column: pa.Array, flags: Callable[[pa.Array], np.ndarray]) -> np.n
     else:
         mask = flags(column)
     if column.null_count:
-        mask = mask & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        mask = mask & valid_rows(column)
     return mask

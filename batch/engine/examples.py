@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch.core.errors import InputDataError
+from batch.core.masks import to_arrow, valid_rows
 from batch.model.signature import convert_column
 
 # Feature field tag by the list it holds.
@@ -152,20 +153,20 @@ def _column_pieces(column: pa.Array, name: str, dtype: str) -> list[_Piece]:
         or (pa.types.is_fixed_size_list(column.type))
     ):
         lists = convert_column(column, pa.large_list(value_type), name, "a tf.Example feature")
-        present = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        present = valid_rows(lists)
         values = pc.list_flatten(lists)
         counts = np.asarray(
             pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False),
             dtype=np.int64,
         )
         if values.null_count:  # a null inside a list is no value
-            valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            valid = valid_rows(values)
             parents = np.repeat(np.arange(rows), counts)
             counts = np.bincount(parents[valid], minlength=rows).astype(np.int64)
-            values = values.filter(pa.array(valid))
+            values = values.filter(to_arrow(valid))
     else:
         scalars = convert_column(column, value_type, name, "a tf.Example feature")
-        present = np.asarray(scalars.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        present = valid_rows(scalars)
         values = scalars.drop_null() if scalars.null_count else scalars
         counts = present.astype(np.int64)
     per_value = _value_bytes(values, dtype)

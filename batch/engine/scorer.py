@@ -17,6 +17,7 @@ from batch.contract.contract import ARROW_TYPE_FOR_DTYPE
 from batch.core.columns import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, RUN_ID_COLUMN
 from batch.core.dictionaries import decoded, dictionary_indices
 from batch.core.errors import InputDataError
+from batch.core.masks import to_arrow, valid_rows
 from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, filter_rows, with_reasons
 from batch.model.loading import Feed, LoadedModel, StringFeed, import_tensorflow
@@ -102,8 +103,8 @@ def sparse_parts(
         positions = np.zeros(rows, dtype=np.int64)
         width = 1
     if values.null_count:
-        present = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        values = values.filter(pa.array(present))
+        present = valid_rows(values)
+        values = values.filter(to_arrow(present))
         parents, positions = parents[present], positions[present]
     if arrow_type == pa.string():
         values = _string_values(values, name)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from batch.contract.contract import ColumnRule
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.dictionaries import decode_dictionaries, per_value, row_flags
+from batch.core.masks import to_arrow, to_numpy, valid_rows
 
 INVALID_UTF8 = "invalid_utf8"
 NULL_VALUE = "null_value"
@@ -80,14 +81,9 @@ class _Problem:
 ColumnCheck = Callable[[pa.Array, str, ColumnRule | None], _Problem | None]
 
 
-def _as_mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A boolean Arrow array (nulls count as false) as a numpy bool array."""
-    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _failing(column: pa.Array, mask: np.ndarray) -> pa.Array:
     """The failing values as text, for messages; only the failing rows are formatted."""
-    return pc.fill_null(pc.cast(column.filter(pa.array(mask)), pa.string()), "null")
+    return pc.fill_null(pc.cast(column.filter(to_arrow(mask)), pa.string()), "null")
 
 
 def _join(*parts: pa.Array | str) -> pa.Array:
@@ -102,7 +98,7 @@ def _value_set(categories: tuple[str, ...], arrow_type: pa.DataType) -> pa.Array
 def _unseen(values: pa.Array, categories: tuple[str, ...]) -> np.ndarray:
     """Bool per value: not one of ``categories`` (use through :func:`row_flags`, which
     leaves null rows out)."""
-    return ~_as_mask(pc.is_in(values, _value_set(categories, values.type)))
+    return ~to_numpy(pc.is_in(values, _value_set(categories, values.type)))
 
 
 def _text_bytes(column: pa.Array) -> tuple[np.ndarray, memoryview]:
@@ -180,7 +176,7 @@ def _suspects(column: pa.Array, pattern: str) -> np.ndarray | None:
     if not found.empty_matches:
         empty = np.diff(offsets) == 0
         if column.null_count:
-            empty &= np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            empty &= valid_rows(column)
         if empty.any():
             rows = np.union1d(rows, np.flatnonzero(empty))
     return rows
@@ -200,11 +196,12 @@ def _mismatches(column: pa.Array, pattern: str) -> np.ndarray:
         return row_flags(column, partial(_mismatches, pattern=pattern))
     suspects = _suspects(column, pattern)
     if suspects is None:
-        return _as_mask(pc.invert(_matches(column, pattern)))
+        matched = _matches(column, pattern)
+        return ~to_numpy(matched) & valid_rows(matched)
     mask = np.zeros(len(column), dtype=bool)
     if len(suspects):
         matched = pc.match_substring_regex(column.take(pa.array(suspects)), pattern)
-        mask[suspects] = _as_mask(pc.invert(matched))
+        mask[suspects] = ~to_numpy(matched) & valid_rows(matched)
     return mask
 
 
@@ -299,7 +296,7 @@ class RowValidator:
             else ""
         )
         return _Problem(
-            _as_mask(column.is_null()), NULL_VALUE, f"column '{name}' is null; it is required{hint}"
+            ~valid_rows(column), NULL_VALUE, f"column '{name}' is null; it is required{hint}"
         )
 
     def _passed_on(
@@ -343,7 +340,7 @@ class RowValidator:
         if column.null_count == 0:
             mask = ~np.isfinite(column.to_numpy(zero_copy_only=False))
         else:
-            mask = _as_mask(pc.invert(pc.is_finite(column)))
+            mask = ~to_numpy(pc.is_finite(column)) & valid_rows(column)
         if not mask.any():
             return None
         return _Problem(
@@ -540,7 +537,7 @@ def filter_rows(batch: pa.RecordBatch, keep: np.ndarray) -> pa.RecordBatch:
     """The rows of ``batch`` where ``keep`` (bool per row) is true: ``batch.filter(keep)``
     one column at a time, which in Arrow 25 costs about half of filtering the record batch
     whole (0.47 s against 0.87 s per 10M rows of the loans input, 19 columns)."""
-    mask = pa.array(keep)
+    mask = to_arrow(keep)
     return pa.RecordBatch.from_arrays([c.filter(mask) for c in batch.columns], schema=batch.schema)
 
 

@@ -37,6 +37,7 @@ from batch.contract.contract import arrow_kind
 from batch.core.dictionaries import dictionary_indices
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256, read_json
+from batch.core.masks import valid_rows
 from batch.observe.checks import OK, worst
 
 Kind = Literal["numeric", "categorical"]
@@ -131,7 +132,7 @@ class FeatureBaseline:
             codes = pc.fill_null(self._category_index(column.dictionary), other)
             rows = dictionary_indices(column)
             if column.null_count:
-                rows = rows[np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)]
+                rows = rows[valid_rows(column)]
             per_distinct = np.bincount(rows, minlength=len(column.dictionary))
             return np.bincount(
                 codes.to_numpy(zero_copy_only=False), weights=per_distinct, minlength=other + 1

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from batch.contract.contract import Contract, contract_sha256
 from batch.core.errors import ModelError
 from batch.core.fsutil import write_json_atomic
+from batch.core.masks import to_arrow
 from batch.engine.inputs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SPLIT_ROWS,
@@ -187,7 +188,7 @@ def compare_models(request: ComparisonRequest) -> Comparison:
         _, batches = read_split(split, columns, req.batch_size)
         for batch in batches:
             tally.rows_read += batch.num_rows
-            sampled = batch.filter(pa.array(in_share(batch, req.key_columns, req.sample)))
+            sampled = batch.filter(to_arrow(in_share(batch, req.key_columns, req.sample)))
             tally.rows_sampled += sampled.num_rows
             part = validator.partition(sampled)
             tally.rejected.update(count_reasons([part.rejected]))

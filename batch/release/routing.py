@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch.core.errors import UsageError
+from batch.core.masks import valid_rows
 
 if TYPE_CHECKING:
     pass
@@ -114,7 +115,7 @@ def _column_hash(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
     kind = column.type
     if pa.types.is_null(kind):
         return np.full(len(column), NULL_HASH, dtype=np.uint64)
-    nulls = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    nulls = ~valid_rows(column) if column.null_count else None
     if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         values = pc.fill_null(column.cast(pa.int64()) if pa.types.is_boolean(kind) else column, 0)
         hashed = _mix(values.to_numpy(zero_copy_only=False).astype(np.uint64))

@@ -1,0 +1,62 @@
+"""Row masks between numpy and Arrow at memory speed.
+
+The engine's row masks are numpy bool arrays (a byte a row: what numpy's comparisons
+give and what it indexes with); Arrow keeps a boolean array, and every column's
+validity, as bits. pyarrow converts between the two value by value: ``pa.array(mask)``
+takes about 46 us for a batch of 62,500 rows, ``BooleanArray.to_numpy`` about 60 us,
+and a check of one batch converts a dozen masks or more. numpy's ``packbits`` and
+``unpackbits`` do the same in 4-6 us.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+def to_arrow(mask: np.ndarray) -> pa.BooleanArray:
+    """``mask`` (bool per row) as an Arrow boolean array without nulls, for
+    ``Array.filter`` and ``RecordBatch.filter``."""
+    mask = np.asarray(mask, dtype=bool)
+    packed = np.packbits(mask, bitorder="little")
+    return pa.BooleanArray.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(packed)])
+
+
+def _bits(buffer: pa.Buffer, offset: int, length: int) -> np.ndarray:
+    """``length`` bits of ``buffer`` from bit ``offset`` (Arrow's order: least significant
+    first), one bool each."""
+    first = offset // 8
+    skip = offset % 8
+    end = first + (skip + length + 7) // 8
+    data = np.frombuffer(buffer, np.uint8)[first:end]
+    return np.unpackbits(data, count=skip + length, bitorder="little")[skip:].view(bool)
+
+
+def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array as a numpy bool array, a null counting as false."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [to_numpy(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    if not pa.types.is_boolean(array.type):
+        raise TypeError(f"expected a boolean array, got {array.type}")
+    if len(array) == 0:
+        return np.zeros(0, dtype=bool)
+    values = array.buffers()[1]
+    if values is None:  # every value null
+        return np.zeros(len(array), dtype=bool)
+    mask = _bits(values, array.offset, len(array))
+    if array.null_count:
+        mask = mask & valid_rows(array)
+    return mask
+
+
+def valid_rows(column: pa.Array) -> np.ndarray:
+    """Bool per row of ``column``: the value is not null (read from its validity bitmap)."""
+    if column.null_count == 0:
+        return np.ones(len(column), dtype=bool)
+    if column.null_count == len(column):
+        return np.zeros(len(column), dtype=bool)
+    validity = column.buffers()[0]
+    if validity is None:  # a type whose nulls are not in a bitmap (unions)
+        return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return _bits(validity, column.offset, len(column))
