@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batch.core.masks import to_arrow, to_numpy, valid_rows
+from batch.core.masks import false_rows, to_arrow, to_numpy, valid_rows
 
 _maybe_bools = st.lists(st.one_of(st.none(), st.booleans()), max_size=200)
 
@@ -32,6 +32,7 @@ def test_to_numpy_and_valid_rows_equal_pyarrow_on_any_slice(
     mask = to_numpy(array)
     assert mask.dtype == bool and mask.tolist() == _slow_mask(array).tolist()
     assert valid_rows(array).tolist() == _slow_valid(array).tolist()
+    assert false_rows(array).tolist() == _slow_mask(pc.invert(array)).tolist()
 
 
 @settings(max_examples=200, deadline=None)
@@ -64,6 +65,8 @@ def test_edge_cases() -> None:
     assert to_numpy(pa.array([], pa.bool_())).tolist() == []
     assert to_arrow(np.zeros(0, dtype=bool)).equals(pa.array([], pa.bool_()))
     assert to_numpy(pa.array([None, None], pa.bool_())).tolist() == [False, False]
+    assert false_rows(pa.array([None, None], pa.bool_())).tolist() == [False, False]
+    assert false_rows(pa.array([], pa.bool_())).tolist() == []
     assert valid_rows(pa.nulls(3)).tolist() == [False, False, False]
     chunked = pa.chunked_array([[True, None], [], [False, True]], pa.bool_())
     assert to_numpy(chunked).tolist() == [True, False, False, True]

@@ -32,22 +32,34 @@ def _bits(buffer: pa.Buffer, offset: int, length: int) -> np.ndarray:
     return np.unpackbits(data, count=skip + length, bitorder="little")[skip:].view(bool)
 
 
-def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A boolean Arrow array as a numpy bool array, a null counting as false."""
-    if isinstance(array, pa.ChunkedArray):
-        parts = [to_numpy(chunk) for chunk in array.chunks]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+def _value_bits(array: pa.Array) -> np.ndarray | None:
+    """A boolean Arrow array's value bits, one bool each (a null's is whatever the writer
+    left); None when every value is null and no values are stored."""
     if not pa.types.is_boolean(array.type):
         raise TypeError(f"expected a boolean array, got {array.type}")
     if len(array) == 0:
         return np.zeros(0, dtype=bool)
     values = array.buffers()[1]
-    if values is None:  # every value null
+    return None if values is None else _bits(values, array.offset, len(array))
+
+
+def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array as a numpy bool array, a null counting as false."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [to_numpy(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    bits = _value_bits(array)
+    if bits is None:
         return np.zeros(len(array), dtype=bool)
-    mask = _bits(values, array.offset, len(array))
-    if array.null_count:
-        mask = mask & valid_rows(array)
-    return mask
+    return bits & valid_rows(array) if array.null_count else bits
+
+
+def false_rows(array: pa.Array) -> np.ndarray:
+    """Bool per value of a boolean Arrow array: the value is false (a null is not)."""
+    bits = _value_bits(array)
+    if bits is None:
+        return np.zeros(len(array), dtype=bool)
+    return ~bits & valid_rows(array) if array.null_count else ~bits
 
 
 def valid_rows(column: pa.Array) -> np.ndarray:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from batch.contract.contract import ColumnRule
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
 from batch.core.dictionaries import decode_dictionaries, per_value, row_flags
-from batch.core.masks import to_arrow, to_numpy, valid_rows
+from batch.core.masks import false_rows, to_arrow, to_numpy, valid_rows
 
 INVALID_UTF8 = "invalid_utf8"
 NULL_VALUE = "null_value"
@@ -196,12 +196,11 @@ def _mismatches(column: pa.Array, pattern: str) -> np.ndarray:
         return row_flags(column, partial(_mismatches, pattern=pattern))
     suspects = _suspects(column, pattern)
     if suspects is None:
-        matched = _matches(column, pattern)
-        return ~to_numpy(matched) & valid_rows(matched)
+        return false_rows(_matches(column, pattern))
     mask = np.zeros(len(column), dtype=bool)
     if len(suspects):
         matched = pc.match_substring_regex(column.take(pa.array(suspects)), pattern)
-        mask[suspects] = ~to_numpy(matched) & valid_rows(matched)
+        mask[suspects] = false_rows(matched)
     return mask
 
 
@@ -340,7 +339,7 @@ class RowValidator:
         if column.null_count == 0:
             mask = ~np.isfinite(column.to_numpy(zero_copy_only=False))
         else:
-            mask = ~to_numpy(pc.is_finite(column)) & valid_rows(column)
+            mask = false_rows(pc.is_finite(column))
         if not mask.any():
             return None
         return _Problem(
