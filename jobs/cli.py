@@ -390,7 +390,9 @@ def build_score_parser(prog: str = "python -m jobs.score") -> argparse.ArgumentP
         "read-ahead, concurrent model calls and the write queue so that the estimated peak "
         "stays under it, and a worker whose RSS nears it waits before reading more. "
         "Default: the worker's cgroup limit (memory.max) or the machine's memory, less 10%% "
-        "(at least 256 MiB) headroom; the manifest's batching.memory records the plan.",
+        "(at least 256 MiB) headroom, shared by the worker processes a local runner starts "
+        "on this machine. Splits one process scores at once (worker threads) share its "
+        "budget. The manifest's batching.memory records the plan.",
     )
     parser.add_argument(
         "--split_rows",

@@ -47,6 +47,7 @@ from batch.core.errors import BatchScoreError, UsageError
 from batch.engine.combined import Unit, score_unit
 from batch.engine.inputs import Split
 from batch.engine.job import ScoringJob, SplitResult, job_scorer, score_split
+from batch.engine.memory import NOT_SHARED, Sharing
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,19 @@ def _local_splits_at_once(options: PipelineOptions, runner: str) -> int | None:
     return direct.direct_num_workers or os.cpu_count() or 1
 
 
+def _local_memory_sharing(options: PipelineOptions, runner: str) -> Sharing:
+    """Who shares the DirectRunner's memory: its multi_threading workers are threads of
+    one process (they share its budget), its multi_processing workers processes of this
+    machine (they share the machine's). Other runners' workers are not known before they
+    start: each takes its own budget (give them --worker_memory shares)."""
+    at_once = _local_splits_at_once(options, runner)
+    if at_once is None or at_once == 1:
+        return NOT_SHARED
+    if options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+        return Sharing(splits=at_once)
+    return Sharing(processes=at_once)
+
+
 def _check_runner_name(runner: str | Any) -> None:
     """Refuse a runner Beam does not know now, in one line, rather than as a traceback
     when the pipeline is built."""
@@ -233,6 +247,7 @@ class BeamRunner:
         runner = standard.runner or LOCAL_RUNNER
         self.name = f"beam:{runner}"
         self.splits_at_once = _local_splits_at_once(self.pipeline_options, runner)
+        self.memory_sharing = _local_memory_sharing(self.pipeline_options, runner)
         # Beam's --dry_run (any non-empty value): build the job, submit nothing.
         self.dry_run = bool(self.pipeline_options.view_as(TestOptions).dry_run)
         self.dry_run_report = ""

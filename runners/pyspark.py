@@ -79,6 +79,7 @@ from batch.engine.job import (
     score_batches,
     score_split,
 )
+from batch.engine.memory import NOT_SHARED, Sharing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -345,6 +346,14 @@ class PySparkRunner:
         except ValueError:
             task_cpus = 1
         return max(1, local_cores(master) // task_cpus)
+
+    @property
+    def memory_sharing(self) -> Sharing:
+        """A local master's task slots are Python worker processes of this machine: they
+        share its default memory budget. A cluster's executors are not known here: each
+        worker takes its own (its container's cgroup, where it has one)."""
+        slots = self.splits_at_once
+        return Sharing(processes=slots) if slots and slots > 1 else NOT_SHARED
 
     def master(self) -> str:
         """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""

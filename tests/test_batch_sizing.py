@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.engine.inputs import DEFAULT_BATCH_SIZE, InputFile, plan_splits, read_input_file
+from batch.engine.memory import default_budget
 from batch.engine.sizing import (
     DEFAULT_BATCH_BYTES,
     MIN_BATCH_ROWS,
@@ -143,6 +144,11 @@ def test_spark_job_scores_wide_rows_in_byte_sized_batches(
         manifest = json.loads((run.run_dir / MANIFEST).read_text())
         rows = manifest["batching"]["batch_rows"]["max"]
         assert rows == manifest["batch_size"] == (1 << 20) // (table.nbytes / table.num_rows)
+        # local[2]: two Python workers of this machine, each with half its default budget.
+        memory = manifest["batching"]["memory"]
+        assert memory["budget_bytes"] == default_budget()[0] // 2
+        assert memory["shared"]["worker_processes"] == 2
+        assert "shared by 2 worker processes" in memory["budget_source"]
         if mode == "splits":
             assert manifest["metrics"]["batches"] == _split_batches(rows)
         else:  # Spark's partitions cut batches too: at least as many

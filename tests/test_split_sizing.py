@@ -22,6 +22,7 @@ from batch.engine.inputs import (
     read_input_file,
 )
 from batch.engine.local import InProcessRunner
+from batch.engine.memory import NOT_SHARED, Sharing
 from batch.output.commit import MANIFEST, list_committed_runs
 from runners.beam import BeamRunner
 from runners.pyspark import PySparkRunner
@@ -61,6 +62,10 @@ def test_runners_say_how_many_splits_they_score_at_once() -> None:
     halves = {"spark.task.cpus": "2"}
     assert PySparkRunner("local[4]", halves).splits_at_once == 2
     assert PySparkRunner("k8s://https://127.0.0.1:6443").splits_at_once is None
+    # A local master's task slots are Python worker processes sharing this machine's memory.
+    assert PySparkRunner("local[4]", halves).memory_sharing == Sharing(processes=2)
+    assert PySparkRunner("local").memory_sharing == NOT_SHARED
+    assert PySparkRunner("k8s://https://127.0.0.1:6443").memory_sharing == NOT_SHARED
 
 
 def _manifest(out: Path) -> dict[str, Any]:

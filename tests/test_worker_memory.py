@@ -1,7 +1,8 @@
 """A memory budget per worker (issue 20 point 2): --worker_memory (default: the cgroup's
 or machine's memory less headroom) bounds the batch bytes, read-ahead, concurrent model
 calls and the write queue; the worker samples its RSS and waits before reading more near
-the budget, never deadlocking."""
+the budget, never deadlocking. Splits scored at once share it: worker threads share their
+process's budget, worker processes the machine's."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ import pytest
 
 from batch.engine.memory import (
     MODEL_CALL_COPIES,
+    NOT_SHARED,
     Depths,
     IntakeGate,
+    Sharing,
+    WorkerMemory,
     _mem_total,
     default_budget,
     depth_choices,
     gated_map,
     plan_depths,
     rss_bytes,
+    split_budget,
     target_batch_bytes,
 )
 from batch.engine.sizing import DEFAULT_BATCH_BYTES, MIN_BATCH_ROWS
@@ -48,6 +53,28 @@ def test_depths_shrink_to_fit_the_budget() -> None:
     assert target_batch_bytes(8000 * MB, 1000 * MB, 32 * MB, 2) == 32 * MB
     assert target_batch_bytes(1120 * MB, 1000 * MB, 32 * MB, 2) == 10 * MB
     assert target_batch_bytes(900 * MB, 1000 * MB, 32 * MB, 2) == 1
+
+
+def test_splits_at_once_share_the_budget() -> None:
+    # Threads of one process: its start-up once, the rest shared.
+    assert split_budget(3000 * MB, 1000 * MB, 1) == 3000 * MB
+    assert split_budget(3000 * MB, 1000 * MB, 2) == 2000 * MB
+    assert split_budget(3000 * MB, 1000 * MB, 4) == 1500 * MB
+    assert split_budget(900 * MB, 1000 * MB, 2) == 1000 * MB  # spent: nothing to share
+    # So the batch target of two threads is half a lone split's.
+    alone = target_batch_bytes(split_budget(1240 * MB, 1000 * MB, 1), 1000 * MB, 64 * MB, 2)
+    two = target_batch_bytes(split_budget(1240 * MB, 1000 * MB, 2), 1000 * MB, 64 * MB, 2)
+    assert (alone, two) == (20 * MB, 10 * MB)
+    # Processes of one machine: each its part of the default budget; --worker_memory is
+    # already each process's.
+    machine = default_budget()[0]
+    assert WorkerMemory(None, MB).budget() == machine
+    assert WorkerMemory(None, MB, sharing=Sharing(processes=4)).budget() == machine // 4
+    assert WorkerMemory(None, MB, sharing=Sharing(splits=4)).budget() == machine
+    assert WorkerMemory(2000 * MB, MB, sharing=Sharing(processes=4)).budget() == 2000 * MB
+    assert not NOT_SHARED.shared() and Sharing(splits=2).shared()
+    with pytest.raises(ValueError):
+        Sharing(processes=0)
 
 
 def test_default_budget_is_below_what_the_machine_allows() -> None:
@@ -153,3 +180,58 @@ def test_gated_map_over_the_limit_never_deadlocks(depths: Depths) -> None:
     worker.join(timeout=60)
     assert results == [i * 2 for i in range(40)], "gated_map did not finish within 60 s"
     assert gate.waits > 0
+
+
+THREADS = ("--direct_running_mode=multi_threading", "--direct_num_workers=2")
+
+
+def test_worker_threads_share_their_process_budget(plain_model: Path, tmp_path: Path) -> None:
+    """Two DirectRunner worker threads score two splits at once in this process: each is
+    planned in half of what the budget leaves beside the process's start-up, so the
+    batches are those a lone split gets from a budget with half the room."""
+    data = tmp_path / "data"
+    write_wide_data(data, files=2, rows=300, text_bytes=50_000)
+    out = tmp_path / "out"
+    fixed = max(rss_bytes() or 0, 1 << 30)
+    # Each split's part: about 120 MB of room, as in test_a_budget_bounds_the_batch_bytes.
+    budget = fixed + 240 * MB
+    options = ("--key_columns=id", f"--worker_memory={budget}", "--split_rows=150", *THREADS)
+    assert score(data, out, *options, model=plain_model) == 0
+    run_dir, manifest = _manifest(out)
+    batching = manifest["batching"]
+    memory = batching["memory"]
+    assert manifest["runner"]["name"] == "beam:DirectRunner"
+    assert memory["budget_bytes"] == budget and memory["budget_source"] == "--worker_memory"
+    shared = memory["shared"]
+    assert shared["worker_processes"] == 1 and shared["splits_per_process"] == 2
+    fixed, reader = memory["fixed_bytes"], memory["reader_bytes"]
+    assert shared["split_budget_bytes"] == fixed + (budget - fixed) // 2
+    room = shared["split_budget_bytes"] - fixed - reader
+    assert batching["target_bytes"] == room // 12 < (budget - fixed - reader) // 12
+    assert batching["batch_rows"]["max"] * 50_000 <= batching["target_bytes"]
+    # Both splits' batches, the start-up once.
+    assert memory["estimated_peak_bytes"] <= budget
+    assert memory["depths"] == {"read_ahead": 2, "model_calls": 2, "queued": 2, "write_queue": 2}
+    predictions = pq.read_table(run_dir / "predictions").sort_by("id")
+    assert predictions.column("id").to_pylist() == list(range(600))
+
+
+def test_worker_processes_share_the_machine_budget(plain_model: Path, tmp_path: Path) -> None:
+    """The plan of a job whose runner has two worker processes on this machine: each gets
+    half the machine's default budget (no --worker_memory), and says so."""
+    from batch.engine.job import worker_budget
+    from batch.engine.local import InProcessRunner
+    from runners.beam import BeamRunner
+
+    processes = BeamRunner(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert processes.memory_sharing == Sharing(processes=2)
+    assert BeamRunner(list(THREADS)).memory_sharing == Sharing(splits=2)
+    assert BeamRunner([]).memory_sharing == NOT_SHARED  # in_memory: one split at a time
+    assert BeamRunner(["--runner=DataflowRunner"]).memory_sharing == NOT_SHARED
+    assert InProcessRunner(1, 1).memory_sharing == NOT_SHARED
+    machine, source = default_budget()
+    budget, shared_source = worker_budget(None, processes.memory_sharing)
+    assert budget == machine // 2
+    assert shared_source == f"{source}, shared by 2 worker processes on this machine"
+    assert worker_budget(4000 * MB, processes.memory_sharing) == (4000 * MB, "--worker_memory")
+    assert worker_budget(None, Sharing(splits=2)) == (machine, source)

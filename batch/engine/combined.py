@@ -26,6 +26,7 @@ from batch.core.errors import BatchScoreError
 from batch.core.fsutil import read_json, write_json_atomic
 from batch.engine.inputs import Split
 from batch.engine.job import BatchObserver, Runner, ScoringJob, SplitResult, score_split
+from batch.engine.memory import Sharing
 from batch.output.commit import RunLayout
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,12 @@ class DeferredRunner:
         # The runs' splits are interleaved in one engine job: the default size (asking the
         # real runner would start it before a run is known to score).
         return None
+
+    @property
+    def memory_sharing(self) -> Sharing:
+        # The engine's, whichever run's splits its workers score (asked when a run plans
+        # its batches, past the checks that can end a run without work).
+        return self._combined.real_runner().memory_sharing
 
     def options(self) -> dict[str, Any]:
         return self._combined.real_runner().options()

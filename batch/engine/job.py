@@ -54,11 +54,13 @@ from batch.engine.inputs import (
     plan_splits,
 )
 from batch.engine.memory import (
+    NOT_SHARED,
     ROW_GROUP_COPIES,
     SOFT_LIMIT,
     WORKER_FIXED_ESTIMATE,
     Depths,
     IntakeGate,
+    Sharing,
     WorkerMemory,
     default_budget,
     depth_choices,
@@ -66,6 +68,7 @@ from batch.engine.memory import (
     memory_section,
     plan_depths,
     rss_bytes,
+    split_budget,
     target_batch_bytes,
 )
 from batch.engine.overlap import BackgroundWriter
@@ -278,6 +281,13 @@ class Runner(Protocol):
         splits are planned larger where few run at once (engine_split_rows)."""
         ...
 
+    @property
+    def memory_sharing(self) -> Sharing:
+        """The worker processes on one machine and the splits each scores at once, where
+        that is known before the engine starts (else one and one): the memory plan shares
+        the budget among them (batch.engine.memory)."""
+        ...
+
     def options(self) -> dict[str, Any]:
         """The engine options worth recording in the manifest."""
         ...
@@ -465,9 +475,14 @@ def worker_depths(job: ScoringJob) -> tuple[Depths, IntakeGate]:
     if job.memory is None:
         return depth_choices(job.scoring_threads)[0], IntakeGate(None)
     memory = job.memory
-    fixed = (rss_bytes() or 0) + memory.reader_bytes
+    rss = rss_bytes() or 0
     budget = memory.budget()
-    depths, _ = plan_depths(budget, fixed, memory.batch_bytes, job.scoring_threads)
+    # With other splits at once in this process, their batches are in ``rss`` already:
+    # this split's part of the rest is, if anything, smaller than planned.
+    mine = split_budget(budget, rss, memory.sharing.splits)
+    depths, _ = plan_depths(
+        mine, rss + memory.reader_bytes, memory.batch_bytes, job.scoring_threads
+    )
     return depths, IntakeGate(int(budget * SOFT_LIMIT))
 
 
@@ -758,39 +773,58 @@ class ScoringRun:
                 )
 
 
+def worker_budget(worker_memory: int | None, sharing: Sharing) -> tuple[int, str]:
+    """A worker process's budget and where it came from: ``--worker_memory``, else its
+    part of the machine's default budget (batch.engine.memory.Sharing)."""
+    if worker_memory:
+        return worker_memory, "--worker_memory"
+    budget, source = default_budget()
+    if sharing.processes > 1:
+        return (
+            sharing.process_budget(budget),
+            f"{source}, shared by {sharing.processes} worker processes on this machine",
+        )
+    return budget, source
+
+
 def plan_batching(
-    run: ScoringRun, splits: Sequence[Split], columns: Sequence[str]
+    run: ScoringRun,
+    splits: Sequence[Split],
+    columns: Sequence[str],
+    sharing: Sharing = NOT_SHARED,
 ) -> tuple[BatchPlan, WorkerMemory]:
     """Each split's batch rows (batch.engine.sizing) within the worker memory budget
     (batch.engine.memory): the batch target is lowered until the deepest overlap fits
-    beside the worker's start-up and the Parquet reader's row groups. The plan's section
-    (``batching`` in the manifest) gets the memory plan as ``memory``."""
-    budget, source = (
-        (run.worker_memory, "--worker_memory") if run.worker_memory else default_budget()
-    )
+    beside the worker's start-up and the Parquet reader's row groups, in each split's
+    part of the budget where the runner scores several at once (``sharing``). The plan's
+    section (``batching`` in the manifest) gets the memory plan as ``memory``."""
+    budget, source = worker_budget(run.worker_memory, sharing)
     fixed = max(rss_bytes() or 0, WORKER_FIXED_ESTIMATE)
     reader = ROW_GROUP_COPIES * largest_row_group_bytes(run.files, columns)
     threads = DEFAULT_SCORING_THREADS
-    target = target_batch_bytes(budget, fixed + reader, run.batch_bytes, threads)
+    mine = split_budget(budget, fixed, sharing.splits)
+    target = target_batch_bytes(mine, fixed + reader, run.batch_bytes, threads)
     sizing = BatchSizing(target, forced_rows=run.batch_size)
     batching = plan_batches(run.files, splits, columns, sizing)
-    depths, peak = plan_depths(budget, fixed + reader, batching.largest_bytes, threads)
+    depths, split_peak = plan_depths(mine, fixed + reader, batching.largest_bytes, threads)
+    peak = fixed + (split_peak - fixed) * sharing.splits
     batching.section["memory"] = memory_section(
-        budget, source, fixed, reader, depths, peak, batching.largest_bytes
+        budget, source, fixed, reader, depths, peak, batching.largest_bytes, sharing
     )
     if peak > budget:
         log.warning(
             "batches of up to %d bytes with %d bytes of worker start-up and %d held by the "
             "Parquet reader (row groups) exceed the worker memory budget of %d bytes (%s) "
-            "even one at a time; intake will wait near the budget, and calls that run out of "
-            "memory are retried on halves",
+            "even one at a time%s; intake will wait near the budget, and calls that run out "
+            "of memory are retried on halves",
             batching.largest_bytes,
             fixed,
             reader,
             budget,
             source,
+            f" in each of {sharing.splits} splits at once" if sharing.splits > 1 else "",
         )
-    return batching, WorkerMemory(run.worker_memory, batching.largest_bytes, reader)
+    return batching, WorkerMemory(run.worker_memory, batching.largest_bytes, reader, sharing)
 
 
 def planned_split_rows(run: ScoringRun, runner: Runner) -> tuple[int, str]:
@@ -846,7 +880,7 @@ def run_scoring(
         if files
         else ()
     )
-    batching, worker_memory = plan_batching(run, splits, columns)
+    batching, worker_memory = plan_batching(run, splits, columns, runner.memory_sharing)
     batching.section["splits"] = {
         "count": len(splits),
         "split_rows": split_rows,

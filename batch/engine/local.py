@@ -20,6 +20,7 @@ from typing import Any
 
 from batch.engine.inputs import Split
 from batch.engine.job import ScoringJob, score_split
+from batch.engine.memory import NOT_SHARED
 
 IN_PROCESS = "in-process"
 
@@ -30,6 +31,7 @@ class InProcessRunner:
 
     name = IN_PROCESS
     splits_at_once = 1
+    memory_sharing = NOT_SHARED
 
     def __init__(self, input_rows: int, max_rows: int) -> None:
         self._input_rows = input_rows

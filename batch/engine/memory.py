@@ -16,6 +16,12 @@ it runs, the worker samples its RSS before it takes each batch and, above
 
 The budget is ``--worker_memory``, else what the worker's cgroup allows (memory.max,
 memory.limit_in_bytes) or the machine's MemTotal, less headroom.
+
+Several splits scored at once share memory where the runner says so (:class:`Sharing`):
+worker processes on one machine share its default budget (each gets an equal part; a
+``--worker_memory`` is already each process's), and splits one process scores at once
+(worker threads) share that process's budget: its start-up counted once, each split
+planned in an equal part of the rest (:func:`split_budget`).
 """
 
 from __future__ import annotations
@@ -180,20 +186,64 @@ def target_batch_bytes(budget: int, fixed: int, wanted: int, threads: int) -> in
 
 
 @dataclass(frozen=True)
+class Sharing:
+    """Who shares a worker's memory, where the runner knows it before the job starts.
+
+    ``processes``: worker processes on one machine, each with its own start-up, sharing
+    the machine's (or cgroup's) default budget: the DirectRunner's multi_processing
+    workers, a local Spark master's Python workers (one a task slot). ``splits``: splits
+    one worker process scores at once, sharing its budget: the DirectRunner's
+    multi_threading workers."""
+
+    processes: int = 1
+    splits: int = 1
+
+    def __post_init__(self) -> None:
+        if self.processes < 1 or self.splits < 1:
+            raise ValueError(f"{self}: expected at least one process and one split")
+
+    def shared(self) -> bool:
+        return self.processes > 1 or self.splits > 1
+
+    def process_budget(self, machine_budget: int) -> int:
+        """One worker process's part of the machine's default budget."""
+        return machine_budget // self.processes
+
+    def to_json(self) -> dict[str, int]:
+        return {"worker_processes": self.processes, "splits_per_process": self.splits}
+
+
+NOT_SHARED = Sharing()
+
+
+def split_budget(budget: int, fixed: int, splits: int) -> int:
+    """What one of ``splits`` splits a process scores at once may plan with, out of the
+    process's ``budget``: the process's ``fixed`` memory (its start-up, counted once) and
+    an equal part of the rest."""
+    return fixed + max(0, budget - fixed) // splits
+
+
+@dataclass(frozen=True)
 class WorkerMemory:
     """What a worker needs to keep within its budget; small and picklable.
 
     ``budget_bytes``: --worker_memory, or None (each worker takes its own cgroup's or
-    machine's limit less headroom). ``batch_bytes``: the largest batch the planner chose.
-    ``reader_bytes``: what the Parquet reader holds besides (ROW_GROUP_COPIES row groups).
+    machine's limit less headroom, its part of it where ``sharing`` has several worker
+    processes). ``batch_bytes``: the largest batch the planner chose. ``reader_bytes``:
+    what the Parquet reader holds besides for one split (ROW_GROUP_COPIES row groups).
+    ``sharing``: the worker processes and the splits in each that share memory.
     """
 
     budget_bytes: int | None
     batch_bytes: int
     reader_bytes: int = 0
+    sharing: Sharing = NOT_SHARED
 
     def budget(self) -> int:
-        return self.budget_bytes if self.budget_bytes is not None else default_budget()[0]
+        """This worker process's budget."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        return self.sharing.process_budget(default_budget()[0])
 
 
 class IntakeGate:
@@ -289,8 +339,10 @@ def memory_section(
     depths: Depths,
     peak: int,
     batch_bytes: int,
+    sharing: Sharing = NOT_SHARED,
 ) -> dict[str, Any]:
-    """The manifest's ``batching.memory`` as the driver planned it."""
+    """The manifest's ``batching.memory`` as the driver planned it: ``budget`` is a
+    worker process's, ``peak`` its estimate with every split it scores at once."""
     return {
         "budget_bytes": budget,
         "budget_source": source,
@@ -300,4 +352,8 @@ def memory_section(
         "depths": depths.to_json(),
         "estimated_peak_bytes": peak,
         "soft_limit_bytes": int(budget * SOFT_LIMIT),
+        "shared": {
+            **sharing.to_json(),
+            "split_budget_bytes": split_budget(budget, fixed, sharing.splits),
+        },
     }
