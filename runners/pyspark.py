@@ -107,6 +107,7 @@ INPUT_AUTO = "auto"
 # same path, so that auto reads input there with pyarrow on any cluster.
 SHARED_PATHS_OPTION = "batchscore.shared_paths"
 TASK_CPUS_CONF = "spark.task.cpus"
+EXECUTOR_CORES_CONF = "spark.executor.cores"
 # With input=splits on a local master one task (one Python worker, one model) per this
 # many cores, scoring with as many threads: TF import and model load paid once per task.
 MAX_LOCAL_TASK_CPUS = 4
@@ -170,6 +171,23 @@ def local_cores(master: str) -> int:
         return max(1, int(match.group(1)))
     except ValueError:
         return 1
+
+
+def default_task_cpus(master: str, input_mode: str) -> str | None:
+    """batchscore's ``spark.task.cpus`` where the job sets none: on a local master whose
+    input batchscore reads (not input=spark), one task per MAX_LOCAL_TASK_CPUS cores."""
+    if input_mode != INPUT_SPARK and re.match(r"local(\[|$)", master):
+        return str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
+    return None
+
+
+def _positive_int(value: str | None) -> int | None:
+    """A Spark setting's positive whole number (None: unset or not one)."""
+    try:
+        number = int(value) if value is not None else 0
+    except ValueError:
+        return None
+    return number if number > 0 else None
 
 
 def choose_input(
@@ -335,25 +353,51 @@ class PySparkRunner:
 
     @property
     def splits_at_once(self) -> int | None:
-        """A local master's task slots: its cores over ``--spark_conf spark.task.cpus``.
-        None for a cluster, whose executors are known once its session runs, after the
-        splits are planned (they get the default size)."""
+        """A local master's task slots: its cores over ``spark.task.cpus`` (the job's,
+        else batchscore's default: one task per MAX_LOCAL_TASK_CPUS cores when batchscore
+        reads the input). None for a cluster, whose executors are known once its session
+        runs, after the splits are planned (they get the default size)."""
         master = self.master()
         if not (master == "local" or master.startswith("local[")):
             return None
-        try:
-            task_cpus = max(1, int(self.confs.get(TASK_CPUS_CONF, "1")))
-        except ValueError:
-            task_cpus = 1
-        return max(1, local_cores(master) // task_cpus)
+        return max(1, local_cores(master) // self._task_cpus())
 
     @property
     def memory_sharing(self) -> Sharing:
-        """A local master's task slots are Python worker processes of this machine: they
-        share its default memory budget. A cluster's executors are not known here: each
-        worker takes its own (its container's cgroup, where it has one)."""
+        """The Python worker processes that share a worker's memory: one a task slot. A
+        local master's slots share this machine's default budget; a cluster executor's
+        (``spark.executor.cores`` over ``spark.task.cpus``, where the job sets the
+        executor's cores) share the executor's: its container's cgroup on YARN and
+        Kubernetes. Otherwise each worker takes its own."""
         slots = self.splits_at_once
-        return Sharing(processes=slots) if slots and slots > 1 else NOT_SHARED
+        if slots is None:
+            cores = _positive_int(self._setting(EXECUTOR_CORES_CONF))
+            slots = cores // self._task_cpus() if cores else 1
+        return Sharing(processes=slots) if slots > 1 else NOT_SHARED
+
+    def _task_cpus(self) -> int:
+        """``spark.task.cpus`` as the job's tasks get it: set by the job, else the default
+        of the session this runner builds (:func:`default_task_cpus`), else Spark's (1)."""
+        given = _positive_int(self._setting(TASK_CPUS_CONF))
+        if given is not None:
+            return given
+        if _active_context() is not None:
+            return 1
+        return _positive_int(default_task_cpus(self.master(), self.input_mode)) or 1
+
+    def _setting(self, key: str) -> str | None:
+        """A Spark setting as the job will have it: ``--spark_conf``, else spark-submit's
+        or the active SparkContext's (None where none sets it)."""
+        if key in self.confs:
+            return self.confs[key]
+        self.master()  # joins spark-submit's JVM, where there is one
+        if not (_under_spark_submit() or _active_context() is not None):
+            return None
+        SparkConf, SparkContext, _ = _pyspark()
+        active = SparkContext._active_spark_context
+        conf = active.getConf() if active is not None else SparkConf()
+        value = conf.get(key)
+        return None if value is None else str(value)
 
     def master(self) -> str:
         """The master this runner's job runs on (joins spark-submit's JVM to learn it)."""
@@ -506,8 +550,9 @@ class PySparkRunner:
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.ui.enabled": "false",
             }
-        if self.input_mode != INPUT_SPARK and re.match(r"local(\[|$)", master):
-            defaults[TASK_CPUS_CONF] = str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
+        task_cpus = default_task_cpus(master, self.input_mode)
+        if task_cpus is not None:
+            defaults[TASK_CPUS_CONF] = task_cpus
         for key, value in defaults.items():
             if not conf.contains(key):
                 conf.set(key, value)

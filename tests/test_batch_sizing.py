@@ -144,11 +144,16 @@ def test_spark_job_scores_wide_rows_in_byte_sized_batches(
         manifest = json.loads((run.run_dir / MANIFEST).read_text())
         rows = manifest["batching"]["batch_rows"]["max"]
         assert rows == manifest["batch_size"] == (1 << 20) // (table.nbytes / table.num_rows)
-        # local[2]: two Python workers of this machine, each with half its default budget.
         memory = manifest["batching"]["memory"]
-        assert memory["budget_bytes"] == default_budget()[0] // 2
-        assert memory["shared"]["worker_processes"] == 2
-        assert "shared by 2 worker processes" in memory["budget_source"]
+        if mode == "spark":
+            # local[2], Spark reading: two tasks at once, two Python workers of this
+            # machine, each with half its default budget.
+            assert memory["budget_bytes"] == default_budget()[0] // 2
+            assert memory["shared"]["worker_processes"] == 2
+            assert "shared by 2 worker processes" in memory["budget_source"]
+        else:  # one task of two cores, one Python worker with two scoring threads
+            assert memory["budget_bytes"] == default_budget()[0]
+            assert memory["shared"]["worker_processes"] == 1
         if mode == "splits":
             assert manifest["metrics"]["batches"] == _split_batches(rows)
         else:  # Spark's partitions cut batches too: at least as many

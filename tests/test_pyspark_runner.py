@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.core import errors
+from batch.engine.memory import default_budget
 from batch.output.commit import CommittedRun, list_committed_runs
 from runners.pyspark import (
     BATCH_SIZE_CONF,
@@ -222,9 +224,11 @@ def test_plain_model_on_the_standalone_cluster_via_spark_submit(
     _check_plain_scores(run, pa.concat_tables([table, pq.read_table(data_dir / "dirty.parquet")]))
 
 
-def _spark_submit(master: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _spark_submit(
+    master: str, *args: str, submit_options: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    command = spark_submit_command(master, (), args)
+    command = spark_submit_command(master, submit_options, args)
     return subprocess.run(
         command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300
     )
@@ -247,6 +251,36 @@ def test_spark_submit_on_local_takes_its_master(
     output = conflict.stdout + conflict.stderr
     error = [line for line in output.splitlines() if "python -m jobs.score: error:" in line]
     assert len(error) == 1 and "give the master in one place only" in error[0], output
+
+
+@pytest.mark.slow
+def test_spark_submit_settings_plan_the_worker_memory(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    """spark-submit's own --conf counts as the job's: spark.task.cpus=2 on local[4] runs
+    two tasks at once, two Python workers that each plan with half the machine's budget
+    (batchscore's default would be one task of four cores; Spark's, four of one)."""
+    data_dir, table = plain_data
+    result = _spark_submit(
+        "local[4]",
+        f"--input={data_dir}",
+        f"--model={plain_model}",
+        "--key_columns=id",
+        f"--output={tmp_path}",
+        "--max_error_rate=1",
+        submit_options=("--conf", "spark.task.cpus=2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = _only_run(tmp_path)
+    manifest = run.manifest().to_json()
+    memory = manifest["batching"]["memory"]
+    assert memory["shared"] == {
+        "worker_processes": 2,
+        "splits_per_process": 1,
+        "split_budget_bytes": memory["budget_bytes"],
+    }
+    assert memory["budget_bytes"] == default_budget()[0] // 2
+    _check_plain_scores(run, pa.concat_tables([table, pq.read_table(data_dir / "dirty.parquet")]))
 
 
 # --- edge cases: every key exactly once, scores equal the model's formula ---------------------

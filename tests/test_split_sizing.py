@@ -25,7 +25,7 @@ from batch.engine.local import InProcessRunner
 from batch.engine.memory import NOT_SHARED, Sharing
 from batch.output.commit import MANIFEST, list_committed_runs
 from runners.beam import BeamRunner
-from runners.pyspark import PySparkRunner
+from runners.pyspark import MAX_LOCAL_TASK_CPUS, PySparkRunner
 from tests.conftest import score
 from tests.plain_model import plain_model_expected, write_plain_data
 
@@ -55,17 +55,31 @@ def test_runners_say_how_many_splits_they_score_at_once() -> None:
     every_core = ["--direct_num_workers=0", "--direct_running_mode=multi_processing"]
     assert BeamRunner(every_core).splits_at_once == os.cpu_count()
     assert InProcessRunner(10, 100).splits_at_once == 1
-    # A local Spark master's task slots; a cluster's are known once its session runs.
-    assert PySparkRunner("local[2]").splits_at_once == 2
-    assert PySparkRunner("local[*]").splits_at_once == os.cpu_count()
+    # A local Spark master's task slots: batchscore reading the input, one task per up to
+    # MAX_LOCAL_TASK_CPUS cores (scoring with as many threads) unless the job sets
+    # spark.task.cpus; a cluster's are known once its session runs.
+    assert PySparkRunner("local[2]").splits_at_once == 1
+    assert PySparkRunner("local[8]").splits_at_once == 8 // MAX_LOCAL_TASK_CPUS
+    cores = os.cpu_count() or 1
+    assert PySparkRunner("local[*]").splits_at_once == cores // min(cores, MAX_LOCAL_TASK_CPUS)
     assert PySparkRunner("local").splits_at_once == 1
+    spark_reads = {"batchscore.input": "spark"}
+    assert PySparkRunner("local[2]", spark_reads).splits_at_once == 2
     halves = {"spark.task.cpus": "2"}
     assert PySparkRunner("local[4]", halves).splits_at_once == 2
+    assert PySparkRunner("local[4]", {"spark.task.cpus": "x"}).splits_at_once == 1  # default
     assert PySparkRunner("k8s://https://127.0.0.1:6443").splits_at_once is None
-    # A local master's task slots are Python worker processes sharing this machine's memory.
+    # Task slots are Python worker processes: a local master's share this machine's
+    # memory, a cluster executor's the executor's.
     assert PySparkRunner("local[4]", halves).memory_sharing == Sharing(processes=2)
+    assert PySparkRunner("local[2]", spark_reads).memory_sharing == Sharing(processes=2)
+    assert PySparkRunner("local[2]").memory_sharing == NOT_SHARED  # one task, two threads
     assert PySparkRunner("local").memory_sharing == NOT_SHARED
-    assert PySparkRunner("k8s://https://127.0.0.1:6443").memory_sharing == NOT_SHARED
+    k8s = "k8s://https://127.0.0.1:6443"
+    assert PySparkRunner(k8s).memory_sharing == NOT_SHARED  # the executor's cores unknown
+    executors = {"spark.executor.cores": "8", "spark.task.cpus": "2"}
+    assert PySparkRunner(k8s, executors).memory_sharing == Sharing(processes=4)
+    assert PySparkRunner(k8s, {"spark.executor.cores": "1"}).memory_sharing == NOT_SHARED
 
 
 def _manifest(out: Path) -> dict[str, Any]:

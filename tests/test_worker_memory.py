@@ -232,6 +232,6 @@ def test_worker_processes_share_the_machine_budget(plain_model: Path, tmp_path: 
     machine, source = default_budget()
     budget, shared_source = worker_budget(None, processes.memory_sharing)
     assert budget == machine // 2
-    assert shared_source == f"{source}, shared by 2 worker processes on this machine"
+    assert shared_source == f"{source}, shared by 2 worker processes"
     assert worker_budget(4000 * MB, processes.memory_sharing) == (4000 * MB, "--worker_memory")
     assert worker_budget(None, Sharing(splits=2)) == (machine, source)

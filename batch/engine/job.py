@@ -782,7 +782,7 @@ def worker_budget(worker_memory: int | None, sharing: Sharing) -> tuple[int, str
     if sharing.processes > 1:
         return (
             sharing.process_budget(budget),
-            f"{source}, shared by {sharing.processes} worker processes on this machine",
+            f"{source}, shared by {sharing.processes} worker processes",
         )
     return budget, source
 
