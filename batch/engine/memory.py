@@ -202,9 +202,6 @@ class Sharing:
         if self.processes < 1 or self.splits < 1:
             raise ValueError(f"{self}: expected at least one process and one split")
 
-    def shared(self) -> bool:
-        return self.processes > 1 or self.splits > 1
-
     def process_budget(self, machine_budget: int) -> int:
         """One worker process's part of the machine's default budget."""
         return machine_budget // self.processes
