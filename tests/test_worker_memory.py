@@ -72,7 +72,7 @@ def test_splits_at_once_share_the_budget() -> None:
     assert WorkerMemory(None, MB, sharing=Sharing(processes=4)).budget() == machine // 4
     assert WorkerMemory(None, MB, sharing=Sharing(splits=4)).budget() == machine
     assert WorkerMemory(2000 * MB, MB, sharing=Sharing(processes=4)).budget() == 2000 * MB
-    assert NOT_SHARED == Sharing(processes=1, splits=1)
+    assert Sharing(processes=1, splits=1) == NOT_SHARED
     with pytest.raises(ValueError):
         Sharing(processes=0)
 
