@@ -149,10 +149,11 @@ def test_spark_job_scores_wide_rows_in_byte_sized_batches(
             # local[2], Spark reading: two tasks at once, two Python workers of this
             # machine, each with half its default budget.
             assert memory["budget_bytes"] == default_budget()[0] // 2
+            assert memory["worker_budget_bytes"] == memory["budget_bytes"]  # the workers' own
             assert memory["shared"]["worker_processes"] == 2
             assert "shared by 2 worker processes" in memory["budget_source"]
         else:  # one task of two cores, one Python worker with two scoring threads
-            assert memory["budget_bytes"] == default_budget()[0]
+            assert memory["budget_bytes"] == memory["worker_budget_bytes"] == default_budget()[0]
             assert memory["shared"]["worker_processes"] == 1
         if mode == "splits":
             assert manifest["metrics"]["batches"] == _split_batches(rows)

@@ -209,8 +209,9 @@ def test_worker_threads_share_their_process_budget(plain_model: Path, tmp_path: 
     room = shared["split_budget_bytes"] - fixed - reader
     assert batching["target_bytes"] == room // 12 < (budget - fixed - reader) // 12
     assert batching["batch_rows"]["max"] * 50_000 <= batching["target_bytes"]
-    # Both splits' batches, the start-up once.
+    # Both splits' batches, the start-up once; the workers planned with the same budget.
     assert memory["estimated_peak_bytes"] <= budget
+    assert memory["worker_budget_bytes"] == budget
     assert memory["depths"] == {"read_ahead": 2, "model_calls": 2, "queued": 2, "write_queue": 2}
     predictions = pq.read_table(run_dir / "predictions").sort_by("id")
     assert predictions.column("id").to_pylist() == list(range(600))
@@ -235,3 +236,27 @@ def test_worker_processes_share_the_machine_budget(plain_model: Path, tmp_path: 
     assert shared_source == f"{source}, shared by 2 worker processes"
     assert worker_budget(4000 * MB, processes.memory_sharing) == (4000 * MB, "--worker_memory")
     assert worker_budget(None, Sharing(splits=2)) == (machine, source)
+
+
+@pytest.mark.slow
+def test_worker_processes_plan_with_their_part(plain_model: Path, tmp_path: Path) -> None:
+    """Two DirectRunner worker processes (multi_processing) on this machine: the driver
+    plans, and each worker process plans its own depths, with half the machine's default
+    budget; every row is scored once."""
+    data = tmp_path / "data"
+    table = write_plain_data(data, files=2, rows_per_file=400, row_group_rows=200)
+    out = tmp_path / "out"
+    processes = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert (
+        score(data, out, "--key_columns=id", "--split_rows=200", *processes, model=plain_model) == 0
+    )
+    run_dir, manifest = _manifest(out)
+    memory = manifest["batching"]["memory"]
+    half = default_budget()[0] // 2
+    assert memory["budget_bytes"] == half and memory["worker_budget_bytes"] == half
+    assert memory["shared"]["worker_processes"] == 2
+    predictions = pq.read_table(run_dir / "predictions").sort_by("id")
+    assert predictions.column("id").to_pylist() == list(range(800))
+    np.testing.assert_allclose(
+        predictions.column("score").to_numpy(), plain_model_expected(table.sort_by("id")), atol=1e-6
+    )

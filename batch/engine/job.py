@@ -447,6 +447,7 @@ def score_batches(
     stats.scoring_seconds = time.perf_counter() - started
     stats.intake_waits, stats.intake_wait_seconds = gate.waits, gate.wait_seconds
     stats.peak_rss_bytes = gate.peak_rss
+    stats.worker_budget_bytes = gate.budget or 0
     if backoff.rows is not None:
         stats.out_of_memory_retries = backoff.retries
         stats.batch_rows_after_out_of_memory = {str(part_index): backoff.rows}
@@ -483,7 +484,7 @@ def worker_depths(job: ScoringJob) -> tuple[Depths, IntakeGate]:
     depths, _ = plan_depths(
         mine, rss + memory.reader_bytes, memory.batch_bytes, job.scoring_threads
     )
-    return depths, IntakeGate(int(budget * SOFT_LIMIT))
+    return depths, IntakeGate(int(budget * SOFT_LIMIT), budget)
 
 
 def score_split(
@@ -992,6 +993,7 @@ def run_scoring(
             variant.finish(local_staging, variant_manifest)
         stats = chosen.stats() if chosen is not None else merge_part_stats(Path(layout.staging_dir))
         batching.section["memory"].update(
+            worker_budget_bytes=stats.worker_budget_bytes or None,
             peak_rss_bytes=stats.peak_rss_bytes,
             intake_waits=stats.intake_waits,
             intake_wait_seconds=round(stats.intake_wait_seconds, 3),

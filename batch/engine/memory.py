@@ -249,8 +249,10 @@ class IntakeGate:
     it could free nothing). Scoring never waits for the reader, so the wait always ends;
     scored batches wait only for the writer, whose queue is bounded."""
 
-    def __init__(self, soft_limit: int | None) -> None:
+    def __init__(self, soft_limit: int | None, budget: int | None = None) -> None:
         self.soft_limit = soft_limit
+        # The budget the worker planned with (recorded in its part's stats).
+        self.budget = budget
         self._held = 0
         self._changed = threading.Condition()
         self.waits = 0

@@ -34,6 +34,7 @@ Also counted per part, reported in the manifest's ``batching`` section:
     intake_waits                    times a part's reader waited near the memory budget
     intake_wait_seconds             how long they waited in all
     peak_rss_bytes                  the largest RSS a part's worker process was seen at
+    worker_budget_bytes             the smallest memory budget a part's worker planned with
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class PartStats:
     intake_waits: int = 0
     intake_wait_seconds: float = 0.0
     peak_rss_bytes: int = 0
+    # 0: no part planned with a budget.
+    worker_budget_bytes: int = 0
     # Column -> nulls replaced by the contract's fill value / unseen categories passed to
     # the model's OOV handling, among the rows scored.
     filled: Counter[str] = field(default_factory=Counter)
@@ -133,6 +136,8 @@ class PartStats:
         self.intake_waits += other.intake_waits
         self.intake_wait_seconds += other.intake_wait_seconds
         self.peak_rss_bytes = max(self.peak_rss_bytes, other.peak_rss_bytes)
+        budgets = [b for b in (self.worker_budget_bytes, other.worker_budget_bytes) if b]
+        self.worker_budget_bytes = min(budgets, default=0)
         self.filled.update(other.filled)
         self.restarted_parts.update(other.restarted_parts)
         self.passed_to_oov.update(other.passed_to_oov)
@@ -158,6 +163,7 @@ class PartStats:
             "intake_waits": self.intake_waits,
             "intake_wait_seconds": self.intake_wait_seconds,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "worker_budget_bytes": self.worker_budget_bytes,
             "filled": dict(sorted(self.filled.items())),
             "passed_to_oov": dict(sorted(self.passed_to_oov.items())),
             "restarted_parts": self.restarted_parts,
@@ -184,6 +190,7 @@ class PartStats:
             intake_waits=int(payload.get("intake_waits", 0)),
             intake_wait_seconds=float(payload.get("intake_wait_seconds", 0.0)),
             peak_rss_bytes=int(payload.get("peak_rss_bytes", 0)),
+            worker_budget_bytes=int(payload.get("worker_budget_bytes", 0)),
             filled=_counter(payload.get("filled", {})),
             passed_to_oov=_counter(payload.get("passed_to_oov", {})),
             restarted_parts={
