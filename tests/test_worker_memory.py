@@ -217,7 +217,7 @@ def test_worker_threads_share_their_process_budget(plain_model: Path, tmp_path: 
     assert predictions.column("id").to_pylist() == list(range(600))
 
 
-def test_worker_processes_share_the_machine_budget(plain_model: Path, tmp_path: Path) -> None:
+def test_worker_processes_share_the_machine_budget() -> None:
     """The plan of a job whose runner has two worker processes on this machine: each gets
     half the machine's default budget (no --worker_memory), and says so."""
     from batch.engine.job import worker_budget
