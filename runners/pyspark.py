@@ -173,11 +173,11 @@ def local_cores(master: str) -> int:
         return 1
 
 
-def default_task_cpus(master: str, input_mode: str) -> str | None:
+def default_task_cpus(master: str, input_mode: str) -> int | None:
     """batchscore's ``spark.task.cpus`` where the job sets none: on a local master whose
     input batchscore reads (not input=spark), one task per MAX_LOCAL_TASK_CPUS cores."""
     if input_mode != INPUT_SPARK and re.match(r"local(\[|$)", master):
-        return str(min(local_cores(master), MAX_LOCAL_TASK_CPUS))
+        return min(local_cores(master), MAX_LOCAL_TASK_CPUS)
     return None
 
 
@@ -383,7 +383,7 @@ class PySparkRunner:
             return given
         if _active_context() is not None:
             return 1
-        return _positive_int(default_task_cpus(self.master(), self.input_mode)) or 1
+        return default_task_cpus(self.master(), self.input_mode) or 1
 
     def _setting(self, key: str) -> str | None:
         """A Spark setting as the job will have it: ``--spark_conf``, else spark-submit's
@@ -552,7 +552,7 @@ class PySparkRunner:
             }
         task_cpus = default_task_cpus(master, self.input_mode)
         if task_cpus is not None:
-            defaults[TASK_CPUS_CONF] = task_cpus
+            defaults[TASK_CPUS_CONF] = str(task_cpus)
         for key, value in defaults.items():
             if not conf.contains(key):
                 conf.set(key, value)

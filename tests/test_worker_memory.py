@@ -30,6 +30,7 @@ from batch.engine.memory import (
     rss_bytes,
     split_budget,
     target_batch_bytes,
+    worker_budget,
 )
 from batch.engine.sizing import DEFAULT_BATCH_BYTES, MIN_BATCH_ROWS
 from batch.output.commit import MANIFEST, list_committed_runs
@@ -220,7 +221,6 @@ def test_worker_threads_share_their_process_budget(plain_model: Path, tmp_path: 
 def test_worker_processes_share_the_machine_budget() -> None:
     """The plan of a job whose runner has two worker processes on this machine: each gets
     half the machine's default budget (no --worker_memory), and says so."""
-    from batch.engine.job import worker_budget
     from batch.engine.local import InProcessRunner
     from runners.beam import BeamRunner
 

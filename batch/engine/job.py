@@ -62,7 +62,6 @@ from batch.engine.memory import (
     IntakeGate,
     Sharing,
     WorkerMemory,
-    default_budget,
     depth_choices,
     gated_map,
     memory_section,
@@ -70,6 +69,7 @@ from batch.engine.memory import (
     rss_bytes,
     split_budget,
     target_batch_bytes,
+    worker_budget,
 )
 from batch.engine.overlap import BackgroundWriter
 from batch.engine.scorer import BatchScorer, MemoryBackoff, dictionary_inputs
@@ -772,20 +772,6 @@ class ScoringRun:
                 raise UsageError(
                     f"--{option}={value}: expected a number of rows from 1 to {MAX_BATCH_ROWS:,}"
                 )
-
-
-def worker_budget(worker_memory: int | None, sharing: Sharing) -> tuple[int, str]:
-    """A worker process's budget and where it came from: ``--worker_memory``, else its
-    part of the machine's default budget (batch.engine.memory.Sharing)."""
-    if worker_memory:
-        return worker_memory, "--worker_memory"
-    budget, source = default_budget()
-    if sharing.processes > 1:
-        return (
-            sharing.process_budget(budget),
-            f"{source}, shared by {sharing.processes} worker processes",
-        )
-    return budget, source
 
 
 def plan_batching(

@@ -202,15 +202,26 @@ class Sharing:
         if self.processes < 1 or self.splits < 1:
             raise ValueError(f"{self}: expected at least one process and one split")
 
-    def process_budget(self, machine_budget: int) -> int:
-        """One worker process's part of the machine's default budget."""
-        return machine_budget // self.processes
-
     def to_json(self) -> dict[str, int]:
         return {"worker_processes": self.processes, "splits_per_process": self.splits}
 
 
 NOT_SHARED = Sharing()
+
+
+def worker_budget(worker_memory: int | None, sharing: Sharing) -> tuple[int, str]:
+    """A worker process's budget and where it came from: ``--worker_memory``, else its
+    part of the machine's (or cgroup's) default budget. The driver plans with it and each
+    worker takes it again itself (:meth:`WorkerMemory.budget`)."""
+    if worker_memory:
+        return worker_memory, "--worker_memory"
+    budget, source = default_budget()
+    if sharing.processes > 1:
+        return (
+            budget // sharing.processes,
+            f"{source}, shared by {sharing.processes} worker processes",
+        )
+    return budget, source
 
 
 def split_budget(budget: int, fixed: int, splits: int) -> int:
@@ -238,9 +249,7 @@ class WorkerMemory:
 
     def budget(self) -> int:
         """This worker process's budget."""
-        if self.budget_bytes is not None:
-            return self.budget_bytes
-        return self.sharing.process_budget(default_budget()[0])
+        return worker_budget(self.budget_bytes, self.sharing)[0]
 
 
 class IntakeGate:
