@@ -58,6 +58,7 @@ from batch.engine.prepare import (
     trust_policy,
 )
 from batch.engine.sizing import DEFAULT_BATCH_BYTES
+from batch.model.loading import plan_model_rows
 from batch.model.repository import ModelRepository, resolve_model, who
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import DEFAULT_CHOICE, SignatureChoice
@@ -283,6 +284,9 @@ def score(request: ScoreRequest) -> ScoreOutcome:
     input_rows = sum(f.num_rows for f in files)
     limit = request.in_process_rows
     in_process = not request.dry_run and limit > 0 and input_rows <= limit
+    # The rows a model loaded in this process would score (where this process is the
+    # worker: in process, Beam's in-memory DirectRunner), for what pays at its load.
+    plan_model_rows(input_rows)
     if request.on_scoring is not None:
         request.on_scoring(model, in_process)
     verify_once(model, trust)

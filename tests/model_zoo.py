@@ -340,3 +340,22 @@ def build_ragged_signature_model(path: Path, ragged_rank: int = 1) -> Path:
     module = Ragged()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return _sign(path)
+
+
+def build_keras3_lookup_model(path: Path) -> Path:
+    """Keras 3: a string input ``city`` of ``Input(shape=(1,))`` through ``StringLookup``
+    (the vocabulary :data:`CITIES`, one OOV index) and an ``Embedding``, beside a float
+    input ``x`` of ``Input(shape=(1,))``; one sigmoid output of shape [None, 1];
+    ``model.export``."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    city = keras.Input(shape=(1,), name="city", dtype="string")
+    x = keras.Input(shape=(1,), name="x", dtype="float32")
+    ids = keras.layers.StringLookup(vocabulary=list(CITIES), num_oov_indices=1)(city)
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(len(CITIES) + 1, 3)(ids))
+    joined = keras.layers.Concatenate()([embedded, x])
+    output = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(4)(joined))
+    model = keras.Model({"city": city, "x": x}, output)
+    model.export(str(path), format="tf_saved_model", verbose=False)
+    return _sign(path)

@@ -20,7 +20,14 @@ from batch.core.errors import InputDataError
 from batch.core.masks import to_arrow, valid_rows
 from batch.engine.examples import serialize_examples
 from batch.engine.validate import MODEL_ERROR, NON_FINITE_PREDICTION, filter_rows, with_reasons
-from batch.model.loading import Feed, LoadedModel, StringFeed, import_tensorflow
+from batch.model.loading import (
+    DistinctFeed,
+    Feed,
+    LoadedModel,
+    StringFeed,
+    import_tensorflow,
+    tf_error_summary,
+)
 from batch.model.signature import InputColumn, SignatureInfo, convert_column, sparse_inputs
 
 log = logging.getLogger(__name__)
@@ -38,26 +45,14 @@ def string_feed(column: pa.Array) -> StringFeed:
     return values, offsets[:-1] - first, np.diff(offsets)
 
 
-def dictionary_feed(dictionary: pa.Array, indices: np.ndarray) -> StringFeed:
+def dictionary_feed(dictionary: pa.Array, indices: np.ndarray) -> DistinctFeed:
     """A dictionary-encoded string column (no nulls; ``dictionary``: its distinct values,
-    string or binary) as the distinct values' bytes, each row's start and length picked by
-    its index: the rows are neither decoded nor copied (numpy gathers two int32 per row),
-    and the model's cut reads bytes that stay in cache (for the demo's six string inputs,
-    about 1.6 CPU s less per 10M rows than decoded: docs/benchmarks.md)."""
+    string or binary) as the distinct values' bytes, starts and lengths, then each row's
+    index into them: the rows are neither decoded nor copied, the model's string work runs
+    once per distinct value where it can (batch.model.distinct), and otherwise its cut
+    reads bytes that stay in cache (docs/benchmarks.md)."""
     values, starts, lengths = string_feed(dictionary)
-    return values, starts[indices], lengths[indices]
-
-
-_TF_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
-
-
-def tf_error_summary(message: str, limit: int = 300) -> str:
-    """The line of a TensorFlow error that says what went wrong, without the trace."""
-    for line in message.splitlines():
-        text = line.strip()
-        if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
-            return text[:limit]
-    return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+    return values, starts, lengths, indices.astype(np.int32, copy=False)
 
 
 def _error_line(exc: BaseException) -> str:

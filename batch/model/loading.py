@@ -23,6 +23,7 @@ import numpy as np
 from batch.core.errors import ModelError
 from batch.core.fsutil import file_sha256
 from batch.core.imports import import_without, start_up
+from batch.model.distinct import per_value_graph
 from batch.model.examples import parsed_features
 from batch.model.remote import local_model
 from batch.model.resolved import ResolvedModel
@@ -41,6 +42,7 @@ from batch.model.tflite import TENSORFLOW, TFLiteFunction, backend_description
 log = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = DEFAULT_SIGNATURE
+PER_VALUE_SCOPE = "batchscore_per_value"
 
 KERAS_NOT_LOADED = "by batchscore while TensorFlow imports; tf.keras loads it on first use"
 _STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
@@ -125,6 +127,30 @@ def plan_model_threads(calls_at_once: int, cpus: int | None = None) -> None:
     _THREAD_PLAN[0] = (max(1, calls_at_once), cpus)
 
 
+PER_VALUE_MIN_ROWS = 2_000_000
+"""The fewest rows a process must be about to score for its model's string work to be
+moved onto distinct values (batch.model.distinct): the rewrite and the preparation of its
+graph take about 0.4 s at load, and save about 0.15 CPU s per 1M rows of the demo model's
+dictionary-encoded input (docs/benchmarks.md)."""
+
+# The rows this process's model calls are about to score (None: not known).
+_ROWS_PLAN: list[int | None] = [None]
+
+
+def plan_model_rows(rows: int | None) -> None:
+    """Tell this process how many rows its model calls will score (None: not known, as on
+    a cluster's worker, where jobs are large). Below :data:`PER_VALUE_MIN_ROWS` the
+    model's string work is not moved onto distinct values; plan before the first load."""
+    _ROWS_PLAN[0] = rows
+
+
+def per_value_pays() -> bool:
+    """Whether this process's plan leaves its model's string work to move onto distinct
+    values (:func:`plan_model_rows`)."""
+    rows = _ROWS_PLAN[0]
+    return rows is None or rows >= PER_VALUE_MIN_ROWS
+
+
 def usable_cpus() -> int:
     """The cores this process may run on (its CPU affinity, as a container or taskset
     limits it), not the machine's count."""
@@ -161,8 +187,21 @@ StringFeed = tuple[bytes, np.ndarray, np.ndarray]
 """A string input column as :class:`ServingFunction` takes it: bytes, each value's int32
 start in them and each value's int32 length (batch.engine.scorer builds it)."""
 
-Feed = np.ndarray | StringFeed
-"""One input column: a numpy array, or a string column as a :data:`StringFeed`."""
+DistinctFeed = tuple[bytes, np.ndarray, np.ndarray, np.ndarray]
+"""A dictionary-encoded string input column: its distinct values as a :data:`StringFeed`,
+then each row's int32 index into them (batch.engine.scorer.dictionary_feed)."""
+
+Feed = np.ndarray | StringFeed | DistinctFeed
+"""One input column: a numpy array, or a string column as a :data:`StringFeed` or a
+:data:`DistinctFeed`."""
+
+
+def per_row(feed: StringFeed | DistinctFeed) -> StringFeed:
+    """A string column's feed with a start and a length per row."""
+    if len(feed) == 3:
+        return feed
+    values, starts, lengths, rows = feed
+    return values, starts[rows], lengths[rows]
 
 
 class ServingFunction:
@@ -190,7 +229,9 @@ class ServingFunction:
         saved_model_dir: Path,
         label: str,
         choice: SignatureChoice = DEFAULT_CHOICE,
+        per_value: bool = True,
     ) -> None:
+        self.label = label
         meta_graph = _serving_meta_graph(tf, saved_model_dir, label, choice.tags)
         if choice.name not in meta_graph.signature_def:
             raise ModelError(
@@ -206,6 +247,7 @@ class ServingFunction:
             placeholders: list[Any] = []
             input_map: dict[str, Any] = {}
             string_inputs: list[str] = []
+            cuts: dict[str, str] = {}  # a string input of one value a row -> its cut
             with tf.name_scope("batchscore_feed"):
                 for name, info in self.signature.inputs.items():
                     if info.dtype != "string":
@@ -214,6 +256,8 @@ class ServingFunction:
                     starts = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_starts")
                     lengths = tf.compat.v1.placeholder(tf.int32, [None], name=f"{name}_lengths")
                     cut = tf.strings.substr(data, starts, lengths)
+                    if all(size == 1 for size in info.shape[1:]):
+                        cuts[name] = cut.op.name
                     if len(info.shape) > 1:
                         cut = tf.reshape(cut, [-1, *info.shape[1:]])
                     input_map[signature_def.inputs[name].name] = cut
@@ -246,21 +290,87 @@ class ServingFunction:
                 for n in self._output_names
             ]
             self._run = self.session.make_callable(fetches, feed_list=placeholders)
+            self._per_value: PerValueCall | None = None
+            try:
+                if per_value:
+                    self._per_value = self._per_value_call(tf, cuts, placeholders, fetches)
+            except Exception as exc:  # TensorFlow raises many types; the model runs as is
+                log.warning(
+                    "model %s: its string inputs' work cannot run per distinct value (%s: "
+                    "%s); it is called row by row",
+                    label,
+                    type(exc).__name__,
+                    tf_error_summary(str(exc)),
+                )
         self.graph.finalize()
+
+    def _per_value_call(
+        self, tf: Any, cuts: dict[str, str], placeholders: list[Any], fetches: list[Any]
+    ) -> PerValueCall | None:
+        """The signature with its string inputs' row-wise work done once per distinct
+        value (batch.model.distinct), imported beside the original graph (whose tables and
+        variables it shares); None where there is no such work or the graph cannot be
+        rewritten."""
+        if not cuts or self.signature.example_input is not None:
+            return None
+        started = time.perf_counter()
+        plan = per_value_graph(tf, self.graph.as_graph_def(), cuts, [t.name for t in fetches])
+        if plan is None:
+            return None
+        tf.graph_util.import_graph_def(plan.graph_def, name=PER_VALUE_SCOPE)
+        names = {op.name for op in self.graph.get_operations()}
+        feed_list: list[Any] = []
+        slots: list[tuple[str, int]] = []  # (input, its feed's part; ROWS: the row indices)
+        index = 0
+        for name in self._order:
+            parts = 3 if name in self._strings else 1
+            for part, placeholder in enumerate(placeholders[index : index + parts]):
+                copied = f"{PER_VALUE_SCOPE}/{placeholder.op.name}"
+                if copied in names:  # an input no output needs was pruned
+                    feed_list.append(self.graph.get_tensor_by_name(f"{copied}:0"))
+                    slots.append((name, part if parts == 3 else WHOLE))
+            index += parts
+            if name in plan.rows:
+                rows = f"{PER_VALUE_SCOPE}/{plan.rows[name]}:0"
+                feed_list.append(self.graph.get_tensor_by_name(rows))
+                slots.append((name, ROWS))
+        call = self.session.make_callable(
+            [self.graph.get_tensor_by_name(f"{PER_VALUE_SCOPE}/{t}") for t in plan.fetches],
+            feed_list=feed_list,
+        )
+        log.info(
+            "model %s: its string inputs' row-wise ops run once per distinct value (%s; "
+            "planned in %.2fs)",
+            self.label,
+            ", ".join(f"{name}: {count} ops" for name, count in sorted(plan.ops.items())),
+            time.perf_counter() - started,
+        )
+        return PerValueCall(call, slots, plan.ops)
+
+    @property
+    def per_value_ops(self) -> dict[str, int]:
+        """String input -> how many of its ops run once per distinct value where it is fed
+        from a dictionary (empty: none, or turned off after a disagreement)."""
+        if self._per_value is None or self._per_value.state == "off":
+            return {}
+        return dict(self._per_value.ops)
 
     def prepare_first_call(self) -> bool:
         """Call the signature once on no rows, so that TensorFlow prepares the call (the
         graph's optimization passes, the executor and its kernels: about 0.3-0.4 s on one
         core for the demo model, with the GIL released) during the load rather than in
-        the first batch's call, where a job waits for it. Whether it ran: a graph that
-        refuses an empty batch (a shape check, a fixed batch size) keeps that cost for
+        the first batch's call, where a job waits for it. Where the string inputs' work
+        runs per distinct value, that graph is the one prepared (the original is then
+        prepared by the first batch fed row by row, if one comes). Whether it ran: a graph
+        that refuses an empty batch (a shape check, a fixed batch size) keeps that cost for
         its first call, and a real batch's error is raised by that call."""
         empty: dict[str, Feed] = {}
         row_splits = set(self.signature.ragged.values())
         try:
             for name, info in self.signature.inputs.items():
                 if name in self._strings:
-                    empty[name] = (b"", np.zeros(0, np.int32), np.zeros(0, np.int32))
+                    nothing = np.zeros(0, np.int32)
+                    empty[name] = (b"", nothing, nothing, nothing)
                 elif name in row_splits:  # a ragged input's row splits: [0], no rows
                     empty[name] = np.zeros(1, dtype=info.dtype)
                 else:  # the batch dimension (and any other unknown one) empty
@@ -274,14 +384,106 @@ class ServingFunction:
 
     def __call__(self, feeds: dict[str, Feed]) -> dict[str, np.ndarray]:
         """The signature's outputs for one batch of ``feeds`` (one entry per input)."""
+        if self._per_value is not None:
+            outputs = self._per_value(feeds)
+            if outputs is not None:
+                return dict(zip(self._output_names, outputs, strict=True))
         values: list[Any] = []
         for name in self._order:
             value = feeds[name]
             if name in self._strings:
-                values += list(value)
+                values += list(per_row(value))  # type: ignore[arg-type]
             else:
                 values.append(value)
         return dict(zip(self._output_names, self._run(*values), strict=True))
+
+
+WHOLE = -1
+"""A :class:`PerValueCall` slot that takes a numeric input's feed whole."""
+ROWS = 3
+"""A :class:`PerValueCall` slot that takes a string input's row indices."""
+
+
+class PerValueCall:
+    """A signature's graph with its string inputs' row-wise work moved onto their distinct
+    values (batch.model.distinct), called where a batch feeds at least one of ``inputs``
+    from its dictionary (:data:`DistinctFeed`); the others are fed one value a row.
+
+    Its first such batch is also run with every row as its own value, through the same
+    graph, and the two must agree (the ops it moved work row by row by construction; this
+    checks it on the model's real data). If they do not, it is turned off for the process
+    (logged) and the model is called row by row, as the SavedModel is written."""
+
+    def __init__(self, call: Any, slots: list[tuple[str, int]], ops: dict[str, int]) -> None:
+        self._call = call
+        self._slots = slots  # (input, part of its feed: 0-2 a string's, ROWS, WHOLE)
+        self.ops = dict(ops)  # input -> how many of its ops run once per distinct value
+        self.inputs = frozenset(ops)
+        self.state = "unchecked"  # then "checked", or "off" after a disagreement
+        self._lock = threading.Lock()
+
+    def __call__(self, feeds: dict[str, Feed]) -> list[np.ndarray] | None:
+        """The outputs (in the signature's order) for ``feeds``; None where no input of
+        ``inputs`` is fed by value or this call is off: the caller then calls the
+        original graph."""
+        if self.state == "off" or not any(
+            isinstance(feeds[name], tuple) and len(feeds[name]) == 4 for name in self.inputs
+        ):
+            return None
+        outputs = self._call(*self._values(feeds, by_value=True))
+        if self.state == "unchecked" and any(len(output) for output in outputs):
+            with self._lock:
+                if self.state == "unchecked":
+                    each_row = self._call(*self._values(feeds, by_value=False))
+                    agree = all(map(_same, each_row, outputs))
+                    self.state = "checked" if agree else "off"
+                    if not agree:
+                        log.warning(
+                            "a model's outputs computed once per distinct string value "
+                            "differ from those computed row by row; it is called row by "
+                            "row from now on"
+                        )
+        return outputs if self.state == "checked" else None
+
+    def _values(self, feeds: dict[str, Feed], by_value: bool) -> list[Any]:
+        strings: dict[str, DistinctFeed] = {}
+        values: list[Any] = []
+        for name, part in self._slots:
+            feed = feeds[name]
+            if part == WHOLE:
+                values.append(feed)
+                continue
+            if name not in strings:
+                if by_value and name in self.inputs and len(feed) == 4:
+                    strings[name] = feed  # type: ignore[assignment]
+                else:
+                    data, starts, lengths = per_row(feed)  # type: ignore[arg-type]
+                    rows = np.arange(len(starts), dtype=np.int32)
+                    strings[name] = (data, starts, lengths, rows)
+            values.append(strings[name][part])
+        return values
+
+
+_TF_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+
+
+def tf_error_summary(message: str, limit: int = 300) -> str:
+    """The line of a TensorFlow error that says what went wrong, without the trace."""
+    for line in message.splitlines():
+        text = line.strip()
+        if text and not text.startswith(_TF_ERROR_NOISE) and not line.startswith((" ", "\t")):
+            return text[:limit]
+    return message.strip().splitlines()[0][:limit] if message.strip() else "(no message)"
+
+
+def _same(expected: np.ndarray, found: np.ndarray) -> bool:
+    """Whether two outputs agree: floats to within their last bits (NaN as NaN), the rest
+    exactly."""
+    if expected.shape != found.shape:
+        return False
+    if np.issubdtype(expected.dtype, np.floating):
+        return bool(np.allclose(expected, found, rtol=1e-6, atol=1e-7, equal_nan=True))
+    return bool(np.array_equal(expected, found))
 
 
 def _public(signatures: Any) -> list[str]:
@@ -525,7 +727,8 @@ def _load_verified(
         key = (model.content_hash, choice)
         cached = _LOADED.get(key)
         if cached is None:
-            cached = _load(copy, verification, choice, Path(model.saved_model_dir))
+            per_value = prepare and per_value_pays()  # a driver's load is never called
+            cached = _load(copy, verification, choice, Path(model.saved_model_dir), per_value)
             _LOADED[key] = cached
         if prepare and cached.function not in _PREPARED:
             _PREPARED.add(cached.function)
@@ -558,11 +761,14 @@ def _load(
     verification: VerificationResult,
     choice: SignatureChoice,
     shown_as: Path,
+    per_value: bool,
 ) -> LoadedModel:
     tf = import_tensorflow()
     start = time.perf_counter()
     try:
-        function = _serving_function(tf, Path(model.saved_model_dir), model.label, choice)
+        function = _serving_function(
+            tf, Path(model.saved_model_dir), model.label, choice, per_value
+        )
     except ModelError:
         raise
     except Exception as exc:  # TF raises many types for a broken SavedModel.
@@ -582,13 +788,14 @@ def _load(
 
 
 def _serving_function(
-    tf: Any, saved_model_dir: Path, label: str, choice: SignatureChoice
+    tf: Any, saved_model_dir: Path, label: str, choice: SignatureChoice, per_value: bool
 ) -> ServingFunction | TFLiteFunction:
     """The model's serving function for its backend (batch.model.tflite): a SavedModel's
-    signature ``choice``, or, for a TFLite version, its transform signature feeding LiteRT."""
+    signature ``choice``, or, for a TFLite version, its transform signature feeding LiteRT;
+    ``per_value``: whether its string work may move onto distinct values."""
     described = backend_description(saved_model_dir)
     if described["backend"] == TENSORFLOW:
-        return ServingFunction(tf, saved_model_dir, label, choice)
+        return ServingFunction(tf, saved_model_dir, label, choice, per_value)
     if not choice.is_default:
         raise ModelError(
             f"model {label} ({saved_model_dir}): a {described['backend']} version is scored "
@@ -596,5 +803,5 @@ def _serving_function(
             "--signature/--tag/--input_format, or score its parent"
         )
     transform_choice = SignatureChoice(name=str(described["transform_signature"]))
-    transform = ServingFunction(tf, saved_model_dir, label, transform_choice)
+    transform = ServingFunction(tf, saved_model_dir, label, transform_choice, per_value)
     return TFLiteFunction(transform, transform.signature, saved_model_dir, described, label)
