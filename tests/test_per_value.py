@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from batch.core.dictionaries import dictionary_indices
 from batch.engine.inputs import find_input_files, open_parquet
 from batch.engine.scorer import BatchScorer, dictionary_feed, string_feed
 from batch.model.loading import (
+    PER_VALUE_ENV,
     PER_VALUE_MIN_ROWS,
     Feed,
     LoadedModel,
@@ -25,7 +27,7 @@ from batch.model.loading import (
     per_value_pays,
     plan_model_rows,
 )
-from tests.conftest import TrainedModel
+from tests.conftest import TrainedModel, score_in_a_new_process
 from tests.model_zoo import CITIES, build_keras3_lookup_model, build_tf_keras_model
 
 # Odd values a real column holds: empty, padded, mixed case, non-ASCII, long, a control
@@ -72,7 +74,8 @@ def lookup_module(tf: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
             ids = self.table.lookup(cleaned)
             oov = tf.strings.to_hash_bucket_fast(cleaned, 4) + 3
             ids = tf.where(ids < 0, oov, ids)
-            score = tf.cast(ids, tf.float32) * 0.5 + x
+            with tf.control_dependencies([tf.debugging.assert_less(x, 1e6)]):
+                score = tf.cast(ids, tf.float32) * 0.5 + x
             pair = self.pairs.lookup(tf.strings.join([cleaned, grade], separator="|"))
             as_float = tf.cast(ids, tf.float32)
             outer = tf.reduce_sum(as_float + tf.reshape(as_float, [-1, 1]), axis=1)
@@ -216,6 +219,33 @@ def test_the_demo_models_transform_scores_as_it_does_row_by_row(
     assert by_value._per_value is not None and by_value._per_value.state == "checked"
 
 
+def test_a_batch_the_graph_refuses_raises_and_a_failed_rewrite_turns_off(
+    tf: Any, lookup_module: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    function = ServingFunction(tf, lookup_module, "lookup@1")
+    rows = 4
+    feeds: dict[str, Feed] = {
+        "city": _feed(_encoded(ODD, np.arange(rows))),
+        "grade": _feed(_encoded(["A", "B"], np.array([0, 1, 0, 1]))),
+        "x": np.array([0, 1, 2, 1e7], np.float32),  # the graph's own check refuses 1e7
+    }
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"x < 1e6|assert"):
+        function(feeds)
+    assert function.per_value_ops  # the graph's own refusal is no fault of the rewrite
+    feeds["x"] = np.zeros(rows, np.float32)
+    expected = ServingFunction(tf, lookup_module, "lookup", per_value=False)(feeds)
+    assert function._per_value is not None
+
+    def broken(*values: Any) -> list[np.ndarray]:
+        raise tf.errors.InvalidArgumentError(None, None, "indices[3] = 9 is not in [0, 3)")
+
+    monkeypatch.setattr(function._per_value, "_call", broken)
+    _same_outputs(function(feeds), expected)  # answered row by row
+    assert function.per_value_ops == {}
+    assert "lookup@1" in caplog.text and "not in [0, 3)" in caplog.text
+    _same_outputs(function(feeds), expected)
+
+
 def test_a_disagreement_turns_it_off() -> None:
     """Should the graph fed by value ever disagree with itself fed row by row, the call
     says so (None: the caller calls the original graph) from then on."""
@@ -225,7 +255,7 @@ def test_a_disagreement_turns_it_off() -> None:
         by_row = np.array_equal(rows, np.arange(len(rows)))
         return [rows.astype(np.float32) + (1 if by_row else 0)]
 
-    per_value = PerValueCall(call, [("s", 0), ("s", 1), ("s", 2), ("s", 3)], {"s": 2})
+    per_value = PerValueCall(call, [("s", 0), ("s", 1), ("s", 2), ("s", 3)], {"s": 2}, "m@1")
     column = _encoded(["a", "b"], np.array([0, 1, 1]))
     feeds: dict[str, Feed] = {"s": _feed(column)}
     assert per_value(feeds) is None
@@ -244,3 +274,35 @@ def test_only_a_large_enough_job_moves_the_work() -> None:
         assert per_value_pays()
     finally:
         plan_model_rows(None)
+
+
+@pytest.mark.slow
+def test_a_job_scores_the_same_with_and_without_the_rewrite(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's data scored on Beam (DirectRunner, in memory) by ``jobs.score`` in a new
+    process, with the rewrite forced on and off (BATCHSCORE_PER_VALUE): the same
+    predictions, row for row; and a job of these few rows, left to choose, does not
+    rewrite (the plan's 20,000 rows are below PER_VALUE_MIN_ROWS)."""
+    tables = {}
+    for mode in ("on", "off", "auto"):
+        monkeypatch.setenv(PER_VALUE_ENV, mode)
+        out = tmp_path / mode
+        code, stderr, _ = score_in_a_new_process(
+            trained_model.data_dir,
+            out,
+            "--runner=DirectRunner",
+            "--in_process_rows=0",
+            "--max_error_rate=0.01",  # the demo's data holds 100 dirty rows
+            "-v",
+            model=trained_model,
+        )
+        assert code == 0, stderr
+        assert ("once per distinct value" in stderr) == (mode == "on"), stderr[-2000:]
+        parts = sorted(out.glob("**/predictions/*.parquet"))
+        table = pa.concat_tables(pq.read_table(part) for part in parts)
+        key = table.schema.names[0]
+        tables[mode] = table.drop_columns(["run_id"]).sort_by(key)
+    assert tables["on"].num_rows > 19_000
+    assert tables["on"].equals(tables["off"])
+    assert tables["auto"].equals(tables["off"])

@@ -144,9 +144,18 @@ def plan_model_rows(rows: int | None) -> None:
     _ROWS_PLAN[0] = rows
 
 
+PER_VALUE_ENV = "BATCHSCORE_PER_VALUE"
+"""``off``: never move a model's string work onto distinct values; ``on``: always, however
+few the rows; unset or ``auto``: by :func:`plan_model_rows`. Read by each process at its
+first load (a local worker process inherits it; set it on a cluster's workers)."""
+
+
 def per_value_pays() -> bool:
-    """Whether this process's plan leaves its model's string work to move onto distinct
-    values (:func:`plan_model_rows`)."""
+    """Whether this process moves its model's string work onto distinct values: by
+    :data:`PER_VALUE_ENV`, else by its plan (:func:`plan_model_rows`)."""
+    choice = os.environ.get(PER_VALUE_ENV, "auto").strip().lower()
+    if choice in ("on", "off"):
+        return choice == "on"
     rows = _ROWS_PLAN[0]
     return rows is None or rows >= PER_VALUE_MIN_ROWS
 
@@ -345,7 +354,7 @@ class ServingFunction:
             ", ".join(f"{name}: {count} ops" for name, count in sorted(plan.ops.items())),
             time.perf_counter() - started,
         )
-        return PerValueCall(call, slots, plan.ops)
+        return PerValueCall(call, slots, plan.ops, self.label)
 
     @property
     def per_value_ops(self) -> dict[str, int]:
@@ -385,9 +394,23 @@ class ServingFunction:
     def __call__(self, feeds: dict[str, Feed]) -> dict[str, np.ndarray]:
         """The signature's outputs for one batch of ``feeds`` (one entry per input)."""
         if self._per_value is not None:
-            outputs = self._per_value(feeds)
+            try:
+                outputs = self._per_value(feeds)
+            except Exception as exc:  # TensorFlow raises many types
+                # Row by row: a batch the graph as written refuses too raises its own
+                # error; one it takes shows the rewrite failed (an index out of a table
+                # for a dictionary value no row holds): off for this process.
+                by_row = self._by_row(feeds)
+                self._per_value.turn_off(
+                    self.label, f"{type(exc).__name__}: {tf_error_summary(str(exc))}"
+                )
+                return by_row
             if outputs is not None:
                 return dict(zip(self._output_names, outputs, strict=True))
+        return self._by_row(feeds)
+
+    def _by_row(self, feeds: dict[str, Feed]) -> dict[str, np.ndarray]:
+        """The outputs of the graph as the SavedModel writes it, fed one value a row."""
         values: list[Any] = []
         for name in self._order:
             value = feeds[name]
@@ -414,7 +437,10 @@ class PerValueCall:
     checks it on the model's real data). If they do not, it is turned off for the process
     (logged) and the model is called row by row, as the SavedModel is written."""
 
-    def __init__(self, call: Any, slots: list[tuple[str, int]], ops: dict[str, int]) -> None:
+    def __init__(
+        self, call: Any, slots: list[tuple[str, int]], ops: dict[str, int], label: str
+    ) -> None:
+        self.label = label
         self._call = call
         self._slots = slots  # (input, part of its feed: 0-2 a string's, ROWS, WHOLE)
         self.ops = dict(ops)  # input -> how many of its ops run once per distinct value
@@ -435,15 +461,22 @@ class PerValueCall:
             with self._lock:
                 if self.state == "unchecked":
                     each_row = self._call(*self._values(feeds, by_value=False))
-                    agree = all(map(_same, each_row, outputs))
-                    self.state = "checked" if agree else "off"
-                    if not agree:
-                        log.warning(
-                            "a model's outputs computed once per distinct string value "
-                            "differ from those computed row by row; it is called row by "
-                            "row from now on"
-                        )
+                    if all(map(_same, each_row, outputs)):
+                        self.state = "checked"
+                    else:
+                        self.turn_off(self.label, "its outputs differ from row by row")
         return outputs if self.state == "checked" else None
+
+    def turn_off(self, label: str, reason: str) -> None:
+        """Call the graph as written from now on (logged once, with ``reason``)."""
+        if self.state != "off":
+            self.state = "off"
+            log.warning(
+                "model %s: its string work run once per distinct value failed (%s); it is "
+                "called row by row from now on",
+                label,
+                reason,
+            )
 
     def _values(self, feeds: dict[str, Feed], by_value: bool) -> list[Any]:
         strings: dict[str, DistinctFeed] = {}
