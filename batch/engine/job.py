@@ -81,7 +81,13 @@ from batch.engine.sizing import (
     plan_batches,
 )
 from batch.engine.validate import RowValidator, reject_schema
-from batch.model.loading import MODEL_CALLS_AT_ONCE, LoadedModel, load_model, plan_model_threads
+from batch.model.loading import (
+    MODEL_CALLS_AT_ONCE,
+    LoadedModel,
+    load_model,
+    plan_model_rows,
+    plan_model_threads,
+)
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
     DEFAULT_CHOICE,
@@ -187,6 +193,9 @@ class ScoringJob:
     # The text columns read dictionary-encoded where a file stores them so: the
     # category columns of the checks (encoded_columns) and the model's string inputs.
     encoded: frozenset[str] = frozenset()
+    # The whole input's rows (None: not known): a worker moves its model's string work
+    # onto distinct values only for a job large enough (batch.model.loading.plan_model_rows).
+    input_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,7 @@ def job_scorer(job: ScoringJob, backoff: MemoryBackoff | None = None) -> Scorer:
     """The job's model as this process's scorer, wrapped by the job's variant if any;
     ``backoff``: the split's batch limit after a call ran out of memory."""
     plan_model_threads(job.scoring_threads, job.scoring_cpus)  # before this process's first load
+    plan_model_rows(job.input_rows)
     scorer = BatchScorer(
         load_model(job.model, job.trust, job.signature),
         job.key_columns,
@@ -892,6 +902,7 @@ def run_scoring(
         memory=worker_memory,
         encoded=encoded_columns(contract.columns.values() if contract else (), baseline)
         | dictionary_inputs(signature, key_columns, run.passthrough_columns),
+        input_rows=sum(f.num_rows for f in files),
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
