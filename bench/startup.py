@@ -38,11 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     timed("import batchscore (batch.api, jobs.cli)", lambda: importlib.import_module("jobs.cli"))
     from batch.engine.prepare import resolve_inputs, trust_policy
-    from batch.model.loading import import_tensorflow, load_model
+    from batch.model.loading import import_tensorflow, load_model, plan_model_rows
     from batch.model.repository import ModelRepository, resolve_model
     from batch.model.signing import verify_once
 
     timed("list the input, read its footers", lambda: resolve_inputs(args.input, "fail"))
+    # as a job plans (batch.api): a model loaded to score few rows is not rewritten
+    plan_model_rows(sum(f.num_rows for f in found["list the input, read its footers"].files))
     timed(
         "resolve the model",
         lambda: resolve_model(args.model, ModelRepository(args.model_repo)),

@@ -457,7 +457,9 @@ class PerValueCall:
         ):
             return None
         outputs = self._call(*self._values(feeds, by_value=True))
-        if self.state == "unchecked" and any(len(output) for output in outputs):
+        if self.state == "unchecked":
+            if not any(len(output) for output in outputs):
+                return outputs  # no rows: nothing to check (the load's first call)
             with self._lock:
                 if self.state == "unchecked":
                     each_row = self._call(*self._values(feeds, by_value=False))
