@@ -145,8 +145,17 @@ def test_a_modules_string_work_runs_once_per_distinct_value(tf: Any, lookup_modu
     assert list(out["pair"]) == [9, 7, 0]  # LYON|B, PARIS|A, PARIS|B (unknown: 0)
 
 
-def test_an_empty_batch_is_scored_and_checks_nothing(tf: Any, lookup_module: Path) -> None:
+def test_an_empty_batch_is_scored_and_checks_nothing(
+    tf: Any, lookup_module: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load's call on no rows prepares the rewritten graph only (the graph as written
+    is prepared by a batch that needs it, if one comes)."""
     function = ServingFunction(tf, lookup_module, "lookup")
+
+    def as_written(*values: Any) -> Any:
+        raise AssertionError("the graph as written was called")
+
+    monkeypatch.setattr(function, "_run", as_written)
     assert function.prepare_first_call()
     nothing = np.zeros(0, np.int32)
     out = function(
