@@ -245,6 +245,14 @@ def test_a_batch_the_graph_refuses_raises_and_a_failed_rewrite_turns_off(
     expected = ServingFunction(tf, lookup_module, "lookup", per_value=False)(feeds)
     assert function._per_value is not None
 
+    def out_of_memory(*values: Any) -> list[np.ndarray]:
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(function._per_value, "_call", out_of_memory)
+    with pytest.raises(tf.errors.ResourceExhaustedError):  # the scorer halves the batch
+        function(feeds)
+    assert function.per_value_ops
+
     def broken(*values: Any) -> list[np.ndarray]:
         raise tf.errors.InvalidArgumentError(None, None, "indices[3] = 9 is not in [0, 3)")
 

@@ -229,6 +229,11 @@ class ServingFunction:
     runs in TensorFlow's kernels without the GIL (about 15 ns a value). A string input of
     shape [None, k] is cut from the flat values of its rows and reshaped in the graph.
 
+    With ``per_value``, the string inputs' row-wise work (strip, case, vocabulary lookups,
+    hash buckets: batch.model.distinct) also gets a rewritten copy of the graph, in the
+    same session, that runs it once per distinct value of a column fed from its
+    dictionary (:class:`PerValueCall`); other batches run the graph as written.
+
     Calls are thread-safe; the graph is finalized once loaded.
     """
 
@@ -241,6 +246,7 @@ class ServingFunction:
         per_value: bool = True,
     ) -> None:
         self.label = label
+        self._out_of_memory = (tf.errors.ResourceExhaustedError, MemoryError)
         meta_graph = _serving_meta_graph(tf, saved_model_dir, label, choice.tags)
         if choice.name not in meta_graph.signature_def:
             raise ModelError(
@@ -359,7 +365,7 @@ class ServingFunction:
     @property
     def per_value_ops(self) -> dict[str, int]:
         """String input -> how many of its ops run once per distinct value where it is fed
-        from a dictionary (empty: none, or turned off after a disagreement)."""
+        from a dictionary (empty: none, or turned off after a failure)."""
         if self._per_value is None or self._per_value.state == "off":
             return {}
         return dict(self._per_value.ops)
@@ -396,14 +402,14 @@ class ServingFunction:
         if self._per_value is not None:
             try:
                 outputs = self._per_value(feeds)
+            except self._out_of_memory:
+                raise  # the scorer halves the batch (batch.engine.scorer.MemoryBackoff)
             except Exception as exc:  # TensorFlow raises many types
                 # Row by row: a batch the graph as written refuses too raises its own
                 # error; one it takes shows the rewrite failed (an index out of a table
                 # for a dictionary value no row holds): off for this process.
                 by_row = self._by_row(feeds)
-                self._per_value.turn_off(
-                    self.label, f"{type(exc).__name__}: {tf_error_summary(str(exc))}"
-                )
+                self._per_value.turn_off(f"{type(exc).__name__}: {tf_error_summary(str(exc))}")
                 return by_row
             if outputs is not None:
                 return dict(zip(self._output_names, outputs, strict=True))
@@ -434,8 +440,9 @@ class PerValueCall:
 
     Its first such batch is also run with every row as its own value, through the same
     graph, and the two must agree (the ops it moved work row by row by construction; this
-    checks it on the model's real data). If they do not, it is turned off for the process
-    (logged) and the model is called row by row, as the SavedModel is written."""
+    checks it on the model's real data). If they do not, or a call fails where the graph
+    as written succeeds (:meth:`ServingFunction.__call__`), it is turned off for the
+    process (logged) and the model is called row by row, as the SavedModel is written."""
 
     def __init__(
         self, call: Any, slots: list[tuple[str, int]], ops: dict[str, int], label: str
@@ -466,17 +473,17 @@ class PerValueCall:
                     if all(map(_same, each_row, outputs)):
                         self.state = "checked"
                     else:
-                        self.turn_off(self.label, "its outputs differ from row by row")
+                        self.turn_off("its outputs differ from row by row")
         return outputs if self.state == "checked" else None
 
-    def turn_off(self, label: str, reason: str) -> None:
+    def turn_off(self, reason: str) -> None:
         """Call the graph as written from now on (logged once, with ``reason``)."""
         if self.state != "off":
             self.state = "off"
             log.warning(
                 "model %s: its string work run once per distinct value failed (%s); it is "
                 "called row by row from now on",
-                label,
+                self.label,
                 reason,
             )
 
