@@ -75,7 +75,7 @@ ROWS_SCOPE = "batchscore_rows"
 
 @dataclass
 class DistinctPlan:
-    """A signature's graph with each of ``inputs``' row-wise string work moved onto its
+    """A signature's graph with some string inputs' row-wise work moved onto their
     distinct values. ``graph_def``: the rewritten graph (every function inlined) to import
     beside the original; ``rows``: input -> the int32 ``[rows]`` placeholder of each row's
     index into the values its cut is fed; ``fetches``: the outputs' tensor names in it,
