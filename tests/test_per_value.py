@@ -4,6 +4,7 @@ output with the same SavedModel called row by row."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -294,13 +295,25 @@ def test_only_a_large_enough_job_moves_the_work() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "runner",
+    [
+        ("--runner=DirectRunner", "--in_process_rows=0"),
+        ("--runner=PySparkRunner", "--spark_master=local[2]"),
+    ],
+    ids=["beam", "spark"],
+)
 def test_a_job_scores_the_same_with_and_without_the_rewrite(
-    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_model: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runner: tuple[str, ...],
 ) -> None:
-    """The demo's data scored on Beam (DirectRunner, in memory) by ``jobs.score`` in a new
-    process, with the rewrite forced on and off (BATCHSCORE_PER_VALUE): the same
-    predictions, row for row; and a job of these few rows, left to choose, does not
-    rewrite (the plan's 20,000 rows are below PER_VALUE_MIN_ROWS)."""
+    """The demo's data scored by ``jobs.score`` in a new process, on Beam (DirectRunner,
+    in memory) and on Spark (local[2]: the model loaded in Spark's Python workers, which
+    inherit the environment), with the rewrite forced on and off (BATCHSCORE_PER_VALUE):
+    the same predictions, row for row; and a job of these few rows, left to choose, does
+    not rewrite (the plan's 20,000 rows are below PER_VALUE_MIN_ROWS)."""
     tables = {}
     for mode in ("on", "off", "auto"):
         monkeypatch.setenv(PER_VALUE_ENV, mode)
@@ -308,14 +321,20 @@ def test_a_job_scores_the_same_with_and_without_the_rewrite(
         code, stderr, _ = score_in_a_new_process(
             trained_model.data_dir,
             out,
-            "--runner=DirectRunner",
-            "--in_process_rows=0",
+            *runner,
             "--max_error_rate=0.01",  # the demo's data holds 100 dirty rows
             "-v",
             model=trained_model,
         )
         assert code == 0, stderr
-        assert ("once per distinct value" in stderr) == (mode == "on"), stderr[-2000:]
+        if runner[0] == "--runner=DirectRunner":  # Spark's workers log to their own stderr
+            assert ("once per distinct value" in stderr) == (mode == "on"), stderr[-2000:]
+        (manifest,) = out.glob("**/_MANIFEST.json")
+        per_value = json.loads(manifest.read_text())["model"]["serving"]["per_value"]
+        if mode == "on":  # every part, in Beam's process or Spark's Python workers
+            assert per_value["parts"] >= 4 and per_value["ops"]["employer_id"] >= 3, per_value
+        else:
+            assert per_value == {"ops": {}, "parts": 0}
         parts = sorted(out.glob("**/predictions/*.parquet"))
         table = pa.concat_tables(pq.read_table(part) for part in parts)
         key = table.schema.names[0]

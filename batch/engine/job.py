@@ -458,6 +458,8 @@ def score_batches(
     stats.intake_waits, stats.intake_wait_seconds = gate.waits, gate.wait_seconds
     stats.peak_rss_bytes = gate.peak_rss
     stats.worker_budget_bytes = gate.budget or 0
+    stats.per_value_ops = scorer.loaded.function.per_value_ops
+    stats.per_value_parts = 1 if stats.per_value_ops else 0
     if backoff.rows is not None:
         stats.out_of_memory_retries = backoff.retries
         stats.batch_rows_after_out_of_memory = {str(part_index): backoff.rows}
@@ -995,6 +997,10 @@ def run_scoring(
             intake_waits=stats.intake_waits,
             intake_wait_seconds=round(stats.intake_wait_seconds, 3),
         )
+        manifest["model"]["serving"]["per_value"] = {
+            "ops": dict(sorted(stats.per_value_ops.items())),
+            "parts": stats.per_value_parts,
+        }
         if manifest["contract"] is not None:
             manifest["contract"]["filled_rows"] = dict(sorted(stats.filled.items()))
             manifest["contract"]["passed_to_oov"] = dict(sorted(stats.passed_to_oov.items()))

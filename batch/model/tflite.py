@@ -112,6 +112,9 @@ class TransformFunction(Protocol):
 
     def prepare_first_call(self) -> bool: ...
 
+    @property
+    def per_value_ops(self) -> dict[str, int]: ...
+
 
 class TFLiteFunction:
     """``transform`` (the transform signature in a session: raw feeds -> transformed
@@ -156,3 +159,8 @@ class TFLiteFunction:
 
     def __call__(self, feeds: Any) -> dict[str, np.ndarray]:
         return self._model(self._transform(feeds))
+
+    @property
+    def per_value_ops(self) -> dict[str, int]:
+        """The transform signature's (batch.model.loading.ServingFunction.per_value_ops)."""
+        return self._transform.per_value_ops

@@ -35,6 +35,11 @@ Also counted per part, reported in the manifest's ``batching`` section:
     intake_wait_seconds             how long they waited in all
     peak_rss_bytes                  the largest RSS a part's worker process was seen at
     worker_budget_bytes             the smallest memory budget a part's worker planned with
+
+And in the manifest's ``model.serving.per_value`` (batch.model.distinct):
+
+    per_value_ops                   string input -> its ops run once per distinct value
+    per_value_parts                 parts whose worker ran them so (to the part's end)
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class PartStats:
     peak_rss_bytes: int = 0
     # 0: no part planned with a budget.
     worker_budget_bytes: int = 0
+    per_value_ops: dict[str, int] = field(default_factory=dict)
+    per_value_parts: int = 0
     # Column -> nulls replaced by the contract's fill value / unseen categories passed to
     # the model's OOV handling, among the rows scored.
     filled: Counter[str] = field(default_factory=Counter)
@@ -138,6 +145,9 @@ class PartStats:
         self.peak_rss_bytes = max(self.peak_rss_bytes, other.peak_rss_bytes)
         budgets = [b for b in (self.worker_budget_bytes, other.worker_budget_bytes) if b]
         self.worker_budget_bytes = min(budgets, default=0)
+        for name, ops in other.per_value_ops.items():
+            self.per_value_ops[name] = max(ops, self.per_value_ops.get(name, 0))
+        self.per_value_parts += other.per_value_parts
         self.filled.update(other.filled)
         self.restarted_parts.update(other.restarted_parts)
         self.passed_to_oov.update(other.passed_to_oov)
@@ -164,6 +174,8 @@ class PartStats:
             "intake_wait_seconds": self.intake_wait_seconds,
             "peak_rss_bytes": self.peak_rss_bytes,
             "worker_budget_bytes": self.worker_budget_bytes,
+            "per_value_ops": dict(sorted(self.per_value_ops.items())),
+            "per_value_parts": self.per_value_parts,
             "filled": dict(sorted(self.filled.items())),
             "passed_to_oov": dict(sorted(self.passed_to_oov.items())),
             "restarted_parts": self.restarted_parts,
@@ -191,6 +203,8 @@ class PartStats:
             intake_wait_seconds=float(payload.get("intake_wait_seconds", 0.0)),
             peak_rss_bytes=int(payload.get("peak_rss_bytes", 0)),
             worker_budget_bytes=int(payload.get("worker_budget_bytes", 0)),
+            per_value_ops={str(k): int(v) for k, v in payload.get("per_value_ops", {}).items()},
+            per_value_parts=int(payload.get("per_value_parts", 0)),
             filled=_counter(payload.get("filled", {})),
             passed_to_oov=_counter(payload.get("passed_to_oov", {})),
             restarted_parts={
