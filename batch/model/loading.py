@@ -129,18 +129,19 @@ def plan_model_threads(calls_at_once: int, cpus: int | None = None) -> None:
 
 PER_VALUE_MIN_ROWS = 2_000_000
 """The fewest rows a process must be about to score for its model's string work to be
-moved onto distinct values (batch.model.distinct): the rewrite and the preparation of its
-graph take about 0.4 s at load, and save about 0.15 CPU s per 1M rows of the demo model's
-dictionary-encoded input (docs/benchmarks.md)."""
+moved onto distinct values (batch.model.distinct): the rewrite takes about 0.3 s at the
+load, and saves about 0.15 CPU s per 1M rows of the demo model's dictionary-encoded input
+(docs/benchmarks.md, eighteenth look)."""
 
 # The rows this process's model calls are about to score (None: not known).
 _ROWS_PLAN: list[int | None] = [None]
 
 
 def plan_model_rows(rows: int | None) -> None:
-    """Tell this process how many rows its model calls will score (None: not known, as on
-    a cluster's worker, where jobs are large). Below :data:`PER_VALUE_MIN_ROWS` the
-    model's string work is not moved onto distinct values; plan before the first load."""
+    """Tell this process how many rows its model calls will score: a job plans its whole
+    input's rows, in the driver and in every worker (None: not known, as for a library
+    caller that plans nothing). Below :data:`PER_VALUE_MIN_ROWS` the model's string work
+    is not moved onto distinct values; plan before the first load."""
     _ROWS_PLAN[0] = rows
 
 
