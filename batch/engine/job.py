@@ -887,6 +887,7 @@ def run_scoring(
     }
     splits = batching.splits
     baseline = Baseline.load(model.saved_model_dir, model.label) if drift else None
+    rows_in = sum(f.num_rows for f in files)
     job = ScoringJob(
         model=model,
         layout=layout,
@@ -904,7 +905,7 @@ def run_scoring(
         memory=worker_memory,
         encoded=encoded_columns(contract.columns.values() if contract else (), baseline)
         | dictionary_inputs(signature, key_columns, run.passthrough_columns),
-        input_rows=sum(f.num_rows for f in files),
+        input_rows=rows_in,
     )
     manifest: dict[str, Any] = {
         "batchscore_version": importlib.metadata.version("batchscore"),
@@ -956,7 +957,6 @@ def run_scoring(
             getattr(runner, "dry_run_report", "")
             or f"dry run on {runner.name}: nothing was scored or committed"
         )
-    rows_in = sum(f.num_rows for f in files)
     guard: RunLease | RunLock
     if isinstance(layout, RunLayout):
         cleaned = clean_stale_runs(layout.version_dir)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Ops whose output row i depends only on input row i (and on inputs that do not depend
@@ -85,7 +85,7 @@ class DistinctPlan:
     graph_def: Any
     rows: dict[str, str]
     fetches: list[str]
-    ops: dict[str, int] = field(default_factory=dict)
+    ops: dict[str, int]
 
 
 def per_value_graph(

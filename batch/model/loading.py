@@ -334,16 +334,16 @@ class ServingFunction:
         if plan is None:
             return None
         tf.graph_util.import_graph_def(plan.graph_def, name=PER_VALUE_SCOPE)
-        names = {op.name for op in self.graph.get_operations()}
+        kept = {node.name for node in plan.graph_def.node}
         feed_list: list[Any] = []
         slots: list[tuple[str, int]] = []  # (input, its feed's part; ROWS: the row indices)
         index = 0
         for name in self._order:
             parts = 3 if name in self._strings else 1
             for part, placeholder in enumerate(placeholders[index : index + parts]):
-                copied = f"{PER_VALUE_SCOPE}/{placeholder.op.name}"
-                if copied in names:  # an input no output needs was pruned
-                    feed_list.append(self.graph.get_tensor_by_name(f"{copied}:0"))
+                if placeholder.op.name in kept:  # an input no output needs was pruned
+                    copied = f"{PER_VALUE_SCOPE}/{placeholder.op.name}:0"
+                    feed_list.append(self.graph.get_tensor_by_name(copied))
                     slots.append((name, part if parts == 3 else WHOLE))
             index += parts
             if name in plan.rows:
