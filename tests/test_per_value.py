@@ -146,6 +146,92 @@ def test_a_modules_string_work_runs_once_per_distinct_value(tf: Any, lookup_modu
     assert list(out["pair"]) == [9, 7, 0]  # LYON|B, PARIS|A, PARIS|B (unknown: 0)
 
 
+def _unique_module(tf: Any, path: Path, *, escape: bool) -> Path:
+    """A tf.Module that does its string work once per distinct value of the batch, the
+    usual TensorFlow way (the demo's product codes do): ``tf.unique``, the work on the
+    distinct strings (strip, upper-case, a regex, a hash), gathered back to the rows by
+    the unique's indices, then more per row (a vocabulary lookup of the gathered family).
+    ``escape``: the distinct values and the indices are also read otherwise (how many
+    distinct values the batch holds; the indices themselves), which only the batch's own
+    unique gives: the rewrite must then leave the unique per row."""
+
+    class Codes(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            keys = tf.constant(["PL", "CC", "MORT"])
+            self.families = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(keys, tf.constant([0, 1, 2], tf.int64)), -1
+            )
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="code"),
+                tf.TensorSpec([None], tf.float32, name="x"),
+            ]
+        )
+        def serve(self, code: Any, x: Any) -> dict[str, Any]:
+            distinct, row_of = tf.unique(tf.strings.strip(code))
+            cleaned = tf.strings.upper(distinct)
+            family = tf.strings.regex_replace(cleaned, r"^([^-\s]*).*$", r"\1")
+            hashed = tf.gather(tf.strings.to_hash_bucket_fast(cleaned, 10), row_of)
+            family_id = self.families.lookup(tf.gather(family, row_of))
+            outputs = {
+                "family_id": family_id,
+                "score": tf.cast(family_id * 10 + hashed, tf.float32) + x,
+                "length": tf.gather(tf.strings.length(distinct), row_of),
+            }
+            if escape:
+                outputs["distinct"] = tf.fill(tf.shape(x), tf.size(distinct))
+                outputs["row_of"] = row_of
+            return outputs
+
+    module = Codes()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def test_a_graphs_own_unique_pass_runs_on_the_dictionarys_values(tf: Any, tmp_path: Path) -> None:
+    """``tf.unique`` then a gather back by its indices: the unique is the dictionary's,
+    the work between (and the lookup after the gather) runs once per distinct value."""
+    model = _unique_module(tf, tmp_path / "codes", escape=False)
+    by_value = ServingFunction(tf, model, "codes")
+    by_row = ServingFunction(tf, model, "codes", per_value=False)
+    # strip, the unique, upper, the regex, the hash, three gathers back, the lookup
+    assert by_value.per_value_ops["code"] >= 9
+    codes = ["pl-gold 07", " PL-silver", "cc", "Mort-1 x", "", "é-€", "pl-gold 07 ", "zz"]
+    rng = np.random.default_rng(11)
+    for rows in (1, 6, 4000):
+        code = _encoded(codes, rng.integers(0, len(codes) - 2, rows))  # the last two unused
+        feeds = {"code": _feed(code), "x": rng.normal(size=rows).astype(np.float32)}
+        _same_outputs(by_value(feeds), by_row(feeds))
+        plain = {**feeds, "code": _feed(code.dictionary_decode())}
+        _same_outputs(by_value(plain), by_row(feeds))
+    assert by_value._per_value is not None and by_value._per_value.state == "checked"
+    out = by_value(
+        {"code": _feed(_encoded(["x", " cc-1"], np.array([1, 1]))), "x": np.zeros(2, np.float32)}
+    )
+    assert list(out["family_id"]) == [1, 1] and list(out["length"]) == [4, 4]
+
+
+def test_a_unique_whose_values_are_read_otherwise_stays_per_row(tf: Any, tmp_path: Path) -> None:
+    """Where the batch's distinct values (their count) or the unique's indices reach an
+    output other than through a gather back, they are the batch's own: the unique and what
+    follows it run per row, the strip before it still once per distinct value."""
+    model = _unique_module(tf, tmp_path / "codes", escape=True)
+    by_value = ServingFunction(tf, model, "codes")
+    by_row = ServingFunction(tf, model, "codes", per_value=False)
+    # the strip alone (with the identities of the inlined function's input): not the
+    # unique, nor the eight ops after it
+    assert 1 <= by_value.per_value_ops["code"] <= 3
+    codes = ["pl-gold 07", " PL-silver", "cc", "Mort-1 x", "unused", "unused too"]
+    rng = np.random.default_rng(12)
+    for rows in (1, 5, 3000):
+        code = _encoded(codes, rng.integers(0, 4, rows))
+        feeds = {"code": _feed(code), "x": rng.normal(size=rows).astype(np.float32)}
+        _same_outputs(by_value(feeds), by_row(feeds))
+    assert by_value._per_value is not None and by_value._per_value.state == "checked"
+
+
 def test_an_empty_batch_is_scored_and_checks_nothing(
     tf: Any, lookup_module: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

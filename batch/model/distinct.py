@@ -17,6 +17,18 @@ else that depends on the rows (a constant, a scalar, a table). Where such work e
 graph runs as before. Ops outside the list (an op that could fail on a value no row holds,
 one that reads other rows, one that mixes two inputs) stay per row. The caller checks the
 rewritten graph against the original on a real batch before it trusts it.
+
+A graph may already do its string work once per distinct value of the batch, the usual
+TensorFlow way: ``distinct, idx = tf.unique(x)``, the work on ``distinct``, then
+``tf.gather(result, idx)`` back to the rows (the demo's product codes). Row i's result is
+then the work's result for ``x[i]``, so on a dictionary feed the unique is the
+dictionary's own: its distinct values are the region's values, a gather back by its
+indices is an identity there, and the region goes on after it (a lookup of the gathered
+strings). Only where nothing else reads the unique's outputs (their count, the indices
+themselves): those are the batch's own, and the unique then stays per row. For the demo
+model this moves product_code's unique, its clean-up, two regexes, a hash, three gathers
+of strings and two vocabulary lookups of 65,000 rows off the rows: about a fifth of a
+call's CPU (docs/benchmarks.md, nineteenth look).
 """
 
 from __future__ import annotations
@@ -107,21 +119,100 @@ def per_value_graph(
         tf.graph_util.import_graph_def(flat, name="")
     operations = scratch.get_operations()  # in the order they were built: inputs first
     live = _live(operations)
-    region: dict[str, str] = {}  # op name -> the input whose values it works on
-    shapes: dict[str, Any] = {}  # op name -> its output's shape (rows first)
-    for name, cut in cuts.items():
-        region[cut] = name
-        shapes[cut] = scratch.get_operation_by_name(cut).outputs[0].shape
-    for op in operations:
-        if op.name in region:
-            continue
-        found = _row_wise(tf, op, region, shapes, live)
-        if found is not None:
-            region[op.name], shapes[op.name] = found
-    ops = {name: sum(1 for owner in region.values() if owner == name) - 1 for name in cuts}
+    refused: set[str] = set()  # Unique ops whose distinct values leave the region
+    while True:
+        region = _Region(cuts, scratch)
+        for op in operations:
+            if op.name not in region.owner:
+                region.grow(tf, op, live, refused)
+        escaped = region.escaped(operations, fetches)
+        if not escaped:
+            break
+        refused |= escaped
+    ops = {name: sum(1 for owner in region.owner.values() if owner == name) - 1 for name in cuts}
     if not any(ops.values()):
         return None
     return _rewrite(tf, flat, scratch, region, cuts, fetches, ops)
+
+
+# The domain of a region's tensors: one entry per value of the input's cut (the rows'
+# values, fed as the dictionary's distinct values), or one per value of a Unique's
+# output (named by the Unique op) until a gather by its indices brings them back.
+VALUES = ""
+
+
+class _Region:
+    """The ops that can run on the distinct values of a string input's cut: for each,
+    the input it works on (``owner``), its output's shape there (``shapes``, rows first)
+    and its domain (``domains``: :data:`VALUES`, or a Unique op's name)."""
+
+    def __init__(self, cuts: Mapping[str, str], scratch: Any) -> None:
+        self.owner: dict[str, str] = {}
+        self.shapes: dict[str, Any] = {}
+        self.domains: dict[str, str] = {}
+        for name, cut in cuts.items():
+            self.owner[cut] = name
+            self.shapes[cut] = scratch.get_operation_by_name(cut).outputs[0].shape
+            self.domains[cut] = VALUES
+
+    def grow(self, tf: Any, op: Any, live: set[str], refused: set[str]) -> None:
+        """Add ``op`` where it can run on a region's values."""
+        if any(c.name in live for c in op.control_inputs):
+            return
+        if op.type == "Unique":
+            found = None if op.name in refused else self._unique(op)
+        elif op.type == "GatherV2" and op.inputs[1].op.type == "Unique":
+            found = self._gathered_back(tf, op)
+        else:
+            found = _row_wise(tf, op, self, live)
+        if found is not None:
+            self.owner[op.name], self.shapes[op.name], self.domains[op.name] = found
+
+    def _unique(self, op: Any) -> tuple[str, Any, str] | None:
+        """``y, idx = Unique(x)`` of a region's values ``x``: row i is ``y[idx[i]]``, so
+        any row-wise work on ``y`` that reaches the rows only through a gather by ``idx``
+        (:meth:`_gathered_back`) gives row i the result for its value ``x[i]``: the same
+        work on the region's values. ``y`` is then the region's values themselves, in
+        their own domain (:meth:`escaped` checks that they go nowhere else)."""
+        value = op.inputs[0]
+        if value.op.name not in self.owner or self.domains[value.op.name] != VALUES:
+            return None
+        if value.op.type == "Unique" or self.shapes[value.op.name].rank != 1:
+            return None
+        return self.owner[value.op.name], self.shapes[value.op.name], op.name
+
+    def _gathered_back(self, tf: Any, op: Any) -> tuple[str, Any, str] | None:
+        """``GatherV2(f(y), idx, 0)`` of a region's Unique: row i's ``f(x[i])``, which on
+        the region's values is ``f`` of them, as they are (an identity there)."""
+        params, indices, axis = op.inputs
+        unique = indices.op
+        if indices.value_index != 1 or unique.name not in self.owner:
+            return None
+        if params.op.name not in self.owner or self.domains[params.op.name] != unique.name:
+            return None
+        if op.get_attr("batch_dims") != 0 or _constant(tf, axis) != 0:
+            return None
+        shape = self.shapes[params.op.name]
+        if not op.outputs[0].shape.is_compatible_with(shape):
+            return None
+        return self.owner[unique.name], shape, VALUES
+
+    def escaped(self, operations: Sequence[Any], fetches: Sequence[str]) -> set[str]:
+        """The Unique ops whose distinct values (or anything of their domain) are read by
+        an op outside the region or fetched: their work stays per row. (Inside, only
+        row-wise ops of one domain read them, and gathers by their indices.)"""
+        escaped = {
+            self.domains[tensor.op.name]
+            for op in operations
+            if op.name not in self.owner
+            for tensor in op.inputs
+            if self.domains.get(tensor.op.name, VALUES) != VALUES
+        }
+        for name in fetches:
+            domain = self.domains.get(name.partition(":")[0], VALUES)
+            if domain != VALUES:
+                escaped.add(domain)
+        return escaped
 
 
 def _inlined(tf: Any, graph_def: Any, fetches: Sequence[str]) -> Any | None:
@@ -158,25 +249,30 @@ def _live(operations: Sequence[Any]) -> set[str]:
     return live
 
 
-def _row_wise(
-    tf: Any, op: Any, region: dict[str, str], shapes: dict[str, Any], live: set[str]
-) -> tuple[str, Any] | None:
-    """The input whose distinct values ``op`` can work on and the shape of its output
-    there, or None: every input it takes from a region is from one input's region and of
-    one shape (the rows first); every other input is fixed (no placeholder above it) and,
-    for an elementwise op, a scalar; its control inputs are fixed; its one output keeps
-    the rows."""
+def _row_wise(tf: Any, op: Any, region: _Region, live: set[str]) -> tuple[str, Any, str] | None:
+    """The input whose distinct values ``op`` can work on, the shape of its output there
+    and its domain, or None: every input it takes from the region is from one input's
+    region, of one domain and of one shape (the rows first), and none is a Unique's
+    indices; every other input is fixed (no placeholder above it) and, for an elementwise
+    op, a scalar; its one output keeps the rows."""
     if op.type not in ROW_WISE and op.type not in ROW_SHAPING:
         return None
-    if len(op.outputs) != 1 or any(c.name in live for c in op.control_inputs):
+    if len(op.outputs) != 1:
         return None
-    rowed = [t for t in op.inputs if t.op.name in region]
-    fixed = [t for t in op.inputs if t.op.name not in region]
-    owners = {region[t.op.name] for t in rowed}
-    if len(owners) != 1 or any(t.op.name in live for t in fixed):
+    rowed = [t for t in op.inputs if t.op.name in region.owner]
+    fixed = [t for t in op.inputs if t.op.name not in region.owner]
+    owners = {region.owner[t.op.name] for t in rowed}
+    domains = {region.domains[t.op.name] for t in rowed}
+    if len(owners) != 1 or len(domains) != 1 or any(t.op.name in live for t in fixed):
         return None
-    shape = shapes[rowed[0].op.name]
-    if shape.rank is None or shape.rank < 1 or any(shapes[t.op.name] != shape for t in rowed):
+    if any(t.op.type == "Unique" and t.value_index != 0 for t in rowed):
+        return None
+    shape = region.shapes[rowed[0].op.name]
+    if (
+        shape.rank is None
+        or shape.rank < 1
+        or any(region.shapes[t.op.name] != shape for t in rowed)
+    ):
         return None
     if op.type in ROW_WISE:
         if any(t.shape.rank != 0 for t in fixed):
@@ -188,7 +284,7 @@ def _row_wise(
             return None
     if not op.outputs[0].shape.is_compatible_with(out):
         return None
-    return owners.pop(), out
+    return owners.pop(), out, domains.pop()
 
 
 def _kept_rows(tf: Any, op: Any, value: Any, shape: Any, fixed: list[Any]) -> Any | None:
@@ -233,13 +329,14 @@ def _rewrite(
     tf: Any,
     flat: Any,
     scratch: Any,
-    region: dict[str, str],
+    region: _Region,
     cuts: Mapping[str, str],
     fetches: Sequence[str],
     ops: dict[str, int],
 ) -> DistinctPlan:
     """``flat`` with a gather by each row's index after every tensor of a region that
-    something outside it reads (or that is fetched)."""
+    something outside it reads (or that is fetched); in a region, a Unique's distinct
+    values are its input's values and a gather by its indices an identity."""
     from tensorflow.core.framework import attr_value_pb2, node_def_pb2, tensor_shape_pb2
 
     out = type(flat)()
@@ -266,7 +363,7 @@ def _rewrite(
         if key not in gathered:
             source = scratch.get_tensor_by_name(key)
             node = node_def_pb2.NodeDef(name=f"{ROWS_SCOPE}/{name}_{port or 0}", op="GatherV2")
-            node.input.extend([key, rows[region[name]], axis.name])
+            node.input.extend([key, rows[region.owner[name]], axis.name])
             node.attr["Tparams"].type = source.dtype.as_datatype_enum
             node.attr["Tindices"].type = tf.int32.as_datatype_enum
             node.attr["Taxis"].type = tf.int32.as_datatype_enum
@@ -276,10 +373,22 @@ def _rewrite(
         return gathered[key]
 
     def moved(name: str) -> bool:
-        return name in region and region[name] in rows
+        return name in region.owner and region.owner[name] in rows
 
+    # A moved Unique's distinct values, read in its region: the values it was given.
+    values = {
+        node.name: node.input[0] for node in out.node if node.op == "Unique" and moved(node.name)
+    }
     for node in list(out.node):
-        if moved(node.name) or node.name.startswith(ROWS_SCOPE + "/"):
+        if node.name.startswith(ROWS_SCOPE + "/"):
+            continue
+        if moved(node.name):
+            if node.op == "GatherV2" and region.domains[node.name] == VALUES:
+                _as_identity(node)  # a gather back by a Unique's indices
+            for i, source in enumerate(node.input):
+                name, _, port = source.partition(":")
+                if name in values and port in ("", "0"):
+                    node.input[i] = values[name]
             continue
         for i, source in enumerate(node.input):
             if source.startswith("^"):
@@ -288,3 +397,16 @@ def _rewrite(
                 node.input[i] = gather(source)
     outputs = [gather(t) if moved(t.partition(":")[0]) else t for t in fetches]
     return DistinctPlan(out, rows, outputs, {n: c for n, c in ops.items() if n in rows})
+
+
+def _as_identity(node: Any) -> None:
+    """Turn a ``GatherV2`` node into an ``Identity`` of its params (control inputs kept)."""
+    params = node.input[0]
+    controls = [source for source in node.input if source.startswith("^")]
+    dtype = type(node.attr["Tparams"])()
+    dtype.CopyFrom(node.attr["Tparams"])
+    node.op = "Identity"
+    del node.input[:]
+    node.input.extend([params, *controls])
+    node.attr.clear()
+    node.attr["T"].CopyFrom(dtype)
