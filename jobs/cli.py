@@ -32,7 +32,7 @@ from batch.engine.sizing import (
     MIN_BATCH_ROWS,
     parse_bytes,
 )
-from batch.model.loading import release_stderr
+from batch.model.native import release_stderr
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import DEFAULT_SIGNATURE, DEFAULT_TAGS, INPUT_FORMATS, SignatureChoice
 from batch.observe.checks import FAIL, job_summary

@@ -26,6 +26,7 @@ from batch.engine.inputs import DEFAULT_SPLIT_ROWS
 from batch.engine.job import Runner, RunSummary
 from batch.engine.prepare import trust_policy
 from batch.model.loading import preload_model, quiet_tensorflow, wait_for_tensorflow_import
+from batch.model.native import load_tensorflow_libraries
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import SignatureChoice
@@ -202,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # objects again and again (batch.core.imports). It is back on once the process has
     # loaded the model, or at once where the workers are other processes.
     pause_collection()
+    if scores_in_this_process(args.runner, pipeline_args) and not is_dry_run(pipeline_args):
+        # This process will import TensorFlow (unless the input turns out to be up to
+        # date): its native libraries load on another core, without the GIL, while the
+        # checks run; the import then finds them loaded (batch.model.native).
+        load_tensorflow_libraries()
     exporter = OutcomeExporter(
         PROG,
         args.summary_file,

@@ -271,7 +271,7 @@ def load_contract(spec: str) -> Contract:
         pattern = patterns.get(feature.name)
         if pattern is not None:
             try:  # the pattern runs in Arrow's RE2 engine, so that is the one to ask
-                pc.match_substring_regex(pa.array([""]), pattern)
+                pc.match_substring_regex(pa.nulls(1, pa.string()), pattern)
             except pa.ArrowInvalid as exc:
                 raise UsageError(
                     f"{rules_path}: patterns.{feature.name} is not a valid regex ({exc})"

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -25,6 +24,12 @@ from batch.core.fsutil import file_sha256
 from batch.core.imports import import_without, start_up
 from batch.model.distinct import per_value_graph
 from batch.model.examples import parsed_features
+from batch.model.native import (
+    hold_stderr,
+    load_tensorflow_libraries,
+    release_stderr,
+    wait_for_tensorflow_libraries,
+)
 from batch.model.remote import local_model
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import (
@@ -45,7 +50,6 @@ SERVING_SIGNATURE = DEFAULT_SIGNATURE
 PER_VALUE_SCOPE = "batchscore_per_value"
 
 KERAS_NOT_LOADED = "by batchscore while TensorFlow imports; tf.keras loads it on first use"
-_STARTUP_CHATTER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "E0000 ")
 
 
 def quiet_tensorflow() -> None:
@@ -65,13 +69,12 @@ def import_tensorflow() -> Any:
         if _TF_IMPORTED:
             return sys.modules["tensorflow"]
         quiet_tensorflow()
-        sys.stderr.flush()
-        with _STDERR_LOCK:
-            saved = os.dup(2)
-            capture = tempfile.TemporaryFile()  # noqa: SIM115 (closed by release_stderr)
-            os.dup2(capture.fileno(), 2)
-            _HELD_STDERR.append((saved, capture))
+        hold_stderr()
         try:
+            # Its native libraries first, loaded without the GIL (batch.model.native):
+            # the process's other threads run on meanwhile.
+            load_tensorflow_libraries()
+            wait_for_tensorflow_libraries()
             # Keras, which TensorFlow imports eagerly (about 1 s of GIL time), is not
             # needed: the session loader below, TF Serving's, revives no Python objects,
             # so Keras 3, tf-keras and TFX exports load and run alike without it.
@@ -85,30 +88,6 @@ def import_tensorflow() -> Any:
 
 _TF_IMPORT = threading.Lock()
 _TF_IMPORTED: list[bool] = []  # [True] once import_tensorflow has imported it
-_STDERR_LOCK = threading.Lock()
-# (the real stderr, the file standing in for it) while TensorFlow imports.
-_HELD_STDERR: list[tuple[int, Any]] = []
-
-
-def release_stderr() -> None:
-    """Give file descriptor 2 back now if TensorFlow's import holds it, passing on what
-    was written to it meanwhile (TensorFlow's start-up chatter aside). A job that ends
-    while TensorFlow imports in the background (an error found by its first checks)
-    calls it before exiting, so that its message is not lost."""
-    with _STDERR_LOCK:
-        if not _HELD_STDERR:
-            return
-        saved, capture = _HELD_STDERR.pop()
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        capture.seek(0)
-        text = capture.read().decode(errors="replace")
-        capture.close()
-    for line in text.splitlines():
-        if line and not line.startswith(_STARTUP_CHATTER):
-            print(line, file=sys.stderr)
-    sys.stderr.flush()
 
 
 # Model calls a worker process makes at once unless told otherwise (the scoring threads of
