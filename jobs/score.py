@@ -26,7 +26,7 @@ from batch.engine.inputs import DEFAULT_SPLIT_ROWS
 from batch.engine.job import Runner, RunSummary
 from batch.engine.prepare import trust_policy
 from batch.model.loading import preload_model, quiet_tensorflow, wait_for_tensorflow_import
-from batch.model.native import load_tensorflow_libraries
+from batch.model.native import load_tensorflow_libraries, release_stderr
 from batch.model.repository import ModelRepository
 from batch.model.resolved import ResolvedModel
 from batch.model.signature import SignatureChoice
@@ -301,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     code = run_main(guarded, PROG)
     settle_collection()  # a job that ended before loading its model (main called in-process)
+    # A job that ended before TensorFlow's import (which gives it back) still holds
+    # stderr for its libraries' load: its last words go out now, not at exit_process.
+    release_stderr()
     if code != 0 and not exporter.reported:
         # Failed before any check ran (arguments, input, model): still tell the alerting side.
         exporter.report_failure(exporter.last_error)
