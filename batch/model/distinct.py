@@ -6,7 +6,7 @@ bucket. Those ops give row i's result from row i's value alone, so on a dictiona
 column they need to run only on the dictionary's distinct values; each row then takes its
 value's result by index (one gather of a number per row instead of a string cut, a lookup
 and a hash per row). For the demo model (six string inputs, seven vocabularies, eight hash
-buckets) that is about a third of a model call's CPU (docs/benchmarks.md).
+buckets) a call then takes about half the CPU it takes row by row (docs/benchmarks.md).
 
 :func:`per_value_graph` finds that work in a loaded signature's graph: it inlines the
 graph's functions (Grappler's function optimizer), then, from each string input's cut
@@ -26,9 +26,10 @@ dictionary's own: its distinct values are the region's values, a gather back by 
 indices is an identity there, and the region goes on after it (a lookup of the gathered
 strings). Only where nothing else reads the unique's outputs (their count, the indices
 themselves): those are the batch's own, and the unique then stays per row. For the demo
-model this moves product_code's unique, its clean-up, two regexes, a hash, three gathers
-of strings and two vocabulary lookups of 65,000 rows off the rows: about a fifth of a
-call's CPU (docs/benchmarks.md, nineteenth look).
+model this takes product_code's unique of 65,000 strings, the gathers of strings around
+it and two vocabulary lookups of the gathered family and tier off the rows: a call takes
+about 28% less CPU than with the unique left per row (docs/benchmarks.md, nineteenth
+look).
 """
 
 from __future__ import annotations
