@@ -154,11 +154,13 @@ def test_empty_input_file_commits_an_empty_run(plain_model: Path, tmp_path: Path
     assert run.manifest().to_json()["counts"]["rows_in"] == 0
 
 
+@pytest.mark.parametrize("engine", [[], ["--in_process_rows=0"]], ids=["in-process", "beam"])
 def test_a_run_prints_no_tensorflow_notices(
-    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+    engine: list[str], plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
 ) -> None:
-    """A whole job as a user runs it: its stderr holds none of TensorFlow's start-up,
-    CUDA or deprecation notices (the session loader logs one), only the job's own lines."""
+    """A whole job as a user runs it, in this process or on Beam: its stderr holds none of
+    TensorFlow's start-up, CUDA or deprecation notices (the session loader logs one), nor
+    a warning from a library's import (Beam's connectors), only the job's own lines."""
     result = subprocess.run(
         [
             sys.executable,
@@ -170,6 +172,7 @@ def test_a_run_prints_no_tensorflow_notices(
                 DIRECT,
                 "--key_columns=id",
                 "--progress=off",
+                *engine,
                 model=plain_model,
             ),
         ],
@@ -180,7 +183,7 @@ def test_a_run_prints_no_tensorflow_notices(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "committed" in result.stdout
-    for noise in ("deprecated", "Instructions for updating", "cuda", "I0000", "E0000"):
+    for noise in ("deprecated", "Instructions for updating", "cuda", "I0000", "E0000", "WARNING"):
         assert noise.lower() not in result.stderr.lower(), result.stderr[-3000:]
 
 
