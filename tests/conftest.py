@@ -154,6 +154,19 @@ runpy.run_module("jobs.score", run_name="__main__", alter_sys=True)
 """
 
 
+def new_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args`` run to its end in the project folder (a failure raises),
+    its stdout and stderr captured: what a process holds (modules, libraries, file
+    descriptors, the collector) is its own."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
 def score_in_a_new_process(
     data: Path, output: Path, *options: str, model: Path | str | TrainedModel | None = None
 ) -> tuple[int, str, set[str]]:

@@ -10,7 +10,6 @@ load and real jobs.score processes.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from batch.core.imports import import_without
-from tests.conftest import PlainModels, score_args
+from tests.conftest import PlainModels, new_python, score_args
 from tests.plain_model import write_plain_data
 from tests.signing_keys import KeyPair
 
@@ -250,11 +249,4 @@ def test_jobs_score_runs_start_up_without_the_collector_and_turns_it_back_on(
 
 def _new_python(code: str, *args: str) -> list[str]:
     """The lines ``python -c code args`` prints, run in the project folder."""
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.splitlines()
+    return new_python(code, *args).stdout.splitlines()

@@ -6,14 +6,12 @@ this process will score. Real libraries, real imports and real jobs, in new proc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from batch.model.native import tensorflow_library_paths
-from tests.conftest import PlainModels, score_args
+from tests.conftest import PlainModels, new_python, score_args
 from tests.plain_model import write_plain_data
 
 _LOAD_THEN_IMPORT = """
@@ -49,13 +47,7 @@ def test_tensorflows_libraries_load_without_the_gil_then_the_import_finds_them()
     full pace: with the GIL held, as Python's extension loader holds it, it would stop for
     the whole load (about 4% of its pace, measured). Their chatter (absl's notice, the
     CUDA stub's) is dropped; what the process itself writes meanwhile is passed on."""
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_THEN_IMPORT],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = new_python(_LOAD_THEN_IMPORT)
     loaded, imported, pace, six = json.loads(done.stdout.splitlines()[-1])
     assert loaded and imported and six == 6.0
     assert pace > 0.25, pace
@@ -91,13 +83,7 @@ def test_jobs_score_loads_the_libraries_first_where_this_process_scores(
         args = score_args(
             data, tmp_path / name, "--allow_unsigned", "--key_columns=id", *options, model=model
         )
-        done = subprocess.run(
-            [sys.executable, "-c", _SCORE_AND_REPORT_LOAD, *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        done = new_python(_SCORE_AND_REPORT_LOAD, *args)
         return json.loads(done.stdout.splitlines()[-1]), done.stderr
 
     (code, calls), stderr = run("in-process", "--runner=DirectRunner")
