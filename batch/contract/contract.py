@@ -270,7 +270,9 @@ def load_contract(spec: str) -> Contract:
             )
         pattern = patterns.get(feature.name)
         if pattern is not None:
-            try:  # the pattern runs in Arrow's RE2 engine, so that is the one to ask
+            # The pattern runs in Arrow's RE2 engine, so that is the one to ask; on a null
+            # (an array from a Python list would import pandas, before TensorFlow starts).
+            try:
                 pc.match_substring_regex(pa.nulls(1, pa.string()), pattern)
             except pa.ArrowInvalid as exc:
                 raise UsageError(
