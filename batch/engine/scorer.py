@@ -131,13 +131,17 @@ def _fixed_width_values(column: pa.Array, name: str, width: int | None) -> pa.Ar
     return column.flatten()
 
 
-def constant_string(value: str, length: int) -> pa.Array:
-    """A string column holding ``value`` ``length`` times, built from buffers (no per-row objects)."""
-    encoded = value.encode()
-    offsets = np.arange(length + 1, dtype=np.int32) * len(encoded)
-    return pa.StringArray.from_buffers(
-        length, pa.py_buffer(offsets.tobytes()), pa.py_buffer(encoded * length)
-    )
+# The type of the columns the scorer adds (model name, version, run id): one value each,
+# dictionary-encoded, which Parquet writes as that value and the indices without hashing
+# every row's text (batch.output.commit.PartWriter; read back, they are strings).
+CONSTANT_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+def constant_strings(values: Sequence[str], length: int) -> list[pa.Array]:
+    """One column per value, holding it ``length`` times: a one-value dictionary and
+    ``length`` zero indices (shared by the columns), no per-row copy of the text."""
+    zeros = pa.array(np.zeros(length, dtype=np.int32))
+    return [pa.DictionaryArray.from_arrays(zeros, pa.array([v], pa.string())) for v in values]
 
 
 def dictionary_inputs(
@@ -227,9 +231,9 @@ class BatchScorer:
         fields = [input_schema.field(name) for name in (*self.key_columns, *self.passthrough)]
         fields += self._output_fields
         fields += [
-            pa.field(MODEL_NAME_COLUMN, pa.string()),
-            pa.field(MODEL_VERSION_COLUMN, pa.string()),
-            pa.field(RUN_ID_COLUMN, pa.string()),
+            pa.field(MODEL_NAME_COLUMN, CONSTANT_TYPE),
+            pa.field(MODEL_VERSION_COLUMN, CONSTANT_TYPE),
+            pa.field(RUN_ID_COLUMN, CONSTANT_TYPE),
         ]
         return pa.schema(fields)
 
@@ -244,11 +248,7 @@ class BatchScorer:
         model = self.loaded.model
         columns = [decoded(batch.column(name)) for name in (*self.key_columns, *self.passthrough)]
         columns += predictions
-        columns += [
-            constant_string(model.name, rows),
-            constant_string(model.version, rows),
-            constant_string(self.run_id, rows),
-        ]
+        columns += constant_strings((model.name, model.version, self.run_id), rows)
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema(batch.schema))
 
     def score_isolating(

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from batch.core import storage
 from batch.core.columns import MESSAGE_COLUMN, REASON_COLUMN
+from batch.core.dictionaries import decode_dictionaries, decoded_schema
 from batch.core.errors import CommitError, ErrorBudgetExceeded
 from batch.core.faults import COMMIT_MANIFEST, COMMIT_MOVED, PART_WRITTEN, fault_point
 from batch.core.fsutil import file_sha256, locked, read_json, write_json_atomic
@@ -89,6 +90,27 @@ class RunLayout:
         return self.staging_dir / kind / f"part-{split_index:05d}.parquet"
 
 
+def _is_text_dictionary(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_dictionary(arrow_type) and pa.types.is_string(arrow_type.value_type)
+
+
+def _parquet_keeps(field: pa.Field) -> bool:
+    """Whether a Parquet column of ``field`` reads back as ``field`` without Arrow's
+    schema stored in the file: types that Parquet's own logical types name exactly (not,
+    e.g., a timestamp's time zone, large_string or a field's metadata)."""
+    t = field.type
+    return not field.metadata and (
+        pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_float32(t)
+        or pa.types.is_float64(t)
+        or pa.types.is_date32(t)
+        or pa.types.is_decimal128(t)
+    )
+
+
 class PartWriter:
     """Writes record batches to one Parquet part; the part appears only when complete."""
 
@@ -103,6 +125,16 @@ class PartWriter:
         self.path: Path | str = path
         self.schema = schema
         self.create_empty = create_empty
+        # Text columns that come dictionary-encoded (the constant columns the scorer adds)
+        # are written as their dictionary and indices, without hashing each row's value.
+        # Read back they are strings as long as Arrow's own schema is not stored in the
+        # file (it would make them dictionaries again): it is left out where every other
+        # column comes back as written without it; otherwise they are decoded first.
+        encoded = [f.name for f in schema if _is_text_dictionary(f.type)]
+        self._store_schema = not encoded or not all(
+            _parquet_keeps(f) for f in schema if f.name not in encoded
+        )
+        self._decode = bool(encoded) and self._store_schema
         # Dictionary-encoding unique values (scores, keys) costs time for no gain;
         # callers name the low-cardinality columns where it pays.
         self.dictionary_columns = (
@@ -157,9 +189,10 @@ class PartWriter:
                     where = self._tmp
                 self._writer = pq.ParquetWriter(
                     where,
-                    self.schema,
+                    decoded_schema(self.schema) if self._decode else self.schema,
                     compression="snappy",
                     use_dictionary=self.dictionary_columns,
+                    store_schema=self._store_schema,
                 )
         return self._writer
 
@@ -167,7 +200,7 @@ class PartWriter:
         if batch.num_rows:
             writer = self._open()
             with self._writing():
-                writer.write_batch(batch)
+                writer.write_batch(decode_dictionaries(batch) if self._decode else batch)
             self.rows += batch.num_rows
 
     def __enter__(self) -> PartWriter:
