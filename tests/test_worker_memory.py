@@ -34,7 +34,7 @@ from batch.engine.memory import (
 )
 from batch.engine.sizing import DEFAULT_BATCH_BYTES, MIN_BATCH_ROWS
 from batch.output.commit import MANIFEST, list_committed_runs
-from tests.conftest import score
+from tests.conftest import new_python, score
 from tests.memory_models import write_wide_data
 from tests.plain_model import plain_model_expected, write_plain_data
 
@@ -260,3 +260,22 @@ def test_worker_processes_plan_with_their_part(plain_model: Path, tmp_path: Path
     np.testing.assert_allclose(
         predictions.column("score").to_numpy(), plain_model_expected(table.sort_by("id")), atol=1e-6
     )
+
+
+def test_a_scoring_process_takes_arrows_buffers_from_jemalloc() -> None:
+    """batch.engine.memory.use_jemalloc (called as a process's scorer is made): jemalloc
+    keeps freed pages for the next batch where mimalloc hands them back at once; a pool
+    chosen with ARROW_DEFAULT_MEMORY_POOL is kept."""
+    code = (
+        "import os, sys\n"
+        "if sys.argv[1]: os.environ['ARROW_DEFAULT_MEMORY_POOL'] = sys.argv[1]\n"
+        "import pyarrow as pa\n"
+        "from batch.engine.memory import use_jemalloc\n"
+        "before = pa.default_memory_pool().backend_name\n"
+        "use_jemalloc()\n"
+        "use_jemalloc()\n"
+        "kept = pa.array(range(1000))\n"
+        "print(before, pa.default_memory_pool().backend_name, pa.jemalloc_memory_pool().bytes_allocated() > 0)\n"
+    )
+    assert new_python(code, "").stdout.split() == ["mimalloc", "jemalloc", "True"]
+    assert new_python(code, "system").stdout.split() == ["system", "system", "False"]

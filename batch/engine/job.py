@@ -69,6 +69,7 @@ from batch.engine.memory import (
     rss_bytes,
     split_budget,
     target_batch_bytes,
+    use_jemalloc,
     worker_budget,
 )
 from batch.engine.overlap import BackgroundWriter
@@ -326,6 +327,7 @@ def job_scorer(job: ScoringJob, backoff: MemoryBackoff | None = None) -> Scorer:
     """The job's model as this process's scorer, wrapped by the job's variant if any;
     ``backoff``: the split's batch limit after a call ran out of memory."""
     plan_model_threads(job.scoring_threads, job.scoring_cpus)  # before this process's first load
+    use_jemalloc()  # before this process reads its first batch
     plan_model_rows(job.input_rows)
     scorer = BatchScorer(
         load_model(job.model, job.trust, job.signature),
