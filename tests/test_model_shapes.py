@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.model.loading import import_tensorflow
+from batch.model.loading import import_tensorflow, session_callable
 from batch.model.signature import CONVERSIONS, InputColumn, castable, column_problem
 from batch.output.commit import CommittedRun, list_committed_runs
 from tests.conftest import score, score_in_a_new_process
@@ -416,3 +416,30 @@ class TestConversionTable:
             "(it would truncate values); round and cast the column to an integer type, or "
             "export the model with a float input"
         )
+
+
+def test_a_session_callable_checks_shapes_and_gives_what_session_run_gives() -> None:
+    """batch.model.loading.session_callable, the model's call without session.run's
+    per-call Python: the same outputs as session.run, a value converted to its
+    placeholder's dtype, a value of another shape refused before any op takes it, and
+    nodes added after it was made (the per-value graph) run."""
+    tf = import_tensorflow()
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+        total = tf.reduce_sum(x, axis=1) + tf.cast(tf.strings.length(words), tf.float32)
+        session = tf.compat.v1.Session(graph=graph)
+        call = session_callable(session, [total], [x, words])
+        later = tf.identity(total * 2.0)  # added after the callable, before its first call
+        twice = session_callable(session, [later], [x, words])
+    values = np.arange(6, dtype=np.float64).reshape(2, 3)  # float64: converted to float32
+    texts = np.array([b"ab", b"cde"], dtype=object)
+    expected = session.run(total, {x: values, words: texts})
+    (found,) = call(values, texts)
+    assert found.dtype == np.float32 and found.tolist() == expected.tolist() == [5.0, 15.0]
+    assert twice(values, texts)[0].tolist() == [10.0, 30.0]
+    with pytest.raises(ValueError, match=r"shape \(2, 4\) to x:0, which has shape \[None, 3\]"):
+        call(np.zeros((2, 4)), texts)
+    with pytest.raises(ValueError, match="words:0"):
+        call(values, texts.reshape(2, 1))
