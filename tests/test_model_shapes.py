@@ -422,7 +422,8 @@ def test_a_session_callable_checks_shapes_and_gives_what_session_run_gives() -> 
     """batch.model.loading.session_callable, the model's call without session.run's
     per-call Python: the same outputs as session.run, a value converted to its
     placeholder's dtype, a value of another shape refused before any op takes it, and
-    nodes added after it was made (the per-value graph) run."""
+    one made after nodes were added (the per-value graph) runs them while an earlier one
+    still runs."""
     tf = import_tensorflow()
     graph = tf.Graph()
     with graph.as_default():
@@ -431,7 +432,7 @@ def test_a_session_callable_checks_shapes_and_gives_what_session_run_gives() -> 
         total = tf.reduce_sum(x, axis=1) + tf.cast(tf.strings.length(words), tf.float32)
         session = tf.compat.v1.Session(graph=graph)
         call = session_callable(session, [total], [x, words])
-        later = tf.identity(total * 2.0)  # added after the callable, before its first call
+        later = tf.identity(total * 2.0)  # added after the first callable was made
         twice = session_callable(session, [later], [x, words])
     values = np.arange(6, dtype=np.float64).reshape(2, 3)  # float64: converted to float32
     texts = np.array([b"ab", b"cde"], dtype=object)

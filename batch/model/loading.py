@@ -191,22 +191,20 @@ def session_callable(session: Any, fetches: list[Any], feed_list: list[Any]) -> 
     In TensorFlow 2, a callable made with a feed list is ``session.run`` with a feed dict:
     every call extends the graph, resolves, checks and converts each feed and fetch again
     (about 4 ms a call for the demo model's 36 feeds, 0.6 CPU s per 10M rows). Here the
-    feeds and fetches are resolved once and the graph extended at the first call (after
-    the load has added all it adds); each call checks each value's shape against its
-    placeholder's, as ``session.run`` does (a value of another shape is refused, not fed
-    to ops that might take it), converts it to the placeholder's dtype and runs the step.
-    Errors are TensorFlow's own (``tf.errors.OpError`` subclasses), as from a run."""
+    session takes the graph's nodes and the feeds and fetches are resolved once, when the
+    callable is made (nodes added later are not its own); each call checks each value's
+    shape against its placeholder's, as ``session.run`` does (a value of another shape is
+    refused, not fed to ops that might take it), converts it to the placeholder's dtype
+    and runs the step. Errors are TensorFlow's own (``tf.errors.OpError`` subclasses), as
+    from a run."""
+    session._extend_graph()
     feeds = [t._as_tf_output() for t in feed_list]
     outputs = [t._as_tf_output() for t in fetches]
     dtypes = [t.dtype.as_numpy_dtype for t in feed_list]
     shapes = [None if t.shape.rank is None else tuple(t.shape.as_list()) for t in feed_list]
     names = [t.name for t in feed_list]
-    extended: list[bool] = []
 
     def call(*values: Any) -> list[np.ndarray]:
-        if not extended:
-            session._extend_graph()
-            extended.append(True)
         feed: dict[Any, np.ndarray] = {}
         for output, value, dtype, shape, name in zip(
             feeds, values, dtypes, shapes, names, strict=True
