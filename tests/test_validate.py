@@ -211,6 +211,41 @@ def test_a_large_batch_rejects_exactly_the_bad_rows_each_with_its_value() -> Non
     assert result.valid.column("id").to_pylist() == np.delete(np.arange(n), bad).tolist()
 
 
+def test_a_null_is_never_out_of_range_whatever_its_slot_holds() -> None:
+    """The range check reads values as stored (no conversion): a null's slot holds whatever
+    the writer left there (here 999 and -5e9, both out of range), which must not make the
+    row out_of_range; a value out of range beside the nulls still is, also in a sliced
+    column (an offset into its buffers)."""
+    n = 6
+    age_values = np.array([30, 999, 40, 240, 50, 999], dtype=np.int64)
+    age_valid = np.array([1, 0, 1, 1, 1, 0], dtype=bool)
+    income_values = np.array([-5e9, 1.0, 2.0, 3.0, -5e9, 4.0])
+    income_valid = np.array([0, 1, 1, 1, 0, 1], dtype=bool)
+
+    def stored(values: np.ndarray, valid: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.Array.from_buffers(
+            arrow_type, n, [bitmap, pa.py_buffer(values)], null_count=int((~valid).sum())
+        )
+
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(range(n), pa.int64()),
+            stored(age_values, age_valid, pa.int64()),
+            stored(income_values, income_valid, pa.float64()),
+        ],
+        names=["id", "age", "income"],
+    )
+    rules = (ColumnRule("age", "int", required=False, minimum=18, maximum=100), INCOME)
+    for rows in (batch, batch.slice(1)):
+        result = RowValidator({}, rules).partition(rows)
+        assert result.rejected.column("id").to_pylist() == [3]
+        assert result.rejected.column(MESSAGE_COLUMN).to_pylist() == [
+            "column 'age' = 240; expected [18, 100]"
+        ]
+        assert result.valid.column("age").null_count == rows.column("age").null_count
+
+
 def test_large_batches_give_the_per_row_reasons() -> None:
     """Batches big enough for the fast paths (each distinct code matched once, ranges
     checked in numpy) give every row the reason a row-by-row reading of the rules gives."""

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.core.masks import valid_rows
+from batch.core.masks import stored_values, valid_rows
 
 
 def decoded_schema(schema: pa.Schema) -> pa.Schema:
@@ -64,13 +64,7 @@ def per_value(column: pa.Array, compute: Callable[[pa.Array], pa.Array]) -> pa.A
 def dictionary_indices(column: pa.DictionaryArray) -> np.ndarray:
     """The indices of a dictionary-encoded column as numpy, without a copy. A null row's
     index is whatever the writer left there: mask it with the column's validity."""
-    indices = column.indices
-    dtype = np.dtype(indices.type.to_pandas_dtype())
-    if len(indices) == 0:
-        return np.zeros(0, dtype)
-    return np.frombuffer(
-        indices.buffers()[1], dtype, count=len(indices), offset=indices.offset * dtype.itemsize
-    )
+    return stored_values(column.indices)
 
 
 def row_flags(column: pa.Array, flags: Callable[[pa.Array], np.ndarray]) -> np.ndarray:

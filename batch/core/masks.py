@@ -62,6 +62,19 @@ def false_rows(array: pa.Array) -> np.ndarray:
     return ~bits & valid_rows(array) if array.null_count else ~bits
 
 
+def stored_values(array: pa.Array) -> np.ndarray:
+    """An integer or float array's values as numpy, as stored: no copy, no conversion
+    (``to_numpy`` turns integers with nulls into float64, about 90 us for 65,536 rows). A
+    null row's value is whatever the writer left there: mask it with :func:`valid_rows`."""
+    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
+        raise TypeError(f"expected an integer or float array, got {array.type}")
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    data = array.buffers()[1]
+    if len(array) == 0 or data is None:
+        return np.zeros(len(array), dtype)
+    return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
 def valid_rows(column: pa.Array) -> np.ndarray:
     """Bool per row of ``column``: the value is not null (read from its validity bitmap)."""
     if column.null_count == 0:
