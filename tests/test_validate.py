@@ -244,6 +244,9 @@ def test_a_null_is_never_out_of_range_whatever_its_slot_holds() -> None:
             "column 'age' = 240; expected [18, 100]"
         ]
         assert result.valid.column("age").null_count == rows.column("age").null_count
+    # Rows 4 and 5: every value present is within bounds, every null's slot is not.
+    within = RowValidator({}, rules).partition(batch.slice(4))
+    assert within.rejected.num_rows == 0 and within.valid.num_rows == 2
 
 
 def test_large_batches_give_the_per_row_reasons() -> None:

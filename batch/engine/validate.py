@@ -220,6 +220,22 @@ def _matches(column: pa.Array, pattern: str) -> pa.Array:
 _DISTINCT_SAMPLE = 2048
 
 
+def _extremes(column: pa.Array, values: np.ndarray) -> tuple[float, float] | None:
+    """The smallest and the largest value of a numeric column that is not all null (NaN
+    left out, infinities kept), where one pass each finds them: numpy's on the stored
+    values without nulls (fmin / fmax for floats), Arrow's min_max (which leaves nulls
+    out) on integers with nulls. None for floats with nulls, where Arrow's min_max costs
+    more than comparing every value."""
+    if column.null_count == 0:
+        if pa.types.is_floating(column.type):
+            return float(np.fmin.reduce(values)), float(np.fmax.reduce(values))
+        return values.min(), values.max()
+    if pa.types.is_floating(column.type):
+        return None
+    low, high = pc.min_max(column).values()
+    return low.as_py(), high.as_py()
+
+
 @dataclass(frozen=True)
 class RowValidator:
     """The checks for one set of columns: model inputs and the contract's rules.
@@ -346,22 +362,14 @@ class RowValidator:
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             return None
         floating = pa.types.is_floating(column.type)
+        if column.null_count == len(column):
+            return None
         # The values as stored (no copy, no conversion to float64 where there are nulls);
         # a null's slot holds whatever the writer left there, masked below.
         values = stored_values(column)
-        if len(values) == 0:
-            return None
-        if column.null_count == 0:
-            # One pass each for the smallest and the largest value; fmin / fmax leave NaN
-            # out and keep infinities. A batch within its bounds, as nearly all are, ends
-            # here.
-            low, high = (
-                (np.fmin.reduce(values), np.fmax.reduce(values))
-                if floating
-                else (values.min(), values.max())
-            )
-            if low >= rule.minimum and high <= rule.maximum:
-                return None
+        extremes = _extremes(column, values)
+        if extremes is not None and extremes[0] >= rule.minimum and extremes[1] <= rule.maximum:
+            return None  # a batch within its bounds, as nearly all are
         with np.errstate(invalid="ignore"):
             mask = (values < rule.minimum) | (values > rule.maximum)
         if column.null_count:
