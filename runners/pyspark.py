@@ -60,7 +60,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +79,7 @@ from batch.engine.job import (
     score_batches,
     score_split,
 )
-from batch.engine.memory import NOT_SHARED, Sharing
+from batch.engine.memory import NOT_SHARED, Sharing, WorkerMemory
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -188,6 +188,73 @@ def _positive_int(value: str | None) -> int | None:
     except ValueError:
         return None
     return number if number > 0 else None
+
+
+# A Spark executor's JVM is started with its cores on its command line
+# (``...CoarseGrainedExecutorBackend ... --cores N``: standalone, YARN and Kubernetes).
+EXECUTOR_BACKEND = "CoarseGrainedExecutorBackend"
+# A Python worker's executor JVM is its parent (pyspark's daemon forks the workers) or its
+# grandparent; a few more levels cover a wrapper process.
+_PARENT_LEVELS = 4
+
+
+def backend_cores(args: Sequence[str]) -> int | None:
+    """The ``--cores`` of an executor backend's command line; None for any other."""
+    if not any(arg.endswith(EXECUTOR_BACKEND) for arg in args):
+        return None
+    for flag, value in pairwise(args):
+        if flag == "--cores":
+            return _positive_int(value)
+    return None
+
+
+def executor_cores(pid: int | None = None) -> int | None:
+    """The cores of the Spark executor whose Python worker this process is: the ``--cores``
+    of the executor's JVM among the process's parents (Linux ``/proc``). None where there
+    is none: a local master's workers (their JVM is the driver's), another system."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(_PARENT_LEVELS):
+        if pid <= 1:
+            return None
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        cores = backend_cores([arg.decode(errors="replace") for arg in args])
+        if cores is not None:
+            return cores
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
+    return None
+
+
+def executor_memory(
+    memory: WorkerMemory | None, task_cpus: int, cores: int | None
+) -> WorkerMemory | None:
+    """A Python worker's memory plan in an executor with ``cores`` (:func:`executor_cores`):
+    where the driver could not know how many task slots share the executor's memory (a job
+    that does not set ``spark.executor.cores``, whose executors on a standalone cluster take
+    all their worker's cores, SPARK-30299), each of the executor's ``cores // task_cpus``
+    Python workers takes that part of the default budget, as a local master's do. A
+    ``--worker_memory`` is each process's already, and sharing the driver planned is
+    kept."""
+    if memory is None or memory.budget_bytes or memory.sharing.processes > 1:
+        return memory
+    slots = (cores or 1) // max(task_cpus, 1)
+    if slots <= 1:
+        return memory
+    return dataclasses.replace(memory, sharing=dataclasses.replace(memory.sharing, processes=slots))
+
+
+def _worker_job(job: ScoringJob) -> ScoringJob:
+    """``job`` as this Python worker scores it: its memory shared with the other task
+    slots of its executor (:func:`executor_memory`)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    task_cpus = context.cpus() if context is not None else 1
+    memory = executor_memory(job.memory, task_cpus, executor_cores())
+    return job if memory is job.memory else dataclasses.replace(job, memory=memory)
 
 
 def choose_input(
@@ -368,7 +435,8 @@ class PySparkRunner:
         local master's slots share this machine's default budget; a cluster executor's
         (``spark.executor.cores`` over ``spark.task.cpus``, where the job sets the
         executor's cores) share the executor's: its container's cgroup on YARN and
-        Kubernetes. Otherwise each worker takes its own."""
+        Kubernetes. Otherwise the driver cannot know them before the executors start, and
+        each Python worker finds its executor's slots itself (:func:`executor_memory`)."""
         slots = self.splits_at_once
         if slots is None:
             cores = _positive_int(self._setting(EXECUTOR_CORES_CONF))
@@ -921,6 +989,7 @@ def score_partition(
     from pyspark import TaskContext
 
     context = TaskContext.get()
+    job = _worker_job(job)
     # The partition id names the staged part: the same for every attempt of this task.
     part_index = context.partitionId() if context is not None else 0
     conformed = (conform_batch(batch, target) for batch in batches)
@@ -968,6 +1037,7 @@ def score_splits(
     shares: Iterator[list[int]],
 ) -> Iterator[SplitResult]:
     """The task function of input=splits: read and score the splits it is dealt."""
+    job = _worker_job(job)
     by_index = {split.index: split for split in splits}
     observe = live.observe if live is not None else None
     for share in shares:

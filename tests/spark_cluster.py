@@ -148,9 +148,10 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 @contextlib.contextmanager
 def standalone_cluster(
-    folder: Path, workers: int = 2, memory: str = "2g"
+    folder: Path, workers: int = 2, memory: str = "2g", cores: int = 1
 ) -> Iterator[SparkCluster]:
-    """Start a master and ``workers`` one-core workers; yield once all are registered."""
+    """Start a master and ``workers`` workers of ``cores`` cores each; yield once all are
+    registered."""
     folder.mkdir(parents=True, exist_ok=True)
     env = cluster_env(folder)
     port, web_port = free_port(), free_port()
@@ -184,7 +185,7 @@ def standalone_cluster(
                     "--host",
                     LOOPBACK,
                     "--cores",
-                    "1",
+                    str(cores),
                     "--memory",
                     memory,
                     "--webui-port",

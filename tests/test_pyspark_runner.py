@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.core import errors
-from batch.engine.memory import default_budget
+from batch.engine.memory import Sharing, WorkerMemory, default_budget
 from batch.output.commit import CommittedRun, list_committed_runs
 from runners.pyspark import (
     BATCH_SIZE_CONF,
@@ -28,13 +28,15 @@ from runners.pyspark import (
     INPUT_SPLITS,
     SHARED_PATHS_OPTION,
     SparkRunnerError,
+    backend_cores,
     choose_input,
     conform_batch,
+    executor_memory,
     translate_spark_error,
 )
 from tests.conftest import TrainedModel, score, score_args
 from tests.plain_model import POISON_ABOVE, plain_model_expected, write_plain_data
-from tests.spark_cluster import SparkCluster, spark_submit_command
+from tests.spark_cluster import SparkCluster, spark_submit_command, standalone_cluster
 
 PROJECT = Path(__file__).resolve().parent.parent
 LOCAL = "local[2]"
@@ -596,3 +598,87 @@ def test_the_jvm_class_cache_is_built_once_then_used(
 
 def _dirty(data_dir: Path) -> pa.Table:
     return pq.read_table(data_dir / "dirty.parquet")
+
+
+STANDALONE_EXECUTOR = [
+    "/usr/lib/jvm/java-17/bin/java",
+    "-cp",
+    "/opt/spark/conf/:/opt/spark/jars/*",
+    "org.apache.spark.executor.CoarseGrainedExecutorBackend",
+    "--driver-url",
+    "spark://CoarseGrainedScheduler@127.0.0.1:40123",
+    "--executor-id",
+    "0",
+    "--cores",
+    "8",
+    "--app-id",
+    "app-20261205104500-0000",
+]
+
+
+def test_an_executors_cores_are_read_from_its_command_line() -> None:
+    assert backend_cores(STANDALONE_EXECUTOR) == 8
+    yarn = [a.replace("CoarseGrained", "YarnCoarseGrained") for a in STANDALONE_EXECUTOR]
+    assert backend_cores([*yarn[:-4], "--cores", "4"]) == 4
+    driver = "java -cp x org.apache.spark.deploy.SparkSubmit --master local[2] pyspark-shell"
+    assert backend_cores(driver.split()) is None  # a local master's workers: no executor
+    assert backend_cores(STANDALONE_EXECUTOR[:-4]) is None  # no --cores given
+
+
+def test_a_python_worker_finds_its_executors_cores_among_its_parents(tmp_path: Path) -> None:
+    """Through /proc: a process whose command line is an executor backend's starts one
+    that starts the asking process (as pyspark's daemon forks a worker)."""
+    ask = "from runners.pyspark import executor_cores; print(executor_cores())"
+    middle = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {ask!r}], check=True)"
+    top = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {middle!r}], check=True)"
+    backend = ["org.apache.spark.executor.CoarseGrainedExecutorBackend", "--cores", "3"]
+    found = subprocess.run(
+        [sys.executable, "-c", top, *backend], cwd=PROJECT, capture_output=True, text=True
+    )
+    assert found.stdout.split() == ["3"], found.stderr[-2000:]
+    alone = subprocess.run(
+        [sys.executable, "-c", ask], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
+    assert alone.stdout.split() == ["None"]
+
+
+def test_a_workers_memory_is_shared_by_its_executors_task_slots() -> None:
+    unknown = WorkerMemory(None, 1 << 20)
+    shared = executor_memory(unknown, task_cpus=1, cores=4)
+    assert shared is not None and shared.sharing.processes == 4
+    assert shared.budget() == default_budget()[0] // 4
+    halves = executor_memory(unknown, task_cpus=2, cores=4)
+    assert halves is not None and halves.sharing.processes == 2
+    assert executor_memory(unknown, task_cpus=1, cores=1) is unknown
+    assert executor_memory(unknown, task_cpus=1, cores=None) is unknown  # not an executor
+    given = WorkerMemory(2 << 30, 1 << 20)  # --worker_memory: each process's already
+    assert executor_memory(given, task_cpus=1, cores=4) is given
+    planned = WorkerMemory(None, 1 << 20, sharing=Sharing(processes=2))  # the driver knew
+    assert executor_memory(planned, task_cpus=1, cores=4) is planned
+    assert executor_memory(None, task_cpus=1, cores=4) is None
+
+
+@pytest.mark.slow
+def test_the_task_slots_of_a_standalone_executor_share_its_memory(
+    plain_model: Path, plain_data: tuple[Path, pa.Table], tmp_path: Path
+) -> None:
+    """A standalone worker of two cores, a job that sets no spark.executor.cores: the
+    executor takes both, runs two tasks at once, and each of its Python workers plans with
+    half this machine's default budget (the driver could not know it would)."""
+    data_dir, _ = plain_data
+    with standalone_cluster(tmp_path / "cluster", workers=1, cores=2) as cluster:
+        options = ("--key_columns=id", "--batch_size=1000", "--split_rows=2000")
+        assert (
+            _spark(
+                data_dir, tmp_path / "out", *options, model=plain_model, master=cluster.master_url
+            )
+            == 0
+        )
+    manifest = _only_run(tmp_path / "out").manifest().to_json()
+    memory = manifest["batching"]["memory"]
+    assert memory["shared"]["worker_processes"] == 1  # what the driver planned with
+    assert memory["worker_budget_bytes"] == default_budget()[0] // 2  # what the workers took
+    assert (
+        manifest["counts"]["rows_in"]
+        == manifest["counts"]["rows_scored"] + manifest["counts"]["rows_rejected"]
+    )
