@@ -214,7 +214,7 @@ def executor_cores(pid: int | None = None) -> int | None:
     is none: a local master's workers (their JVM is the driver's), another system."""
     pid = os.getppid() if pid is None else pid
     for _ in range(_PARENT_LEVELS):
-        if pid <= 1:
+        if pid < 1:
             return None
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -222,7 +222,7 @@ def executor_cores(pid: int | None = None) -> int | None:
         except OSError:
             return None
         cores = backend_cores([arg.decode(errors="replace") for arg in args])
-        if cores is not None:
+        if cores is not None or pid == 1:  # a container's JVM may be its first process
             return cores
         pid = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
     return None
