@@ -23,10 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# First: Arrow chooses its memory pool as pyarrow loads (batch.core.allocator).
-import batch.core.allocator  # noqa: F401
-
-# isort: split
 from batch.api import backfill_day_scorer, write_summary_file
 from batch.core import storage
 from batch.core.errors import UsageError

@@ -16,10 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# First: Arrow chooses its memory pool as pyarrow loads (batch.core.allocator).
-import batch.core.allocator  # noqa: F401
-
-# isort: split
 from batch.api import OutcomeExporter
 from batch.api import score as api_score
 from batch.core.errors import BatchScoreError

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -264,16 +263,14 @@ def test_worker_processes_plan_with_their_part(plain_model: Path, tmp_path: Path
 
 
 def test_a_scoring_process_takes_arrows_buffers_from_jemalloc() -> None:
-    """batch.core.allocator.use_jemalloc (called as a process's scorer is made, where
-    pyarrow loaded before the allocator could be chosen): jemalloc keeps freed pages for
-    the next batch where mimalloc hands them back at once; a pool chosen with
-    ARROW_DEFAULT_MEMORY_POOL is kept."""
+    """batch.engine.memory.use_jemalloc (called as a process's scorer is made): jemalloc
+    keeps freed pages for the next batch where mimalloc hands them back at once; a pool
+    chosen with ARROW_DEFAULT_MEMORY_POOL is kept."""
     code = (
         "import os, sys\n"
-        "os.environ.pop('ARROW_DEFAULT_MEMORY_POOL', None)\n"
         "if sys.argv[1]: os.environ['ARROW_DEFAULT_MEMORY_POOL'] = sys.argv[1]\n"
         "import pyarrow as pa\n"
-        "from batch.core.allocator import use_jemalloc\n"
+        "from batch.engine.memory import use_jemalloc\n"
         "before = pa.default_memory_pool().backend_name\n"
         "use_jemalloc()\n"
         "use_jemalloc()\n"
@@ -282,44 +279,3 @@ def test_a_scoring_process_takes_arrows_buffers_from_jemalloc() -> None:
     )
     assert new_python(code, "").stdout.split() == ["mimalloc", "jemalloc", "True"]
     assert new_python(code, "system").stdout.split() == ["system", "system", "False"]
-
-
-def test_the_scoring_commands_choose_jemalloc_before_pyarrow_loads(tmp_path: Path) -> None:
-    """jobs.score and jobs.backfill import batch.core.allocator before pyarrow loads: Arrow's
-    own default pool is jemalloc, so Parquet's reader takes its pages and decompression
-    buffers from it too (pa.set_memory_pool alone leaves them in mimalloc), and the
-    processes the job starts inherit the choice. A pool the environment names is kept;
-    where pyarrow loaded first nothing is set (use_jemalloc's part then)."""
-    path = tmp_path / "wide.parquet"
-    pq.write_table(
-        pa.table(
-            {"x": np.arange(200_000, dtype=np.float64), "s": [f"v{i}" for i in range(200_000)]}
-        ),
-        path,
-        compression="snappy",
-    )
-    code = (
-        "import os, sys\n"
-        "os.environ.pop('ARROW_DEFAULT_MEMORY_POOL', None)\n"
-        "if sys.argv[2]: os.environ['ARROW_DEFAULT_MEMORY_POOL'] = sys.argv[2]\n"
-        "if sys.argv[3]: import pyarrow\n"
-        "import importlib\n"
-        "importlib.import_module(sys.argv[1])\n"
-        "import pyarrow as pa, pyarrow.parquet as pq\n"
-        "table = pq.ParquetFile(sys.argv[4]).read()\n"
-        "print(pa.default_memory_pool().backend_name, os.environ.get('ARROW_DEFAULT_MEMORY_POOL'),\n"
-        "      pa.mimalloc_memory_pool().bytes_allocated() > 0)\n"
-    )
-    for command in ("jobs.score", "jobs.backfill"):
-        chosen = new_python(code, command, "", "", str(path)).stdout.split()
-        assert chosen == ["jemalloc", "jemalloc", "False"], command
-    assert new_python(code, "jobs.score", "system", "", str(path)).stdout.split() == [
-        "system",
-        "system",
-        "False",
-    ]
-    assert new_python(code, "jobs.score", "", "first", str(path)).stdout.split() == [
-        "mimalloc",
-        "None",
-        "True",
-    ]

@@ -23,7 +23,6 @@ import pyarrow as pa
 
 from batch.contract.contract import ColumnRule, Contract, contract_sha256
 from batch.core import storage
-from batch.core.allocator import use_jemalloc
 from batch.core.columns import (
     CONSTANT_COLUMNS,
 )
@@ -70,6 +69,7 @@ from batch.engine.memory import (
     rss_bytes,
     split_budget,
     target_batch_bytes,
+    use_jemalloc,
     worker_budget,
 )
 from batch.engine.overlap import BackgroundWriter
