@@ -70,7 +70,14 @@ def use_jemalloc() -> None:
     jemalloc keeps them for about a second. On the 10M-row benchmark that is about 0.4 s
     less kernel time and 100 MB less peak RSS (docs/benchmarks.md, twentieth look). The
     intake gate still hands unused memory back before it makes the reader wait
-    (:meth:`IntakeGate.admit`)."""
+    (:meth:`IntakeGate.admit`).
+
+    This is pyarrow's default only: Parquet's reader keeps taking its pages and
+    decompression buffers from Arrow's C++ default, chosen as pyarrow loads. Making that
+    jemalloc too (``ARROW_DEFAULT_MEMORY_POOL`` set before pyarrow loads) was tried and
+    dropped: jemalloc keeps a row group's freed buffers for its decay time, and a job of
+    150 MB row groups that commits under a 1.7 GB cgroup with mimalloc was killed by the
+    OOM killer (tests/test_memory_limit.py; docs/benchmarks.md, twenty-first look)."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     if pa.default_memory_pool().backend_name == "jemalloc":
