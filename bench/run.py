@@ -28,6 +28,11 @@ Paths (all by default):
   limit         the model-only limit (bench/model_limit.py): the same SavedModel on
                 pre-built tensors, batchscore's batch size, as many calls at once as cores,
                 plus the fixed start-up; every path is reported as a share of it
+  limit_io      the same limit with reading and writing (bench/model_limit.py --output):
+                the input's splits read and the predictions written as a job does, one
+                split per core, rows with a null input left out and no other check: what
+                no job that reads and writes Parquet can beat; paths are reported as a
+                share of it too
   example_columns  batchscore on Beam, the demo model re-saved with a second signature
                 that takes serialized tf.Examples (bench/tf_example_model.py), scored
                 through its serving_default (one column per input)
@@ -366,6 +371,19 @@ PATHS: dict[str, BenchPath] = {
             f"--model_repo={ctx.repo}",
         ],
     ),
+    "limit_io": BenchPath(
+        "model-only limit with reading and writing: splits read, scored, written; no checks",
+        lambda ctx: [
+            PY,
+            "-m",
+            "bench.model_limit",
+            f"--input={ctx.data}",
+            f"--model={ctx.model.label}",
+            f"--model_repo={ctx.repo}",
+            f"--output={ctx.out / 'limit_io'}",
+            "--key_column=loan_id",
+        ],
+    ),
     "example_columns": BenchPath(
         "batchscore, Beam DirectRunner, tf.Example model via its column signature",
         lambda ctx: _example_model_score(ctx),
@@ -475,18 +493,17 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
         f"### {rows:,} rows ({dt.date.today().isoformat()}, {os.cpu_count()} cores)",
         "",
         "| path | wall s | predictions/s | peak RSS MB | CPU s | vs stock Beam "
-        "| vs predict_batch_udf | share of floor | share of model limit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs predict_batch_udf | share of floor | share of model limit "
+        "| share of limit with I/O |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
-        floor, limit = by_key.get("floor"), by_key.get("limit")
-        share = f"{m.rate / floor.rate:.0%}" if floor and m.key != "floor" else ""
-        of_limit = f"{m.rate / limit.rate:.0%}" if limit and m.key != "limit" else ""
+        share, of_limit, of_io = (_share(by_key, m, key) for key in ("floor", "limit", "limit_io"))
         runs = f" ({' / '.join(f'{s:.1f}' for s in m.runs)})" if m.runs else ""
         lines.append(
             f"| {m.label} | {m.seconds:.1f}{runs} | {m.rate:,.0f} | {m.peak_rss_mb:,.0f} "
             f"| {m.cpu_seconds:.0f} | {_ratio(by_key, m.key, 'stock_beam')} | {_ratio(by_key, m.key, 'udf')} "
-            f"| {share} | {of_limit} |"
+            f"| {share} | {of_limit} | {of_io} |"
         )
     if any(m.runs for m in results):
         lines += [
@@ -498,6 +515,12 @@ def markdown(results: Sequence[Measurement], rows: int, chart: str | None) -> st
     if chart:
         lines += ["", f"![predictions/s at {rows:,} rows]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+def _share(by_key: dict[str, Measurement], m: Measurement, base: str) -> str:
+    """``m``'s throughput as a share of path ``base``'s ("" where base was not run)."""
+    of = by_key.get(base)
+    return f"{m.rate / of.rate:.0%}" if of and m.key != base else ""
 
 
 # The targets that allow a slowdown against their base (shown as a time factor).
