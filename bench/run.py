@@ -31,8 +31,8 @@ Paths (all by default):
   limit_io      the same limit with reading and writing (bench/model_limit.py --output):
                 the input's splits read and the predictions written as a job does, one
                 split per core, rows with a null input left out and no other check: what
-                no job that reads and writes Parquet can beat; paths are reported as a
-                share of it too
+                a job's reading and writing alone add to the limit; paths are reported
+                as a share of it too
   example_columns  batchscore on Beam, the demo model re-saved with a second signature
                 that takes serialized tf.Examples (bench/tf_example_model.py), scored
                 through its serving_default (one column per input)
