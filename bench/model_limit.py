@@ -14,8 +14,10 @@ With ``--output``, the limit with reading and writing (the bench path ``limit_io
 input's splits, as a job plans them, read as a job reads them (``read_split``), each
 batch's rows with a null input left out (one ``is_valid`` pass per input, no other
 check), scored (``BatchScorer.score``) and written as a job writes its predictions
-(``PartWriter``), one split per core at once. No validation, drift, dead-letter, stats
-or commit: what reading and writing Parquet add to the model's calls, which no job skips.
+(``PartWriter``), two splits per core at once (each thread reads, scores and writes in
+turn: with one a core the cores idle while a thread holds the GIL; two a core took 5%
+off, more no further, docs/benchmarks.md). No validation, drift, dead-letter, stats or
+commit: what reading and writing Parquet add to the model's calls, which no job skips.
 
     python -m bench.model_limit --input=DIR --model=NAME@VERSION --model_repo=REPO
 """
@@ -62,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--calls",
         type=int,
-        default=os.cpu_count() or 1,
-        help="Model calls at once (default: the machine's cores, %(default)s).",
+        help="Model calls at once (default: the machine's cores; with --output, twice that).",
     )
     parser.add_argument(
         "--output",
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--key_column", default="loan_id", help="Key column (with --output).")
     args = parser.parse_args(argv)
+    if args.calls is None:
+        args.calls = (os.cpu_count() or 1) * (2 if args.output else 1)
     started = time.perf_counter()
     quiet_tensorflow()
     pause_collection()  # as jobs.score does: no garbage collection until the model is loaded

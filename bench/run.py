@@ -29,8 +29,8 @@ Paths (all by default):
                 pre-built tensors, batchscore's batch size, as many calls at once as cores,
                 plus the fixed start-up; every path is reported as a share of it
   limit_io      the same limit with reading and writing (bench/model_limit.py --output):
-                the input's splits read and the predictions written as a job does, one
-                split per core, rows with a null input left out and no other check: what
+                the input's splits read and the predictions written as a job does, two
+                splits per core, rows with a null input left out and no other check: what
                 a job's reading and writing alone add to the limit; paths are reported
                 as a share of it too
   example_columns  batchscore on Beam, the demo model re-saved with a second signature

@@ -40,7 +40,6 @@ def test_the_limit_with_reading_and_writing_writes_a_jobs_predictions(
             f"--model_repo={trained_model.repo}",
             f"--output={limit_out}",
             "--key_column=loan_id",
-            "--calls=2",
         ],
         cwd=ROOT,
         capture_output=True,
