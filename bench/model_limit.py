@@ -15,8 +15,8 @@ input's splits, as a job plans them, read as a job reads them (``read_split``), 
 batch's rows with a null input left out (one ``is_valid`` pass per input, no other
 check), scored (``BatchScorer.score``) and written as a job writes its predictions
 (``PartWriter``), two splits per core at once (each thread reads, scores and writes in
-turn: with one a core the cores idle while a thread holds the GIL; two a core took 5%
-off, more no further, docs/benchmarks.md). No validation, drift, dead-letter, stats or
+turn, which one thread a core does not keep the cores busy with; two a core took 5% off,
+more no further: docs/benchmarks.md). No validation, drift, dead-letter, stats or
 commit: what reading and writing Parquet add to the model's calls, which no job skips.
 
     python -m bench.model_limit --input=DIR --model=NAME@VERSION --model_repo=REPO
