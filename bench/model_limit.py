@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,8 @@ def _read_and_write(
     splits = plan_splits(files, engine_split_rows(sum(f.num_rows for f in files), args.calls))
     batch_rows = BatchSizing().rows_for(bytes_per_row(files[0], splits[0], inputs))
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # no parts of an earlier run with other splits
+    out.mkdir(parents=True)
     columns = [args.key_column, *inputs]
 
     def run(split: Split) -> int:
