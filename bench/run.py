@@ -298,6 +298,19 @@ def _native_spark(cores: int, mode: str | None) -> BenchPath:
     )
 
 
+def _model_limit(ctx: Context, *options: str) -> list[str]:
+    """bench.model_limit on the bench's data and model, with ``options``."""
+    return [
+        PY,
+        "-m",
+        "bench.model_limit",
+        f"--input={ctx.data}",
+        f"--model={ctx.model.label}",
+        f"--model_repo={ctx.repo}",
+        *options,
+    ]
+
+
 PATHS: dict[str, BenchPath] = {
     "beam": BenchPath(
         "batchscore, Beam DirectRunner",
@@ -362,27 +375,11 @@ PATHS: dict[str, BenchPath] = {
     ),
     "limit": BenchPath(
         "model-only limit: SavedModel on pre-built tensors, one call per core",
-        lambda ctx: [
-            PY,
-            "-m",
-            "bench.model_limit",
-            f"--input={ctx.data}",
-            f"--model={ctx.model.label}",
-            f"--model_repo={ctx.repo}",
-        ],
+        lambda ctx: _model_limit(ctx),
     ),
     "limit_io": BenchPath(
         "model-only limit with reading and writing: splits read, scored, written; no checks",
-        lambda ctx: [
-            PY,
-            "-m",
-            "bench.model_limit",
-            f"--input={ctx.data}",
-            f"--model={ctx.model.label}",
-            f"--model_repo={ctx.repo}",
-            f"--output={ctx.out / 'limit_io'}",
-            "--key_column=loan_id",
-        ],
+        lambda ctx: _model_limit(ctx, f"--output={ctx.out / 'limit_io'}", "--key_column=loan_id"),
     ),
     "example_columns": BenchPath(
         "batchscore, Beam DirectRunner, tf.Example model via its column signature",
